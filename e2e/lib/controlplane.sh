@@ -1,0 +1,112 @@
+# shellcheck shell=bash
+# The control plane, all inside the control plane's namespace: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, and the forwarder that makes the apiserver
+# reachable from the host at 127.0.0.1 without giving the host a lab address.
+
+CP_RUN="$RUN_DIR/control-plane"
+API_SOCK="$CP_RUN/apiserver.sock"
+
+start_etcd() {
+  mkdir -p "$LAB_DIR/etcd"
+  chmod 700 "$LAB_DIR/etcd"
+  start_daemon etcd "$CP_NS" "$LOG_DIR/etcd.log" "$CP_RUN/etcd.pid" \
+    etcd --name lab --data-dir "$LAB_DIR/etcd" \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster lab=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381
+}
+
+start_apiserver() {
+  start_daemon kube-apiserver "$CP_NS" "$LOG_DIR/kube-apiserver.log" "$CP_RUN/kube-apiserver.pid" \
+    "$K8S_BIN_DIR/kube-apiserver" \
+    --etcd-servers=http://127.0.0.1:2379 \
+    --bind-address=0.0.0.0 --secure-port="$API_PORT" --insecure-port=0 \
+    --advertise-address="$CP_IP" \
+    --tls-cert-file="$PKI_DIR/apiserver.crt" --tls-private-key-file="$PKI_DIR/apiserver.key" \
+    --client-ca-file="$CA_CRT" \
+    --kubelet-certificate-authority="$CA_CRT" \
+    --kubelet-client-certificate="$PKI_DIR/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI_DIR/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
+    --service-account-key-file="$PKI_DIR/sa.pub" \
+    --service-account-signing-key-file="$PKI_DIR/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc \
+    --api-audiences=https://kubernetes.default.svc \
+    --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NodeRestriction \
+    --allow-privileged=true \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --profiling=false \
+    --logtostderr=true --v=1
+}
+
+# The host end listens on 127.0.0.1 only; the lab end connects to the apiserver inside the
+# control plane's namespace. A unix socket crosses between the two namespaces.
+start_api_forwarder() {
+  start_daemon api-forward-lab "$CP_NS" "$LOG_DIR/api-forward.log" "$CP_RUN/forward-lab.pid" \
+    socat "UNIX-LISTEN:$API_SOCK,fork,unlink-early,mode=600" "TCP:127.0.0.1:$API_PORT"
+  if ! pidfile_alive "$CP_RUN/forward-host.pid"; then
+    mkdir -p "$CP_RUN"
+    printf -- '--- %s: starting api-forward-host\n' "$(date -Is)" >>"$LOG_DIR/api-forward.log"
+    setsid socat "TCP-LISTEN:$HOST_API_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$API_SOCK" \
+      >>"$LOG_DIR/api-forward.log" 2>&1 </dev/null &
+    echo $! >"$CP_RUN/forward-host.pid"
+  fi
+}
+
+start_controller_manager() {
+  start_daemon kube-controller-manager "$CP_NS" "$LOG_DIR/kube-controller-manager.log" \
+    "$CP_RUN/kube-controller-manager.pid" \
+    "$K8S_BIN_DIR/kube-controller-manager" \
+    --kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --port=0 \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$PKI_DIR/sa.key" \
+    --root-ca-file="$CA_CRT" \
+    --cluster-signing-cert-file="$CA_CRT" --cluster-signing-key-file="$CA_KEY" \
+    --node-monitor-period=5s --node-monitor-grace-period=30s \
+    --leader-elect=false \
+    --profiling=false \
+    --logtostderr=true --v=1
+}
+
+start_scheduler() {
+  start_daemon kube-scheduler "$CP_NS" "$LOG_DIR/kube-scheduler.log" "$CP_RUN/kube-scheduler.pid" \
+    "$K8S_BIN_DIR/kube-scheduler" \
+    --kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
+    --authentication-kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --port=0 \
+    --leader-elect=false \
+    --profiling=false \
+    --logtostderr=true --v=1
+}
+
+api_ready() {
+  curl -sf --max-time 2 --cacert "$CA_CRT" --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" \
+    "$HOST_SERVER/readyz" >/dev/null
+}
+
+start_control_plane() {
+  ensure_control_plane_pki
+  ensure_cp_net
+  mkdir -p "$CP_RUN" "$LOG_DIR"
+  start_etcd
+  start_apiserver
+  start_api_forwarder
+  wait_for "kube-apiserver to be ready" 60 api_ready ||
+    die "kube-apiserver did not become ready in 60s (log: $LOG_DIR/kube-apiserver.log)"
+  start_controller_manager
+  start_scheduler
+}
+
+CP_COMPONENTS=(etcd kube-apiserver forward-lab forward-host kube-controller-manager kube-scheduler)
+
+stop_control_plane() {
+  local c
+  for c in kube-scheduler kube-controller-manager forward-host forward-lab kube-apiserver etcd; do
+    stop_pidfile "$CP_RUN/$c.pid"
+  done
+}

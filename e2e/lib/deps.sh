@@ -1,0 +1,54 @@
+# shellcheck shell=bash
+# Installs the Debian packages the lab needs, before anything is started, so a package that
+# cannot be installed stops `up` with nothing half started.
+
+LAB_PACKAGES=(
+  golang-1.19-go golang-github-modern-go-reflect2-dev rsync jq gcc make
+  etcd-server containerd runc containernetworking-plugins podman
+  iproute2 iptables openssl socat curl util-linux procps busybox-static
+)
+
+missing_packages() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
+  done
+}
+
+# enable_deb_src: `apt-get source` needs deb-src entries; Debian images ship only deb.
+enable_deb_src() {
+  local f=/etc/apt/sources.list.d/debian.sources
+  if [ -f "$f" ] && grep -q '^Types: deb$' "$f"; then
+    log "enabling deb-src entries in $f (needed for the kubernetes source package)"
+    sed -i 's/^Types: deb$/Types: deb deb-src/' "$f"
+    APT_UPDATED=
+  fi
+}
+
+apt_update_once() {
+  [ -n "${APT_UPDATED:-}" ] && return 0
+  log "apt-get update"
+  apt-get update -q >"$CACHE_DIR/apt-update.log" 2>&1 || die "apt-get update failed (see $CACHE_DIR/apt-update.log)"
+  APT_UPDATED=1
+}
+
+install_deps() {
+  mkdir -p "$CACHE_DIR"
+  k8s_binaries_cached || enable_deb_src
+  local missing
+  missing=$(missing_packages "${LAB_PACKAGES[@]}")
+  # Machines here ship a current kubectl; elsewhere Debian's own client will do.
+  command -v kubectl >/dev/null || missing="$missing kubernetes-client"
+  [ -z "$missing" ] && return 0
+  apt_update_once
+  log "installing Debian packages: $(echo "$missing" | tr '\n' ' ')"
+  # shellcheck disable=SC2086
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >"$CACHE_DIR/apt-install.log" 2>&1; then
+    local p bad=""
+    for p in $missing; do
+      apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]' || bad="$bad $p"
+    done
+    tail -5 "$CACHE_DIR/apt-install.log" >&2
+    die "cannot install Debian packages:${bad:- $(echo "$missing" | tr '\n' ' ')} (full log: $CACHE_DIR/apt-install.log)"
+  fi
+}

@@ -1,0 +1,228 @@
+# shellcheck shell=bash
+# A lab node: its own network namespace, containerd and kubelet. edge-N are the devices;
+# cloud-1 is the tainted node where edgefleet's controller runs.
+
+write_containerd_config() {
+  local node=$1 dir run
+  dir=$(node_dir "$node")
+  run=$(node_run "$node")
+  mkdir -p "$dir/cni" "$dir/containerd" "$run"
+  echo '{"cniVersion":"0.4.0","name":"lo-only","plugins":[{"type":"loopback"}]}' >"$dir/cni/10-lo-only.conflist"
+  # restrict_oom_score_adj: the VM lacks CAP_SYS_RESOURCE, sandboxes fail without it.
+  # SystemdCgroup=false: cgroups are hybrid v1 here; cgroupfs works, systemd does not.
+  # runc's root and the netns mounts live in the node's volatile dir, so a reboot wipes them.
+  cat >"$dir/containerd.toml" <<TOML
+version = 2
+root = "$dir/containerd"
+state = "$run/containerd"
+
+[grpc]
+  address = "$(node_sock "$node")"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        Root = "$run/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$dir/cni"
+TOML
+}
+
+write_kubelet_config() {
+  local node=$1 dir ip
+  dir=$(node_dir "$node")
+  ip=$(node_ip "$node")
+  mkdir -p "$dir/manifests" "$dir/kubelet"
+  # Image GC is effectively off: imported images cannot be pulled again, no registry exists.
+  cat >"$dir/kubelet-config.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $ip
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+staticPodPath: $dir/manifests
+fileCheckFrequency: 5s
+nodeStatusUpdateFrequency: 10s
+tlsCertFile: $PKI_DIR/kubelet-serving-$node.crt
+tlsPrivateKeyFile: $PKI_DIR/kubelet-serving-$node.key
+rotateCertificates: false
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: $CA_CRT
+authorization:
+  mode: Webhook
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  imagefs.available: 1%
+YAML
+}
+
+node_labels() {
+  local node=$1 i sites=(berlin munich) hw=(rpi4 jetson nuc) ch=(stable beta)
+  if [ "$node" = "$CLOUD_NODE" ]; then
+    echo "$CLOUD_LABEL"
+    return
+  fi
+  i=$((${node#edge-} - 1))
+  # Varied sample labels that tests and examples target.
+  echo "$DEVICE_LABEL,site=${sites[i % 2]},hardware=${hw[i % 3]},channel=${ch[i / 2 % 2]}"
+}
+
+start_containerd() {
+  local node=$1
+  start_daemon "$node containerd" "$(node_ns "$node")" "$LOG_DIR/$node-containerd.log" \
+    "$(node_run "$node")/containerd.pid" containerd --config "$(node_dir "$node")/containerd.toml"
+}
+
+containerd_ready() { ctr --address "$(node_sock "$1")" version >/dev/null 2>&1; }
+
+# ensure_lab_images NODE: the pause image (kubelet needs it for every pod) and the lab's
+# busybox test image, imported once; containerd's root is the node's disk.
+ensure_lab_images() {
+  local node=$1 image tar have
+  have=$(ctr --address "$(node_sock "$node")" -n k8s.io images ls -q)
+  for image in "$PAUSE_IMAGE=$PAUSE_TAR" "$BUSYBOX_IMAGE=$BUSYBOX_TAR"; do
+    tar=${image#*=}
+    image=${image%%=*}
+    grep -qx "$image" <<<"$have" && continue
+    ctr --address "$(node_sock "$node")" -n k8s.io images import "$tar" >/dev/null ||
+      die "cannot import $image into $node"
+  done
+}
+
+start_kubelet() {
+  local node=$1 dir taint=()
+  dir=$(node_dir "$node")
+  [ "$node" = "$CLOUD_NODE" ] && taint=(--register-with-taints="$CLOUD_TAINT")
+  start_daemon "$node kubelet" "$(node_ns "$node")" "$LOG_DIR/$node-kubelet.log" \
+    "$(node_run "$node")/kubelet.pid" \
+    "$K8S_BIN_DIR/kubelet" \
+    --config="$dir/kubelet-config.yaml" \
+    --kubeconfig="$dir/kubelet.kubeconfig" \
+    --root-dir="$dir/kubelet" \
+    --cert-dir="$dir/kubelet/pki" \
+    --container-runtime=remote \
+    --container-runtime-endpoint="unix://$(node_sock "$node")" \
+    --pod-infra-container-image="$PAUSE_IMAGE" \
+    --hostname-override="$node" \
+    --node-ip="$(node_ip "$node")" \
+    --node-labels="$(node_labels "$node")" \
+    "${taint[@]}" \
+    --logtostderr=true --v=1
+}
+
+# boot_node NODE: what a device does at power-on: containerd, then kubelet. The pause image
+# stays imported across reboots (containerd's root is the device's disk).
+boot_node() {
+  local node=$1
+  start_containerd "$node"
+  wait_for "containerd on $node" 30 containerd_ready "$node" ||
+    die "containerd on $node did not start (log: $LOG_DIR/$node-containerd.log)"
+  ensure_lab_images "$node"
+  start_kubelet "$node"
+}
+
+start_node() {
+  local node=$1
+  mkdir -p "$(node_dir "$node")" "$(node_run "$node")"
+  ensure_node_pki "$node"
+  ensure_node_net "$node"
+  write_containerd_config "$node"
+  write_kubelet_config "$node"
+  boot_node "$node"
+}
+
+# node_pids NODE: every process of the node: all in its namespace (kubelet, containerd,
+# shims, host-network containers) and everything below them.
+node_pids() {
+  local ns pids
+  ns=$(node_ns "$1")
+  ns_exists "$ns" || return 0
+  pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+  [ -z "$pids" ] && return 0
+  # shellcheck disable=SC2086
+  { printf '%s\n' $pids; descendants $pids; } | sort -un
+}
+
+# power_off NODE: kills every process of the node at once, as a power cut does, then
+# clears what a reboot clears: mounts and the volatile dir.
+power_off() {
+  local node=$1 pids i
+  for i in 1 2 3 4 5; do
+    pids=$(node_pids "$node")
+    [ -z "$pids" ] && break
+    # shellcheck disable=SC2086
+    kill -9 $pids 2>/dev/null || true
+    sleep 0.2
+  done
+  [ -n "$(node_pids "$node")" ] && die "processes of $node survived the power cut: $(node_pids "$node" | tr '\n' ' ')"
+  unmount_under "$(node_run "$node")"
+  unmount_under "$(node_dir "$node")"
+  rm -rf "$(node_run "$node")"
+  mkdir -p "$(node_run "$node")"
+}
+
+reboot_node() {
+  local node=$1
+  log "rebooting $node ($(link_state "$node"))"
+  power_off "$node"
+  boot_node "$node"
+  log "$node is booting: containerd and kubelet started"
+}
+
+stop_node() {
+  local node=$1
+  power_off "$node"
+  delete_ns "$(node_ns "$node")"
+}
+
+load_image() {
+  local tar=$1 node
+  shift
+  [ -r "$tar" ] || die "cannot read image archive '$tar'"
+  for node in "$@"; do
+    ctr --address "$(node_sock "$node")" -n k8s.io images import "$tar" >/dev/null ||
+      die "import of $tar into $node failed"
+    log "imported $(basename "$tar") into $node"
+  done
+}
+
+exec_in_node() {
+  local node=$1
+  shift
+  exec nsenter --net="/var/run/netns/$(node_ns "$node")" \
+    env CONTAINERD_ADDRESS="$(node_sock "$node")" CONTAINERD_NAMESPACE=k8s.io \
+    CONTAINER_RUNTIME_ENDPOINT="unix://$(node_sock "$node")" \
+    KUBECONFIG="$KUBE_DIR/admin-in-lab.kubeconfig" "$@"
+}
