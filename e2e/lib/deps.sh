@@ -36,7 +36,9 @@ install_deps() {
   mkdir -p "$CACHE_DIR"
   k8s_binaries_cached || enable_deb_src
   local missing
-  missing=$(missing_packages "${LAB_PACKAGES[@]}")
+  # EDGEFLEET_LAB_EXTRA_PACKAGES: more Debian packages a user wants on the lab machine.
+  # shellcheck disable=SC2086
+  missing=$(missing_packages "${LAB_PACKAGES[@]}" ${EDGEFLEET_LAB_EXTRA_PACKAGES:-})
   # Machines here ship a current kubectl; elsewhere Debian's own client will do.
   command -v kubectl >/dev/null || missing="$missing kubernetes-client"
   [ -z "$missing" ] && return 0

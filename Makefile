@@ -1,0 +1,60 @@
+# edgefleet: every entry point a contributor or CI uses.
+# Quick start: `make demo`, then `make test`.
+
+SHELL := /bin/bash
+DEVICES ?= 3
+LAB := e2e/lab
+CARGO ?= cargo
+
+.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck unit e2e lab-up lab-down lab-status bench tools
+
+help:
+	@echo "make demo        start the lab fleet and show it"
+	@echo "make test        lint, unit tests, and end-to-end tests on the lab"
+	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
+	@echo "make lab-down    stop the lab and remove its state"
+	@echo "make bench       print the lab's figures: warm start time, memory per device"
+
+demo: lab-up
+	@$(LAB) status
+
+demo-down: lab-down
+
+# Debian tools the checks use; the lab installs its own packages itself.
+tools:
+	@command -v shellcheck >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null; }
+
+test: lint unit e2e
+
+lint: fmt-check clippy shellcheck
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+shellcheck: tools
+	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab .ci/run
+
+unit:
+	$(CARGO) test --workspace --locked
+
+# Starts the lab, runs the tests that need it, and stops it again whatever happened.
+e2e:
+	e2e/run-e2e --devices $(DEVICES)
+
+lab-up:
+	$(LAB) up --devices $(DEVICES)
+
+lab-down:
+	$(LAB) down
+
+lab-status:
+	$(LAB) status
+
+bench:
+	e2e/bench-lab --devices $(DEVICES)

@@ -1,0 +1,161 @@
+//! The lab as a test sees it: its CLI, its nodes and an admin client.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::containerd::{self, Task};
+
+/// The running lab. Every method panics with the lab's own error text when a command fails,
+/// because a test cannot go on without the lab doing what it was told.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    script: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+/// A node's paths and address, from `e2e/lab info NODE`.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ip: String,
+    /// kubelet's staticPodPath on the node.
+    pub manifests: PathBuf,
+    pub containerd_socket: PathBuf,
+    /// The device's agent kubeconfig reachable from the host shell (edge devices only).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Lab {
+    /// The lab that `e2e/lab up` started. Panics, saying how to start it, when it is down.
+    pub fn get() -> Lab {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab");
+        let mut lab = Lab {
+            script,
+            kubeconfig: PathBuf::new(),
+        };
+        let out = lab.try_run(&["kubeconfig"]);
+        assert!(
+            out.status.success(),
+            "the lab is not up; start it with `e2e/lab up` (or `make lab-up`): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        lab.kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        lab
+    }
+
+    /// The `e2e/lab` script, for a test that needs to run it with its own environment.
+    pub fn script(&self) -> &Path {
+        &self.script
+    }
+
+    /// The admin kubeconfig (user in group system:masters), usable from the host.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Runs `e2e/lab ARGS...` and returns what it did, successful or not.
+    pub fn try_run(&self, args: &[&str]) -> Output {
+        Command::new(&self.script)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.script.display()))
+    }
+
+    /// Runs `e2e/lab ARGS...`, panicking with its stderr when it fails; returns stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.try_run(args);
+        assert!(
+            out.status.success(),
+            "e2e/lab {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How many edge devices the lab runs (`edge-1` to `edge-N`).
+    pub fn device_count(&self) -> u32 {
+        // `status` opens with "lab: up with N devices (...)".
+        let status = self.run(&["status"]);
+        status
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("lab: up with "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("cannot read the device count from e2e/lab status:\n{status}")
+            })
+    }
+
+    /// Runs CMD in the node's network namespace with its containerd (`e2e/lab exec`).
+    pub fn exec(&self, node: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["exec", node, "--"];
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+
+    pub fn info(&self, node: &str) -> NodeInfo {
+        let kv: BTreeMap<String, String> = self
+            .run(&["info", node])
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let field = |k: &str| {
+            kv.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("e2e/lab info {node} printed no {k}"))
+        };
+        NodeInfo {
+            name: field("name"),
+            ip: field("ip"),
+            manifests: field("manifests").into(),
+            containerd_socket: field("containerd_socket").into(),
+            kubeconfig: kv.get("kubeconfig").map(PathBuf::from),
+        }
+    }
+
+    /// A client for the lab's apiserver as the lab admin.
+    pub async fn client(&self) -> kube::Client {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// The tasks (running or exited containers, pod sandboxes included) on the node's
+    /// containerd, read from the device itself rather than from the apiserver.
+    pub fn tasks(&self, node: &str) -> Vec<Task> {
+        containerd::parse_tasks(&self.exec(node, &["ctr", "-n", "k8s.io", "tasks", "ls"]))
+    }
+
+    /// IDs of the containers of one Kubernetes container name on the node's containerd.
+    pub fn containers_named(&self, node: &str, container: &str) -> Vec<String> {
+        let filter = format!("labels.\"io.kubernetes.container.name\"=={container}");
+        self.exec(
+            node,
+            &["ctr", "-n", "k8s.io", "containers", "ls", "-q", &filter],
+        )
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    /// The one running task of a Kubernetes container name on the node, if there is one.
+    pub fn running_task(&self, node: &str, container: &str) -> Option<Task> {
+        let ids = self.containers_named(node, container);
+        self.tasks(node)
+            .into_iter()
+            .find(|t| t.running() && ids.contains(&t.id))
+    }
+}
+
+/// A client from a kubeconfig file: the lab admin's, or a device's agent identity.
+pub async fn client_from(path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("bad kubeconfig {}: {e}", path.display()));
+    kube::Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a client: {e}"))
+}

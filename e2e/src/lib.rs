@@ -1,0 +1,13 @@
+//! Helpers for edgefleet's end-to-end tests: drive the lab (`e2e/lab`), talk to its real
+//! apiserver, and look at what really runs on a device's containerd.
+//!
+//! Tests that need the lab are `#[ignore]`d so that `cargo test` stays a unit-test run;
+//! `make e2e` starts the lab and runs them with `--ignored`.
+
+mod containerd;
+mod lab;
+mod wait;
+
+pub use containerd::Task;
+pub use lab::{Lab, NodeInfo, client_from};
+pub use wait::wait_for;
