@@ -22,6 +22,8 @@ pub struct NodeInfo {
     /// kubelet's staticPodPath on the node.
     pub manifests: PathBuf,
     pub containerd_socket: PathBuf,
+    /// The node's "disk": kubelet's root, containerd's root, the agent's kubeconfig.
+    pub node_dir: PathBuf,
     /// The device's agent kubeconfig reachable from the host shell (edge devices only).
     pub kubeconfig: Option<PathBuf>,
 }
@@ -114,6 +116,7 @@ impl Lab {
             ip: field("ip"),
             manifests: field("manifests").into(),
             containerd_socket: field("containerd_socket").into(),
+            node_dir: field("node_dir").into(),
             kubeconfig: kv.get("kubeconfig").map(PathBuf::from),
         }
     }

@@ -291,3 +291,49 @@ async fn lab_cli_refuses_bad_input_and_up_is_idempotent() {
         "a second `up` restarted edge-1's kubelet"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs the lab: e2e/lab up (make e2e runs it)"]
+async fn device_kubeconfigs_authenticate_as_the_device() {
+    let lab = Lab::get();
+    let info = lab.info("edge-1");
+
+    // From the host: the apiserver knows the caller as the device, which RBAC grants nothing
+    // cluster-wide (the controller will grant it its own objects).
+    let path = info.kubeconfig.expect("edge-1 has a device kubeconfig");
+    let client = edgefleet_e2e::client_from(&path).await;
+    let err = Api::<Node>::all(client)
+        .list(&Default::default())
+        .await
+        .expect_err("a device may not list nodes");
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 403, "{status:?}");
+            assert!(
+                status.message.contains("\"edgefleet:device:edge-1\""),
+                "the apiserver did not see the device identity: {}",
+                status.message
+            );
+        }
+        other => panic!("expected 403 Forbidden, got {other}"),
+    }
+
+    // From inside the device: its own copy reaches the apiserver over the lab network and
+    // verifies it against the lab CA.
+    let agent = format!("{}/agent.kubeconfig", info.node_dir.display());
+    let out = lab.try_run(&[
+        "exec",
+        "edge-1",
+        "--",
+        "kubectl",
+        "--kubeconfig",
+        &agent,
+        "get",
+        "nodes",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("User \"edgefleet:device:edge-1\" cannot list resource \"nodes\""),
+        "unexpected answer inside the device: {stderr}"
+    );
+}
