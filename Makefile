@@ -6,7 +6,7 @@ DEVICES ?= 3
 LAB := e2e/lab
 CARGO ?= cargo
 
-.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck unit e2e lab-up lab-down lab-status bench tools
+.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check generate unit e2e lab-up lab-down lab-status bench tools
 
 help:
 	@echo "make demo        start the lab fleet and show it"
@@ -26,7 +26,7 @@ tools:
 
 test: lint unit e2e
 
-lint: fmt-check clippy shellcheck
+lint: fmt-check clippy shellcheck crd-check
 
 fmt:
 	$(CARGO) fmt --all
@@ -39,6 +39,14 @@ clippy:
 
 shellcheck: tools
 	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab .ci/run
+
+# The CRD YAML is generated from the types in crds/ and never edited by hand.
+CRD_DIRS := crds
+generate:
+	$(CARGO) run -q -p edgefleet-crds --bin crdgen -- $(CRD_DIRS)
+
+crd-check:
+	$(CARGO) run -q -p edgefleet-crds --bin crdgen -- --check $(CRD_DIRS)
 
 unit:
 	$(CARGO) test --workspace --locked

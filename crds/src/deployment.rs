@@ -1,0 +1,180 @@
+//! EdgeDeployment: which modules run on which devices. Among the non-layered deployments
+//! that select a device the highest priority wins; layered ones add or override modules on
+//! top (see the controller's targeting module for the exact rules).
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::{Condition, conditions_schema};
+use crate::module::EnvVar;
+use crate::names::{DNS_LABEL_PATTERN, IMAGE_PATTERN};
+
+/// The most failing devices a deployment's status lists: enough to act on, small at any
+/// fleet size.
+pub const MAX_FAILURE_SAMPLES: usize = 10;
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "edgefleet.io",
+    version = "v1alpha1",
+    kind = "EdgeDeployment",
+    namespaced,
+    status = "EdgeDeploymentStatus",
+    shortname = "edep",
+    category = "edgefleet",
+    printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Layered","type":"boolean","jsonPath":".spec.layered","priority":1}"#,
+    printcolumn = r#"{"name":"Targeted","type":"integer","jsonPath":".status.targeted"}"#,
+    printcolumn = r#"{"name":"Applied","type":"integer","jsonPath":".status.applied"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
+    printcolumn = r#"{"name":"Deferred","type":"integer","jsonPath":".status.deferred","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeDeploymentSpec {
+    /// Which devices (EdgeDevice labels, mirrored from their Nodes) this deployment targets.
+    /// An empty selector selects every device.
+    #[serde(default)]
+    pub selector: DeviceSelector,
+    /// Higher wins. Among equal priorities the deployment whose `namespace/name` sorts first
+    /// wins, and the others report a conflict.
+    #[serde(default)]
+    #[schemars(range(min = -1000000, max = 1000000))]
+    pub priority: i32,
+    /// A layered deployment adds or overrides modules on top of the device's winning base
+    /// deployment instead of competing with it.
+    #[serde(default)]
+    pub layered: bool,
+    #[schemars(length(min = 1, max = 64))]
+    pub modules: Vec<DeploymentModule>,
+}
+
+/// A label selector over devices, as in Kubernetes: all `matchLabels` and all
+/// `matchExpressions` must hold.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SelectorRequirement {
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    pub operator: SelectorOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub values: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+/// One module of a deployment: an EdgeModule in the deployment's namespace, under the name
+/// it has on the device, with per-deployment overrides.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentModule {
+    /// The module's name on the device (a DNS label, unique in the deployment).
+    #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// The EdgeModule to run; `name` when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub module_ref: Option<String>,
+    #[serde(default)]
+    pub desired_status: DesiredStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<ModuleOverrides>,
+}
+
+impl DeploymentModule {
+    /// The name of the EdgeModule this entry refers to.
+    pub fn module_name(&self) -> &str {
+        self.module_ref.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DesiredStatus {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// What a deployment changes about a module for its devices.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), pattern(IMAGE_PATTERN))]
+    pub image: Option<String>,
+    /// Replaces the module's args.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub args: Option<Vec<String>>,
+    /// Set or replace environment variables by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub startup_order: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeDeploymentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Devices this deployment contributes modules to.
+    #[serde(default)]
+    pub targeted: u32,
+    /// Targeted devices whose agent applied their current desired state.
+    #[serde(default)]
+    pub applied: u32,
+    /// Applied devices on which every module of this deployment is as desired.
+    #[serde(default)]
+    pub ready: u32,
+    /// Devices on which a module of this deployment failed, or whose agent rejected the
+    /// desired state.
+    #[serde(default)]
+    pub failed: u32,
+    /// Targeted devices that are offline and not yet applied: they update when they return.
+    #[serde(default)]
+    pub deferred: u32,
+    /// Matching devices on which a higher-priority (or tie-winning) deployment won.
+    #[serde(default)]
+    pub lost: u32,
+    /// At most ten failing devices, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub failures: Vec<FailureSample>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct FailureSample {
+    pub device: String,
+    #[serde(default)]
+    pub module: String,
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+}

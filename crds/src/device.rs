@@ -1,0 +1,240 @@
+//! EdgeDevice: one per device, named like its Node. The controller owns `spec.desired` and
+//! the Online and Registered conditions; the device's agent owns the rest of the status.
+//! Heartbeats go to a Lease, not to this object, so idle devices cost no writes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::condition::{Condition, conditions_schema};
+use crate::deployment::DesiredStatus;
+use crate::module::EdgeModuleSpec;
+use crate::names::DNS_LABEL_PATTERN;
+
+/// Condition types on an EdgeDevice.
+pub mod conditions {
+    /// Controller: the Lease was renewed within the offline threshold.
+    pub const ONLINE: &str = "Online";
+    /// Controller: the device's Node exists and carries the device label.
+    pub const REGISTERED: &str = "Registered";
+    /// Controller: what the agent reported makes sense against the desired state.
+    pub const STATUS_VALID: &str = "StatusValid";
+    /// Agent: the desired revision is applied (False with a reason when it was rejected).
+    pub const APPLIED: &str = "Applied";
+    /// Agent: every desired module is as desired.
+    pub const READY: &str = "Ready";
+}
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "edgefleet.io",
+    version = "v1alpha1",
+    kind = "EdgeDevice",
+    status = "EdgeDeviceStatus",
+    shortname = "edev",
+    category = "edgefleet",
+    printcolumn = r#"{"name":"Online","type":"string","jsonPath":".status.conditions[?(@.type==\"Online\")].status"}"#,
+    printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".spec.desired.revision","priority":1}"#,
+    printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.appliedRevision"}"#,
+    printcolumn = r#"{"name":"Modules","type":"string","jsonPath":".status.modulesReady"}"#,
+    printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agentVersion"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeDeviceSpec {
+    /// Written by edgefleet-controller only: what the device should run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredState>,
+}
+
+/// A device's full desired module set, resolved from every deployment that targets it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredState {
+    /// The hash of `modules` ([`DesiredState::revision_of`]).
+    #[schemars(length(max = 64))]
+    pub revision: String,
+    /// Sorted by name.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub modules: Vec<ResolvedModule>,
+    /// Every deployment that selects this device and what became of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub targeting: Vec<TargetingDecision>,
+}
+
+impl DesiredState {
+    pub fn new(modules: Vec<ResolvedModule>, targeting: Vec<TargetingDecision>) -> Self {
+        DesiredState {
+            revision: Self::revision_of(&modules),
+            modules,
+            targeting,
+        }
+    }
+
+    /// A stable 16-hex-digit hash of the module set: equal sets give equal revisions on
+    /// every controller and agent version that serializes them alike.
+    pub fn revision_of(modules: &[ResolvedModule]) -> String {
+        let bytes = serde_json::to_vec(modules).unwrap_or_default();
+        let digest = Sha256::digest(&bytes);
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// One module as the device runs it: the EdgeModule's spec with the deployment's overrides
+/// applied, and where it came from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedModule {
+    #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// The owning deployment, `namespace/name`.
+    pub deployment: String,
+    /// The EdgeModule, `namespace/name`.
+    pub module_ref: String,
+    #[serde(default)]
+    pub desired_status: DesiredStatus,
+    #[serde(flatten)]
+    pub spec: EdgeModuleSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetingDecision {
+    /// `namespace/name`.
+    pub deployment: String,
+    pub priority: i32,
+    #[serde(default)]
+    pub layered: bool,
+    pub outcome: TargetingOutcome,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TargetingOutcome {
+    /// The winning base deployment.
+    Owner,
+    /// A layered deployment applied on top.
+    Layered,
+    /// Selected the device but another deployment won.
+    Lost,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeDeviceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub agent_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub os: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub arch: Option<String>,
+    /// The desired revision the agent runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub applied_revision: Option<String>,
+    /// `ready/total` of the desired modules, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub modules_ready: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub modules: Vec<ModuleStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A module as the device's container runtime sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleStatus {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    pub runtime_status: RuntimeStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub restart_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RuntimeStatus {
+    Running,
+    /// Crash-looping: kubelet waits before the next restart.
+    Backoff,
+    Stopped,
+    Failed,
+    Pending,
+}
+
+impl RuntimeStatus {
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Backoff | Self::Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::module::{PullPolicy, RestartPolicy};
+
+    fn module(name: &str, image: &str) -> ResolvedModule {
+        ResolvedModule {
+            name: name.into(),
+            deployment: "ns/base".into(),
+            module_ref: format!("ns/{name}"),
+            desired_status: DesiredStatus::Running,
+            spec: EdgeModuleSpec {
+                image: image.into(),
+                image_pull_policy: PullPolicy::IfNotPresent,
+                command: vec![],
+                args: vec![],
+                env: vec![],
+                config: vec![],
+                restart_policy: RestartPolicy::Always,
+                startup_order: 0,
+                devices: vec![],
+                resources: None,
+            },
+        }
+    }
+
+    #[test]
+    fn revision_is_stable_and_sensitive() {
+        let a = vec![module("a", "img:1"), module("b", "img:1")];
+        let r1 = DesiredState::revision_of(&a);
+        assert_eq!(r1, DesiredState::revision_of(&a.clone()));
+        assert_eq!(r1.len(), 16);
+        let b = vec![module("a", "img:2"), module("b", "img:1")];
+        assert_ne!(r1, DesiredState::revision_of(&b));
+        assert_ne!(r1, DesiredState::revision_of(&[]));
+    }
+
+    #[test]
+    fn resolved_module_flattens_the_module_spec() {
+        let v = serde_json::to_value(module("a", "img:1")).expect("serialize");
+        assert_eq!(v["image"], "img:1");
+        assert_eq!(v["moduleRef"], "ns/a");
+        assert_eq!(v["restartPolicy"], "Always");
+    }
+}

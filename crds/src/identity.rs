@@ -1,0 +1,39 @@
+//! Every identity string edgefleet uses, once. The controller, the agent, the charts' tests
+//! and the lab all refer to these.
+
+/// The API group of edgefleet's resources.
+pub const GROUP: &str = "edgefleet.io";
+/// The API version of edgefleet's resources.
+pub const VERSION: &str = "v1alpha1";
+/// The namespace holding edgefleet's controller, the device Leases and per-device Roles.
+pub const SYSTEM_NAMESPACE: &str = "edgefleet-system";
+
+/// The Node label that makes a node an edgefleet device (value [`DEVICE_LABEL_VALUE`]).
+pub const DEVICE_LABEL: &str = "edgefleet.io/device";
+pub const DEVICE_LABEL_VALUE: &str = "true";
+
+/// Binary and field-manager names.
+pub const CONTROLLER_NAME: &str = "edgefleet-controller";
+pub const AGENT_NAME: &str = "edgefleet-agent";
+/// Server-side apply field managers: the controller owns `spec.desired` and its own status
+/// conditions, the agent owns the device's reported status.
+pub const CONTROLLER_MANAGER: &str = CONTROLLER_NAME;
+pub const AGENT_MANAGER: &str = AGENT_NAME;
+
+/// A device's agent authenticates as `edgefleet:device:<device>` in group `edgefleet:devices`.
+pub const DEVICE_USER_PREFIX: &str = "edgefleet:device:";
+pub const DEVICES_GROUP: &str = "edgefleet:devices";
+
+/// The Kubernetes user name of a device's agent.
+pub fn device_user(device: &str) -> String {
+    format!("{DEVICE_USER_PREFIX}{device}")
+}
+
+/// Name of the ClusterRole, ClusterRoleBinding, Role and RoleBinding that give one device
+/// access to its own objects.
+pub fn device_rbac_name(device: &str) -> String {
+    format!("edgefleet-device-{device}")
+}
+
+/// The Lease through which the controller holds leadership.
+pub const LEADER_LEASE: &str = "edgefleet-controller-leader";

@@ -1,0 +1,22 @@
+//! edgefleet's API: the custom resources EdgeModule, EdgeDeployment and EdgeDevice
+//! (`edgefleet.io/v1alpha1`), every identity string as a const, and pure helpers shared by
+//! the controller and the agent. No IO lives here.
+
+pub mod condition;
+pub mod deployment;
+pub mod device;
+pub mod identity;
+pub mod module;
+pub mod names;
+pub mod schema;
+
+pub use condition::{Condition, ConditionStatus};
+pub use deployment::{
+    DeploymentModule, DesiredStatus, DeviceSelector, EdgeDeployment, EdgeDeploymentSpec,
+    EdgeDeploymentStatus, FailureSample, ModuleOverrides, SelectorOperator, SelectorRequirement,
+};
+pub use device::{
+    DesiredState, EdgeDevice, EdgeDeviceSpec, EdgeDeviceStatus, ModuleStatus, ResolvedModule,
+    RuntimeStatus, TargetingDecision, TargetingOutcome,
+};
+pub use module::{EdgeModule, EdgeModuleSpec, EdgeModuleStatus};
