@@ -140,6 +140,11 @@ pub struct EdgeDeviceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub applied_revision: Option<String>,
+    /// The desired revision the agent refused to apply (the reason is in the Applied
+    /// condition); it keeps running `appliedRevision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub rejected_revision: Option<String>,
     /// `ready/total` of the desired modules, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
@@ -190,6 +195,16 @@ pub enum RuntimeStatus {
 impl RuntimeStatus {
     pub fn is_failure(self) -> bool {
         matches!(self, Self::Backoff | Self::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Backoff => "backoff",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+            Self::Pending => "pending",
+        }
     }
 }
 

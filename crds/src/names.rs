@@ -14,7 +14,7 @@ pub const FILE_NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$";
 /// An image reference: `[registry[:port]/]path[:tag][@sha256:digest]`, lower-case path.
 pub const IMAGE_PATTERN: &str = "^([a-zA-Z0-9][a-zA-Z0-9.-]*(:[0-9]{1,5})?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$";
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum NameError {
     #[error(
         "{0:?} is not a DNS label (lower-case letters, digits and '-', at most 63, starting and ending alphanumeric)"

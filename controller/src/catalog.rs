@@ -1,0 +1,321 @@
+//! Compiles EdgeDeployments into what targeting needs: a parsed selector and the fully
+//! resolved modules (EdgeModule spec plus the deployment's overrides). Compiling once per
+//! change of any deployment or module, not once per device, keeps a fleet-wide resolve cheap.
+//! A deployment that does not compile is *held*: see [`Contribution::Held`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use edgefleet_crds::names::{NameError, check_dns_label, check_env_name, check_image};
+use edgefleet_crds::{
+    DeploymentModule, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, ResolvedModule,
+};
+use thiserror::Error;
+
+use crate::selector::{Selector, SelectorError};
+
+/// What is wrong with a deployment's spec. Each one is reported on the deployment (Stalled
+/// condition and a Warning Event) and never stops other deployments.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SpecProblem {
+    #[error("invalid selector: {0}")]
+    InvalidSelector(#[from] SelectorError),
+    #[error("module {module:?} refers to EdgeModule {namespace}/{reference}, which does not exist")]
+    ModuleNotFound {
+        module: String,
+        namespace: String,
+        reference: String,
+    },
+    #[error("module name {0:?} appears more than once")]
+    DuplicateModule(String),
+    #[error("invalid module name: {0}")]
+    InvalidModuleName(NameError),
+    #[error("module {module:?}: invalid override: {error}")]
+    InvalidOverride { module: String, error: NameError },
+}
+
+impl SpecProblem {
+    /// A bounded reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpecProblem::InvalidSelector(_) => "InvalidSelector",
+            SpecProblem::ModuleNotFound { .. } => "ModuleNotFound",
+            SpecProblem::DuplicateModule(_) => "DuplicateModule",
+            SpecProblem::InvalidModuleName(_) => "InvalidModuleName",
+            SpecProblem::InvalidOverride { .. } => "InvalidOverride",
+        }
+    }
+}
+
+/// `namespace/name`, the key a deployment or module is known by on devices.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// What a deployment contributes to the devices it targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Contribution {
+    /// A valid spec: the devices its selector matches get these modules (sorted by name).
+    Fresh {
+        selector: Selector,
+        modules: Vec<ResolvedModule>,
+    },
+    /// An invalid spec. Bad input must lose nothing, so every device keeps exactly what this
+    /// deployment gave it before (read back from the device's own desired state), and no
+    /// other device gains anything from it, until the spec is fixed.
+    Held { problems: Vec<SpecProblem> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledDeployment {
+    pub key: String,
+    pub priority: i32,
+    pub layered: bool,
+    pub contribution: Contribution,
+}
+
+/// Looks EdgeModules up by `namespace/name`.
+pub trait ModuleLookup {
+    fn module(&self, namespace: &str, name: &str) -> Option<&EdgeModuleSpec>;
+}
+
+impl ModuleLookup for BTreeMap<String, EdgeModuleSpec> {
+    fn module(&self, namespace: &str, name: &str) -> Option<&EdgeModuleSpec> {
+        self.get(&key(namespace, name))
+    }
+}
+
+fn apply_overrides(spec: &mut EdgeModuleSpec, o: &ModuleOverrides) {
+    if let Some(image) = &o.image {
+        spec.image.clone_from(image);
+    }
+    if let Some(args) = &o.args {
+        spec.args.clone_from(args);
+    }
+    for var in &o.env {
+        match spec.env.iter_mut().find(|e| e.name == var.name) {
+            Some(existing) => existing.value.clone_from(&var.value),
+            None => spec.env.push(var.clone()),
+        }
+    }
+    if let Some(order) = o.startup_order {
+        spec.startup_order = order;
+    }
+}
+
+fn check_overrides(m: &DeploymentModule) -> Result<(), SpecProblem> {
+    let Some(o) = &m.overrides else { return Ok(()) };
+    let wrap = |error| SpecProblem::InvalidOverride {
+        module: m.name.clone(),
+        error,
+    };
+    if let Some(image) = &o.image {
+        check_image(image).map_err(wrap)?;
+    }
+    for var in &o.env {
+        check_env_name(&var.name).map_err(wrap)?;
+    }
+    Ok(())
+}
+
+/// Every problem of a deployment's spec, in spec order; empty when it is valid.
+pub fn problems(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<SpecProblem> {
+    let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    if let Err(e) = Selector::parse(&d.spec.selector) {
+        out.push(e.into());
+    }
+    let mut seen = BTreeSet::new();
+    for m in &d.spec.modules {
+        if let Err(e) = check_dns_label(&m.name) {
+            out.push(SpecProblem::InvalidModuleName(e));
+        }
+        if !seen.insert(m.name.as_str()) {
+            out.push(SpecProblem::DuplicateModule(m.name.clone()));
+        }
+        if modules.module(namespace, m.module_name()).is_none() {
+            out.push(SpecProblem::ModuleNotFound {
+                module: m.name.clone(),
+                namespace: namespace.to_owned(),
+                reference: m.module_name().to_owned(),
+            });
+        }
+        if let Err(p) = check_overrides(m) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn compile(d: &EdgeDeployment, modules: &impl ModuleLookup) -> CompiledDeployment {
+    let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
+    let key = key(namespace, d.metadata.name.as_deref().unwrap_or_default());
+    let problems = problems(d, modules);
+    let contribution = match Selector::parse(&d.spec.selector) {
+        Ok(selector) if problems.is_empty() => {
+            let mut resolved: Vec<ResolvedModule> = d
+                .spec
+                .modules
+                .iter()
+                .filter_map(|m| {
+                    let mut spec = modules.module(namespace, m.module_name())?.clone();
+                    if let Some(o) = &m.overrides {
+                        apply_overrides(&mut spec, o);
+                    }
+                    Some(ResolvedModule {
+                        name: m.name.clone(),
+                        deployment: key.clone(),
+                        module_ref: self::key(namespace, m.module_name()),
+                        desired_status: m.desired_status,
+                        spec,
+                    })
+                })
+                .collect();
+            resolved.sort_by(|a, b| a.name.cmp(&b.name));
+            Contribution::Fresh {
+                selector,
+                modules: resolved,
+            }
+        }
+        _ => Contribution::Held { problems },
+    };
+    CompiledDeployment {
+        key,
+        priority: d.spec.priority,
+        layered: d.spec.layered,
+        contribution,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Deployments and modules from inline YAML, as a user would write them.
+
+    use super::*;
+
+    pub fn deployment(yaml: &str) -> EdgeDeployment {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad fixture: {e}\n{yaml}"))
+    }
+
+    pub fn modules(specs: &[(&str, &str)]) -> BTreeMap<String, EdgeModuleSpec> {
+        specs
+            .iter()
+            .map(|(k, yaml)| {
+                let spec = serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad module: {e}"));
+                (k.to_string(), spec)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    fn lib() -> BTreeMap<String, EdgeModuleSpec> {
+        modules(&[
+            (
+                "ns/sensor",
+                "image: sensor:v1\nenv: [{name: RATE, value: '1'}, {name: UNIT, value: C}]",
+            ),
+            ("ns/filter", "image: filter:v1\nstartupOrder: 1"),
+        ])
+    }
+
+    #[test]
+    fn overrides_apply_per_deployment() {
+        let d = deployment(
+            r#"
+metadata: {name: base, namespace: ns}
+spec:
+  priority: 5
+  modules:
+  - name: sensor
+    overrides:
+      image: sensor:v2
+      args: ["--fast"]
+      env: [{name: RATE, value: "10"}, {name: EXTRA, value: x}]
+      startupOrder: 3
+  - name: f
+    moduleRef: filter
+    desiredStatus: stopped
+"#,
+        );
+        let c = compile(&d, &lib());
+        assert_eq!(c.key, "ns/base");
+        assert_eq!(c.priority, 5);
+        let Contribution::Fresh { modules, .. } = c.contribution else {
+            panic!("should compile: {:?}", c.contribution)
+        };
+        let names: Vec<_> = modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["f", "sensor"], "sorted by name");
+        let f = &modules[0];
+        assert_eq!(f.module_ref, "ns/filter");
+        assert_eq!(f.desired_status, edgefleet_crds::DesiredStatus::Stopped);
+        let s = &modules[1];
+        assert_eq!(s.deployment, "ns/base");
+        assert_eq!(s.spec.image, "sensor:v2");
+        assert_eq!(s.spec.args, ["--fast"]);
+        assert_eq!(s.spec.startup_order, 3);
+        let env: Vec<_> = s
+            .spec
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(env, [("RATE", "10"), ("UNIT", "C"), ("EXTRA", "x")]);
+    }
+
+    #[test]
+    fn bad_specs_are_held_with_every_problem() {
+        let cases = [
+            (
+                "selector: {matchExpressions: [{key: site, operator: In}]}\n  modules: [{name: sensor}]",
+                vec!["InvalidSelector"],
+            ),
+            (
+                "modules: [{name: sensor, moduleRef: nope}]",
+                vec!["ModuleNotFound"],
+            ),
+            (
+                "modules: [{name: sensor}, {name: sensor}]",
+                vec!["DuplicateModule"],
+            ),
+            (
+                "modules: [{name: Sensor_1, moduleRef: sensor}]",
+                vec!["InvalidModuleName"],
+            ),
+            (
+                "modules: [{name: sensor, overrides: {image: 'NOT VALID'}}]",
+                vec!["InvalidOverride"],
+            ),
+            (
+                "modules: [{name: x}, {name: x}]",
+                vec!["ModuleNotFound", "DuplicateModule", "ModuleNotFound"],
+            ),
+        ];
+        for (spec, want) in cases {
+            let d = deployment(&format!(
+                "metadata: {{name: d, namespace: ns}}\nspec:\n  {spec}"
+            ));
+            let c = compile(&d, &lib());
+            let Contribution::Held { problems } = &c.contribution else {
+                panic!("{spec} should be held")
+            };
+            let reasons: Vec<_> = problems.iter().map(SpecProblem::reason).collect();
+            assert_eq!(reasons, want, "{spec}");
+        }
+    }
+
+    #[test]
+    fn missing_module_message_names_the_reference() {
+        let d = deployment(
+            "metadata: {name: d, namespace: ns}\nspec:\n  modules: [{name: a, moduleRef: gone}]",
+        );
+        let p = problems(&d, &lib());
+        assert_eq!(
+            p[0].to_string(),
+            "module \"a\" refers to EdgeModule ns/gone, which does not exist"
+        );
+    }
+}

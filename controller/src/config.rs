@@ -1,0 +1,103 @@
+//! The controller's configuration: one clap struct with environment fallbacks, parsed once
+//! in `main` and passed down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use edgefleet_crds::identity::SYSTEM_NAMESPACE;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "edgefleet-controller",
+    version,
+    about = "edgefleet's controller"
+)]
+pub struct Config {
+    /// A device whose Lease was not renewed for this long is offline.
+    #[arg(long, env = "EDGEFLEET_OFFLINE_THRESHOLD", default_value = "40s", value_parser = parse_duration)]
+    pub offline_threshold: Duration,
+
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "EDGEFLEET_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// The namespace of device Leases, per-device Roles and the leader Lease.
+    #[arg(long, env = "EDGEFLEET_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
+    pub namespace: String,
+
+    /// Take part in leader election, so that of several replicas only one writes.
+    #[arg(long, env = "EDGEFLEET_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// This replica's identity in the leader Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    pub identity: String,
+
+    /// How long a leader's Lease lasts without renewal before another replica takes over.
+    #[arg(long, env = "EDGEFLEET_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// Parses `40s`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 40s, 2m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m or h)")),
+    };
+    if secs == 0 {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("40s"), Ok(Duration::from_secs(40)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn defaults_and_env_fallbacks() {
+        let c = Config::try_parse_from(["edgefleet-controller"]).expect("defaults parse");
+        assert_eq!(c.offline_threshold, Duration::from_secs(40));
+        assert_eq!(c.namespace, "edgefleet-system");
+        assert!(c.leader_election);
+        let c = Config::try_parse_from([
+            "edgefleet-controller",
+            "--offline-threshold",
+            "1m",
+            "--leader-election",
+            "false",
+        ])
+        .expect("flags parse");
+        assert_eq!(c.offline_threshold, Duration::from_secs(60));
+        assert!(!c.leader_election);
+    }
+}

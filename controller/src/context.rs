@@ -1,0 +1,171 @@
+//! State shared by every reconcile: the client, the configuration, the caches (reflector
+//! stores) and the compiled deployment catalog.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use edgefleet_crds::identity::CONTROLLER_NAME;
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, EdgeModuleSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::Client;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use crate::catalog::{self, CompiledDeployment};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// The caches every reconcile reads. Nodes are kept as metadata only: a device needs a
+/// Node's name and labels, and full Node objects would dominate memory at fleet size.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub devices: Store<EdgeDevice>,
+    pub deployments: Store<EdgeDeployment>,
+    pub modules: Store<EdgeModule>,
+    pub leases: Store<Lease>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub stores: Stores,
+    recorder: Recorder,
+    catalog: Mutex<Option<(u64, Arc<Vec<CompiledDeployment>>)>>,
+    /// (device, module) pairs seen failing, so "module failed" is an Event once per failure.
+    pub failing: Mutex<HashSet<(String, String)>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, stores: Stores) -> Self {
+        let reporter = Reporter {
+            controller: CONTROLLER_NAME.to_owned(),
+            instance: Some(config.identity.clone()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            stores,
+            catalog: Mutex::new(None),
+            failing: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Every EdgeModule spec by `namespace/name`.
+    pub fn module_specs(&self) -> BTreeMap<String, EdgeModuleSpec> {
+        self.stores
+            .modules
+            .state()
+            .iter()
+            .map(|m| {
+                (
+                    catalog::key(&m.namespace().unwrap_or_default(), &m.name_any()),
+                    m.spec.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// All deployments, compiled. Recompiled only when a deployment or module changed
+    /// (their uids and resourceVersions are the cache key), not once per device.
+    pub fn catalog(&self) -> Arc<Vec<CompiledDeployment>> {
+        let deployments = self.stores.deployments.state();
+        let modules = self.stores.modules.state();
+        let stamp = stamp(&deployments, &modules);
+        let mut cache = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, c)) = cache.as_ref()
+            && *s == stamp
+        {
+            return c.clone();
+        }
+        let specs = self.module_specs();
+        let compiled: Arc<Vec<_>> = Arc::new(
+            deployments
+                .iter()
+                .map(|d| catalog::compile(d, &specs))
+                .collect(),
+        );
+        *cache = Some((stamp, compiled.clone()));
+        compiled
+    }
+
+    /// Whether the device's Node exists and carries the device label.
+    pub fn registered(&self, device: &str) -> Option<Arc<PartialObjectMeta<Node>>> {
+        self.stores.nodes.get(&ObjectRef::new(device))
+    }
+
+    /// Publishes an Event; a failure to do so is logged, never fatal to a reconcile.
+    pub async fn event(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(truncate(note, 1000)),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, regarding).await {
+            tracing::warn!(reason, error = %e, "cannot publish event");
+        }
+    }
+}
+
+/// An object reference for Events.
+pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    obj.object_ref(&())
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn stamp(deployments: &[Arc<EdgeDeployment>], modules: &[Arc<EdgeModule>]) -> u64 {
+    // Order-independent: the stores hand objects out in no particular order.
+    let mut sum = (deployments.len() as u64).wrapping_mul(31) ^ modules.len() as u64;
+    let mut add = |kind: u8, uid: Option<&String>, rv: Option<&String>| {
+        let mut h = DefaultHasher::new();
+        (kind, uid, rv).hash(&mut h);
+        sum = sum.wrapping_add(h.finish());
+    };
+    for d in deployments {
+        add(
+            0,
+            d.metadata.uid.as_ref(),
+            d.metadata.resource_version.as_ref(),
+        );
+    }
+    for m in modules {
+        add(
+            1,
+            m.metadata.uid.as_ref(),
+            m.metadata.resource_version.as_ref(),
+        );
+    }
+    sum
+}

@@ -1,0 +1,148 @@
+//! The deployment status reconcile: validates the spec, rolls the targeted devices' reports
+//! up into the status, and publishes Events when the spec turns bad, the targets change, or
+//! the deployment loses a priority tie.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_crds::condition::{self, ConditionStatus};
+use edgefleet_crds::device::conditions::ONLINE;
+use edgefleet_crds::identity::CONTROLLER_MANAGER;
+use edgefleet_crds::{EdgeDeployment, EdgeDeploymentStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::catalog::{self, Contribution};
+use crate::context::{Context, reference};
+use crate::error::{Error, Result};
+use crate::rollup::{self, DeviceView, conditions};
+
+pub const CONTROLLER: &str = "deployment";
+
+pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = d.namespace().unwrap_or_default();
+    let name = d.name_any();
+    let specs = ctx.module_specs();
+    let compiled = catalog::compile(&d, &specs);
+    let problems = match &compiled.contribution {
+        Contribution::Held { problems } => problems.clone(),
+        Contribution::Fresh { .. } => Vec::new(),
+    };
+    let devices = ctx.stores.devices.state();
+    let views = devices
+        .iter()
+        .filter(|dev| ctx.registered(&dev.name_any()).is_some())
+        .map(|dev| DeviceView {
+            name: dev.metadata.name.as_deref().unwrap_or_default(),
+            labels: dev.labels(),
+            desired: dev.spec.desired.as_ref(),
+            status: dev.status.as_ref(),
+            online: dev
+                .status
+                .as_ref()
+                .and_then(|s| condition::find(&s.conditions, ONLINE))
+                .is_some_and(|c| c.is_true()),
+        });
+    let r = rollup::rollup(&compiled, views);
+    let mut status = rollup::status(d.metadata.generation, &problems, &r);
+    let old = d.status.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    condition::carry_transition_times(&mut status.conditions, &old.conditions, &now);
+    if status == old {
+        ctx.metrics.skipped_write(CONTROLLER);
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    let patch = json!({
+        "apiVersion": EdgeDeployment::api_version(&()),
+        "kind": EdgeDeployment::kind(&()),
+        "metadata": { "name": name, "namespace": ns },
+        "status": status,
+    });
+    Api::<EdgeDeployment>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|e| Error::ApplyDeploymentStatus(catalog::key(&ns, &name), e))?;
+    publish_transitions(&ctx, &d, &old, &status).await;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn publish_transitions(
+    ctx: &Context,
+    d: &EdgeDeployment,
+    old: &EdgeDeploymentStatus,
+    new: &EdgeDeploymentStatus,
+) {
+    let r = reference(d);
+    let stalled =
+        |s: &EdgeDeploymentStatus| condition::find(&s.conditions, conditions::STALLED).cloned();
+    if let Some(c) = stalled(new)
+        && c.status == ConditionStatus::True
+        && stalled(old).is_none_or(|o| o.status != c.status || o.reason != c.reason)
+    {
+        ctx.event(
+            &r,
+            EventType::Warning,
+            &c.reason,
+            "Validate",
+            c.message.clone(),
+        )
+        .await;
+    }
+    let tie = |s: &EdgeDeploymentStatus| {
+        condition::find(&s.conditions, conditions::CONFLICTED).map(|c| c.message.clone())
+    };
+    if let Some(msg) = tie(new)
+        && tie(old).as_ref() != Some(&msg)
+    {
+        ctx.event(&r, EventType::Warning, "PriorityTie", "Target", msg)
+            .await;
+    }
+    if new.targeted != old.targeted {
+        let note = format!(
+            "targets {} devices (was {}); {} matching devices are owned by other deployments",
+            new.targeted, old.targeted, new.lost
+        );
+        ctx.event(&r, EventType::Normal, "TargetsChanged", "Target", note)
+            .await;
+    }
+    let ready = |s: &EdgeDeploymentStatus| {
+        condition::find(&s.conditions, conditions::READY).map(|c| c.status)
+    };
+    if ready(new) == Some(ConditionStatus::True) && ready(old) != Some(ConditionStatus::True) {
+        ctx.event(
+            &r,
+            EventType::Normal,
+            "Ready",
+            "Rollout",
+            format!("{} of {} targeted devices ready", new.ready, new.targeted),
+        )
+        .await;
+    }
+}
+
+pub fn error_policy(_d: Arc<EdgeDeployment>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "deployment reconcile failed");
+    ctx.metrics.error(CONTROLLER, err.category());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The deployments a device's state matters to: those named in its targeting decisions.
+pub fn deployments_of_device(dev: &edgefleet_crds::EdgeDevice) -> Vec<ObjectRef<EdgeDeployment>> {
+    dev.spec
+        .desired
+        .iter()
+        .flat_map(|d| d.targeting.iter())
+        .filter_map(|t| t.deployment.split_once('/'))
+        .map(|(ns, name)| ObjectRef::new(name).within(ns))
+        .collect()
+}

@@ -1,0 +1,186 @@
+//! What each device may do, and nothing more: its agent (user `edgefleet:device:<name>`)
+//! may get and watch its own EdgeDevice and update its status, and get and renew its own
+//! Lease. Every object is owned by the EdgeDevice, so deleting the device removes them.
+//! Pure builders; the registry applies them.
+
+use std::collections::BTreeMap;
+
+use edgefleet_crds::EdgeDevice;
+use edgefleet_crds::identity::{GROUP, device_rbac_name, device_user};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+fn owner(device: &EdgeDevice) -> Option<OwnerReference> {
+    device.controller_owner_ref(&())
+}
+
+fn meta(name: String, namespace: Option<&str>, device: &EdgeDevice) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_owned(),
+            edgefleet_crds::identity::CONTROLLER_NAME.to_owned(),
+        )])),
+        owner_references: owner(device).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn rule(group: &str, resource: &str, name: &str, verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(vec![resource.to_owned()]),
+        resource_names: Some(vec![name.to_owned()]),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+fn subject(name: &str) -> Vec<Subject> {
+    vec![Subject {
+        kind: "User".to_owned(),
+        api_group: Some("rbac.authorization.k8s.io".to_owned()),
+        name: device_user(name),
+        namespace: None,
+    }]
+}
+
+/// Cluster-scoped: the device's own EdgeDevice. `list` and `watch` are limited to the one
+/// name too; the apiserver allows them for a request with `fieldSelector=metadata.name=<name>`.
+pub fn cluster_role(name: &str, device: &EdgeDevice) -> ClusterRole {
+    ClusterRole {
+        metadata: meta(device_rbac_name(name), None, device),
+        rules: Some(vec![
+            rule(GROUP, "edgedevices", name, &["get", "list", "watch"]),
+            rule(
+                GROUP,
+                "edgedevices/status",
+                name,
+                &["get", "update", "patch"],
+            ),
+        ]),
+        ..Default::default()
+    }
+}
+
+pub fn cluster_role_binding(name: &str, device: &EdgeDevice) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(device_rbac_name(name), None, device),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: device_rbac_name(name),
+        },
+        subjects: Some(subject(name)),
+    }
+}
+
+/// In the system namespace: the device's own Lease.
+pub fn role(name: &str, namespace: &str, device: &EdgeDevice) -> Role {
+    Role {
+        metadata: meta(device_rbac_name(name), Some(namespace), device),
+        rules: Some(vec![rule(
+            "coordination.k8s.io",
+            "leases",
+            name,
+            &["get", "list", "watch", "update", "patch"],
+        )]),
+    }
+}
+
+pub fn role_binding(name: &str, namespace: &str, device: &EdgeDevice) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(device_rbac_name(name), Some(namespace), device),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: device_rbac_name(name),
+        },
+        subjects: Some(subject(name)),
+    }
+}
+
+/// The device's heartbeat Lease. The controller sets only its owner and duration; the
+/// agent renews `renewTime` under its own field manager.
+pub fn lease(name: &str, namespace: &str, device: &EdgeDevice, duration_s: i32) -> Lease {
+    Lease {
+        metadata: meta(name.to_owned(), Some(namespace), device),
+        spec: Some(LeaseSpec {
+            lease_duration_seconds: Some(duration_s),
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> EdgeDevice {
+        let mut d = EdgeDevice::new("edge-1", Default::default());
+        d.metadata.uid = Some("uid-1".into());
+        d
+    }
+
+    #[test]
+    fn grants_only_the_devices_own_objects() {
+        let d = device();
+        let cr = cluster_role("edge-1", &d);
+        let rules = cr.rules.expect("rules");
+        assert_eq!(rules.len(), 2);
+        for r in &rules {
+            assert_eq!(
+                r.resource_names.as_deref(),
+                Some(&["edge-1".to_owned()][..])
+            );
+            assert_eq!(
+                r.api_groups.as_deref(),
+                Some(&["edgefleet.io".to_owned()][..])
+            );
+            assert!(
+                !r.verbs
+                    .iter()
+                    .any(|v| v == "create" || v == "delete" || v == "*")
+            );
+        }
+        assert!(
+            !rules[0].verbs.contains(&"update".to_owned()),
+            "spec is not the device's"
+        );
+        let crb = cluster_role_binding("edge-1", &d);
+        let s = &crb.subjects.expect("subjects")[0];
+        assert_eq!(
+            (s.kind.as_str(), s.name.as_str()),
+            ("User", "edgefleet:device:edge-1")
+        );
+        let role = role("edge-1", "edgefleet-system", &d);
+        let r = &role.rules.expect("rules")[0];
+        assert_eq!(r.resources.as_deref(), Some(&["leases".to_owned()][..]));
+        assert_eq!(
+            r.resource_names.as_deref(),
+            Some(&["edge-1".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn everything_is_owned_by_the_device() {
+        let d = device();
+        let owners = [
+            cluster_role("edge-1", &d).metadata.owner_references,
+            role_binding("edge-1", "ns", &d).metadata.owner_references,
+            lease("edge-1", "ns", &d, 40).metadata.owner_references,
+        ];
+        for o in owners {
+            let o = &o.expect("owner")[0];
+            assert_eq!(
+                (o.kind.as_str(), o.name.as_str(), o.uid.as_str()),
+                ("EdgeDevice", "edge-1", "uid-1")
+            );
+        }
+    }
+}

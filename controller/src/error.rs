@@ -1,0 +1,42 @@
+//! Errors named after the action that failed. A bad spec is not an error here: it is
+//! reported on the object and waits for a change. These are the transient failures that
+//! back off per object and retry.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("cannot apply EdgeDevice {0}: {1}")]
+    ApplyDevice(String, #[source] kube::Error),
+    #[error("cannot apply the status of EdgeDevice {0}: {1}")]
+    ApplyDeviceStatus(String, #[source] kube::Error),
+    #[error("cannot create EdgeDevice {0}: {1}")]
+    CreateDevice(String, #[source] kube::Error),
+    #[error("cannot apply the Lease of device {0}: {1}")]
+    ApplyLease(String, #[source] kube::Error),
+    #[error("cannot apply the RBAC of device {0}: {1}")]
+    ApplyRbac(String, #[source] kube::Error),
+    #[error("cannot apply the status of EdgeDeployment {0}: {1}")]
+    ApplyDeploymentStatus(String, #[source] kube::Error),
+    #[error("cannot apply the status of EdgeModule {0}: {1}")]
+    ApplyModuleStatus(String, #[source] kube::Error),
+    #[error("EdgeDevice {0} is not in the cache yet")]
+    DeviceNotCached(String),
+}
+
+impl Error {
+    /// A bounded category for metrics: never error text or object names.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::ApplyDevice(..) | Error::CreateDevice(..) => "device_write",
+            Error::ApplyDeviceStatus(..) => "device_status_write",
+            Error::ApplyLease(..) => "lease_write",
+            Error::ApplyRbac(..) => "rbac_write",
+            Error::ApplyDeploymentStatus(..) => "deployment_status_write",
+            Error::ApplyModuleStatus(..) => "module_status_write",
+            Error::DeviceNotCached(..) => "cache_lag",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

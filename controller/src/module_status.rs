@@ -1,0 +1,88 @@
+//! EdgeModule status: how many deployments reference the module and how many devices have
+//! it in their desired state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_crds::identity::CONTROLLER_MANAGER;
+use edgefleet_crds::{EdgeDevice, EdgeModule, EdgeModuleStatus};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::catalog;
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+pub const CONTROLLER: &str = "module";
+
+pub async fn reconcile(m: Arc<EdgeModule>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = m.namespace().unwrap_or_default();
+    let name = m.name_any();
+    let key = catalog::key(&ns, &name);
+    let deployments = ctx
+        .stores
+        .deployments
+        .state()
+        .iter()
+        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|d| d.spec.modules.iter().any(|dm| dm.module_name() == name))
+        .count();
+    let devices = ctx
+        .stores
+        .devices
+        .state()
+        .iter()
+        .filter(|dev| {
+            dev.spec
+                .desired
+                .as_ref()
+                .is_some_and(|d| d.modules.iter().any(|rm| rm.module_ref == key))
+        })
+        .count();
+    let status = EdgeModuleStatus {
+        observed_generation: m.metadata.generation,
+        deployments: u32::try_from(deployments).unwrap_or(u32::MAX),
+        devices: u32::try_from(devices).unwrap_or(u32::MAX),
+        conditions: vec![],
+    };
+    if m.status.as_ref() == Some(&status) {
+        ctx.metrics.skipped_write(CONTROLLER);
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    let patch = json!({
+        "apiVersion": EdgeModule::api_version(&()),
+        "kind": EdgeModule::kind(&()),
+        "metadata": { "name": name, "namespace": ns },
+        "status": status,
+    });
+    Api::<EdgeModule>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|e| Error::ApplyModuleStatus(key, e))?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+pub fn error_policy(_m: Arc<EdgeModule>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "module reconcile failed");
+    ctx.metrics.error(CONTROLLER, err.category());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The modules a device runs, as references.
+pub fn modules_of_device(dev: &EdgeDevice) -> Vec<ObjectRef<EdgeModule>> {
+    dev.spec
+        .desired
+        .iter()
+        .flat_map(|d| d.modules.iter())
+        .filter_map(|m| m.module_ref.split_once('/'))
+        .map(|(ns, name)| ObjectRef::new(name).within(ns))
+        .collect()
+}

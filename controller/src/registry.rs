@@ -1,0 +1,123 @@
+//! The device registry: every Node labelled `edgefleet.io/device=true` gets an EdgeDevice,
+//! a Lease and RBAC for its agent. What happens when the Node goes away is the device
+//! reconcile's business (see `device`): the EdgeDevice is marked, never dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_crds::EdgeDevice;
+use edgefleet_crds::identity::CONTROLLER_MANAGER;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::Context;
+use crate::device_rbac;
+use crate::error::{Error, Result};
+
+pub const CONTROLLER: &str = "registry";
+
+pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let name = node.name_any();
+    let device = match ctx.stores.devices.get(&ObjectRef::new(&name)) {
+        Some(d) => d,
+        None => Arc::new(create_device(&ctx, &name, &node).await?),
+    };
+    let ns = ctx.config.namespace.as_str();
+    let apply = |name: &str| {
+        (
+            name.to_owned(),
+            PatchParams::apply(CONTROLLER_MANAGER).force(),
+        )
+    };
+    let lease_s = i32::try_from(ctx.config.offline_threshold.as_secs()).unwrap_or(i32::MAX);
+    ssa(
+        Api::<Lease>::namespaced(ctx.client.clone(), ns),
+        apply(&name),
+        &device_rbac::lease(&name, ns, &device, lease_s),
+    )
+    .await
+    .map_err(|e| Error::ApplyLease(name.clone(), e))?;
+    let rbac = async {
+        let n = edgefleet_crds::identity::device_rbac_name(&name);
+        ssa(
+            Api::<ClusterRole>::all(ctx.client.clone()),
+            apply(&n),
+            &device_rbac::cluster_role(&name, &device),
+        )
+        .await?;
+        ssa(
+            Api::<ClusterRoleBinding>::all(ctx.client.clone()),
+            apply(&n),
+            &device_rbac::cluster_role_binding(&name, &device),
+        )
+        .await?;
+        ssa(
+            Api::<Role>::namespaced(ctx.client.clone(), ns),
+            apply(&n),
+            &device_rbac::role(&name, ns, &device),
+        )
+        .await?;
+        ssa(
+            Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
+            apply(&n),
+            &device_rbac::role_binding(&name, ns, &device),
+        )
+        .await
+    };
+    rbac.await.map_err(|e| Error::ApplyRbac(name.clone(), e))?;
+    Ok(Action::await_change())
+}
+
+async fn ssa<K>(api: Api<K>, (name, params): (String, PatchParams), obj: &K) -> kube::Result<K>
+where
+    K: Clone + DeserializeOwned + Serialize + std::fmt::Debug + kube::Resource,
+    K::DynamicType: Default,
+{
+    let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
+    value["apiVersion"] = K::api_version(&Default::default()).into();
+    value["kind"] = K::kind(&Default::default()).into();
+    api.patch(&name, &params, &Patch::Apply(value)).await
+}
+
+/// Creates the EdgeDevice with the Node's labels. The device reconcile then owns the labels
+/// and `spec.desired` through server-side apply.
+async fn create_device(
+    ctx: &Context,
+    name: &str,
+    node: &PartialObjectMeta<Node>,
+) -> Result<EdgeDevice> {
+    let api = Api::<EdgeDevice>::all(ctx.client.clone());
+    let mut device = EdgeDevice::new(name, Default::default());
+    device.metadata.labels = Some(node.labels().clone());
+    let pp = PostParams {
+        field_manager: Some(CONTROLLER_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    match api.create(&pp, &device).await {
+        Ok(d) => {
+            tracing::info!(device = name, "registered a new device");
+            Ok(d)
+        }
+        // Created meanwhile (the cache lags): read it back.
+        Err(kube::Error::Api(s)) if s.code == 409 => api
+            .get(name)
+            .await
+            .map_err(|e| Error::CreateDevice(name.to_owned(), e)),
+        Err(e) => Err(Error::CreateDevice(name.to_owned(), e)),
+    }
+}
+
+pub fn error_policy(_node: Arc<PartialObjectMeta<Node>>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "registry reconcile failed");
+    ctx.metrics.error(CONTROLLER, err.category());
+    Action::requeue(Duration::from_secs(5))
+}

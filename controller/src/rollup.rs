@@ -1,0 +1,295 @@
+//! An EdgeDeployment's status, rolled up from the devices it targets: counts, a bounded
+//! sample of failures, and kstatus conditions (Ready, Reconciling, Stalled) so that
+//! `kubectl wait --for=condition=Ready`, Flux and Argo CD understand it. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use edgefleet_crds::condition::{self, Condition, ConditionStatus};
+use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
+use edgefleet_crds::device::conditions as device_conditions;
+use edgefleet_crds::{
+    DesiredState, DesiredStatus, EdgeDeploymentStatus, EdgeDeviceStatus, FailureSample,
+    ResolvedModule, RuntimeStatus, TargetingOutcome,
+};
+
+use crate::catalog::{CompiledDeployment, Contribution, SpecProblem};
+
+/// Condition types on an EdgeDeployment.
+pub mod conditions {
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+    /// Another deployment ties with this one at the same priority on some device.
+    pub const CONFLICTED: &str = "Conflicted";
+}
+
+/// What the rollup reads of one device.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceView<'a> {
+    pub name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub desired: Option<&'a DesiredState>,
+    pub status: Option<&'a EdgeDeviceStatus>,
+    pub online: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rollup {
+    pub targeted: u32,
+    pub applied: u32,
+    pub ready: u32,
+    pub failed: u32,
+    pub deferred: u32,
+    pub lost: u32,
+    /// Devices whose desired state does not yet reflect this deployment's spec.
+    pub pending: u32,
+    pub failures: Vec<FailureSample>,
+    /// Deployments that tie with this one and win on some device.
+    pub tied_with: BTreeSet<String>,
+}
+
+enum ModuleHealth {
+    Ready,
+    NotReady,
+    Failed(String),
+}
+
+fn module_health(m: &ResolvedModule, status: Option<&EdgeDeviceStatus>) -> ModuleHealth {
+    let reported = status.and_then(|s| s.modules.iter().find(|r| r.name == m.name));
+    match (m.desired_status, reported) {
+        (_, Some(r)) if r.runtime_status.is_failure() => {
+            let mut reason = r.runtime_status.as_str().to_owned();
+            if let Some(code) = r.exit_code {
+                reason.push_str(&format!(", exit code {code}"));
+            }
+            if r.restart_count > 0 {
+                reason.push_str(&format!(", {} restarts", r.restart_count));
+            }
+            if !r.message.is_empty() {
+                reason.push_str(": ");
+                reason.push_str(&r.message);
+            }
+            ModuleHealth::Failed(reason)
+        }
+        (DesiredStatus::Running, Some(r)) if r.runtime_status == RuntimeStatus::Running => {
+            ModuleHealth::Ready
+        }
+        (DesiredStatus::Stopped, None) => ModuleHealth::Ready,
+        (DesiredStatus::Stopped, Some(r)) if r.runtime_status == RuntimeStatus::Stopped => {
+            ModuleHealth::Ready
+        }
+        _ => ModuleHealth::NotReady,
+    }
+}
+
+fn rejection(status: Option<&EdgeDeviceStatus>, desired: &DesiredState) -> Option<String> {
+    let s = status?;
+    (s.rejected_revision.as_deref() == Some(desired.revision.as_str())).then(|| {
+        condition::find(&s.conditions, device_conditions::APPLIED)
+            .map(|c| c.message.clone())
+            .unwrap_or_else(|| "the agent rejected the desired state".to_owned())
+    })
+}
+
+pub fn rollup<'a>(d: &CompiledDeployment, devices: impl Iterator<Item = DeviceView<'a>>) -> Rollup {
+    let compiled: BTreeMap<&str, &ResolvedModule> = match &d.contribution {
+        Contribution::Fresh { modules, .. } => {
+            modules.iter().map(|m| (m.name.as_str(), m)).collect()
+        }
+        Contribution::Held { .. } => BTreeMap::new(),
+    };
+    let mut r = Rollup::default();
+    let mut failures = Vec::new();
+    for dev in devices {
+        let decision = dev
+            .desired
+            .and_then(|s| s.targeting.iter().find(|t| t.deployment == d.key));
+        let selects_now = match &d.contribution {
+            Contribution::Fresh { selector, .. } => selector.matches(dev.labels),
+            Contribution::Held { .. } => {
+                decision.is_some_and(|t| t.outcome != TargetingOutcome::Lost)
+            }
+        };
+        let (Some(desired), Some(decision)) = (dev.desired, decision) else {
+            if selects_now {
+                r.pending += 1;
+            }
+            continue;
+        };
+        if !selects_now {
+            r.pending += 1;
+            continue;
+        }
+        if decision.outcome == TargetingOutcome::Lost {
+            r.lost += 1;
+            if decision.priority == d.priority
+                && let Some(owner) = desired
+                    .targeting
+                    .iter()
+                    .find(|t| t.outcome == TargetingOutcome::Owner)
+            {
+                r.tied_with.insert(owner.deployment.clone());
+            }
+            continue;
+        }
+        r.targeted += 1;
+        let owned: Vec<&ResolvedModule> = desired
+            .modules
+            .iter()
+            .filter(|m| m.deployment == d.key)
+            .collect();
+        let up_to_date = matches!(d.contribution, Contribution::Held { .. })
+            || owned
+                .iter()
+                .all(|m| compiled.get(m.name.as_str()) == Some(m));
+        if !up_to_date {
+            r.pending += 1;
+            continue;
+        }
+        let applied = dev.status.and_then(|s| s.applied_revision.as_deref())
+            == Some(desired.revision.as_str());
+        if !applied {
+            if let Some(reason) = rejection(dev.status, desired) {
+                r.failed += 1;
+                failures.push(FailureSample {
+                    device: dev.name.to_owned(),
+                    module: String::new(),
+                    reason,
+                });
+            } else if !dev.online {
+                r.deferred += 1;
+            }
+            continue;
+        }
+        r.applied += 1;
+        let mut all_ready = true;
+        let mut failed = false;
+        for m in owned {
+            match module_health(m, dev.status) {
+                ModuleHealth::Ready => {}
+                ModuleHealth::NotReady => all_ready = false,
+                ModuleHealth::Failed(reason) => {
+                    all_ready = false;
+                    failed = true;
+                    failures.push(FailureSample {
+                        device: dev.name.to_owned(),
+                        module: m.name.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        if failed {
+            r.failed += 1;
+        } else if all_ready {
+            r.ready += 1;
+        }
+    }
+    failures.sort_by(|a, b| (&a.device, &a.module).cmp(&(&b.device, &b.module)));
+    failures.truncate(MAX_FAILURE_SAMPLES);
+    r.failures = failures;
+    r
+}
+
+fn cond(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let mut c = Condition::new(type_, ConditionStatus::from_bool(status), reason, message);
+    c.observed_generation = generation;
+    c
+}
+
+/// The status a deployment should have. Transition times are left for the caller to carry
+/// over from the current status.
+pub fn status(
+    generation: Option<i64>,
+    problems: &[SpecProblem],
+    r: &Rollup,
+) -> EdgeDeploymentStatus {
+    use conditions::*;
+    let progress = format!(
+        "{} of {} targeted devices ready, {} applied, {} failed, {} deferred (offline)",
+        r.ready, r.targeted, r.applied, r.failed, r.deferred
+    );
+    // One verdict, three kstatus conditions: exactly one of Ready, Reconciling and Stalled
+    // is True, and each carries the same reason.
+    let (reason, ready, reconciling, stalled, message) = if let Some(first) = problems.first() {
+        let msg = problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let held = format!("{msg}; devices keep what this deployment gave them before");
+        (first.reason(), false, false, true, held)
+    } else if r.failed > 0 {
+        let sample = r
+            .failures
+            .iter()
+            .take(3)
+            .map(|f| format!("{}/{}: {}", f.device, f.module, f.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        (
+            "ModulesFailed",
+            false,
+            false,
+            true,
+            format!("{progress}; {sample}"),
+        )
+    } else if r.pending > 0 {
+        let msg = format!(
+            "{progress}; {} devices not yet updated with the current spec",
+            r.pending
+        );
+        ("Progressing", false, true, false, msg)
+    } else if r.ready < r.targeted {
+        ("Progressing", false, true, false, progress)
+    } else if r.targeted == 0 {
+        (
+            "AllReady",
+            true,
+            false,
+            false,
+            "no device is targeted".to_owned(),
+        )
+    } else {
+        ("AllReady", true, false, false, progress)
+    };
+    let only_if = |b: bool| if b { message.clone() } else { String::new() };
+    let mut conds = vec![
+        cond(READY, ready, reason, message.clone(), generation),
+        cond(
+            RECONCILING,
+            reconciling,
+            reason,
+            only_if(reconciling),
+            generation,
+        ),
+        cond(STALLED, stalled, reason, only_if(stalled), generation),
+    ];
+    if !r.tied_with.is_empty() {
+        let winners = r.tied_with.iter().cloned().collect::<Vec<_>>().join(", ");
+        conds.push(cond(
+            CONFLICTED,
+            true,
+            "PriorityTie",
+            format!("ties at the same priority with {winners}, which win by namespace/name order on {} devices", r.lost),
+            generation,
+        ));
+    }
+    EdgeDeploymentStatus {
+        observed_generation: generation,
+        targeted: r.targeted,
+        applied: r.applied,
+        ready: r.ready,
+        failed: r.failed,
+        deferred: r.deferred,
+        lost: r.lost,
+        failures: r.failures.clone(),
+        conditions: conds,
+    }
+}

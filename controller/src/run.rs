@@ -1,0 +1,315 @@
+//! Wires the caches and the four controllers together and runs them while this replica
+//! leads: the registry (Nodes), devices, deployment status and module status.
+
+use std::collections::HashMap;
+use std::future::ready;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use edgefleet_crds::condition;
+use edgefleet_crds::device::conditions::{ONLINE, REGISTERED};
+use edgefleet_crds::identity::{DEVICE_LABEL, DEVICE_LABEL_VALUE, LEADER_LEASE};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
+use kube::runtime::{WatchStreamExt, reflector as reflect, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::context::{Context, Stores};
+use crate::http::{self, Health};
+use crate::leader::Elector;
+use crate::metrics::Metrics;
+use crate::{deployment, device, module_status, registry};
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("cannot build a Kubernetes client (KUBECONFIG or in-cluster config): {0}")]
+    Client(#[source] kube::Error),
+    #[error("cannot serve health and metrics on {0}: {1}")]
+    Http(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("lost leadership; stopping so that only one replica writes")]
+    LostLeadership,
+}
+
+const SHARED_BUFFER: usize = 1024;
+
+/// Runs until SIGTERM or Ctrl-C (clean exit) or lost leadership (error exit).
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let ready_flag = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready_flag.clone(),
+    };
+    let addr = config.http_addr;
+    let listener = tokio::spawn(http::serve(addr, health));
+
+    let mut lost = if config.leader_election {
+        let elector = Elector::new(
+            client.clone(),
+            &config.namespace,
+            LEADER_LEASE,
+            &config.identity,
+            config.lease_duration,
+        );
+        // A standby is a healthy replica: ready, so rollouts of the Deployment can proceed.
+        ready_flag.store(true, Ordering::Relaxed);
+        let lead = elector.lead();
+        tokio::select! {
+            rx = lead => Some(rx),
+            () = shutdown_signal() => return Ok(()),
+        }
+    } else {
+        None
+    };
+    ready_flag.store(false, Ordering::Relaxed);
+
+    let controllers = controllers(client, config, metrics, ready_flag);
+    tokio::select! {
+        () = controllers => Ok(()),
+        r = listener => match r {
+            Ok(Err(e)) => Err(RunError::Http(addr, e)),
+            _ => Ok(()),
+        },
+        () = async {
+            match lost.as_mut() {
+                Some(rx) => { let _ = rx.wait_for(|l| *l).await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => Err(RunError::LostLeadership),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// A shared reflector over all objects of a kind: one watch, several controllers.
+fn shared<K>(
+    api: Api<K>,
+) -> (
+    reflector::Store<K>,
+    ReflectHandle<K>,
+    ReflectHandle<K>,
+    ReflectHandle<K>,
+    impl Stream + Send,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store_shared(SHARED_BUFFER);
+    let subs = (writer.subscribe(), writer.subscribe(), writer.subscribe());
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect_shared(writer);
+    match subs {
+        (Some(a), Some(b), Some(c)) => (reader, a, b, c, stream),
+        _ => unreachable!("a shared store always hands out subscriptions"),
+    }
+}
+
+/// Passes on only objects whose generation changed: our own status writes do not count as
+/// changes of what the user asked for.
+fn spec_changes<K: Resource + Send + Sync + 'static>(
+    s: impl Stream<Item = Arc<K>> + Send,
+) -> impl Stream<Item = Arc<K>> + Send {
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    s.filter(move |o| {
+        let uid = o.meta().uid.clone().unwrap_or_default();
+        let generation = o.meta().generation;
+        ready(seen.insert(uid, generation) != Some(generation))
+    })
+}
+
+async fn controllers(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    ready_flag: Arc<AtomicBool>,
+) {
+    let ns = config.namespace.clone();
+    let (devices, dev_main, dev_for_deployments, dev_for_modules, dev_stream) =
+        shared(Api::<EdgeDevice>::all(client.clone()));
+    let (deployments, dep_main, dep_for_devices, dep_for_modules, dep_stream) =
+        shared(Api::<EdgeDeployment>::all(client.clone()));
+    let (modules, mod_main, mod_for_devices, mod_for_deployments, mod_stream) =
+        shared(Api::<EdgeModule>::all(client.clone()));
+
+    let (leases, lease_writer) = reflector::store();
+    let lease_stream = reflect(
+        lease_writer,
+        watcher(
+            Api::<Lease>::namespaced(client.clone(), &ns),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .applied_objects();
+
+    let labelled =
+        watcher::Config::default().labels(&format!("{DEVICE_LABEL}={DEVICE_LABEL_VALUE}"));
+    // Metadata only: a device needs a Node's name and labels, not its status.
+    let nodes_api = Api::<PartialObjectMeta<Node>>::all(client.clone());
+    let (nodes, node_writer) = reflector::store();
+    let registry_trigger = reflect(node_writer, watcher(nodes_api.clone(), labelled.clone()))
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(kube::runtime::predicates::labels, Default::default());
+    let node_changes = watcher(nodes_api, labelled)
+        .default_backoff()
+        .touched_objects();
+
+    let stores = Stores {
+        nodes: nodes.clone(),
+        devices: devices.clone(),
+        deployments: deployments.clone(),
+        modules: modules.clone(),
+        leases: leases.clone(),
+    };
+    let ctx = Arc::new(Context::new(client, config, metrics.clone(), stores));
+
+    // Drive the shared watches.
+    for s in [
+        dev_stream.map(|_| ()).boxed(),
+        dep_stream.map(|_| ()).boxed(),
+        mod_stream.map(|_| ()).boxed(),
+    ] {
+        tokio::spawn(s.for_each(|()| ready(())));
+    }
+    let ready_ctx = ctx.clone();
+    tokio::spawn(async move {
+        let s = &ready_ctx.stores;
+        let synced = futures::future::join5(
+            s.devices.wait_until_ready(),
+            s.deployments.wait_until_ready(),
+            s.modules.wait_until_ready(),
+            s.leases.wait_until_ready(),
+            s.nodes.wait_until_ready(),
+        )
+        .await;
+        if let (Ok(()), Ok(()), Ok(()), Ok(()), Ok(())) = synced {
+            tracing::info!("caches synced");
+            ready_flag.store(true, Ordering::Relaxed);
+        }
+        device_gauges(ready_ctx).await;
+    });
+
+    let catalog_changes = futures::stream::select(
+        spec_changes(dep_for_devices).map(|_| ()),
+        spec_changes(mod_for_devices).map(|_| ()),
+    );
+    let device_ctrl = Controller::for_shared_stream(dev_main, devices.clone())
+        .with_config(ControllerConfig::default().concurrency(16))
+        .watches_stream(lease_stream, |l: Lease| {
+            Some(ObjectRef::<EdgeDevice>::new(&l.name_any()))
+        })
+        .watches_stream(node_changes, |n| {
+            Some(ObjectRef::<EdgeDevice>::new(&n.name_any()))
+        })
+        .reconcile_all_on(catalog_changes)
+        .graceful_shutdown_on(shutdown_signal())
+        .run(device::reconcile, device::error_policy, ctx.clone())
+        .for_each(|_| ready(()));
+
+    let registry_ctrl = Controller::for_stream(registry_trigger, nodes)
+        .graceful_shutdown_on(shutdown_signal())
+        .run(registry::reconcile, registry::error_policy, ctx.clone())
+        .for_each(|_| ready(()));
+
+    let dep_store = deployments.clone();
+    let deployment_ctrl = Controller::for_shared_stream(spec_changes(dep_main), deployments)
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .watches_shared_stream(dev_for_deployments, |d: Arc<EdgeDevice>| {
+            deployment::deployments_of_device(&d)
+        })
+        .watches_shared_stream(mod_for_deployments, move |m: Arc<EdgeModule>| {
+            let ns = m.namespace();
+            let name = m.name_any();
+            dep_store
+                .state()
+                .into_iter()
+                .filter(|d| {
+                    d.namespace() == ns && d.spec.modules.iter().any(|dm| dm.module_name() == name)
+                })
+                .map(|d| ObjectRef::from(d.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown_signal())
+        .run(deployment::reconcile, deployment::error_policy, ctx.clone())
+        .for_each(|_| ready(()));
+
+    let module_ctrl = Controller::for_shared_stream(spec_changes(mod_main), modules)
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .watches_shared_stream(dev_for_modules, |d: Arc<EdgeDevice>| {
+            module_status::modules_of_device(&d)
+        })
+        .watches_shared_stream(dep_for_modules, |d: Arc<EdgeDeployment>| {
+            let ns = d.namespace().unwrap_or_default();
+            d.spec
+                .modules
+                .iter()
+                .map(|m| ObjectRef::<EdgeModule>::new(m.module_name()).within(&ns))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            module_status::reconcile,
+            module_status::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| ready(()));
+
+    futures::join!(device_ctrl, registry_ctrl, deployment_ctrl, module_ctrl);
+}
+
+/// Keeps the devices-by-state gauges current.
+async fn device_gauges(ctx: Arc<Context>) {
+    loop {
+        let (mut online, mut offline, mut unregistered) = (0, 0, 0);
+        for d in ctx.stores.devices.state() {
+            let conds = d
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            let is = |t| condition::find(conds, t).is_some_and(|c| c.is_true());
+            if !is(REGISTERED) && ctx.registered(&d.name_any()).is_none() {
+                unregistered += 1;
+            } else if is(ONLINE) {
+                online += 1;
+            } else {
+                offline += 1;
+            }
+        }
+        ctx.metrics.set_devices("online", online);
+        ctx.metrics.set_devices("offline", offline);
+        ctx.metrics.set_devices("unregistered", unregistered);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}

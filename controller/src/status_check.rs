@@ -1,0 +1,79 @@
+//! Sanity checks on what an agent reported. The schema rejects wrong types and values at
+//! admission; these catch what is well-formed but makes no sense against the desired state.
+//! A device with such a status is flagged (StatusValid=False and an Event) and does not
+//! count as ready anywhere. Pure.
+
+use std::collections::BTreeSet;
+
+use edgefleet_crds::{DesiredState, EdgeDeviceStatus};
+
+pub fn problems(status: &EdgeDeviceStatus, desired: Option<&DesiredState>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for m in &status.modules {
+        if !seen.insert(m.name.as_str()) {
+            out.push(format!("module {:?} is reported more than once", m.name));
+        }
+        if let Some(d) = desired
+            && !d.modules.iter().any(|dm| dm.name == m.name)
+        {
+            out.push(format!("module {:?} is reported but not desired", m.name));
+        }
+    }
+    for (field, rev) in [
+        ("appliedRevision", &status.applied_revision),
+        ("rejectedRevision", &status.rejected_revision),
+    ] {
+        if let Some(r) = rev
+            && !(r.len() == 16 && r.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            out.push(format!("{field} {r:?} is not a revision"));
+        }
+    }
+    if let Some(mr) = &status.modules_ready {
+        let ok = mr
+            .split_once('/')
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+            .is_some_and(|(a, b)| a <= b);
+        if !ok {
+            out.push(format!("modulesReady {mr:?} is not ready/total"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(yaml: &str) -> EdgeDeviceStatus {
+        serde_yaml::from_str(yaml).expect("status fixture")
+    }
+
+    #[test]
+    fn a_sane_status_has_no_problems() {
+        let s = status(
+            "appliedRevision: 0123456789abcdef\nmodulesReady: 1/1\nmodules: [{name: a, runtimeStatus: running}]",
+        );
+        assert!(problems(&s, None).is_empty());
+    }
+
+    #[test]
+    fn garbage_is_named() {
+        let desired = DesiredState::default();
+        let s = status(
+            "appliedRevision: lol\nmodulesReady: 5/2\nmodules: [{name: a, runtimeStatus: running}, {name: a, runtimeStatus: failed}]",
+        );
+        let p = problems(&s, Some(&desired));
+        assert_eq!(
+            p,
+            [
+                "module \"a\" is reported but not desired",
+                "module \"a\" is reported more than once",
+                "module \"a\" is reported but not desired",
+                "appliedRevision \"lol\" is not a revision",
+                "modulesReady \"5/2\" is not ready/total",
+            ]
+        );
+    }
+}
