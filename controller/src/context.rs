@@ -102,6 +102,20 @@ impl Context {
         compiled
     }
 
+    /// Waits until every cache has its initial list. Reconciles start with this: deciding on
+    /// a half-filled cache would, for one, take every device's Node for gone.
+    pub async fn synced(&self) {
+        let s = &self.stores;
+        let _ = futures::future::join5(
+            s.devices.wait_until_ready(),
+            s.deployments.wait_until_ready(),
+            s.modules.wait_until_ready(),
+            s.leases.wait_until_ready(),
+            s.nodes.wait_until_ready(),
+        )
+        .await;
+    }
+
     /// Whether the device's Node exists and carries the device label.
     pub fn registered(&self, device: &str) -> Option<Arc<PartialObjectMeta<Node>>> {
         self.stores.nodes.get(&ObjectRef::new(device))
@@ -123,9 +137,63 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, regarding).await {
+        let published = if regarding.namespace.is_some() {
+            self.recorder.publish(&ev, regarding).await
+        } else {
+            self.publish_cluster_scoped(&ev, regarding).await
+        };
+        if let Err(e) = published {
             tracing::warn!(reason, error = %e, "cannot publish event");
         }
+    }
+
+    /// Events about a cluster-scoped object (an EdgeDevice) go through core/v1 into the
+    /// `default` namespace: the events.k8s.io/v1 validation of Kubernetes before 1.22 rejects
+    /// them. They are published on transitions only, so no series aggregation is needed.
+    async fn publish_cluster_scoped(
+        &self,
+        ev: &Event,
+        regarding: &ObjectReference,
+    ) -> kube::Result<()> {
+        use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+        let now = jiff::Timestamp::now();
+        let event = CoreEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!(
+                    "{}.",
+                    regarding.name.as_deref().unwrap_or("object")
+                )),
+                namespace: Some("default".to_owned()),
+                ..Default::default()
+            },
+            involved_object: regarding.clone(),
+            reason: Some(ev.reason.clone()),
+            message: ev.note.clone(),
+            type_: Some(
+                match ev.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .to_owned(),
+            ),
+            action: Some(ev.action.clone()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
+            reporting_component: Some(CONTROLLER_NAME.to_owned()),
+            reporting_instance: Some(self.config.identity.clone()),
+            source: Some(EventSource {
+                component: Some(CONTROLLER_NAME.to_owned()),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        kube::Api::<CoreEvent>::namespaced(self.client.clone(), "default")
+            .create(&Default::default(), &event)
+            .await
+            .map(|_| ())
     }
 }
 

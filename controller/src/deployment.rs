@@ -25,6 +25,7 @@ use crate::rollup::{self, DeviceView, conditions};
 pub const CONTROLLER: &str = "deployment";
 
 pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();

@@ -128,6 +128,7 @@ fn same(a: &Condition, b: Option<&Condition>) -> bool {
 }
 
 pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let name = device.name_any();
     let api = Api::<EdgeDevice>::all(ctx.client.clone());

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 pub const CONTROLLER: &str = "module";
 
 pub async fn reconcile(m: Arc<EdgeModule>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = m.namespace().unwrap_or_default();
     let name = m.name_any();

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 pub const CONTROLLER: &str = "registry";
 
 pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let name = node.name_any();
     let device = match ctx.stores.devices.get(&ObjectRef::new(&name)) {

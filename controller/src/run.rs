@@ -204,19 +204,9 @@ async fn controllers(
     }
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
-        let s = &ready_ctx.stores;
-        let synced = futures::future::join5(
-            s.devices.wait_until_ready(),
-            s.deployments.wait_until_ready(),
-            s.modules.wait_until_ready(),
-            s.leases.wait_until_ready(),
-            s.nodes.wait_until_ready(),
-        )
-        .await;
-        if let (Ok(()), Ok(()), Ok(()), Ok(()), Ok(())) = synced {
-            tracing::info!("caches synced");
-            ready_flag.store(true, Ordering::Relaxed);
-        }
+        ready_ctx.synced().await;
+        tracing::info!("caches synced");
+        ready_flag.store(true, Ordering::Relaxed);
         device_gauges(ready_ctx).await;
     });
 

@@ -1,5 +1,8 @@
 //! Conditions in the Kubernetes shape, merged by type so two field managers (controller and
 //! agent) can each own some of an object's conditions under server-side apply.
+//!
+//! Empty strings are left out when serializing, here and in every type of the API: the
+//! server-side apply of Kubernetes 1.20 reads `""` as null and rejects the whole object.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
@@ -13,10 +16,10 @@ pub struct Condition {
     pub type_: String,
     pub status: ConditionStatus,
     #[schemars(length(max = 128))]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     #[schemars(length(max = 2048))]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,

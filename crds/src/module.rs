@@ -83,7 +83,7 @@ pub enum RestartPolicy {
 pub struct EnvVar {
     #[schemars(length(min = 1, max = 256), pattern(ENV_NAME_PATTERN))]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 32768))]
     pub value: String,
 }
