@@ -293,3 +293,265 @@ pub fn status(
         conditions: conds,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use edgefleet_crds::ConditionStatus;
+
+    use super::*;
+    use crate::catalog::compile;
+    use crate::catalog::fixtures::{deployment, modules};
+    use crate::targeting::resolve;
+
+    struct Dev {
+        name: String,
+        labels: BTreeMap<String, String>,
+        desired: DesiredState,
+        status: Option<EdgeDeviceStatus>,
+        online: bool,
+    }
+
+    fn compiled(yaml_spec: &str) -> CompiledDeployment {
+        let lib = modules(&[("ns/a", "image: a:v1"), ("ns/b", "image: b:v1")]);
+        compile(
+            &deployment(&format!(
+                "metadata: {{name: d, namespace: ns, generation: 3}}\nspec:\n  {yaml_spec}"
+            )),
+            &lib,
+        )
+    }
+
+    /// A device targeted by `d`, with the agent's report given as YAML (None: no report).
+    fn dev(name: &str, d: &CompiledDeployment, report: Option<&str>, online: bool) -> Dev {
+        let labels = BTreeMap::from([("site".to_owned(), "x".to_owned())]);
+        let desired = resolve(&labels, std::slice::from_ref(d), None);
+        let status = report.map(|r| {
+            let r = r.replace("REV", &desired.revision);
+            serde_yaml::from_str(&r).expect("status fixture")
+        });
+        Dev {
+            name: name.to_owned(),
+            labels,
+            desired,
+            status,
+            online,
+        }
+    }
+
+    fn run(d: &CompiledDeployment, devs: &[Dev]) -> Rollup {
+        rollup(
+            d,
+            devs.iter().map(|x| DeviceView {
+                name: &x.name,
+                labels: &x.labels,
+                desired: Some(&x.desired),
+                status: x.status.as_ref(),
+                online: x.online,
+            }),
+        )
+    }
+
+    const RUNNING: &str = "appliedRevision: REV\nmodules: [{name: a, runtimeStatus: running}, {name: b, runtimeStatus: running}]";
+
+    #[test]
+    fn counts_table() {
+        let d = compiled("modules: [{name: a}, {name: b}]");
+        // (case, reports as (report, online), want (targeted, applied, ready, failed, deferred))
+        let cases: Vec<(&str, Vec<(Option<&str>, bool)>, (u32, u32, u32, u32, u32))> = vec![
+            (
+                "all ready",
+                vec![(Some(RUNNING), true), (Some(RUNNING), true)],
+                (2, 2, 2, 0, 0),
+            ),
+            (
+                "not yet reported, online",
+                vec![(None, true)],
+                (1, 0, 0, 0, 0),
+            ),
+            (
+                "offline and not applied is deferred",
+                vec![(None, false)],
+                (1, 0, 0, 0, 1),
+            ),
+            (
+                "offline but applied and running still counts ready",
+                vec![(Some(RUNNING), false)],
+                (1, 1, 1, 0, 0),
+            ),
+            (
+                "an older revision is not applied",
+                vec![(Some("appliedRevision: 0000000000000000"), true)],
+                (1, 0, 0, 0, 0),
+            ),
+            (
+                "one module pending",
+                vec![(
+                    Some(
+                        "appliedRevision: REV\nmodules: [{name: a, runtimeStatus: running}, {name: b, runtimeStatus: pending}]",
+                    ),
+                    true,
+                )],
+                (1, 1, 0, 0, 0),
+            ),
+            (
+                "a crash-looping module fails the device",
+                vec![(
+                    Some(
+                        "appliedRevision: REV\nmodules: [{name: a, runtimeStatus: backoff, exitCode: 1, restartCount: 4}, {name: b, runtimeStatus: running}]",
+                    ),
+                    true,
+                )],
+                (1, 1, 0, 1, 0),
+            ),
+            (
+                "a rejected desired state fails the device",
+                vec![(
+                    Some(
+                        "rejectedRevision: REV\nconditions: [{type: Applied, status: 'False', reason: Rejected, message: config too large}]",
+                    ),
+                    true,
+                )],
+                (1, 0, 0, 1, 0),
+            ),
+        ];
+        for (name, reports, want) in cases {
+            let devs: Vec<Dev> = reports
+                .iter()
+                .enumerate()
+                .map(|(i, (r, o))| dev(["d1", "d2"][i], &d, *r, *o))
+                .collect();
+            let r = run(&d, &devs);
+            assert_eq!(
+                (r.targeted, r.applied, r.ready, r.failed, r.deferred),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn failure_samples_say_what_failed_and_stay_bounded() {
+        let d = compiled("modules: [{name: a}, {name: b}]");
+        let bad = "appliedRevision: REV\nmodules: [{name: a, runtimeStatus: failed, exitCode: 1, message: boom}, {name: b, runtimeStatus: running}]";
+        let devs: Vec<Dev> = (0..15)
+            .map(|i| dev(&format!("dev-{i:02}"), &d, Some(bad), true))
+            .collect();
+        let r = run(&d, &devs);
+        assert_eq!(r.failed, 15);
+        assert_eq!(r.failures.len(), MAX_FAILURE_SAMPLES);
+        assert_eq!(r.failures[0].device, "dev-00");
+        assert_eq!(r.failures[0].module, "a");
+        assert_eq!(r.failures[0].reason, "failed, exit code 1: boom");
+    }
+
+    #[test]
+    fn a_device_not_yet_updated_keeps_the_deployment_reconciling() {
+        let old = compiled("modules: [{name: a}]");
+        let new = compiled("modules: [{name: a, overrides: {image: 'a:v2'}}]");
+        let stale = dev(
+            "d1",
+            &old,
+            Some("appliedRevision: REV\nmodules: [{name: a, runtimeStatus: running}]"),
+            true,
+        );
+        let r = run(&new, &[stale]);
+        assert_eq!((r.targeted, r.pending, r.ready), (1, 1, 0));
+        let s = status(Some(3), &[], &r);
+        let c = |t| condition::find(&s.conditions, t).map(|c| c.status);
+        assert_eq!(c(conditions::READY), Some(ConditionStatus::False));
+        assert_eq!(c(conditions::RECONCILING), Some(ConditionStatus::True));
+    }
+
+    #[test]
+    fn kstatus_conditions_table() {
+        use ConditionStatus::{False as F, True as T};
+        let r = |targeted, ready, failed| Rollup {
+            targeted,
+            applied: ready + failed,
+            ready,
+            failed,
+            ..Default::default()
+        };
+        let problem = vec![SpecProblem::DuplicateModule("a".into())];
+        let cases = [
+            ("all ready", vec![], r(3, 3, 0), (T, F, F), "AllReady"),
+            (
+                "nothing targeted is ready",
+                vec![],
+                r(0, 0, 0),
+                (T, F, F),
+                "AllReady",
+            ),
+            ("progressing", vec![], r(3, 1, 0), (F, T, F), "Progressing"),
+            ("failed", vec![], r(3, 2, 1), (F, F, T), "ModulesFailed"),
+            (
+                "bad spec",
+                problem,
+                r(3, 3, 0),
+                (F, F, T),
+                "DuplicateModule",
+            ),
+        ];
+        for (name, problems, rollup, (ready, reconciling, stalled), reason) in cases {
+            let s = status(Some(7), &problems, &rollup);
+            let get = |t| condition::find(&s.conditions, t).expect(t);
+            assert_eq!(
+                (
+                    get(conditions::READY).status,
+                    get(conditions::RECONCILING).status,
+                    get(conditions::STALLED).status
+                ),
+                (ready, reconciling, stalled),
+                "{name}"
+            );
+            assert_eq!(get(conditions::READY).reason, reason, "{name}");
+            assert!(
+                s.conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(7)),
+                "{name}"
+            );
+            assert_eq!(s.observed_generation, Some(7));
+        }
+    }
+
+    #[test]
+    fn a_priority_tie_is_reported_on_the_loser() {
+        let lib = modules(&[("ns/a", "image: a:v1")]);
+        let winner = compile(
+            &deployment(
+                "metadata: {name: a-first, namespace: ns}\nspec:\n  priority: 5\n  modules: [{name: a}]",
+            ),
+            &lib,
+        );
+        let loser = compile(
+            &deployment(
+                "metadata: {name: b-second, namespace: ns}\nspec:\n  priority: 5\n  modules: [{name: a}]",
+            ),
+            &lib,
+        );
+        let labels = BTreeMap::new();
+        let desired = resolve(&labels, &[winner.clone(), loser.clone()], None);
+        let view = DeviceView {
+            name: "d1",
+            labels: &labels,
+            desired: Some(&desired),
+            status: None,
+            online: true,
+        };
+        let r = rollup(&loser, std::iter::once(view));
+        assert_eq!((r.lost, r.targeted), (1, 0));
+        assert_eq!(r.tied_with.iter().collect::<Vec<_>>(), ["ns/a-first"]);
+        let s = status(None, &[], &r);
+        let c = condition::find(&s.conditions, conditions::CONFLICTED).expect("Conflicted");
+        assert_eq!(c.reason, "PriorityTie");
+        assert!(c.message.contains("ns/a-first"), "{}", c.message);
+        assert!(
+            condition::find(
+                &status(None, &[], &rollup(&winner, std::iter::once(view))).conditions,
+                conditions::CONFLICTED
+            )
+            .is_none()
+        );
+    }
+}
