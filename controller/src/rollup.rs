@@ -357,7 +357,9 @@ mod tests {
     fn counts_table() {
         let d = compiled("modules: [{name: a}, {name: b}]");
         // (case, reports as (report, online), want (targeted, applied, ready, failed, deferred))
-        let cases: Vec<(&str, Vec<(Option<&str>, bool)>, (u32, u32, u32, u32, u32))> = vec![
+        type Reports<'a> = Vec<(Option<&'a str>, bool)>;
+        type Counts = (u32, u32, u32, u32, u32);
+        let cases: Vec<(&str, Reports, Counts)> = vec![
             (
                 "all ready",
                 vec![(Some(RUNNING), true), (Some(RUNNING), true)],
