@@ -30,6 +30,47 @@ pub struct Stores {
     pub leases: Store<Lease>,
 }
 
+/// The caches, for readiness tracking.
+#[derive(Debug, Clone, Copy)]
+pub enum Cache {
+    Devices = 1,
+    Deployments = 2,
+    Modules = 4,
+    Leases = 8,
+    Nodes = 16,
+}
+
+/// Which caches have their initial list. kube's `Store::wait_until_ready` wakes only one
+/// waiter per store, and each controller already waits on its own store, so readiness is
+/// tracked here from the watch events themselves, for any number of waiters.
+#[derive(Debug)]
+pub struct Synced(tokio::sync::watch::Sender<u8>);
+
+impl Default for Synced {
+    fn default() -> Self {
+        Synced(tokio::sync::watch::channel(0).0)
+    }
+}
+
+impl Synced {
+    const ALL: u8 = 31;
+
+    pub fn observe<K, E>(&self, cache: Cache, event: &Result<kube::runtime::watcher::Event<K>, E>) {
+        if let Ok(kube::runtime::watcher::Event::InitDone) = event {
+            self.0.send_if_modified(|bits| {
+                let before = *bits;
+                *bits |= cache as u8;
+                *bits != before
+            });
+        }
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|bits| *bits == Self::ALL).await;
+    }
+}
+
 pub struct Context {
     pub client: Client,
     pub config: Config,
@@ -39,6 +80,7 @@ pub struct Context {
     catalog: Mutex<Option<(u64, Arc<Vec<CompiledDeployment>>)>>,
     /// (device, module) pairs seen failing, so "module failed" is an Event once per failure.
     pub failing: Mutex<HashSet<(String, String)>>,
+    synced: Arc<Synced>,
 }
 
 impl std::fmt::Debug for Context {
@@ -48,7 +90,13 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, stores: Stores) -> Self {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        stores: Stores,
+        synced: Arc<Synced>,
+    ) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER_NAME.to_owned(),
             instance: Some(config.identity.clone()),
@@ -61,6 +109,7 @@ impl Context {
             stores,
             catalog: Mutex::new(None),
             failing: Mutex::new(HashSet::new()),
+            synced,
         }
     }
 
@@ -105,15 +154,7 @@ impl Context {
     /// Waits until every cache has its initial list. Reconciles start with this: deciding on
     /// a half-filled cache would, for one, take every device's Node for gone.
     pub async fn synced(&self) {
-        let s = &self.stores;
-        let _ = futures::future::join5(
-            s.devices.wait_until_ready(),
-            s.deployments.wait_until_ready(),
-            s.modules.wait_until_ready(),
-            s.leases.wait_until_ready(),
-            s.nodes.wait_until_ready(),
-        )
-        .await;
+        self.synced.wait().await;
     }
 
     /// Whether the device's Node exists and carries the device label.
@@ -150,13 +191,14 @@ impl Context {
     /// Events about a cluster-scoped object (an EdgeDevice) go through core/v1 into the
     /// `default` namespace: the events.k8s.io/v1 validation of Kubernetes before 1.22 rejects
     /// them. They are published on transitions only, so no series aggregation is needed.
+    /// `action` has no place among the legacy fields and is dropped.
     async fn publish_cluster_scoped(
         &self,
         ev: &Event,
         regarding: &ObjectReference,
     ) -> kube::Result<()> {
         use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
         let now = jiff::Timestamp::now();
         let event = CoreEvent {
             metadata: ObjectMeta {
@@ -177,16 +219,14 @@ impl Context {
                 }
                 .to_owned(),
             ),
-            action: Some(ev.action.clone()),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
             count: Some(1),
-            reporting_component: Some(CONTROLLER_NAME.to_owned()),
-            reporting_instance: Some(self.config.identity.clone()),
+            // Only the legacy fields: with eventTime or reportingComponent set, Kubernetes
+            // before 1.22 validates strictly and refuses a cluster-scoped object again.
             source: Some(EventSource {
                 component: Some(CONTROLLER_NAME.to_owned()),
-                host: None,
+                host: Some(self.config.identity.clone()),
             }),
             ..Default::default()
         };

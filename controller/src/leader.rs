@@ -98,9 +98,33 @@ impl Elector {
         }
     }
 
+    /// Gives the lease up on a clean shutdown, so a standby takes over at once instead of
+    /// waiting for it to expire.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.me.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!("released the leader lease"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the leader lease"),
+        }
+    }
+
     /// Waits until this replica leads, then keeps renewing in the background. The returned
     /// receiver turns `true` when leadership is lost.
-    pub async fn lead(self) -> watch::Receiver<bool> {
+    pub async fn lead(&self) -> watch::Receiver<bool> {
         let retry = self.duration / 3;
         loop {
             match self.try_acquire().await {
@@ -112,11 +136,15 @@ impl Elector {
         }
         tracing::info!(identity = %self.me, "leading");
         let (lost_tx, lost_rx) = watch::channel(false);
+        let this = self.clone();
         tokio::spawn(async move {
             let mut last_renewed = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(retry).await;
-                match self.try_acquire().await {
+                if lost_tx.is_closed() {
+                    return;
+                }
+                match this.try_acquire().await {
                     Ok(true) => last_renewed = tokio::time::Instant::now(),
                     Ok(false) => {
                         tracing::error!("another replica took the leader lease");
@@ -125,7 +153,7 @@ impl Elector {
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease"),
                 }
-                if last_renewed.elapsed() >= self.duration {
+                if last_renewed.elapsed() >= this.duration {
                     tracing::error!("could not renew the leader lease in time");
                     let _ = lost_tx.send(true);
                     return;

@@ -122,11 +122,10 @@ pub fn rollup<'a>(d: &CompiledDeployment, devices: impl Iterator<Item = DeviceVi
         }
         if decision.outcome == TargetingOutcome::Lost {
             r.lost += 1;
-            if decision.priority == d.priority
-                && let Some(owner) = desired
-                    .targeting
-                    .iter()
-                    .find(|t| t.outcome == TargetingOutcome::Owner)
+            if let Some(owner) = desired
+                .targeting
+                .iter()
+                .find(|t| t.outcome == TargetingOutcome::Owner && t.priority == d.priority)
             {
                 r.tied_with.insert(owner.deployment.clone());
             }

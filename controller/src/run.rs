@@ -22,7 +22,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::context::{Context, Stores};
+use crate::context::{Cache, Context, Stores, Synced};
 use crate::http::{self, Health};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
@@ -52,28 +52,30 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let addr = config.http_addr;
     let listener = tokio::spawn(http::serve(addr, health));
 
-    let mut lost = if config.leader_election {
-        let elector = Elector::new(
+    let elector = config.leader_election.then(|| {
+        Elector::new(
             client.clone(),
             &config.namespace,
             LEADER_LEASE,
             &config.identity,
             config.lease_duration,
-        );
-        // A standby is a healthy replica: ready, so rollouts of the Deployment can proceed.
-        ready_flag.store(true, Ordering::Relaxed);
-        let lead = elector.lead();
-        tokio::select! {
-            rx = lead => Some(rx),
-            () = shutdown_signal() => return Ok(()),
+        )
+    });
+    let mut lost = match &elector {
+        Some(e) => {
+            // A standby is a healthy replica: ready, so rollouts of the Deployment can proceed.
+            ready_flag.store(true, Ordering::Relaxed);
+            tokio::select! {
+                rx = e.lead() => Some(rx),
+                () = shutdown_signal() => return Ok(()),
+            }
         }
-    } else {
-        None
+        None => None,
     };
     ready_flag.store(false, Ordering::Relaxed);
 
     let controllers = controllers(client, config, metrics, ready_flag);
-    tokio::select! {
+    let result = tokio::select! {
         () = controllers => Ok(()),
         r = listener => match r {
             Ok(Err(e)) => Err(RunError::Http(addr, e)),
@@ -85,7 +87,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 None => std::future::pending::<()>().await,
             }
         } => Err(RunError::LostLeadership),
+    };
+    if let (Some(e), Ok(())) = (&elector, &result) {
+        drop(lost);
+        e.release().await;
     }
+    result
 }
 
 async fn shutdown_signal() {
@@ -104,16 +111,13 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// A shared reflector over all objects of a kind: one watch, several controllers.
+/// A shared reflector over all objects of a kind: one watch feeding the cache and three
+/// subscribers (controllers). The watch runs in its own task.
 fn shared<K>(
     api: Api<K>,
-) -> (
-    reflector::Store<K>,
-    ReflectHandle<K>,
-    ReflectHandle<K>,
-    ReflectHandle<K>,
-    impl Stream + Send,
-)
+    synced: Arc<Synced>,
+    cache: Cache,
+) -> (reflector::Store<K>, [ReflectHandle<K>; 3])
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -124,14 +128,17 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store_shared(SHARED_BUFFER);
-    let subs = (writer.subscribe(), writer.subscribe(), writer.subscribe());
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let subs = [writer.subscribe(), writer.subscribe(), writer.subscribe()]
+        .map(|s| s.expect("a shared store hands out subscriptions"));
+    let watch = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .reflect_shared(writer);
-    match subs {
-        (Some(a), Some(b), Some(c)) => (reader, a, b, c, stream),
-        _ => unreachable!("a shared store always hands out subscriptions"),
-    }
+        .reflect_shared(writer)
+        .for_each(move |e| {
+            synced.observe(cache, &e);
+            ready(())
+        });
+    tokio::spawn(watch);
+    (reader, subs)
 }
 
 /// Passes on only objects whose generation changed: our own status writes do not count as
@@ -154,14 +161,25 @@ async fn controllers(
     ready_flag: Arc<AtomicBool>,
 ) {
     let ns = config.namespace.clone();
-    let (devices, dev_main, dev_for_deployments, dev_for_modules, dev_stream) =
-        shared(Api::<EdgeDevice>::all(client.clone()));
-    let (deployments, dep_main, dep_for_devices, dep_for_modules, dep_stream) =
-        shared(Api::<EdgeDeployment>::all(client.clone()));
-    let (modules, mod_main, mod_for_devices, mod_for_deployments, mod_stream) =
-        shared(Api::<EdgeModule>::all(client.clone()));
+    let synced = Arc::new(Synced::default());
+    let (devices, [dev_main, dev_for_deployments, dev_for_modules]) = shared(
+        Api::<EdgeDevice>::all(client.clone()),
+        synced.clone(),
+        Cache::Devices,
+    );
+    let (deployments, [dep_main, dep_for_devices, dep_for_modules]) = shared(
+        Api::<EdgeDeployment>::all(client.clone()),
+        synced.clone(),
+        Cache::Deployments,
+    );
+    let (modules, [mod_main, mod_for_devices, mod_for_deployments]) = shared(
+        Api::<EdgeModule>::all(client.clone()),
+        synced.clone(),
+        Cache::Modules,
+    );
 
     let (leases, lease_writer) = reflector::store();
+    let lease_synced = synced.clone();
     let lease_stream = reflect(
         lease_writer,
         watcher(
@@ -170,6 +188,7 @@ async fn controllers(
         ),
     )
     .default_backoff()
+    .inspect(move |e| lease_synced.observe(Cache::Leases, e))
     .applied_objects();
 
     let labelled =
@@ -177,8 +196,10 @@ async fn controllers(
     // Metadata only: a device needs a Node's name and labels, not its status.
     let nodes_api = Api::<PartialObjectMeta<Node>>::all(client.clone());
     let (nodes, node_writer) = reflector::store();
+    let node_synced = synced.clone();
     let registry_trigger = reflect(node_writer, watcher(nodes_api.clone(), labelled.clone()))
         .default_backoff()
+        .inspect(move |e| node_synced.observe(Cache::Nodes, e))
         .applied_objects()
         .predicate_filter(kube::runtime::predicates::labels, Default::default());
     let node_changes = watcher(nodes_api, labelled)
@@ -192,16 +213,14 @@ async fn controllers(
         modules: modules.clone(),
         leases: leases.clone(),
     };
-    let ctx = Arc::new(Context::new(client, config, metrics.clone(), stores));
+    let ctx = Arc::new(Context::new(
+        client,
+        config,
+        metrics.clone(),
+        stores,
+        synced,
+    ));
 
-    // Drive the shared watches.
-    for s in [
-        dev_stream.map(|_| ()).boxed(),
-        dep_stream.map(|_| ()).boxed(),
-        mod_stream.map(|_| ()).boxed(),
-    ] {
-        tokio::spawn(s.for_each(|()| ready(())));
-    }
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
         ready_ctx.synced().await;

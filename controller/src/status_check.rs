@@ -10,11 +10,15 @@ use edgefleet_crds::{DesiredState, EdgeDeviceStatus};
 pub fn problems(status: &EdgeDeviceStatus, desired: Option<&DesiredState>) -> Vec<String> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
+    // Until the agent has applied the current desired state it may still report modules
+    // that are on their way out; once it claims the revision, it may not.
+    let claims_current =
+        desired.filter(|d| status.applied_revision.as_deref() == Some(d.revision.as_str()));
     for m in &status.modules {
         if !seen.insert(m.name.as_str()) {
             out.push(format!("module {:?} is reported more than once", m.name));
         }
-        if let Some(d) = desired
+        if let Some(d) = claims_current
             && !d.modules.iter().any(|dm| dm.name == m.name)
         {
             out.push(format!("module {:?} is reported but not desired", m.name));
@@ -68,12 +72,30 @@ mod tests {
         assert_eq!(
             p,
             [
-                "module \"a\" is reported but not desired",
                 "module \"a\" is reported more than once",
-                "module \"a\" is reported but not desired",
                 "appliedRevision \"lol\" is not a revision",
                 "modulesReady \"5/2\" is not ready/total",
             ]
+        );
+    }
+
+    #[test]
+    fn undesired_modules_count_only_once_the_revision_is_claimed() {
+        let desired = DesiredState::new(vec![], vec![]);
+        let stale = status(
+            "appliedRevision: 0123456789abcdef\nmodules: [{name: old, runtimeStatus: running}]",
+        );
+        assert!(
+            problems(&stale, Some(&desired)).is_empty(),
+            "still catching up"
+        );
+        let claimed = status(&format!(
+            "appliedRevision: {}\nmodules: [{{name: old, runtimeStatus: running}}]",
+            desired.revision
+        ));
+        assert_eq!(
+            problems(&claimed, Some(&desired)),
+            ["module \"old\" is reported but not desired"]
         );
     }
 }

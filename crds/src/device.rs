@@ -149,8 +149,10 @@ pub struct EdgeDeviceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     pub modules_ready: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    /// Written whole by the agent (an atomic list): Kubernetes 1.20's server-side apply
+    /// turns an emptied associative list into null and then rejects the object.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
     pub modules: Vec<ModuleStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]

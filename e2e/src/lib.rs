@@ -4,10 +4,14 @@
 //! Tests that need the lab are `#[ignore]`d so that `cargo test` stays a unit-test run;
 //! `make e2e` starts the lab and runs them with `--ignored`.
 
+mod api;
 mod containerd;
 mod lab;
+mod process;
 mod wait;
 
+pub use api::{Agent, fresh_namespace, install_crds};
 pub use containerd::Task;
 pub use lab::{Lab, NodeInfo, client_from};
+pub use process::ControllerProcess;
 pub use wait::wait_for;

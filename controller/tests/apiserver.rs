@@ -1,0 +1,797 @@
+//! The controller as a process against the lab's real apiserver. Devices are the lab's
+//! Nodes; their agents are simulated by writing status and Leases under each device's own
+//! identity, the way the real agent does. Run by `make e2e` (they need the lab).
+
+use std::path::Path;
+use std::time::Duration;
+
+use edgefleet_crds::condition;
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, TargetingOutcome};
+use edgefleet_e2e::{Agent, ControllerProcess, Lab, fresh_namespace, install_crds, wait_for};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Namespace, Node};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgefleet-controller");
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn setup(port: u16, args: &[&str]) -> (Lab, Client, ControllerProcess) {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_crds(&client).await;
+    remove_every_deployment(&client).await;
+    let ctrl = ControllerProcess::start(Path::new(BIN), &lab, port, args);
+    (lab, client, ctrl)
+}
+
+fn apply_yaml<K>(api: &Api<K>, yaml: &str) -> impl std::future::Future<Output = K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("fixture YAML");
+    let name = value["metadata"]["name"].as_str().expect("name").to_owned();
+    let api = api.clone();
+    async move {
+        api.patch(
+            &name,
+            &PatchParams::apply("e2e-user").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot apply {name}: {e}"))
+    }
+}
+
+async fn module(ns: &Api<EdgeModule>, name: &str, image: &str) {
+    apply_yaml(
+        ns,
+        &format!("apiVersion: edgefleet.io/v1alpha1\nkind: EdgeModule\nmetadata: {{name: {name}}}\nspec: {{image: '{image}'}}"),
+    )
+    .await;
+}
+
+async fn deployment(api: &Api<EdgeDeployment>, name: &str, spec: &str) {
+    apply_yaml(
+        api,
+        &format!("apiVersion: edgefleet.io/v1alpha1\nkind: EdgeDeployment\nmetadata: {{name: {name}}}\nspec:\n{spec}"),
+    )
+    .await;
+}
+
+fn cond(d: &EdgeDeployment, t: &str) -> Option<condition::Condition> {
+    d.status
+        .as_ref()
+        .and_then(|s| condition::find(&s.conditions, t).cloned())
+}
+
+/// Waits until a deployment's status satisfies `check` at the current generation.
+async fn wait_deployment(
+    api: &Api<EdgeDeployment>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&EdgeDeployment) -> bool,
+) -> EdgeDeployment {
+    wait_for(&format!("{name}: {what}"), WAIT, || async {
+        let d = api.get(name).await.map_err(|e| e.to_string())?;
+        let current =
+            d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation;
+        if current && check(&d) {
+            Ok(d)
+        } else {
+            Err(format!("{:?}", d.status))
+        }
+    })
+    .await
+}
+
+fn is(d: &EdgeDeployment, t: &str, status: &str, reason: &str) -> bool {
+    cond(d, t).is_some_and(|c| format!("{:?}", c.status) == status && c.reason == reason)
+}
+
+async fn desired_modules(devices: &Api<EdgeDevice>, dev: &str) -> Vec<(String, String, String)> {
+    let d = devices.get(dev).await.expect("device");
+    d.spec
+        .desired
+        .map(|d| {
+            d.modules
+                .into_iter()
+                .map(|m| (m.name, m.deployment, m.spec.image))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> String {
+    wait_for(&format!("a {reason} event on {name}"), WAIT, || async {
+        let evs = events_for(client, ns, name).await;
+        evs.iter()
+            .find(|(r, _)| r == reason)
+            .map(|(_, m)| m.clone())
+            .ok_or(evs)
+    })
+    .await
+}
+
+/// Devices are cluster-wide, so a deployment left anywhere (by a failed run, or by hand)
+/// would compete with the test's own. Each test starts from none.
+async fn remove_every_deployment(client: &Client) {
+    let all: Api<EdgeDeployment> = Api::all(client.clone());
+    for d in all
+        .list(&ListParams::default())
+        .await
+        .expect("list deployments")
+        .items
+    {
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let _ = Api::<EdgeDeployment>::namespaced(client.clone(), &ns)
+            .delete(&name, &DeleteParams::default())
+            .await;
+    }
+}
+
+async fn cleanup(client: &Client, ns: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn registry_creates_devices_with_least_privilege() {
+    let (lab, client, _ctrl) = setup(18181, &[]).await;
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let n = lab.device_count();
+    for i in 1..=n {
+        let name = format!("edge-{i}");
+        let dev = wait_for(&format!("EdgeDevice {name}"), WAIT, || async {
+            devices.get(&name).await.map_err(|e| e.to_string())
+        })
+        .await;
+        let node = Api::<Node>::all(client.clone())
+            .get(&name)
+            .await
+            .expect("node");
+        let node_labels = node.metadata.labels.unwrap_or_default();
+        let dev_labels = dev.metadata.labels.unwrap_or_default();
+        for (k, v) in &node_labels {
+            assert_eq!(dev_labels.get(k), Some(v), "{name}: label {k} is mirrored");
+        }
+        Api::<Lease>::namespaced(client.clone(), "edgefleet-system")
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} has no Lease: {e}"));
+    }
+    assert!(
+        devices.get("cloud-1").await.is_err(),
+        "the cloud node is not a device"
+    );
+
+    // Least privilege, enforced by the real apiserver.
+    let agent = Agent::new(&lab, "edge-1").await;
+    wait_for("edge-1's RBAC", WAIT, || async {
+        agent
+            .devices()
+            .get("edge-1")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let forbidden = |r: kube::Result<_>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    assert!(
+        forbidden(agent.devices().get("edge-2").await.map(|_| ())),
+        "read another device"
+    );
+    assert!(
+        forbidden(
+            agent
+                .devices()
+                .list(&ListParams::default())
+                .await
+                .map(|_| ())
+        ),
+        "list all devices"
+    );
+    let own = agent
+        .devices()
+        .list(&ListParams::default().fields("metadata.name=edge-1"))
+        .await
+        .expect("list (and so watch) its own device by name");
+    assert_eq!(own.items.len(), 1);
+    agent
+        .report(json!({"agentVersion": "e2e-sim"}))
+        .await
+        .expect("report own status");
+    assert!(
+        forbidden(
+            agent
+                .devices()
+                .patch(
+                    "edge-1",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"desired": null}}))
+                )
+                .await
+                .map(|_| ())
+        ),
+        "write its own spec"
+    );
+    let other = Agent {
+        device: "edge-2".into(),
+        client: agent.client.clone(),
+    };
+    assert!(
+        forbidden(other.report(json!({"agentVersion": "x"})).await.map(|_| ())),
+        "write another's status"
+    );
+    agent.renew().await.expect("renew own Lease");
+    assert!(
+        forbidden(other.renew().await.map(|_| ())),
+        "renew another's Lease"
+    );
+    let leases: Api<Lease> = Api::namespaced(agent.client.clone(), "edgefleet-system");
+    assert!(
+        forbidden(leases.list(&ListParams::default()).await.map(|_| ())),
+        "list Leases"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn targeting_priority_layering_and_rollup() {
+    let (lab, client, mut ctrl) = setup(18182, &[]).await;
+    let ns = fresh_namespace(&client, "e2e-targeting").await;
+    let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    module(&modules, "sensor", "localhost/sensor:v1").await;
+    module(&modules, "sensor-fast", "localhost/sensor:fast").await;
+    module(&modules, "filter", "localhost/filter:v1").await;
+    module(&modules, "ml", "localhost/ml:v1").await;
+    // The lab: edge-1 berlin/rpi4, edge-2 munich/jetson, edge-3 berlin/nuc.
+    deployment(&deps, "base", "  priority: 10\n  selector: {matchLabels: {edgefleet.io/device: 'true'}}\n  modules: [{name: sensor}, {name: filter}]").await;
+    deployment(&deps, "berlin", "  layered: true\n  priority: 20\n  selector: {matchLabels: {site: berlin}}\n  modules: [{name: ml}]").await;
+    deployment(&deps, "jetson", "  priority: 50\n  selector: {matchExpressions: [{key: hardware, operator: In, values: [jetson]}]}\n  modules: [{name: sensor, moduleRef: sensor-fast}]").await;
+
+    let want_berlin = vec![
+        (
+            "filter".to_owned(),
+            format!("{ns}/base"),
+            "localhost/filter:v1".to_owned(),
+        ),
+        (
+            "ml".to_owned(),
+            format!("{ns}/berlin"),
+            "localhost/ml:v1".to_owned(),
+        ),
+        (
+            "sensor".to_owned(),
+            format!("{ns}/base"),
+            "localhost/sensor:v1".to_owned(),
+        ),
+    ];
+    for dev in ["edge-1", "edge-3"] {
+        wait_for(&format!("{dev}'s desired state"), WAIT, || async {
+            let got = desired_modules(&devices, dev).await;
+            if got == want_berlin { Ok(()) } else { Err(got) }
+        })
+        .await;
+    }
+    let want_jetson = vec![(
+        "sensor".to_owned(),
+        format!("{ns}/jetson"),
+        "localhost/sensor:fast".to_owned(),
+    )];
+    wait_for("edge-2's desired state", WAIT, || async {
+        let got = desired_modules(&devices, "edge-2").await;
+        if got == want_jetson { Ok(()) } else { Err(got) }
+    })
+    .await;
+    // edge-2 explains itself.
+    let edge2 = devices
+        .get("edge-2")
+        .await
+        .expect("edge-2")
+        .spec
+        .desired
+        .expect("desired");
+    let lost = edge2
+        .targeting
+        .iter()
+        .find(|t| t.deployment == format!("{ns}/base"))
+        .expect("base is listed on edge-2");
+    assert_eq!(lost.outcome, TargetingOutcome::Lost);
+    assert_eq!(
+        lost.reason,
+        format!("priority 10 is lower than {ns}/jetson's 50")
+    );
+
+    // Agents apply and report: every deployment turns Ready, and kubectl wait says so.
+    let mut agents = Vec::new();
+    for i in 1..=lab.device_count() {
+        let a = Agent::new(&lab, &format!("edge-{i}")).await;
+        a.renew().await.expect("renew");
+        a.report_all_running().await;
+        agents.push(a);
+    }
+    for name in ["base", "berlin", "jetson"] {
+        wait_deployment(&deps, name, "Ready", |d| is(d, "Ready", "True", "AllReady")).await;
+    }
+    let base = deps.get("base").await.expect("base");
+    let s = base.status.expect("status");
+    assert_eq!(
+        (s.targeted, s.applied, s.ready, s.failed, s.lost),
+        (2, 2, 2, 0, 1)
+    );
+    let out = std::process::Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            &lab.kubeconfig().display().to_string(),
+            "-n",
+            &ns,
+        ])
+        .args([
+            "wait",
+            "--for=condition=Ready",
+            "edgedeployment/base",
+            "edgedeployment/berlin",
+            "--timeout=30s",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::process::Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            &lab.kubeconfig().display().to_string(),
+            "-n",
+            &ns,
+            "get",
+            "edgedeployments",
+        ])
+        .output()
+        .expect("kubectl");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("PRIORITY") && table.contains("TARGETED") && table.contains("FAILED"),
+        "{table}"
+    );
+    wait_for("EdgeModule status", WAIT, || async {
+        let m = modules.get("sensor").await.map_err(|e| e.to_string())?;
+        let s = m.status.unwrap_or_default();
+        if (s.deployments, s.devices) == (1, 2) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+
+    // A module crash-loops on edge-3: the deployment fails, with a sample and an Event.
+    let a3 = &agents[2];
+    let rev = devices
+        .get("edge-3")
+        .await
+        .expect("edge-3")
+        .spec
+        .desired
+        .expect("desired")
+        .revision;
+    a3.report(json!({
+        "appliedRevision": rev,
+        "modules": [
+            {"name": "filter", "runtimeStatus": "backoff", "exitCode": 1, "restartCount": 3, "message": "exit 1"},
+            {"name": "ml", "runtimeStatus": "running"},
+            {"name": "sensor", "runtimeStatus": "running"},
+        ],
+    }))
+    .await
+    .expect("report failure");
+    let failed = wait_deployment(&deps, "base", "ModulesFailed", |d| {
+        is(d, "Stalled", "True", "ModulesFailed")
+    })
+    .await;
+    let s = failed.status.expect("status");
+    assert_eq!((s.failed, s.ready), (1, 1));
+    assert_eq!(s.failures.len(), 1);
+    assert_eq!(
+        (s.failures[0].device.as_str(), s.failures[0].module.as_str()),
+        ("edge-3", "filter")
+    );
+    assert!(
+        s.failures[0].reason.contains("backoff, exit code 1"),
+        "{:?}",
+        s.failures[0]
+    );
+    let note = wait_event(&client, "default", "edge-3", "ModuleFailed").await;
+    assert!(note.contains("filter"), "{note}");
+    wait_deployment(&deps, "berlin", "still Ready", |d| {
+        is(d, "Ready", "True", "AllReady")
+    })
+    .await;
+
+    // A module changes: the new revision reaches the devices; the deployment reconciles
+    // until the agents report it, then is Ready again.
+    a3.report_all_running().await;
+    module(&modules, "filter", "localhost/filter:v2").await;
+    wait_deployment(&deps, "base", "Reconciling for the new module", |d| {
+        is(d, "Reconciling", "True", "Progressing")
+    })
+    .await;
+    for a in &agents {
+        wait_for(&format!("{} to get filter:v2", a.device), WAIT, || async {
+            let got = desired_modules(&devices, &a.device).await;
+            if a.device == "edge-2" || got.iter().any(|m| m.2 == "localhost/filter:v2") {
+                Ok(())
+            } else {
+                Err(got)
+            }
+        })
+        .await;
+        a.report_all_running().await;
+    }
+    wait_deployment(&deps, "base", "Ready again", |d| {
+        is(d, "Ready", "True", "AllReady")
+    })
+    .await;
+
+    // Deleting the deployments empties the devices' desired state.
+    cleanup(&client, &ns).await;
+    wait_for("edge-1 to have no modules", WAIT, || async {
+        let got = desired_modules(&devices, "edge-1").await;
+        if got.is_empty() { Ok(()) } else { Err(got) }
+    })
+    .await;
+    assert!(ctrl.running(), "the controller exited:\n{}", ctrl.log());
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn bad_input_is_reported_on_the_object_and_others_go_on() {
+    let (lab, client, mut ctrl) = setup(18183, &[]).await;
+    let ns = fresh_namespace(&client, "e2e-bad-input").await;
+    let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    module(&modules, "sensor", "localhost/sensor:v1").await;
+    let good = "  selector: {matchLabels: {site: munich}}\n  modules: [{name: sensor}]";
+    deployment(&deps, "good", good).await;
+    let a2 = Agent::new(&lab, "edge-2").await;
+    a2.renew().await.expect("renew");
+    wait_for("edge-2 to get the good deployment", WAIT, || async {
+        let got = desired_modules(&devices, "edge-2").await;
+        if got.len() == 1 { Ok(()) } else { Err(got) }
+    })
+    .await;
+    a2.report_all_running().await;
+    wait_deployment(&deps, "good", "Ready", |d| {
+        is(d, "Ready", "True", "AllReady")
+    })
+    .await;
+
+    // Each bad spec: Stalled with its reason, and a Warning Event with the same reason.
+    let bad = [
+        (
+            "bad-selector",
+            "  selector: {matchExpressions: [{key: site, operator: In}]}\n  modules: [{name: sensor}]",
+            "InvalidSelector",
+            "needs at least one value",
+        ),
+        (
+            "missing-module",
+            "  selector: {matchLabels: {site: berlin}}\n  modules: [{name: x, moduleRef: nope}]",
+            "ModuleNotFound",
+            "EdgeModule e2e-bad-input/nope, which does not exist",
+        ),
+        (
+            "duplicate",
+            "  selector: {matchLabels: {site: berlin}}\n  modules: [{name: sensor}, {name: sensor}]",
+            "DuplicateModule",
+            "module name \"sensor\" appears more than once",
+        ),
+    ];
+    for (name, spec, _, _) in bad {
+        deployment(&deps, name, spec).await;
+    }
+    for (name, _, reason, says) in bad {
+        let d = wait_deployment(&deps, name, reason, |d| is(d, "Stalled", "True", reason)).await;
+        let msg = cond(&d, "Ready").expect("Ready").message;
+        assert!(msg.contains(says), "{name}: {msg}");
+        let ev = wait_event(&client, &ns, name, reason).await;
+        assert!(ev.contains(says), "{name}: event says {ev}");
+    }
+
+    // What the schema can reject is rejected at admission, with a clear message.
+    let err = deps
+        .create(
+            &PostParams::default(),
+            &serde_yaml::from_str(&format!(
+                "apiVersion: edgefleet.io/v1alpha1\nkind: EdgeDeployment\nmetadata: {{name: bad-name, namespace: {ns}}}\nspec:\n  modules: [{{name: Not_A_Label}}]"
+            ))
+            .expect("yaml"),
+        )
+        .await
+        .expect_err("a module name that is not a DNS label is refused");
+    assert!(err.to_string().contains("spec.modules.name"), "{err}");
+
+    // Two deployments with equal priority over the same device: the loser says so.
+    deployment(
+        &deps,
+        "tie-a",
+        "  priority: 7\n  selector: {matchLabels: {hardware: nuc}}\n  modules: [{name: sensor}]",
+    )
+    .await;
+    deployment(
+        &deps,
+        "tie-b",
+        "  priority: 7\n  selector: {matchLabels: {hardware: nuc}}\n  modules: [{name: sensor}]",
+    )
+    .await;
+    let tie = wait_deployment(&deps, "tie-b", "Conflicted", |d| {
+        cond(d, "Conflicted").is_some()
+    })
+    .await;
+    let c = cond(&tie, "Conflicted").expect("Conflicted");
+    assert!(c.message.contains(&format!("{ns}/tie-a")), "{}", c.message);
+    wait_event(&client, &ns, "tie-b", "PriorityTie").await;
+    wait_deployment(&deps, "tie-a", "Progressing, no conflict", |d| {
+        cond(d, "Conflicted").is_none()
+    })
+    .await;
+
+    // A device fills its status with garbage: flagged on the device, nothing else moves.
+    let a3 = Agent::new(&lab, "edge-3").await;
+    a3.report(json!({
+        "appliedRevision": "not-a-revision",
+        "modulesReady": "9/1",
+        "modules": [{"name": "ghost", "runtimeStatus": "running"}, {"name": "ghost", "runtimeStatus": "failed"}],
+    }))
+    .await
+    .expect("the schema admits well-formed garbage");
+    let flagged = wait_for("edge-3 StatusValid=False", WAIT, || async {
+        let d = devices.get("edge-3").await.map_err(|e| e.to_string())?;
+        let c = d
+            .status
+            .and_then(|s| condition::find(&s.conditions, "StatusValid").cloned());
+        match c {
+            Some(c) if !c.is_true() && c.message.contains("ghost") => Ok(c.message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        flagged.contains("\"ghost\" is reported more than once"),
+        "{flagged}"
+    );
+    assert!(flagged.contains("not a revision"), "{flagged}");
+    wait_event(&client, "default", "edge-3", "InvalidStatus").await;
+    wait_deployment(&deps, "good", "still Ready", |d| {
+        is(d, "Ready", "True", "AllReady")
+    })
+    .await;
+    a3.report(json!({"appliedRevision": null, "modulesReady": null, "modules": []}))
+        .await
+        .expect("clean status");
+
+    // Fixing a held deployment releases it.
+    module(&modules, "nope", "localhost/nope:v1").await;
+    wait_deployment(&deps, "missing-module", "no longer stalled", |d| {
+        !is(d, "Stalled", "True", "ModuleNotFound")
+    })
+    .await;
+
+    assert!(ctrl.running(), "the controller exited:\n{}", ctrl.log());
+    assert!(!ctrl.log().contains("panicked"), "{}", ctrl.log());
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn online_follows_the_lease_and_offline_devices_are_deferred() {
+    let (lab, client, _ctrl) = setup(18184, &["--offline-threshold", "6s"]).await;
+    let ns = fresh_namespace(&client, "e2e-presence").await;
+    let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let online = |dev: &str| {
+        let devices = devices.clone();
+        let dev = dev.to_owned();
+        async move {
+            let d = devices.get(&dev).await.ok()?;
+            d.status
+                .and_then(|s| condition::find(&s.conditions, "Online").map(|c| c.is_true()))
+        }
+    };
+    let a1 = Agent::new(&lab, "edge-1").await;
+    a1.renew().await.expect("renew");
+    wait_for("edge-1 Online", WAIT, || async {
+        online("edge-1").await.filter(|o| *o).ok_or("not online")
+    })
+    .await;
+    wait_event(&client, "default", "edge-1", "DeviceOnline").await;
+    // No renewals: offline after the threshold, with an Event.
+    wait_for("edge-1 Offline", WAIT, || async {
+        online("edge-1").await.filter(|o| !*o).ok_or("still online")
+    })
+    .await;
+    wait_event(&client, "default", "edge-1", "DeviceOffline").await;
+
+    // A deployment targeting an offline device counts it deferred.
+    module(&modules, "sensor", "localhost/sensor:v1").await;
+    deployment(
+        &deps,
+        "d",
+        "  selector: {matchLabels: {hardware: rpi4}}\n  modules: [{name: sensor}]",
+    )
+    .await;
+    let d = wait_deployment(&deps, "d", "deferred", |d| {
+        d.status.as_ref().is_some_and(|s| s.deferred == 1)
+    })
+    .await;
+    assert!(
+        is(&d, "Reconciling", "True", "Progressing"),
+        "{:?}",
+        d.status
+    );
+    // It comes back, applies and reports: Ready.
+    a1.renew().await.expect("renew");
+    a1.report_all_running().await;
+    wait_deployment(&deps, "d", "Ready", |d| is(d, "Ready", "True", "AllReady")).await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_device_whose_node_loses_the_label_is_marked_not_dropped() {
+    let (_lab, client, _ctrl) = setup(18185, &[]).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let ns = fresh_namespace(&client, "e2e-unlabel").await;
+    let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    module(&modules, "sensor", "localhost/sensor:v1").await;
+    deployment(&deps, "all", "  modules: [{name: sensor}]").await;
+    let registered = |want: bool| {
+        let devices = devices.clone();
+        async move {
+            let d = devices.get("edge-3").await.map_err(|e| e.to_string())?;
+            let c = d
+                .status
+                .as_ref()
+                .and_then(|s| condition::find(&s.conditions, "Registered").cloned());
+            let n = d.spec.desired.map(|d| d.modules.len()).unwrap_or_default();
+            match c {
+                Some(c) if c.is_true() == want => Ok(n),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    assert_eq!(
+        wait_for("edge-3 registered with a module", WAIT, || async {
+            registered(true).await.and_then(|n| {
+                if n == 1 {
+                    Ok(n)
+                } else {
+                    Err(format!("{n} modules"))
+                }
+            })
+        })
+        .await,
+        1
+    );
+
+    let label = |v: Option<&str>| json!({"metadata": {"labels": {"edgefleet.io/device": v}}});
+    nodes
+        .patch(
+            "edge-3",
+            &PatchParams::default(),
+            &Patch::Merge(label(None)),
+        )
+        .await
+        .expect("unlabel");
+    let n = wait_for("edge-3 marked unregistered", WAIT, || registered(false)).await;
+    assert_eq!(n, 0, "an unregistered device's desired state is empty");
+    wait_event(&client, "default", "edge-3", "DeviceUnregistered").await;
+    assert!(
+        devices.get("edge-3").await.is_ok(),
+        "the EdgeDevice is kept"
+    );
+    let d = wait_deployment(&deps, "all", "targets the two remaining devices", |d| {
+        d.status.as_ref().is_some_and(|s| s.targeted == 2)
+    })
+    .await;
+    assert!(d.status.is_some());
+
+    nodes
+        .patch(
+            "edge-3",
+            &PatchParams::default(),
+            &Patch::Merge(label(Some("true"))),
+        )
+        .await
+        .expect("relabel");
+    wait_for("edge-3 registered again", WAIT, || async {
+        registered(true).await.and_then(|n| {
+            if n == 1 {
+                Ok(n)
+            } else {
+                Err(format!("{n} modules"))
+            }
+        })
+    })
+    .await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn only_the_leader_writes_and_a_standby_takes_over() {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_crds(&client).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "edgefleet-system");
+    let holder = || async {
+        leases
+            .get("edgefleet-controller-leader")
+            .await
+            .ok()
+            .and_then(|l| l.spec?.holder_identity)
+            .unwrap_or_default()
+    };
+    // A previous test's controller may still hold the lease for its duration.
+    let args = |id: &'static str| ["--identity", id, "--lease-duration", "4s"];
+    let mut first = ControllerProcess::start(Path::new(BIN), &lab, 18186, &args("replica-a"));
+    wait_for("replica-a to lead", WAIT, || async {
+        let h = holder().await;
+        if h == "replica-a" { Ok(()) } else { Err(h) }
+    })
+    .await;
+    let mut second = ControllerProcess::start(Path::new(BIN), &lab, 18187, &args("replica-b"));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        holder().await,
+        "replica-a",
+        "the standby must not take a live lease"
+    );
+    assert!(
+        !second.log().contains("caches synced"),
+        "the standby started its controllers:\n{}",
+        second.log()
+    );
+
+    // The leader stops: the standby takes over and does the work.
+    first.stop();
+    wait_for("replica-b to lead", WAIT, || async {
+        let h = holder().await;
+        if h == "replica-b" { Ok(()) } else { Err(h) }
+    })
+    .await;
+    let ns = fresh_namespace(&client, "e2e-leader").await;
+    let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
+    module(&modules, "sensor", "localhost/sensor:v1").await;
+    wait_for("the new leader to write module status", WAIT, || async {
+        let m = modules.get("sensor").await.map_err(|e| e.to_string())?;
+        m.status.ok_or_else(|| "no status yet".to_owned())
+    })
+    .await;
+    assert!(second.running());
+    cleanup(&client, &ns).await;
+}

@@ -1,0 +1,200 @@
+//! Setting up the apiserver for a test, and a simulated agent that writes a device's
+//! status and Lease the way the real agent does, under the device's own identity.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edgefleet_crds::EdgeDevice;
+use edgefleet_crds::identity::{AGENT_MANAGER, SYSTEM_NAMESPACE};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource};
+use serde_json::json;
+
+use crate::lab::client_from;
+use crate::{Lab, wait_for};
+
+/// Installs (or updates) edgefleet's CRDs as generated from the types, and the system
+/// namespace, and waits until the CRDs are served.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (file, crd) in edgefleet_crds::schema::crds() {
+        let name = crd.metadata.name.clone().expect("CRDs have names");
+        crds.patch(
+            &name,
+            &PatchParams::apply("edgefleet-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot apply {file}: {e}"));
+        wait_for(
+            &format!("CRD {name} to be established"),
+            Duration::from_secs(30),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let c = crds.get(&name).await.map_err(|e| e.to_string())?;
+                    let established = c
+                        .status
+                        .and_then(|s| s.conditions)
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    established
+                        .then_some(())
+                        .ok_or("not established yet".to_owned())
+                }
+            },
+        )
+        .await;
+    }
+    let ns: Api<Namespace> = Api::all(client.clone());
+    if ns.get_opt(SYSTEM_NAMESPACE).await.ok().flatten().is_none() {
+        let _ = ns
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(SYSTEM_NAMESPACE.into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await;
+    }
+}
+
+/// A test's own namespace, labelled `edgefleet.io/e2e`, empty: a leftover from an earlier
+/// run is deleted first.
+pub async fn fresh_namespace(client: &Client, name: &str) -> String {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await.ok().flatten().is_some() {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+        wait_for(
+            &format!("old namespace {name} to go"),
+            Duration::from_secs(120),
+            || async {
+                match api.get_opt(name).await {
+                    Ok(None) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("edgefleet.io/e2e".into(), "true".into())])),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+    name.to_owned()
+}
+
+/// A device's agent, simulated: it holds only the device's own credentials.
+#[derive(Clone)]
+pub struct Agent {
+    pub device: String,
+    pub client: Client,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl Agent {
+    pub async fn new(lab: &Lab, device: &str) -> Agent {
+        let info = lab.info(device);
+        let path = info
+            .kubeconfig
+            .expect("an edge device has an agent kubeconfig");
+        Agent {
+            device: device.to_owned(),
+            client: client_from(&path).await,
+        }
+    }
+
+    pub fn devices(&self) -> Api<EdgeDevice> {
+        Api::all(self.client.clone())
+    }
+
+    /// Renews the device's Lease, as the agent's heartbeat does.
+    pub async fn renew(&self) -> kube::Result<Lease> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let patch = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "spec": {
+                "holderIdentity": edgefleet_crds::identity::device_user(&self.device),
+                "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            }
+        });
+        leases
+            .patch(
+                &self.device,
+                &PatchParams::apply(AGENT_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+    }
+
+    /// Applies the device's status (the agent-owned part) under the agent's field manager.
+    pub async fn report(&self, status: serde_json::Value) -> kube::Result<EdgeDevice> {
+        let patch = json!({
+            "apiVersion": EdgeDevice::api_version(&()),
+            "kind": EdgeDevice::kind(&()),
+            "metadata": { "name": self.device },
+            "status": status,
+        });
+        self.devices()
+            .patch_status(
+                &self.device,
+                &PatchParams::apply(AGENT_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+    }
+
+    /// Reports every desired module running at the current desired revision, as a healthy
+    /// agent would once it applied the desired state. Returns that revision.
+    pub async fn report_all_running(&self) -> String {
+        let dev = self
+            .devices()
+            .get(&self.device)
+            .await
+            .expect("get own device");
+        let desired = dev.spec.desired.unwrap_or_default();
+        let modules: Vec<_> = desired
+            .modules
+            .iter()
+            .map(|m| json!({"name": m.name, "runtimeStatus": "running", "restartCount": 0}))
+            .collect();
+        let n = modules.len();
+        self.report(json!({
+            "agentVersion": "e2e-sim",
+            "appliedRevision": desired.revision,
+            "modulesReady": format!("{n}/{n}"),
+            "modules": modules,
+            "conditions": [
+                {"type": "Applied", "status": "True", "reason": "Applied"},
+                {"type": "Ready", "status": "True", "reason": "ModulesRunning"},
+            ],
+        }))
+        .await
+        .expect("report status");
+        desired.revision
+    }
+}
