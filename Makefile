@@ -13,7 +13,7 @@ help:
 	@echo "make test        lint, unit tests, and end-to-end tests on the lab"
 	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
 	@echo "make lab-down    stop the lab and remove its state"
-	@echo "make bench       print the lab's figures: warm start time, memory per device"
+	@echo "make bench       print figures: resolve speed, lab start and memory, controller memory"
 
 demo: lab-up
 	@$(LAB) status
@@ -38,7 +38,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 shellcheck: tools
-	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab .ci/run
+	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller .ci/run
 
 # The CRD YAML is generated from the types in crds/ and never edited by hand.
 CRD_DIRS := crds
@@ -64,5 +64,9 @@ lab-down:
 lab-status:
 	$(LAB) status
 
+# Figures, not assertions: resolve 10,000 devices (pure), then the lab (warm start, memory
+# per device) and the controller's memory with a simulated fleet of BENCH_DEVICES.
+BENCH_DEVICES ?= 10000
 bench:
-	e2e/bench-lab --devices $(DEVICES)
+	$(CARGO) bench -p edgefleet-controller --bench resolve
+	e2e/bench-lab --devices $(DEVICES) --fleet $(BENCH_DEVICES)

@@ -132,6 +132,7 @@ where
         .map(|s| s.expect("a shared store hands out subscriptions"));
     let watch = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(drop_managed_fields)
         .reflect_shared(writer)
         .for_each(move |e| {
             synced.observe(cache, &e);
@@ -139,6 +140,11 @@ where
         });
     tokio::spawn(watch);
     (reader, subs)
+}
+
+/// The caches never read managedFields, which are often the largest part of an object.
+fn drop_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
 }
 
 /// Passes on only objects whose generation changed: our own status writes do not count as
@@ -197,11 +203,14 @@ async fn controllers(
     let nodes_api = Api::<PartialObjectMeta<Node>>::all(client.clone());
     let (nodes, node_writer) = reflector::store();
     let node_synced = synced.clone();
-    let registry_trigger = reflect(node_writer, watcher(nodes_api.clone(), labelled.clone()))
-        .default_backoff()
-        .inspect(move |e| node_synced.observe(Cache::Nodes, e))
-        .applied_objects()
-        .predicate_filter(kube::runtime::predicates::labels, Default::default());
+    let registry_trigger = reflect(
+        node_writer,
+        watcher(nodes_api.clone(), labelled.clone()).modify(drop_managed_fields),
+    )
+    .default_backoff()
+    .inspect(move |e| node_synced.observe(Cache::Nodes, e))
+    .applied_objects()
+    .predicate_filter(kube::runtime::predicates::labels, Default::default());
     let node_changes = watcher(nodes_api, labelled)
         .default_backoff()
         .touched_objects();

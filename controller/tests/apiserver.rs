@@ -144,6 +144,20 @@ async fn remove_every_deployment(client: &Client) {
     }
 }
 
+/// GET a path from the controller's HTTP endpoint: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the controller");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
 async fn cleanup(client: &Client, ns: &str) {
     let _ = Api::<Namespace>::all(client.clone())
         .delete(ns, &DeleteParams::default())
@@ -452,6 +466,19 @@ async fn targeting_priority_layering_and_rollup() {
         is(d, "Ready", "True", "AllReady")
     })
     .await;
+
+    // Health and metrics, as Prometheus and the kubelet see them.
+    assert!(http_get(&ctrl.http, "/healthz").0.contains("200"));
+    assert!(http_get(&ctrl.http, "/readyz").0.contains("200"));
+    let (_, metrics) = http_get(&ctrl.http, "/metrics");
+    for m in [
+        "edgefleet_controller_reconciles_total{controller=\"device\"}",
+        "edgefleet_controller_reconcile_duration_seconds_count{controller=\"deployment\"}",
+        "edgefleet_controller_writes_skipped_total",
+        "edgefleet_controller_devices{state=\"online\"}",
+    ] {
+        assert!(metrics.contains(m), "/metrics lacks {m}:\n{metrics}");
+    }
 
     // Deleting the deployments empties the devices' desired state.
     cleanup(&client, &ns).await;

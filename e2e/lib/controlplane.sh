@@ -68,6 +68,7 @@ start_controller_manager() {
     --cluster-signing-cert-file="$CA_CRT" --cluster-signing-key-file="$CA_KEY" \
     --node-monitor-period=5s --node-monitor-grace-period=30s \
     --leader-elect=false \
+    --kube-api-qps=200 --kube-api-burst=400 \
     --profiling=false \
     --logtostderr=true --v=1
 }

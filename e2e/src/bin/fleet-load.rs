@@ -1,0 +1,305 @@
+//! A bounded load generator for benchmarks: a simulated fleet of N devices (Node objects
+//! labelled as edgefleet devices, with no kubelet behind them) and M deployments over them,
+//! created in the lab's apiserver with a fixed number of requests in flight, and removed
+//! again. Every loop is bounded in count and time.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
+use edgefleet_e2e::{Lab, fresh_namespace, install_crds};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+
+const NAMESPACE: &str = "fleet-load";
+const LOAD_LABEL: &str = "load.edgefleet.io/generated";
+const SITES: usize = 50;
+const HARDWARE: [&str; 5] = ["rpi4", "jetson", "nuc", "x86", "arm64"];
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64, global = true)]
+    concurrency: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the fleet and its deployments.
+    Up {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        #[arg(long, default_value_t = 100)]
+        deployments: usize,
+    },
+    /// Wait until the controller gave every simulated device its desired state.
+    Wait {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
+    },
+    /// Remove everything `up` created.
+    Down,
+}
+
+fn node(i: usize) -> Node {
+    let labels = BTreeMap::from([
+        ("edgefleet.io/device".to_owned(), "true".to_owned()),
+        (LOAD_LABEL.to_owned(), "true".to_owned()),
+        ("site".to_owned(), format!("site-{}", i % SITES)),
+        (
+            "hardware".to_owned(),
+            HARDWARE[i % HARDWARE.len()].to_owned(),
+        ),
+        (
+            "channel".to_owned(),
+            if i % 10 == 0 { "beta" } else { "stable" }.to_owned(),
+        ),
+    ]);
+    // A Ready condition: Kubernetes 1.20's node lifecycle controller crashes on a Node
+    // without one. With no kubelet behind it, the Node turns Unknown after the grace period.
+    let status = serde_json::from_value(serde_json::json!({
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Simulated",
+            "lastHeartbeatTime": jiff::Timestamp::now().to_string(),
+            "lastTransitionTime": jiff::Timestamp::now().to_string()}]
+    }))
+    .expect("node status");
+    Node {
+        metadata: ObjectMeta {
+            name: Some(format!("load-dev-{i:05}")),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        status: Some(status),
+        ..Default::default()
+    }
+}
+
+fn deployment(i: usize, modules: usize) -> EdgeDeployment {
+    let selector = match i % 4 {
+        0 if i == 0 => serde_json::json!({"matchLabels": {LOAD_LABEL: "true"}}),
+        0 => serde_json::json!({"matchLabels": {"site": format!("site-{}", i % SITES)}}),
+        1 => serde_json::json!({"matchLabels": {"hardware": HARDWARE[i % HARDWARE.len()]}}),
+        2 => {
+            serde_json::json!({"matchExpressions": [{"key": "site", "operator": "In", "values": [format!("site-{}", i % SITES)]}]})
+        }
+        _ => serde_json::json!({"matchLabels": {"channel": "beta"}}),
+    };
+    let mods: Vec<_> = (0..3)
+        .map(|k| serde_json::json!({"name": format!("m{}", (i + k) % 8), "moduleRef": format!("module-{}", (i + k * 7) % modules)}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "edgefleet.io/v1alpha1",
+        "kind": "EdgeDeployment",
+        "metadata": {"name": format!("dep-{i:03}"), "namespace": NAMESPACE},
+        "spec": {"priority": (i * 37) % 200, "layered": i % 5 == 4, "selector": selector, "modules": mods},
+    }))
+    .expect("deployment fixture")
+}
+
+/// Runs `n` creates with `concurrency` in flight, printing progress; returns the failures.
+async fn create_all<F, Fut>(what: &str, n: usize, concurrency: usize, f: F) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let start = Instant::now();
+    let mut done = 0;
+    let mut failed = 0;
+    let mut results = stream::iter(0..n).map(&f).buffer_unordered(concurrency);
+    while let Some(r) = results.next().await {
+        done += 1;
+        match r {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("fleet-load: {what}: {e}");
+                }
+            }
+        }
+        if done % 1000 == 0 || done == n {
+            eprintln!(
+                "fleet-load: {what}: {done}/{n} in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64().max(0.001);
+    println!("fleet-load: created {n} {what} at {rate:.0}/s ({failed} failed)");
+    failed
+}
+
+async fn up(client: Client, devices: usize, deployments: usize, concurrency: usize) -> usize {
+    install_crds(&client).await;
+    fresh_namespace(&client, NAMESPACE).await;
+    let modules = (deployments / 5).max(1);
+    let mod_api: Api<EdgeModule> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut failed = create_all("EdgeModules", modules, concurrency, |i| {
+        let api = mod_api.clone();
+        async move {
+            let m = EdgeModule::new(
+                &format!("module-{i}"),
+                serde_json::from_value(serde_json::json!({"image": format!("localhost/fleet/module-{i}:v1"), "env": [{"name": "LEVEL", "value": "info"}]}))
+                    .expect("module spec"),
+            );
+            api.create(&PostParams::default(), &m).await.map(|_| ())
+        }
+    })
+    .await;
+    let dep_api: Api<EdgeDeployment> = Api::namespaced(client.clone(), NAMESPACE);
+    failed += create_all("EdgeDeployments", deployments, concurrency, |i| {
+        let api = dep_api.clone();
+        async move {
+            api.create(&PostParams::default(), &deployment(i, modules))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    failed += create_all("Nodes (devices)", devices, concurrency, |i| {
+        let api = nodes.clone();
+        async move {
+            api.create(&PostParams::default(), &node(i))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    failed
+}
+
+async fn wait(client: Client, devices: usize, timeout: Duration) -> bool {
+    let api: Api<EdgeDevice> = Api::all(client);
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let mut ready = 0;
+        let mut token: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default()
+                .labels(&format!("{LOAD_LABEL}=true"))
+                .limit(2000);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            let Ok(page) = api.list(&lp).await else { break };
+            ready += page
+                .items
+                .iter()
+                .filter(|d| {
+                    d.spec
+                        .desired
+                        .as_ref()
+                        .is_some_and(|d| !d.modules.is_empty())
+                })
+                .count();
+            token = page.metadata.continue_.filter(|t| !t.is_empty());
+            if token.is_none() {
+                break;
+            }
+        }
+        eprintln!(
+            "fleet-load: {ready}/{devices} devices have their desired state ({:.0}s)",
+            start.elapsed().as_secs_f64()
+        );
+        if ready >= devices {
+            println!(
+                "fleet-load: all {devices} devices resolved in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+            return true;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    false
+}
+
+async fn down(client: Client, concurrency: usize) {
+    let sel = ListParams::default().labels(&format!("{LOAD_LABEL}=true"));
+    let nodes: Api<Node> = Api::all(client.clone());
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    for round in 0..20 {
+        let names: Vec<String> = nodes
+            .list_metadata(&sel)
+            .await
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .filter_map(|n| n.metadata.name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let dev_names: Vec<String> = devices
+            .list_metadata(&sel)
+            .await
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .filter_map(|n| n.metadata.name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.is_empty() && dev_names.is_empty() {
+            break;
+        }
+        eprintln!(
+            "fleet-load: removing {} nodes and {} devices (round {round})",
+            names.len(),
+            dev_names.len()
+        );
+        stream::iter(names)
+            .map(|n| {
+                let api = nodes.clone();
+                async move { api.delete(&n, &DeleteParams::default()).await.map(|_| ()) }
+            })
+            .buffer_unordered(concurrency)
+            .for_each(|_| async {})
+            .await;
+        stream::iter(dev_names)
+            .map(|n| {
+                let api = devices.clone();
+                async move { api.delete(&n, &DeleteParams::default()).await.map(|_| ()) }
+            })
+            .buffer_unordered(concurrency)
+            .for_each(|_| async {})
+            .await;
+    }
+    let _ = Api::<Namespace>::all(client)
+        .delete(NAMESPACE, &DeleteParams::default())
+        .await;
+    println!("fleet-load: removed the simulated fleet");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let client = Lab::get().client().await;
+    let concurrency = args.concurrency.clamp(1, 256);
+    match args.cmd {
+        Cmd::Up {
+            devices,
+            deployments,
+        } => {
+            if up(client, devices, deployments, concurrency).await > 0 {
+                return ExitCode::FAILURE;
+            }
+        }
+        Cmd::Wait { devices, timeout_s } => {
+            if !wait(client, devices, Duration::from_secs(timeout_s)).await {
+                eprintln!("fleet-load: not every device was resolved within {timeout_s}s");
+                return ExitCode::FAILURE;
+            }
+        }
+        Cmd::Down => down(client, concurrency).await,
+    }
+    ExitCode::SUCCESS
+}
