@@ -60,7 +60,7 @@ fn node(i: usize) -> Node {
         ),
         (
             "channel".to_owned(),
-            if i % 10 == 0 { "beta" } else { "stable" }.to_owned(),
+            if i.is_multiple_of(10) { "beta" } else { "stable" }.to_owned(),
         ),
     ]);
     // A Ready condition: Kubernetes 1.20's node lifecycle controller crashes on a Node
