@@ -7,16 +7,14 @@ use std::time::Duration;
 
 use edgefleet_crds::condition::{self, ConditionStatus};
 use edgefleet_crds::device::conditions::ONLINE;
-use edgefleet_crds::identity::CONTROLLER_MANAGER;
 use edgefleet_crds::{EdgeDeployment, EdgeDeploymentStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, ResourceExt};
 
+use crate::apply;
 use crate::catalog::{self, Contribution};
 use crate::context::{Context, reference};
 use crate::error::{Error, Result};
@@ -59,18 +57,8 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
         ctx.metrics.skipped_write(CONTROLLER);
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let patch = json!({
-        "apiVersion": EdgeDeployment::api_version(&()),
-        "kind": EdgeDeployment::kind(&()),
-        "metadata": { "name": name, "namespace": ns },
-        "status": status,
-    });
-    Api::<EdgeDeployment>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(
-            &name,
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
+    let api = Api::<EdgeDeployment>::namespaced(ctx.client.clone(), &ns);
+    apply::status(&api, &name, &status)
         .await
         .map_err(|e| Error::ApplyDeploymentStatus(catalog::key(&ns, &name), e))?;
     publish_transitions(&ctx, &d, &old, &status).await;

@@ -29,7 +29,7 @@ use serde_json::json;
 use crate::context::{Context, reference};
 use crate::error::{Error, Result};
 use crate::presence::presence;
-use crate::{status_check, targeting};
+use crate::{apply, status_check, targeting};
 
 pub const CONTROLLER: &str = "device";
 /// Which of an EdgeDevice's labels are mirrored from its Node, so that a label removed from
@@ -196,19 +196,9 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         .any(|c| !same(c, condition::find(old, &c.type_)))
     {
         condition::carry_transition_times(&mut conditions, old, &Time(now));
-        let patch = json!({
-            "apiVersion": EdgeDevice::api_version(&()),
-            "kind": EdgeDevice::kind(&()),
-            "metadata": { "name": name },
-            "status": { "conditions": conditions },
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(|e| Error::ApplyDeviceStatus(name.clone(), e))?;
+        apply::status(&api, &name, &json!({ "conditions": conditions }))
+            .await
+            .map_err(|e| Error::ApplyDeviceStatus(name.clone(), e))?;
         publish_transitions(&ctx, &device, old, &conditions).await;
     }
     report_module_failures(&ctx, &device, &desired).await;

@@ -4,17 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgefleet_crds::identity::CONTROLLER_MANAGER;
 use edgefleet_crds::{EdgeDevice, EdgeModule, EdgeModuleStatus};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, ResourceExt};
 
-use crate::catalog;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::{apply, catalog};
 
 pub const CONTROLLER: &str = "module";
 
@@ -54,18 +51,8 @@ pub async fn reconcile(m: Arc<EdgeModule>, ctx: Arc<Context>) -> Result<Action> 
         ctx.metrics.skipped_write(CONTROLLER);
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let patch = json!({
-        "apiVersion": EdgeModule::api_version(&()),
-        "kind": EdgeModule::kind(&()),
-        "metadata": { "name": name, "namespace": ns },
-        "status": status,
-    });
-    Api::<EdgeModule>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(
-            &name,
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
+    let api = Api::<EdgeModule>::namespaced(ctx.client.clone(), &ns);
+    apply::status(&api, &name, &status)
         .await
         .map_err(|e| Error::ApplyModuleStatus(key, e))?;
     Ok(Action::requeue(Duration::from_secs(300)))

@@ -60,7 +60,12 @@ fn node(i: usize) -> Node {
         ),
         (
             "channel".to_owned(),
-            if i.is_multiple_of(10) { "beta" } else { "stable" }.to_owned(),
+            if i.is_multiple_of(10) {
+                "beta"
+            } else {
+                "stable"
+            }
+            .to_owned(),
         ),
     ]);
     // A Ready condition: Kubernetes 1.20's node lifecycle controller crashes on a Node
@@ -223,6 +228,17 @@ async fn wait(client: Client, devices: usize, timeout: Duration) -> bool {
     false
 }
 
+async fn delete_all<K>(api: &Api<K>, names: Vec<String>, concurrency: usize)
+where
+    K: kube::Resource + Clone + for<'de> k8s_openapi::serde::Deserialize<'de> + std::fmt::Debug,
+{
+    stream::iter(names)
+        .map(|n| async move { api.delete(&n, &DeleteParams::default()).await.map(|_| ()) })
+        .buffer_unordered(concurrency)
+        .for_each(|_| async {})
+        .await;
+}
+
 async fn down(client: Client, concurrency: usize) {
     let sel = ListParams::default().labels(&format!("{LOAD_LABEL}=true"));
     let nodes: Api<Node> = Api::all(client.clone());
@@ -256,22 +272,8 @@ async fn down(client: Client, concurrency: usize) {
             names.len(),
             dev_names.len()
         );
-        stream::iter(names)
-            .map(|n| {
-                let api = nodes.clone();
-                async move { api.delete(&n, &DeleteParams::default()).await.map(|_| ()) }
-            })
-            .buffer_unordered(concurrency)
-            .for_each(|_| async {})
-            .await;
-        stream::iter(dev_names)
-            .map(|n| {
-                let api = devices.clone();
-                async move { api.delete(&n, &DeleteParams::default()).await.map(|_| ()) }
-            })
-            .buffer_unordered(concurrency)
-            .for_each(|_| async {})
-            .await;
+        delete_all(&nodes, names, concurrency).await;
+        delete_all(&devices, dev_names, concurrency).await;
     }
     let _ = Api::<Namespace>::all(client)
         .delete(NAMESPACE, &DeleteParams::default())

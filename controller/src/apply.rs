@@ -1,0 +1,28 @@
+//! Server-side apply of the parts the controller owns, under its field manager, forcing
+//! ownership: the controller is the only writer of what it applies.
+
+use edgefleet_crds::identity::CONTROLLER_MANAGER;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// Applies `status` as the whole controller-owned status of object `name`.
+pub async fn status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> kube::Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name },
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(CONTROLLER_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+}
