@@ -503,9 +503,15 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
     deployment(&deps, "good", good).await;
     let a2 = Agent::new(&lab, "edge-2").await;
     a2.renew().await.expect("renew");
+    // Wait for this deployment's module, not just any: a previous test's may linger.
+    let owner = format!("{ns}/good");
     wait_for("edge-2 to get the good deployment", WAIT, || async {
         let got = desired_modules(&devices, "edge-2").await;
-        if got.len() == 1 { Ok(()) } else { Err(got) }
+        if got.len() == 1 && got[0].1 == owner {
+            Ok(())
+        } else {
+            Err(got)
+        }
     })
     .await;
     a2.report_all_running().await;

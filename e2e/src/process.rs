@@ -49,14 +49,14 @@ impl ControllerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Stops it with SIGTERM, as Kubernetes would, and waits.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return Some(s);
+        }
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
             .status();
         for _ in 0..100 {
             if let Ok(Some(s)) = self.child.try_wait() {
