@@ -20,8 +20,6 @@ pub enum Error {
     ApplyDeploymentStatus(String, #[source] kube::Error),
     #[error("cannot apply the status of EdgeModule {0}: {1}")]
     ApplyModuleStatus(String, #[source] kube::Error),
-    #[error("EdgeDevice {0} is not in the cache yet")]
-    DeviceNotCached(String),
 }
 
 impl Error {
@@ -34,7 +32,6 @@ impl Error {
             Error::ApplyRbac(..) => "rbac_write",
             Error::ApplyDeploymentStatus(..) => "deployment_status_write",
             Error::ApplyModuleStatus(..) => "module_status_write",
-            Error::DeviceNotCached(..) => "cache_lag",
         }
     }
 }
