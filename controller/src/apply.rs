@@ -26,3 +26,21 @@ where
     )
     .await
 }
+
+/// Applies a whole object the controller owns (a device's Lease or RBAC), named by its
+/// own metadata.
+pub async fn object<K>(api: &Api<K>, obj: &K) -> kube::Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(CONTROLLER_MANAGER).force(),
+        &Patch::Apply(value),
+    )
+    .await
+}

@@ -10,17 +10,15 @@ use edgefleet_crds::identity::CONTROLLER_MANAGER;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::context::Context;
-use crate::device_rbac;
 use crate::error::{Error, Result};
+use crate::{apply, device_rbac};
 
 pub const CONTROLLER: &str = "registry";
 
@@ -33,60 +31,38 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
         None => Arc::new(create_device(&ctx, &name, &node).await?),
     };
     let ns = ctx.config.namespace.as_str();
-    let apply = |name: &str| {
-        (
-            name.to_owned(),
-            PatchParams::apply(CONTROLLER_MANAGER).force(),
-        )
-    };
+    let c = &ctx.client;
     let lease_s = i32::try_from(ctx.config.offline_threshold.as_secs()).unwrap_or(i32::MAX);
-    ssa(
-        Api::<Lease>::namespaced(ctx.client.clone(), ns),
-        apply(&name),
+    apply::object(
+        &Api::<Lease>::namespaced(c.clone(), ns),
         &device_rbac::lease(&name, ns, &device, lease_s),
     )
     .await
     .map_err(|e| Error::ApplyLease(name.clone(), e))?;
     let rbac = async {
-        let n = edgefleet_crds::identity::device_rbac_name(&name);
-        ssa(
-            Api::<ClusterRole>::all(ctx.client.clone()),
-            apply(&n),
+        apply::object(
+            &Api::<ClusterRole>::all(c.clone()),
             &device_rbac::cluster_role(&name, &device),
         )
         .await?;
-        ssa(
-            Api::<ClusterRoleBinding>::all(ctx.client.clone()),
-            apply(&n),
+        apply::object(
+            &Api::<ClusterRoleBinding>::all(c.clone()),
             &device_rbac::cluster_role_binding(&name, &device),
         )
         .await?;
-        ssa(
-            Api::<Role>::namespaced(ctx.client.clone(), ns),
-            apply(&n),
+        apply::object(
+            &Api::<Role>::namespaced(c.clone(), ns),
             &device_rbac::role(&name, ns, &device),
         )
         .await?;
-        ssa(
-            Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
-            apply(&n),
+        apply::object(
+            &Api::<RoleBinding>::namespaced(c.clone(), ns),
             &device_rbac::role_binding(&name, ns, &device),
         )
         .await
     };
     rbac.await.map_err(|e| Error::ApplyRbac(name.clone(), e))?;
     Ok(Action::await_change())
-}
-
-async fn ssa<K>(api: Api<K>, (name, params): (String, PatchParams), obj: &K) -> kube::Result<K>
-where
-    K: Clone + DeserializeOwned + Serialize + std::fmt::Debug + kube::Resource,
-    K::DynamicType: Default,
-{
-    let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
-    value["apiVersion"] = K::api_version(&Default::default()).into();
-    value["kind"] = K::kind(&Default::default()).into();
-    api.patch(&name, &params, &Patch::Apply(value)).await
 }
 
 /// Creates the EdgeDevice with the Node's labels. The device reconcile then owns the labels

@@ -77,6 +77,11 @@ mod tests {
                     .is_some_and(|s| !s.is_empty())
             );
         }
+        // The derive macro takes literals; the identity consts must say the same.
+        for (_, crd) in &all {
+            assert_eq!(crd.spec.group, crate::identity::GROUP);
+            assert_eq!(crd.spec.versions[0].name, crate::identity::VERSION);
+        }
         assert_eq!(all[2].1.spec.scope, "Cluster");
         assert_eq!(all[1].1.spec.scope, "Namespaced");
     }

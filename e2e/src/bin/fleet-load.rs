@@ -239,31 +239,28 @@ where
         .await;
 }
 
+async fn names_of<K>(api: &Api<K>, sel: &ListParams) -> Vec<String>
+where
+    K: kube::Resource + Clone + for<'de> k8s_openapi::serde::Deserialize<'de> + std::fmt::Debug,
+{
+    api.list_metadata(sel)
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|o| o.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 async fn down(client: Client, concurrency: usize) {
     let sel = ListParams::default().labels(&format!("{LOAD_LABEL}=true"));
     let nodes: Api<Node> = Api::all(client.clone());
     let devices: Api<EdgeDevice> = Api::all(client.clone());
     for round in 0..20 {
-        let names: Vec<String> = nodes
-            .list_metadata(&sel)
-            .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .filter_map(|n| n.metadata.name)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let dev_names: Vec<String> = devices
-            .list_metadata(&sel)
-            .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .filter_map(|n| n.metadata.name)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = names_of(&nodes, &sel).await;
+        let dev_names = names_of(&devices, &sel).await;
         if names.is_empty() && dev_names.is_empty() {
             break;
         }
