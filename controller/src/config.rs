@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "EDGEFLEET_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
 
+    /// Reconciles in flight at once, per controller. Bounds the apiserver connections and
+    /// the memory they hold when thousands of devices register or change at once.
+    #[arg(long, env = "EDGEFLEET_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -89,6 +95,8 @@ mod tests {
         assert_eq!(c.offline_threshold, Duration::from_secs(40));
         assert_eq!(c.namespace, "edgefleet-system");
         assert!(c.leader_election);
+        assert_eq!(c.concurrency, 8);
+        assert!(Config::try_parse_from(["edgefleet-controller", "--concurrency", "0"]).is_err());
         let c = Config::try_parse_from([
             "edgefleet-controller",
             "--offline-threshold",

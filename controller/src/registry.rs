@@ -33,35 +33,37 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
     let ns = ctx.config.namespace.as_str();
     let c = &ctx.client;
     let lease_s = i32::try_from(ctx.config.offline_threshold.as_secs()).unwrap_or(i32::MAX);
-    apply::object(
-        &Api::<Lease>::namespaced(c.clone(), ns),
-        &device_rbac::lease(&name, ns, &device, lease_s),
-    )
-    .await
-    .map_err(|e| Error::ApplyLease(name.clone(), e))?;
-    let rbac = async {
-        apply::object(
-            &Api::<ClusterRole>::all(c.clone()),
-            &device_rbac::cluster_role(&name, &device),
-        )
-        .await?;
-        apply::object(
-            &Api::<ClusterRoleBinding>::all(c.clone()),
-            &device_rbac::cluster_role_binding(&name, &device),
-        )
-        .await?;
-        apply::object(
-            &Api::<Role>::namespaced(c.clone(), ns),
-            &device_rbac::role(&name, ns, &device),
-        )
-        .await?;
-        apply::object(
-            &Api::<RoleBinding>::namespaced(c.clone(), ns),
-            &device_rbac::role_binding(&name, ns, &device),
-        )
-        .await
+    // Five independent writes: in parallel, so that mass registration is bound by the
+    // controller's concurrency, not by five round trips per device.
+    let (lease, cluster_role, cluster_binding, role, binding) = (
+        device_rbac::lease(&name, ns, &device, lease_s),
+        device_rbac::cluster_role(&name, &device),
+        device_rbac::cluster_role_binding(&name, &device),
+        device_rbac::role(&name, ns, &device),
+        device_rbac::role_binding(&name, ns, &device),
+    );
+    let (leases, cluster_roles, cluster_bindings, roles, bindings) = (
+        Api::<Lease>::namespaced(c.clone(), ns),
+        Api::<ClusterRole>::all(c.clone()),
+        Api::<ClusterRoleBinding>::all(c.clone()),
+        Api::<Role>::namespaced(c.clone(), ns),
+        Api::<RoleBinding>::namespaced(c.clone(), ns),
+    );
+    let lease = async {
+        apply::object(&leases, &lease)
+            .await
+            .map_err(|e| Error::ApplyLease(name.clone(), e))
     };
-    rbac.await.map_err(|e| Error::ApplyRbac(name.clone(), e))?;
+    let rbac = async {
+        futures::try_join!(
+            apply::object(&cluster_roles, &cluster_role),
+            apply::object(&cluster_bindings, &cluster_binding),
+            apply::object(&roles, &role),
+            apply::object(&bindings, &binding),
+        )
+        .map_err(|e| Error::ApplyRbac(name.clone(), e))
+    };
+    futures::try_join!(lease, rbac)?;
     Ok(Action::await_change())
 }
 

@@ -12,7 +12,7 @@ use edgefleet_crds::device::conditions::{ONLINE, REGISTERED};
 use edgefleet_crds::identity::{DEVICE_LABEL, DEVICE_LABEL_VALUE, LEADER_LEASE};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -147,6 +147,21 @@ fn drop_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
+/// Presence needs only a Lease's renew time: at 10,000 devices the rest (managedFields of
+/// two writers, holder, durations) would be most of the cache.
+fn keep_renew_time(lease: &mut Lease) {
+    let renew_time = lease.spec.as_mut().and_then(|s| s.renew_time.take());
+    lease.spec = Some(LeaseSpec {
+        renew_time,
+        ..Default::default()
+    });
+    let meta = &mut lease.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.labels = None;
+    meta.annotations = None;
+}
+
 /// Passes on only objects whose generation changed: our own status writes do not count as
 /// changes of what the user asked for.
 fn spec_changes<K: Resource + Send + Sync + 'static>(
@@ -167,6 +182,7 @@ async fn controllers(
     ready_flag: Arc<AtomicBool>,
 ) {
     let ns = config.namespace.clone();
+    let bounded = ControllerConfig::default().concurrency(config.concurrency);
     let synced = Arc::new(Synced::default());
     let (devices, [dev_main, dev_for_deployments, dev_for_modules]) = shared(
         Api::<EdgeDevice>::all(client.clone()),
@@ -191,7 +207,8 @@ async fn controllers(
         watcher(
             Api::<Lease>::namespaced(client.clone(), &ns),
             watcher::Config::default(),
-        ),
+        )
+        .modify(keep_renew_time),
     )
     .default_backoff()
     .inspect(move |e| lease_synced.observe(Cache::Leases, e))
@@ -243,7 +260,7 @@ async fn controllers(
         spec_changes(mod_for_devices).map(|_| ()),
     );
     let device_ctrl = Controller::for_shared_stream(dev_main, devices.clone())
-        .with_config(ControllerConfig::default().concurrency(16))
+        .with_config(bounded.clone())
         .watches_stream(lease_stream, |l: Lease| {
             Some(ObjectRef::<EdgeDevice>::new(&l.name_any()))
         })
@@ -256,13 +273,14 @@ async fn controllers(
         .for_each(|_| ready(()));
 
     let registry_ctrl = Controller::for_stream(registry_trigger, nodes)
+        .with_config(bounded.clone())
         .graceful_shutdown_on(shutdown_signal())
         .run(registry::reconcile, registry::error_policy, ctx.clone())
         .for_each(|_| ready(()));
 
     let dep_store = deployments.clone();
     let deployment_ctrl = Controller::for_shared_stream(spec_changes(dep_main), deployments)
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .with_config(bounded.clone().debounce(Duration::from_millis(500)))
         .watches_shared_stream(dev_for_deployments, |d: Arc<EdgeDevice>| {
             deployment::deployments_of_device(&d)
         })
@@ -283,7 +301,7 @@ async fn controllers(
         .for_each(|_| ready(()));
 
     let module_ctrl = Controller::for_shared_stream(spec_changes(mod_main), modules)
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .with_config(bounded.clone().debounce(Duration::from_millis(500)))
         .watches_shared_stream(dev_for_modules, |d: Arc<EdgeDevice>| {
             module_status::modules_of_device(&d)
         })

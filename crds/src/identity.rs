@@ -37,3 +37,17 @@ pub fn device_rbac_name(device: &str) -> String {
 
 /// The Lease through which the controller holds leadership.
 pub const LEADER_LEASE: &str = "edgefleet-controller-leader";
+
+/// Labels and annotations on the static pods the agent writes, and what module pods see.
+pub mod pods {
+    /// Names the module a static pod runs; also how the agent finds its pods over CRI.
+    pub const MODULE_LABEL: &str = "edgefleet.io/module";
+    /// `app.kubernetes.io/managed-by`, set to the agent's name on every pod it writes.
+    pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+    /// A hash of a module's config files: a config change restarts the module's pod.
+    pub const CONFIG_HASH_ANNOTATION: &str = "edgefleet.io/config-hash";
+    /// Where a module's config files appear inside its container.
+    pub const CONFIG_MOUNT_PATH: &str = "/etc/edgefleet/config";
+    /// The namespace of module pods (their mirror pods show up there).
+    pub const MODULE_NAMESPACE: &str = super::SYSTEM_NAMESPACE;
+}
