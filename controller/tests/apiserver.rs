@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use edgefleet_crds::condition;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, TargetingOutcome};
-use edgefleet_e2e::{Agent, ControllerProcess, Lab, fresh_namespace, install_crds, wait_for};
+use edgefleet_e2e::{
+    Agent, ControllerProcess, Lab, fresh_namespace, install_crds, remove_every_deployment, wait_for,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -128,22 +130,6 @@ async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> Stri
 
 /// Devices are cluster-wide, so a deployment left anywhere (by a failed run, or by hand)
 /// would compete with the test's own. Each test starts from none.
-async fn remove_every_deployment(client: &Client) {
-    let all: Api<EdgeDeployment> = Api::all(client.clone());
-    for d in all
-        .list(&ListParams::default())
-        .await
-        .expect("list deployments")
-        .items
-    {
-        let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let name = d.metadata.name.clone().unwrap_or_default();
-        let _ = Api::<EdgeDeployment>::namespaced(client.clone(), &ns)
-            .delete(&name, &DeleteParams::default())
-            .await;
-    }
-}
-
 /// GET a path from the controller's HTTP endpoint: (status line, body).
 fn http_get(addr: &str, path: &str) -> (String, String) {
     use std::io::{Read, Write};

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use edgefleet_crds::EdgeDevice;
 use edgefleet_crds::identity::{AGENT_MANAGER, SYSTEM_NAMESPACE};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
@@ -98,6 +98,23 @@ pub async fn fresh_namespace(client: &Client, name: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
     name.to_owned()
+}
+
+/// Deletes every EdgeDeployment in the cluster: a test starts from a fleet nobody targets.
+pub async fn remove_every_deployment(client: &Client) {
+    let all: Api<EdgeDeployment> = Api::all(client.clone());
+    for d in all
+        .list(&ListParams::default())
+        .await
+        .expect("list deployments")
+        .items
+    {
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let _ = Api::<EdgeDeployment>::namespaced(client.clone(), &ns)
+            .delete(&name, &DeleteParams::default())
+            .await;
+    }
 }
 
 /// A device's agent, simulated: it holds only the device's own credentials.

@@ -26,6 +26,9 @@ pub struct NodeInfo {
     pub node_dir: PathBuf,
     /// The device's agent kubeconfig reachable from the host shell (edge devices only).
     pub kubeconfig: Option<PathBuf>,
+    /// The device's agent kubeconfig as the device sees it: the apiserver at its lab
+    /// address, for an agent running on the device (edge devices only).
+    pub agent_kubeconfig: Option<PathBuf>,
 }
 
 impl Lab {
@@ -118,6 +121,7 @@ impl Lab {
             containerd_socket: field("containerd_socket").into(),
             node_dir: field("node_dir").into(),
             kubeconfig: kv.get("kubeconfig").map(PathBuf::from),
+            agent_kubeconfig: kv.get("agent_kubeconfig").map(PathBuf::from),
         }
     }
 

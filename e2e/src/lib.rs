@@ -4,14 +4,16 @@
 //! Tests that need the lab are `#[ignore]`d so that `cargo test` stays a unit-test run;
 //! `make e2e` starts the lab and runs them with `--ignored`.
 
+mod agents;
 mod api;
 mod containerd;
 mod lab;
 mod process;
 mod wait;
 
-pub use api::{Agent, fresh_namespace, install_crds};
+pub use agents::RealAgents;
+pub use api::{Agent, fresh_namespace, install_crds, remove_every_deployment};
 pub use containerd::Task;
 pub use lab::{Lab, NodeInfo, client_from};
-pub use process::ControllerProcess;
+pub use process::{ControllerProcess, controller_binary};
 pub use wait::wait_for;

@@ -6,6 +6,21 @@ use std::process::{Child, Command, Stdio};
 
 use crate::Lab;
 
+/// The controller binary the tests start: `EDGEFLEET_CONTROLLER_BIN`, or the debug build
+/// that `cargo test --workspace` makes for the controller's own tests.
+pub fn controller_binary() -> PathBuf {
+    let path = std::env::var_os("EDGEFLEET_CONTROLLER_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/edgefleet-controller"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "no controller binary at {}: run `cargo build -p edgefleet-controller` or set EDGEFLEET_CONTROLLER_BIN",
+        path.display()
+    );
+    path
+}
+
 /// A running controller. Dropping it stops it; if the test is failing, the end of its log
 /// is printed first, as that is what a person would look at.
 #[derive(Debug)]

@@ -1,0 +1,490 @@
+//! The real agent on the lab's devices, with the real controller: modules deployed through
+//! EdgeModule and EdgeDeployment run as static pods on exactly the targeted devices, their
+//! health comes back from the device's own container runtime, and they survive going
+//! offline and a reboot while offline. Run by `make e2e` (they need the lab and the images).
+
+use std::time::{Duration, Instant};
+
+use edgefleet_crds::condition;
+use edgefleet_crds::device::conditions::{APPLIED, READY};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, ModuleStatus, RuntimeStatus};
+use edgefleet_e2e::{
+    ControllerProcess, Lab, RealAgents, controller_binary, fresh_namespace, install_crds,
+    remove_every_deployment, wait_for,
+};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(90);
+const BUSYBOX: &str = "localhost/edgefleet-lab/busybox:1";
+
+struct Setup {
+    lab: Lab,
+    client: Client,
+    ns: String,
+    _ctrl: ControllerProcess,
+    agents: RealAgents,
+}
+
+async fn setup(ns: &str, port: u16, devices: &[&str]) -> Setup {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_crds(&client).await;
+    remove_every_deployment(&client).await;
+    let ns = fresh_namespace(&client, ns).await;
+    let ctrl = ControllerProcess::start(
+        &controller_binary(),
+        &lab,
+        port,
+        &["--leader-election", "false"],
+    );
+    let agents = RealAgents::install(&lab, &client, devices).await;
+    Setup {
+        lab,
+        client,
+        ns,
+        _ctrl: ctrl,
+        agents,
+    }
+}
+
+async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
+    let obj = json!({
+        "apiVersion": "edgefleet.io/v1alpha1", "kind": kind,
+        "metadata": {"name": name, "namespace": ns}, "spec": spec,
+    });
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "edgefleet.io",
+            "v1alpha1",
+            kind,
+        )),
+    );
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-user").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
+}
+
+fn module_of<'a>(d: &'a EdgeDevice, name: &str) -> Option<&'a ModuleStatus> {
+    d.status.as_ref()?.modules.iter().find(|m| m.name == name)
+}
+
+/// Waits until the device reports, for its current desired revision, a module that
+/// satisfies `check`.
+async fn wait_module(
+    client: &Client,
+    device: &str,
+    module: &str,
+    what: &str,
+    check: impl Fn(&ModuleStatus) -> bool,
+) -> ModuleStatus {
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    wait_for(&format!("{device}: {module} {what}"), WAIT, || async {
+        let d = devices.get(device).await.map_err(|e| e.to_string())?;
+        let desired = d.spec.desired.as_ref().map(|x| x.revision.clone());
+        let applied = d.status.as_ref().and_then(|s| s.applied_revision.clone());
+        match module_of(&d, module) {
+            Some(m) if desired == applied && check(m) => Ok(m.clone()),
+            other => Err(format!(
+                "desired {desired:?} applied {applied:?}: {other:?}"
+            )),
+        }
+    })
+    .await
+}
+
+fn kill(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot kill {pid}");
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn modules_run_where_targeted_and_report_health() {
+    let s = setup("e2e-agent-health", 18120, &["edge-1", "edge-2", "edge-3"]).await;
+    let (client, ns) = (&s.client, s.ns.as_str());
+    apply(
+        client,
+        ns,
+        "EdgeModule",
+        "ticker",
+        json!({
+            "image": BUSYBOX, "command": ["sh", "-c", "while true; do sleep 1; done"],
+            "config": [{"name": "ticker.conf", "content": "interval = 1"}],
+        }),
+    )
+    .await;
+    // site=berlin: edge-1 and edge-3, not edge-2.
+    apply(
+        client,
+        ns,
+        "EdgeDeployment",
+        "berlin",
+        json!({
+            "priority": 10, "selector": {"matchLabels": {"site": "berlin"}},
+            "modules": [{"name": "ticker"}],
+        }),
+    )
+    .await;
+    for dev in ["edge-1", "edge-3"] {
+        let m = wait_module(client, dev, "ticker", "running", |m| {
+            m.runtime_status == RuntimeStatus::Running
+        })
+        .await;
+        assert!(
+            m.image_id.is_some_and(|i| i.starts_with("sha256:")),
+            "image id reported"
+        );
+        assert!(
+            s.lab.running_task(dev, "ticker").is_some(),
+            "ticker runs on {dev}'s containerd"
+        );
+    }
+    let edge2: EdgeDevice = Api::all(client.clone())
+        .get("edge-2")
+        .await
+        .expect("edge-2");
+    assert!(
+        module_of(&edge2, "ticker").is_none(),
+        "edge-2 is not targeted"
+    );
+    assert!(
+        s.lab.running_task("edge-2", "ticker").is_none(),
+        "nothing runs on edge-2"
+    );
+    // The config file reached the module.
+    let cat = s.lab.exec(
+        "edge-1",
+        &[
+            "cat",
+            &format!(
+                "{}/agent-state/config/ticker/ticker.conf",
+                s.lab.info("edge-1").node_dir.display()
+            ),
+        ],
+    );
+    assert_eq!(cat.trim(), "interval = 1");
+
+    // Killing the module's process: kubelet restarts it, the agent reports the restart.
+    let before = s.lab.running_task("edge-1", "ticker").expect("ticker task");
+    kill(before.pid);
+    let m = wait_module(client, "edge-1", "ticker", "restarted and running", |m| {
+        m.restart_count >= 1 && m.runtime_status == RuntimeStatus::Running
+    })
+    .await;
+    assert_eq!(m.exit_code, Some(137), "killed by SIGKILL");
+    assert!(m.last_exit_time.is_some());
+
+    // A module that exits 1: backoff with its exit code, and the deployment counts it.
+    apply(
+        client,
+        ns,
+        "EdgeModule",
+        "crasher",
+        json!({
+            "image": BUSYBOX, "command": ["sh", "-c", "sleep 1; exit 1"],
+        }),
+    )
+    .await;
+    apply(
+        client,
+        ns,
+        "EdgeDeployment",
+        "berlin",
+        json!({
+            "priority": 10, "selector": {"matchLabels": {"site": "berlin"}},
+            "modules": [{"name": "ticker"}, {"name": "crasher"}],
+        }),
+    )
+    .await;
+    let m = wait_module(client, "edge-3", "crasher", "failing", |m| {
+        m.runtime_status.is_failure()
+    })
+    .await;
+    assert_eq!(m.exit_code, Some(1));
+    assert_eq!(m.runtime_status, RuntimeStatus::Backoff);
+    let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        "the deployment to count both failing devices",
+        WAIT,
+        || async {
+            let d = deployments.get("berlin").await.map_err(|e| e.to_string())?;
+            let st = d.status.clone().unwrap_or_default();
+            let named = st
+                .failures
+                .iter()
+                .any(|f| f.module == "crasher" && f.reason.contains("exit"));
+            (st.failed == 2 && named)
+                .then_some(())
+                .ok_or(format!("{st:?}"))
+        },
+    )
+    .await;
+    let dev: EdgeDevice = Api::all(client.clone())
+        .get("edge-3")
+        .await
+        .expect("edge-3");
+    let ready = condition::find(&dev.status.as_ref().expect("status").conditions, READY).cloned();
+    assert!(ready.is_some_and(|c| !c.is_true() && c.message.contains("crasher")));
+
+    // Deleting the deployment removes the modules from the devices.
+    deployments
+        .delete("berlin", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("edge-1's modules to be gone", WAIT, || async {
+        let manifests = s.lab.info("edge-1").manifests;
+        let left: Vec<_> = std::fs::read_dir(&manifests)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("-module-"))
+            .collect();
+        let running = s.lab.running_task("edge-1", "ticker");
+        (left.is_empty() && running.is_none())
+            .then_some(())
+            .ok_or(format!("{left:?} {running:?}"))
+    })
+    .await;
+    assert!(s.agents.log("edge-1").contains("accepted a desired state"));
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn modules_survive_offline_and_a_reboot_while_offline() {
+    let s = setup("e2e-agent-offline", 18121, &["edge-2"]).await;
+    let (client, ns, lab) = (&s.client, s.ns.as_str(), &s.lab);
+    apply(
+        client,
+        ns,
+        "EdgeModule",
+        "ticker",
+        json!({
+            "image": BUSYBOX, "command": ["sh", "-c", "while true; do sleep 1; done"],
+        }),
+    )
+    .await;
+    apply(
+        client,
+        ns,
+        "EdgeDeployment",
+        "jetson",
+        json!({
+            "priority": 10, "selector": {"matchLabels": {"hardware": "jetson"}},
+            "modules": [{"name": "ticker"}],
+        }),
+    )
+    .await;
+    wait_module(client, "edge-2", "ticker", "running", |m| {
+        m.runtime_status == RuntimeStatus::Running
+    })
+    .await;
+    let before = lab.running_task("edge-2", "ticker").expect("ticker task");
+
+    lab.run(&["offline", "edge-2"]);
+    // Offline: the module keeps running, the same process, and so does the agent.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(
+        lab.running_task("edge-2", "ticker"),
+        Some(before.clone()),
+        "same task offline"
+    );
+    assert!(
+        lab.running_task("edge-2", "edgefleet-agent").is_some(),
+        "agent runs offline"
+    );
+
+    // A reboot while offline: kubelet brings the agent back from its static pod, the agent
+    // starts from its journal, and the module runs again, all with no apiserver.
+    let rebooted = Instant::now();
+    lab.run(&["reboot", "edge-2"]);
+    let after = wait_for(
+        "the module back after the reboot, still offline",
+        WAIT,
+        || async {
+            let link = lab.run(&["info", "edge-2"]);
+            assert!(
+                link.contains("link=offline"),
+                "edge-2 must still be offline"
+            );
+            match lab.running_task("edge-2", "ticker") {
+                Some(t) if t.pid != before.pid => Ok(t),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    wait_for("the agent back after the reboot", WAIT, || async {
+        let log = s.agents.log("edge-2");
+        log.matches("starting from the journal")
+            .count()
+            .ge(&1)
+            .then_some(())
+            .ok_or("not yet")
+    })
+    .await;
+    // A few of the agent's passes later the module still runs: the agent kept its manifest.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        lab.running_task("edge-2", "ticker").map(|t| t.pid),
+        Some(after.pid)
+    );
+
+    // Reconnect: the device reports the module's new start within seconds.
+    lab.run(&["online", "edge-2"]);
+    let reconnected = Instant::now();
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let since = jiff::Timestamp::now() - rebooted.elapsed();
+    wait_for(
+        "the post-reboot state reported after reconnecting",
+        Duration::from_secs(30),
+        || async {
+            let d = devices.get("edge-2").await.map_err(|e| e.to_string())?;
+            let started = module_of(&d, "ticker").and_then(|m| m.last_start_time.clone());
+            match started {
+                Some(t)
+                    if t.0
+                        >= since.round(jiff::Unit::Second).unwrap_or(since)
+                            - jiff::SignedDuration::from_secs(1) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "e2e: reported {:.1}s after reconnecting",
+        reconnected.elapsed().as_secs_f64()
+    );
+    let d = devices.get("edge-2").await.expect("edge-2");
+    let applied = condition::find(&d.status.as_ref().expect("status").conditions, APPLIED).cloned();
+    assert!(applied.is_some_and(|c| c.is_true()));
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
+    let s = setup("e2e-agent-reject", 18122, &["edge-3"]).await;
+    let (client, ns, lab) = (&s.client, s.ns.as_str(), &s.lab);
+    apply(
+        client,
+        ns,
+        "EdgeModule",
+        "ticker",
+        json!({
+            "image": BUSYBOX, "command": ["sh", "-c", "while true; do sleep 1; done"],
+        }),
+    )
+    .await;
+    let beta = |modules: Value| {
+        json!({
+            "priority": 10, "selector": {"matchLabels": {"channel": "beta"}}, "modules": modules,
+        })
+    };
+    apply(
+        client,
+        ns,
+        "EdgeDeployment",
+        "beta",
+        beta(json!([{"name": "ticker"}])),
+    )
+    .await;
+    wait_module(client, "edge-3", "ticker", "running", |m| {
+        m.runtime_status == RuntimeStatus::Running
+    })
+    .await;
+    let good = lab.running_task("edge-3", "ticker").expect("ticker task");
+
+    // Five config files of 60 KiB each: the CRD admits it (64 KiB a file), the agent does not
+    // (256 KiB a module). The whole desired state is refused, the running one stays.
+    let files: Vec<Value> = (0..5)
+        .map(|i| json!({"name": format!("part-{i}.bin"), "content": "x".repeat(60 * 1024)}))
+        .collect();
+    apply(
+        client,
+        ns,
+        "EdgeModule",
+        "hoard",
+        json!({"image": BUSYBOX, "config": files}),
+    )
+    .await;
+    apply(
+        client,
+        ns,
+        "EdgeDeployment",
+        "beta",
+        beta(json!([{"name": "ticker"}, {"name": "hoard"}])),
+    )
+    .await;
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let applied = wait_for("edge-3 to reject the desired state", WAIT, || async {
+        let d = devices.get("edge-3").await.map_err(|e| e.to_string())?;
+        let desired = d.spec.desired.as_ref().map(|x| x.revision.clone());
+        let st = d.status.clone().unwrap_or_default();
+        let cond = condition::find(&st.conditions, APPLIED).cloned();
+        match cond {
+            Some(c) if st.rejected_revision == desired && c.reason == "Rejected" => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        applied.message.contains("more than 262144"),
+        "{}",
+        applied.message
+    );
+    let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), ns);
+    wait_for("the deployment to show the rejection", WAIT, || async {
+        let st = deployments
+            .get("beta")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        let named = st
+            .failures
+            .iter()
+            .any(|f| f.device == "edge-3" && f.reason.contains("262144"));
+        (st.failed == 1 && named)
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+    assert_eq!(
+        lab.running_task("edge-3", "ticker"),
+        Some(good),
+        "the last good state keeps running"
+    );
+    assert!(lab.running_task("edge-3", "hoard").is_none());
+
+    // Fixed: the next desired state is taken.
+    apply(
+        client,
+        ns,
+        "EdgeDeployment",
+        "beta",
+        beta(json!([{"name": "ticker"}])),
+    )
+    .await;
+    wait_for("edge-3 to apply again", WAIT, || async {
+        let d = devices.get("edge-3").await.map_err(|e| e.to_string())?;
+        let st = d.status.clone().unwrap_or_default();
+        let ok = condition::find(&st.conditions, APPLIED).is_some_and(|c| c.is_true());
+        (ok && st.rejected_revision.is_none())
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+}

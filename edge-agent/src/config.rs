@@ -1,0 +1,143 @@
+//! The agent's configuration: one clap struct with environment fallbacks, parsed once in
+//! `main` and passed down. The defaults are k3s's paths.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use edgefleet_crds::identity::SYSTEM_NAMESPACE;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "edgefleet-agent", version, about = "edgefleet's device agent")]
+pub struct Config {
+    /// This device's name: its Node and its EdgeDevice.
+    #[arg(long, env = "EDGEFLEET_DEVICE", value_parser = device_name)]
+    pub device: String,
+
+    /// The device's kubeconfig (identity `edgefleet:device:<name>`). Without it, KUBECONFIG
+    /// or the in-cluster config is used.
+    #[arg(long, env = "EDGEFLEET_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// kubelet's staticPodPath, where module manifests go.
+    #[arg(
+        long,
+        env = "EDGEFLEET_MANIFEST_DIR",
+        default_value = "/var/lib/rancher/k3s/agent/pod-manifests"
+    )]
+    pub manifest_dir: PathBuf,
+
+    /// The container runtime's CRI socket.
+    #[arg(
+        long,
+        env = "EDGEFLEET_CRI_SOCKET",
+        default_value = "/run/k3s/containerd/containerd.sock"
+    )]
+    pub cri_socket: PathBuf,
+
+    /// Where the journal, the inventory of written manifests and module config files live.
+    /// Config files are mounted into module pods from here, so this is a host path.
+    #[arg(
+        long,
+        env = "EDGEFLEET_STATE_DIR",
+        default_value = "/var/lib/edgefleet-agent"
+    )]
+    pub state_dir: PathBuf,
+
+    /// The namespace of the device's Lease.
+    #[arg(long, env = "EDGEFLEET_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
+    pub namespace: String,
+
+    /// How often the Lease is renewed.
+    #[arg(long, env = "EDGEFLEET_LEASE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_interval: Duration,
+
+    /// How often the runtime is observed and manifests are brought in line.
+    #[arg(long, env = "EDGEFLEET_SYNC_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub sync_interval: Duration,
+
+    /// The longest pause between retries while the apiserver is unreachable. Retries are
+    /// jittered; this bounds how late a reconnect is noticed.
+    #[arg(long, env = "EDGEFLEET_MAX_BACKOFF", default_value = "2s", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+
+    /// How many accepted desired states the journal keeps.
+    #[arg(long, env = "EDGEFLEET_JOURNAL_KEEP", default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub journal_keep: u16,
+
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print the agent's own static pod manifest for these settings, for bootstrapping a
+    /// device: put it into kubelet's staticPodPath.
+    StaticPod {
+        /// The agent's container image.
+        #[arg(long)]
+        image: String,
+    },
+}
+
+fn device_name(s: &str) -> Result<String, String> {
+    // Node names are DNS subdomains; the device name also names files and RBAC objects.
+    edgefleet_crds::names::check_dns_label(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `500ms`, `10s`, `2m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 2m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k3s_defaults() {
+        let c = Config::try_parse_from(["edgefleet-agent", "--device", "edge-1"]).expect("parse");
+        assert_eq!(
+            c.manifest_dir,
+            PathBuf::from("/var/lib/rancher/k3s/agent/pod-manifests")
+        );
+        assert_eq!(
+            c.cri_socket,
+            PathBuf::from("/run/k3s/containerd/containerd.sock")
+        );
+        assert_eq!(c.lease_interval, Duration::from_secs(10));
+        assert_eq!(c.namespace, "edgefleet-system");
+    }
+
+    #[test]
+    fn rejects_bad_device_names_and_durations() {
+        assert!(Config::try_parse_from(["edgefleet-agent", "--device", "../etc"]).is_err());
+        assert!(Config::try_parse_from(["edgefleet-agent"]).is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! Turning a module into the static pod manifest kubelet runs. Pure: the same module always
+//! renders to the same bytes, so an unchanged module's file is never rewritten and kubelet
+//! never restarts it for nothing. Only what belongs to the module goes in: which deployment
+//! owns it or the device's revision would restart every pod on every change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use edgefleet_crds::ResolvedModule;
+use edgefleet_crds::identity::AGENT_NAME;
+use edgefleet_crds::identity::pods::{
+    CONFIG_HASH_ANNOTATION, CONFIG_MOUNT_PATH, MANAGED_BY_LABEL, MODULE_LABEL, MODULE_NAMESPACE,
+};
+use edgefleet_crds::module::{PullPolicy, RestartPolicy};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements, SecurityContext,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The manifest file of a module in kubelet's staticPodPath.
+pub fn manifest_file(module: &str) -> String {
+    format!("{AGENT_NAME}-module-{module}.yaml")
+}
+
+/// The host directory holding a module's config files.
+pub fn config_dir(state_dir: &Path, module: &str) -> PathBuf {
+    state_dir.join("config").join(module)
+}
+
+/// A module's static pod as YAML.
+pub fn manifest(m: &ResolvedModule, state_dir: &Path) -> Result<String> {
+    serde_yaml::to_string(&pod(m, state_dir)).map_err(Error::Render)
+}
+
+pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
+    let s = &m.spec;
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut annotations = BTreeMap::new();
+    if !s.config.is_empty() {
+        volumes.push(host_path(
+            "config",
+            &config_dir(state_dir, &m.name),
+            "Directory",
+        ));
+        mounts.push(VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        annotations.insert(CONFIG_HASH_ANNOTATION.to_owned(), config_hash(m));
+    }
+    for (i, d) in s.devices.iter().enumerate() {
+        let name = format!("device-{i}");
+        volumes.push(host_path(&name, Path::new(&d.host_path), ""));
+        mounts.push(VolumeMount {
+            name,
+            mount_path: d
+                .container_path
+                .clone()
+                .unwrap_or_else(|| d.host_path.clone()),
+            ..Default::default()
+        });
+    }
+    let container = Container {
+        name: m.name.clone(),
+        image: Some(s.image.clone()),
+        image_pull_policy: Some(pull_policy(s.image_pull_policy).into()),
+        command: non_empty(s.command.clone()),
+        args: non_empty(s.args.clone()),
+        env: non_empty(
+            s.env
+                .iter()
+                .map(|e| EnvVar {
+                    name: e.name.clone(),
+                    value: Some(e.value.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        resources: s.resources.as_ref().map(|r| {
+            let q: BTreeMap<String, Quantity> = [("cpu", &r.cpu), ("memory", &r.memory)]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), Quantity(v.clone()?))))
+                .collect();
+            ResourceRequirements {
+                limits: Some(q.clone()),
+                requests: Some(q),
+                ..Default::default()
+            }
+        }),
+        volume_mounts: non_empty(mounts),
+        // Host devices need the device cgroup opened; Kubernetes offers no narrower way
+        // without a device plugin. Only modules that ask for devices get it.
+        security_context: (!s.devices.is_empty()).then(|| SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(m.name.clone()),
+            namespace: Some(MODULE_NAMESPACE.into()),
+            labels: Some(BTreeMap::from([
+                (MODULE_LABEL.to_owned(), m.name.clone()),
+                (MANAGED_BY_LABEL.to_owned(), AGENT_NAME.to_owned()),
+            ])),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            host_network: Some(true),
+            restart_policy: Some(restart_policy(s.restart_policy).into()),
+            termination_grace_period_seconds: Some(10),
+            containers: vec![container],
+            volumes: non_empty(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// A short hash of the config files, names and contents.
+pub fn config_hash(m: &ResolvedModule) -> String {
+    let mut h = Sha256::new();
+    for f in &m.spec.config {
+        h.update(f.name.as_bytes());
+        h.update([0]);
+        h.update(f.content.len().to_le_bytes());
+        h.update(f.content.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn host_path(name: &str, path: &Path, type_: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.display().to_string(),
+            type_: (!type_.is_empty()).then(|| type_.to_owned()),
+        }),
+        ..Default::default()
+    }
+}
+
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+fn pull_policy(p: PullPolicy) -> &'static str {
+    match p {
+        PullPolicy::Always => "Always",
+        PullPolicy::IfNotPresent => "IfNotPresent",
+        PullPolicy::Never => "Never",
+    }
+}
+
+fn restart_policy(p: RestartPolicy) -> &'static str {
+    match p {
+        RestartPolicy::Always => "Always",
+        RestartPolicy::OnFailure => "OnFailure",
+        RestartPolicy::Never => "Never",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn module(extra: serde_json::Value) -> ResolvedModule {
+        let mut v = json!({
+            "name": "sensor", "deployment": "ns/base", "moduleRef": "ns/sensor",
+            "image": "localhost/sensor:1", "args": ["--rate", "5"],
+            "env": [{"name": "SITE", "value": "berlin"}], "restartPolicy": "OnFailure",
+        });
+        if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            v.extend(extra.clone());
+        }
+        serde_json::from_value(v).expect("module")
+    }
+
+    #[test]
+    fn renders_a_host_network_static_pod() {
+        let yaml = manifest(&module(json!({})), Path::new("/var/lib/agent")).expect("yaml");
+        let pod: serde_json::Value = serde_yaml::from_str(&yaml).expect("parse back");
+        let spec = &pod["spec"];
+        assert_eq!(pod["metadata"]["name"], "sensor");
+        assert_eq!(pod["metadata"]["labels"][MODULE_LABEL], "sensor");
+        assert_eq!(spec["hostNetwork"], true);
+        assert_eq!(spec["restartPolicy"], "OnFailure");
+        let c = &spec["containers"][0];
+        assert_eq!(c["image"], "localhost/sensor:1");
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(c["args"], json!(["--rate", "5"]));
+        assert_eq!(c["env"], json!([{"name": "SITE", "value": "berlin"}]));
+        assert!(c.get("securityContext").is_none(), "not privileged");
+        assert!(spec.get("volumes").is_none());
+    }
+
+    #[test]
+    fn config_and_devices_become_host_paths() {
+        let m = module(json!({
+            "config": [{"name": "app.toml", "content": "rate = 5"}],
+            "devices": [{"hostPath": "/dev/ttyUSB0", "containerPath": "/dev/serial"}],
+            "resources": {"cpu": "250m", "memory": "64Mi"},
+        }));
+        let pod = pod(&m, Path::new("/var/lib/agent"));
+        let spec = pod.spec.expect("spec");
+        let vols = spec.volumes.expect("volumes");
+        let paths: Vec<_> = vols
+            .iter()
+            .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
+            .collect();
+        assert_eq!(paths, ["/var/lib/agent/config/sensor", "/dev/ttyUSB0"]);
+        let c = &spec.containers[0];
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, [CONFIG_MOUNT_PATH, "/dev/serial"]);
+        assert_eq!(
+            c.security_context.as_ref().and_then(|s| s.privileged),
+            Some(true)
+        );
+        let limits = c.resources.as_ref().and_then(|r| r.limits.clone());
+        assert_eq!(
+            limits.and_then(|l| l.get("memory").cloned()),
+            Some(Quantity("64Mi".into()))
+        );
+        let annotations = pod.metadata.annotations.expect("annotations");
+        assert_eq!(annotations[CONFIG_HASH_ANNOTATION], config_hash(&m));
+    }
+
+    #[test]
+    fn only_module_content_changes_the_manifest() {
+        let dir = Path::new("/s");
+        let a = module(json!({}));
+        let mut moved = a.clone();
+        moved.deployment = "ns/other".into();
+        assert_eq!(manifest(&a, dir).ok(), manifest(&moved, dir).ok());
+        let mut new_config = module(json!({"config": [{"name": "a", "content": "1"}]}));
+        let before = manifest(&new_config, dir).ok();
+        new_config.spec.config[0].content = "2".into();
+        assert_ne!(
+            before,
+            manifest(&new_config, dir).ok(),
+            "config change restarts"
+        );
+        assert_eq!(
+            manifest_file("sensor"),
+            "edgefleet-agent-module-sensor.yaml"
+        );
+    }
+}

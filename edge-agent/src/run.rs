@@ -1,0 +1,270 @@
+//! The agent's main loop. Every sync interval, and whenever the desired state changes, it
+//! takes a new desired state (validated and journaled first), observes the runtime, decides
+//! which modules may run (startupOrder), brings the manifests in line and hands the status
+//! to the writer. Nothing here needs the apiserver: offline, the loop goes on from the
+//! journal, and the heartbeat, watch and status writer retry on their own.
+
+use std::collections::BTreeMap;
+
+use edgefleet_crds::{DesiredState, EdgeDeviceStatus, ModuleStatus, RuntimeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use crate::config::Config;
+use crate::cri::Cri;
+use crate::error::{Error, Result};
+use crate::journal::Journal;
+use crate::manifests::Manifests;
+use crate::observe::{Placement, PodSeen, is_up, module_status};
+use crate::report::{Facts, status};
+use crate::validate::{self, Rejection};
+use crate::{desired, lease, startup, status_writer};
+
+/// The agent's memory between passes.
+#[derive(Debug)]
+struct Agent {
+    journal: Journal,
+    manifests: Manifests,
+    cri: Cri,
+    accepted: Option<DesiredState>,
+    rejected: Option<(String, Rejection)>,
+    /// The last runtime observation that succeeded: reused while the runtime is unreachable.
+    seen: BTreeMap<String, PodSeen>,
+    previous: Option<EdgeDeviceStatus>,
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    let client = client(&config).await?;
+    let mut agent = Agent {
+        journal: Journal::open(
+            &config.state_dir.join("journal"),
+            usize::from(config.journal_keep),
+        )?,
+        manifests: Manifests::open(&config.manifest_dir, &config.state_dir)?,
+        cri: Cri::new(&config.cri_socket),
+        accepted: None,
+        rejected: None,
+        seen: BTreeMap::new(),
+        previous: None,
+    };
+    agent.accepted = agent.journal.latest();
+    match &agent.accepted {
+        Some(d) => tracing::info!(
+            revision = d.revision,
+            modules = d.modules.len(),
+            "starting from the journal"
+        ),
+        None => tracing::info!("no journaled desired state; waiting for one"),
+    }
+
+    let (desired_tx, mut desired_rx) = watch::channel(None);
+    let (status_tx, status_rx) = watch::channel(None);
+    let (link_tx, link_rx) = watch::channel(false);
+    let tasks = [
+        tokio::spawn(desired::watch(
+            client.clone(),
+            config.device.clone(),
+            config.max_backoff,
+            desired_tx,
+        )),
+        tokio::spawn(lease::heartbeat(
+            client.clone(),
+            config.device.clone(),
+            config.namespace.clone(),
+            config.lease_interval,
+            config.max_backoff,
+            link_tx,
+        )),
+        tokio::spawn(status_writer::run(
+            client,
+            config.device.clone(),
+            config.max_backoff,
+            status_rx,
+            link_rx,
+        )),
+    ];
+
+    let mut tick = tokio::time::interval(config.sync_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+            _ = desired_rx.changed() => {}
+        }
+        let raw = desired_rx.borrow_and_update().clone();
+        if let Some(raw) = raw {
+            agent.consider(&raw);
+        }
+        let report = agent.sync().await;
+        status_tx.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(&report);
+            *current = Some(report);
+            changed
+        });
+    }
+    for t in tasks {
+        t.abort();
+    }
+    tracing::info!("stopped; modules keep running under kubelet");
+    Ok(())
+}
+
+impl Agent {
+    /// Takes a new desired state, or rejects it as a whole.
+    fn consider(&mut self, raw: &Value) {
+        let revision = raw
+            .get("revision")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if self
+            .accepted
+            .as_ref()
+            .is_some_and(|a| a.revision == revision)
+        {
+            // Back to the state that runs (a bad change was reverted): nothing is rejected.
+            self.rejected = None;
+            return;
+        }
+        let retry = |why: &Rejection| matches!(why, Rejection::Journal(_));
+        if self
+            .rejected
+            .as_ref()
+            .is_some_and(|(rev, why)| rev == revision && !retry(why))
+        {
+            return;
+        }
+        let result = validate::check(raw).and_then(|d| {
+            self.journal
+                .record(&d)
+                .map(|()| d)
+                .map_err(|e| Rejection::Journal(e.to_string()))
+        });
+        match result {
+            Ok(d) => {
+                tracing::info!(
+                    revision = d.revision,
+                    modules = d.modules.len(),
+                    "accepted a desired state"
+                );
+                self.accepted = Some(d);
+                self.rejected = None;
+            }
+            Err(why) => {
+                tracing::warn!(revision, reason = %why, "rejected a desired state; the last good one keeps running");
+                self.rejected = Some((revision.to_owned(), why));
+            }
+        }
+    }
+
+    /// One pass: observe, plan, write manifests, and build the status to report.
+    async fn sync(&mut self) -> EdgeDeviceStatus {
+        let mut runtime_error = match self.cri.observe().await {
+            Ok(seen) => {
+                self.seen = seen;
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        let modules = self
+            .accepted
+            .as_ref()
+            .map(|d| d.modules.as_slice())
+            .unwrap_or_default();
+        let observed: BTreeMap<&str, ModuleStatus> = modules
+            .iter()
+            .map(|m| {
+                (
+                    m.name.as_str(),
+                    module_status(m, self.seen.get(&m.name), Placement::Placed),
+                )
+            })
+            .collect();
+        let plan = startup::plan(modules, &self.manifests.placed(), |n| {
+            observed.get(n).is_some_and(is_up)
+        });
+        let wanted: Vec<_> = modules
+            .iter()
+            .filter(|m| plan.admitted.contains(&m.name))
+            .collect();
+        let blocked = match self.manifests.sync(&wanted) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot bring the manifests in line");
+                runtime_error = Some(format!("cannot write static pod manifests: {e}"));
+                BTreeMap::new()
+            }
+        };
+        let statuses = modules
+            .iter()
+            .map(|m| {
+                if let Some(why) = blocked.get(&m.name) {
+                    let mut s = module_status(m, None, Placement::Blocked);
+                    s.runtime_status = RuntimeStatus::Failed;
+                    s.message = why.clone();
+                    return s;
+                }
+                let placement = match plan.waiting_for {
+                    Some(order) if !plan.admitted.contains(&m.name) => Placement::WaitingFor(order),
+                    _ => Placement::Placed,
+                };
+                module_status(m, self.seen.get(&m.name), placement)
+            })
+            .collect();
+        let facts = Facts {
+            accepted: self.accepted.as_ref(),
+            rejected: self.rejected.as_ref(),
+            modules: statuses,
+            waiting_for: plan.waiting_for,
+            runtime_error,
+        };
+        let previous = self
+            .previous
+            .as_ref()
+            .map(|p| p.conditions.as_slice())
+            .unwrap_or_default();
+        let report = status(&facts, previous, &Time(jiff::Timestamp::now()));
+        self.previous = Some(report.clone());
+        report
+    }
+}
+
+async fn client(config: &Config) -> Result<Client> {
+    let mut kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Kubeconfig(path.clone(), e))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| Error::Kubeconfig(path.clone(), e))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Client(kube::Error::InferConfig(e)))?,
+    };
+    // Offline, a connection attempt must fail fast so that retries (and the reconnect) are
+    // paced by the agent's backoff, not by TCP's timeouts.
+    kube_config.connect_timeout = Some(std::time::Duration::from_secs(3));
+    Client::try_from(kube_config).map_err(Error::Client)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,184 @@
+//! The agent's own static pod, printed for bootstrapping a device. The agent runs as a
+//! static pod so that after a reboot kubelet starts it with no apiserver, and it then brings
+//! the modules back from its journal.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use edgefleet_crds::identity::AGENT_NAME;
+use edgefleet_crds::identity::pods::MANAGED_BY_LABEL;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// The agent's own manifest file name in the staticPodPath.
+pub const FILE: &str = "edgefleet-agent.yaml";
+
+pub fn print(config: &Config, image: &str) -> Result<()> {
+    let yaml = serde_yaml::to_string(&pod(config, image)).map_err(Error::Render)?;
+    print!("{yaml}");
+    Ok(())
+}
+
+pub fn pod(c: &Config, image: &str) -> Pod {
+    let socket_dir = c.cri_socket.parent().unwrap_or(Path::new("/"));
+    let mut mounts = vec![
+        (
+            "manifests",
+            c.manifest_dir.as_path(),
+            "DirectoryOrCreate",
+            false,
+        ),
+        ("state", c.state_dir.as_path(), "DirectoryOrCreate", false),
+        ("cri", socket_dir, "Directory", false),
+    ];
+    if let Some(kc) = &c.kubeconfig {
+        mounts.push(("kubeconfig", kc.as_path(), "File", true));
+    }
+    let mut args = vec![
+        format!("--device={}", c.device),
+        format!("--manifest-dir={}", c.manifest_dir.display()),
+        format!("--cri-socket={}", c.cri_socket.display()),
+        format!("--state-dir={}", c.state_dir.display()),
+        format!("--namespace={}", c.namespace),
+        format!("--lease-interval={}ms", c.lease_interval.as_millis()),
+        format!("--sync-interval={}ms", c.sync_interval.as_millis()),
+        format!("--max-backoff={}ms", c.max_backoff.as_millis()),
+        format!("--journal-keep={}", c.journal_keep),
+    ];
+    if let Some(kc) = &c.kubeconfig {
+        args.push(format!("--kubeconfig={}", kc.display()));
+    }
+    let quantities = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(mem.to_owned())),
+        ])
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(AGENT_NAME.into()),
+            namespace: Some(c.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_owned(), AGENT_NAME.to_owned()),
+                (
+                    MANAGED_BY_LABEL.to_owned(),
+                    "edgefleet-bootstrap".to_owned(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            host_network: Some(true),
+            restart_policy: Some("Always".into()),
+            termination_grace_period_seconds: Some(10),
+            containers: vec![Container {
+                name: AGENT_NAME.into(),
+                image: Some(image.to_owned()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                args: Some(args),
+                env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                    name: "RUST_LOG".into(),
+                    value: Some(c.log.clone()),
+                    ..Default::default()
+                }]),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities("10m", "16Mi")),
+                    limits: Some(quantities("200m", "64Mi")),
+                    ..Default::default()
+                }),
+                // Root, because kubelet's manifest directory and the CRI socket are root's;
+                // no capabilities beyond that, and nothing else writable.
+                security_context: Some(SecurityContext {
+                    run_as_user: Some(0),
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                volume_mounts: Some(
+                    mounts
+                        .iter()
+                        .map(|(name, path, _, ro)| VolumeMount {
+                            name: (*name).into(),
+                            mount_path: path.display().to_string(),
+                            read_only: ro.then_some(true),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }],
+            volumes: Some(
+                mounts
+                    .iter()
+                    .map(|(name, path, type_, _)| Volume {
+                        name: (*name).into(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: path.display().to_string(),
+                            type_: Some((*type_).into()),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_agent_pod_mounts_what_its_flags_name() {
+        let c = Config::try_parse_from([
+            "edgefleet-agent",
+            "--device=edge-1",
+            "--kubeconfig=/etc/edgefleet/agent.kubeconfig",
+            "--manifest-dir=/m",
+            "--state-dir=/s",
+            "--cri-socket=/run/containerd/containerd.sock",
+        ])
+        .expect("parse");
+        let pod = pod(&c, "localhost/edgefleet/agent:1");
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.host_network, Some(true));
+        let paths: Vec<_> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/m",
+                "/s",
+                "/run/containerd",
+                "/etc/edgefleet/agent.kubeconfig"
+            ]
+        );
+        let args = spec.containers[0].args.clone().expect("args");
+        // The printed flags parse back into the same settings.
+        let back =
+            Config::try_parse_from(std::iter::once("edgefleet-agent".to_owned()).chain(args))
+                .expect("args parse back");
+        assert_eq!(back.device, "edge-1");
+        assert_eq!(back.manifest_dir, c.manifest_dir);
+        assert_eq!(back.lease_interval, c.lease_interval);
+        assert_eq!(back.kubeconfig, c.kubeconfig);
+    }
+}

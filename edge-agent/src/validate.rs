@@ -1,0 +1,233 @@
+//! Deciding whether a desired state can be applied. It is taken or rejected as a whole:
+//! half of a desired state could break modules that depend on each other, so on rejection
+//! the last good state keeps running and the reason goes into the device's status.
+
+use std::collections::BTreeSet;
+
+use edgefleet_crds::module::MAX_CONFIG_FILE_BYTES;
+use edgefleet_crds::names::{check_dns_label, check_env_name, check_file_name, check_image};
+use edgefleet_crds::{DesiredState, ResolvedModule};
+use serde_json::Value;
+use thiserror::Error;
+
+/// The most config one module may carry. Config files are written to the device's disk on
+/// every change; the CRD allows more than a small device should hold per module.
+pub const MAX_MODULE_CONFIG_BYTES: usize = 256 * 1024;
+
+/// Why a desired state was rejected. The text goes into status as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Rejection {
+    #[error("the desired state does not parse: {0}")]
+    Malformed(String),
+    #[error("unknown field {0} (agent {ver} does not know it)", ver = crate::VERSION)]
+    UnknownField(String),
+    #[error("revision {stated} does not match its modules (computed {computed})")]
+    Revision { stated: String, computed: String },
+    #[error("module {0:?}: {1}")]
+    Module(String, String),
+    #[error("module {0:?} appears twice")]
+    Duplicate(String),
+    /// Not the desired state's fault: it is tried again on the next pass.
+    #[error("cannot journal it: {0}")]
+    Journal(String),
+}
+
+/// Parses and checks `spec.desired` as it came from the apiserver.
+pub fn check(raw: &Value) -> Result<DesiredState, Rejection> {
+    // A field this agent does not know would be dropped silently by serde: a newer
+    // controller's setting that this agent cannot honour. Refuse it instead.
+    let schema = schemars::schema_for!(DesiredState);
+    if let Some(field) = unknown_field(raw, schema.as_value(), schema.as_value(), "") {
+        return Err(Rejection::UnknownField(field));
+    }
+    let desired: DesiredState =
+        serde_json::from_value(raw.clone()).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    let computed = DesiredState::revision_of(&desired.modules);
+    if computed != desired.revision {
+        return Err(Rejection::Revision {
+            stated: desired.revision,
+            computed,
+        });
+    }
+    let mut names = BTreeSet::new();
+    for m in &desired.modules {
+        check_module(m).map_err(|why| Rejection::Module(m.name.clone(), why))?;
+        if !names.insert(m.name.as_str()) {
+            return Err(Rejection::Duplicate(m.name.clone()));
+        }
+    }
+    Ok(DesiredState {
+        targeting: Vec::new(),
+        ..desired
+    })
+}
+
+/// The path of the first key in `value` that `schema` does not describe.
+fn unknown_field(value: &Value, schema: &Value, root: &Value, path: &str) -> Option<String> {
+    let schema = resolve(schema, root);
+    let variants = ["allOf", "anyOf", "oneOf"]
+        .iter()
+        .filter_map(|k| schema.get(*k).and_then(Value::as_array))
+        .flatten()
+        .map(|s| resolve(s, root));
+    let parts: Vec<&Value> = std::iter::once(schema).chain(variants).collect();
+    match value {
+        Value::Object(map) => {
+            let open = parts
+                .iter()
+                .any(|s| s.get("additionalProperties").is_some_and(|a| a != false));
+            for (key, v) in map {
+                let sub = format!("{path}{}{key}", if path.is_empty() { "" } else { "." });
+                let known = parts
+                    .iter()
+                    .find_map(|s| s.get("properties").and_then(|p| p.get(key)));
+                match known {
+                    Some(s) => {
+                        if let Some(u) = unknown_field(v, s, root, &sub) {
+                            return Some(u);
+                        }
+                    }
+                    None if !open => return Some(sub),
+                    None => {}
+                }
+            }
+            None
+        }
+        Value::Array(items) => {
+            let item_schema = parts.iter().find_map(|s| s.get("items"))?;
+            items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| unknown_field(v, item_schema, root, &format!("{path}[{i}]")))
+        }
+        _ => None,
+    }
+}
+
+/// Follows a local `$ref` (`#/$defs/Name`) to its definition.
+fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
+    schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|pointer| root.pointer(pointer))
+        .unwrap_or(schema)
+}
+
+fn check_module(m: &ResolvedModule) -> Result<(), String> {
+    // The name becomes a file name in kubelet's manifest directory and a config directory:
+    // a DNS label cannot contain a path separator or `..`.
+    check_dns_label(&m.name).map_err(|e| format!("name: {e}"))?;
+    check_image(&m.spec.image).map_err(|e| format!("image: {e}"))?;
+    for e in &m.spec.env {
+        check_env_name(&e.name).map_err(|err| format!("env: {err}"))?;
+    }
+    let mut total = 0;
+    let mut files = BTreeSet::new();
+    for f in &m.spec.config {
+        check_file_name(&f.name).map_err(|e| format!("config file: {e}"))?;
+        if !files.insert(f.name.as_str()) {
+            return Err(format!("config file {:?} appears twice", f.name));
+        }
+        if f.content.len() > MAX_CONFIG_FILE_BYTES {
+            return Err(format!(
+                "config file {:?} is {} bytes, more than {MAX_CONFIG_FILE_BYTES}",
+                f.name,
+                f.content.len()
+            ));
+        }
+        total += f.content.len();
+    }
+    if total > MAX_MODULE_CONFIG_BYTES {
+        return Err(format!(
+            "config is {total} bytes in all, more than {MAX_MODULE_CONFIG_BYTES}"
+        ));
+    }
+    for d in &m.spec.devices {
+        for path in std::iter::once(&d.host_path).chain(&d.container_path) {
+            if !path.starts_with("/dev/") || path.split('/').any(|c| c == "..") {
+                return Err(format!("device path {path:?} is not under /dev"));
+            }
+        }
+    }
+    if m.spec.startup_order > 1000 {
+        return Err(format!(
+            "startupOrder {} is above 1000",
+            m.spec.startup_order
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn module(name: &str) -> Value {
+        json!({
+            "name": name, "deployment": "ns/base", "moduleRef": format!("ns/{name}"),
+            "desiredStatus": "running", "image": "localhost/app:1",
+        })
+    }
+
+    /// A desired state as the controller writes it, with a revision that matches.
+    fn desired(modules: Vec<Value>) -> Value {
+        let typed: Vec<ResolvedModule> =
+            serde_json::from_value(json!(modules)).expect("test modules parse");
+        json!({"revision": DesiredState::revision_of(&typed), "modules": modules,
+               "targeting": [{"deployment": "ns/base", "priority": 1, "outcome": "Owner"}]})
+    }
+
+    #[test]
+    fn accepts_a_good_state_and_drops_targeting() {
+        let d = check(&desired(vec![module("a"), module("b")])).expect("accepted");
+        assert_eq!(d.modules.len(), 2);
+        assert!(d.targeting.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_input_as_a_whole() {
+        let mut unknown = module("a");
+        unknown["hostPID"] = json!(true);
+        let mut bad_image = module("b");
+        bad_image["image"] = json!("Not An Image!");
+        let mut big = module("c");
+        big["config"] = json!(
+            (0..5)
+                .map(|i| json!({"name": format!("f{i}"), "content": "x".repeat(60 * 1024)}))
+                .collect::<Vec<_>>()
+        );
+        let mut bad_env = module("d");
+        bad_env["env"] = json!([{"name": "A-B", "value": "1"}]);
+        let mut bad_device = module("e");
+        bad_device["devices"] = json!([{"hostPath": "/dev/../etc/shadow"}]);
+        let mut bad_file = module("f");
+        bad_file["config"] = json!([{"name": "../x", "content": ""}]);
+        let cases = [
+            (
+                desired(vec![module("ok"), unknown]),
+                "unknown field modules[1].hostPID",
+            ),
+            (desired(vec![module("ok"), bad_image]), "image"),
+            (desired(vec![big]), "more than 262144"),
+            (desired(vec![module("../../etc")]), "name"),
+            (desired(vec![bad_env]), "env"),
+            (desired(vec![bad_device]), "not under /dev"),
+            (desired(vec![bad_file]), "config file"),
+            (desired(vec![module("a"), module("a")]), "appears twice"),
+            (
+                json!({"revision": "0000000000000000", "modules": [module("a")]}),
+                "does not match",
+            ),
+            (json!({"modules": "nope"}), "does not parse"),
+        ];
+        for (input, expected) in cases {
+            let err = check(&input).expect_err(expected).to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
+    }
+}
