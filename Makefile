@@ -6,7 +6,7 @@ DEVICES ?= 3
 LAB := e2e/lab
 CARGO ?= cargo
 
-.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check generate unit e2e lab-up lab-down lab-status bench tools
+.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check generate unit e2e images lab-up lab-down lab-status bench tools
 
 help:
 	@echo "make demo        start the lab fleet and show it"
@@ -20,9 +20,15 @@ demo: lab-up
 
 demo-down: lab-down
 
-# Debian tools the checks use; the lab installs its own packages itself.
+# Debian tools the build and checks use (protoc for the agent's CRI bindings, podman for
+# the images); the lab installs its own packages itself.
+TOOLS := shellcheck protobuf-compiler podman
 tools:
-	@command -v shellcheck >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null; }
+	@missing=$$(for p in $(TOOLS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make tools: installing $$missing"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	fi
 
 test: lint unit e2e
 
@@ -34,11 +40,11 @@ fmt:
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
-clippy:
+clippy: tools
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 shellcheck: tools
-	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller .ci/run
+	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller e2e/bench-agent e2e/build-images .ci/run
 
 # The CRD YAML is generated from the types in crds/ and never edited by hand.
 CRD_DIRS := crds
@@ -48,12 +54,16 @@ generate:
 crd-check:
 	$(CARGO) run -q -p edgefleet-crds --bin crdgen -- --check $(CRD_DIRS)
 
-unit:
+unit: tools
 	$(CARGO) test --workspace --locked
 
 # Starts the lab, runs the tests that need it, and stops it again whatever happened.
-e2e:
+e2e: tools
 	e2e/run-e2e --devices $(DEVICES)
+
+# The controller and agent images, built locally with podman (target/images/).
+images: tools
+	e2e/build-images
 
 lab-up:
 	$(LAB) up --devices $(DEVICES)
@@ -65,7 +75,8 @@ lab-status:
 	$(LAB) status
 
 # Figures, not assertions: resolve 10,000 devices (pure), then the lab (warm start, memory
-# per device) and the controller's memory with a simulated fleet of BENCH_DEVICES.
+# per device), the agent's footprint on a device, and the controller's memory with a
+# simulated fleet of BENCH_DEVICES.
 BENCH_DEVICES ?= 10000
 bench:
 	$(CARGO) bench -p edgefleet-controller --bench resolve
