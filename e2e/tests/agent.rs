@@ -340,6 +340,19 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
         Some(after.pid)
     );
 
+    // A change made while the device is away reaches it once it is back.
+    apply(
+        client,
+        ns,
+        "EdgeDeployment",
+        "jetson",
+        json!({
+            "priority": 10, "selector": {"matchLabels": {"hardware": "jetson"}},
+            "modules": [{"name": "ticker"}, {"name": "late", "moduleRef": "ticker"}],
+        }),
+    )
+    .await;
+
     // Reconnect: the device reports the module's new start within seconds.
     lab.run(&["online", "edge-2"]);
     let reconnected = Instant::now();
@@ -368,6 +381,14 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
         "e2e: reported {:.1}s after reconnecting",
         reconnected.elapsed().as_secs_f64()
     );
+    wait_module(
+        client,
+        "edge-2",
+        "late",
+        "running (added while offline)",
+        |m| m.runtime_status == RuntimeStatus::Running,
+    )
+    .await;
     let d = devices.get("edge-2").await.expect("edge-2");
     let applied = condition::find(&d.status.as_ref().expect("status").conditions, APPLIED).cloned();
     assert!(applied.is_some_and(|c| c.is_true()));

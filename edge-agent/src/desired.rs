@@ -14,47 +14,68 @@ use tokio::sync::watch;
 
 use crate::backoff::Jittered;
 
-/// Sends every new `spec.desired` (or `None` while the device has none) to `tx`.
+/// Sends every new `spec.desired` (or `None` while the device has none) to `tx`. Whenever
+/// the link to the apiserver comes back, the watch starts over with a fresh list: a watch
+/// connection that lived through an outage may be dead without knowing it.
 pub async fn watch(
     client: Client,
     device: String,
     max_backoff: Duration,
     tx: watch::Sender<Option<Value>>,
+    mut link_up: watch::Receiver<bool>,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<EdgeDevice>(&()));
     let config = watcher::Config::default().fields(&format!("metadata.name={device}"));
-    let mut events = watcher(api, config)
-        .backoff(Jittered::new(max_backoff))
-        .boxed();
-    let mut failing = false;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                failing = false;
-                let desired = obj
-                    .data
-                    .get("spec")
-                    .and_then(|s| s.get("desired"))
-                    .filter(|d| !d.is_null())
-                    .cloned();
-                tx.send_if_modified(|current| {
-                    let changed = *current != desired;
-                    *current = desired;
-                    changed
-                });
-            }
-            Ok(watcher::Event::Delete(_)) => {
-                tracing::warn!(
-                    device,
-                    "the device's EdgeDevice was deleted; keeping the last accepted state"
-                );
-            }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => failing = false,
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "watching the device's desired state failed; retrying");
+    loop {
+        let mut events = watcher(api.clone(), config.clone())
+            .backoff(Jittered::new(max_backoff))
+            .boxed();
+        let (mut failing, mut link_lost) = (false, false);
+        loop {
+            let event = tokio::select! {
+                e = events.next() => e,
+                r = link_up.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let up = *link_up.borrow_and_update();
+                    if up && link_lost {
+                        tracing::info!("the apiserver is back; resyncing the desired state");
+                        break;
+                    }
+                    link_lost |= !up;
+                    continue;
                 }
-                failing = true;
+            };
+            match event {
+                Some(Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj))) => {
+                    failing = false;
+                    let desired = obj
+                        .data
+                        .get("spec")
+                        .and_then(|s| s.get("desired"))
+                        .filter(|d| !d.is_null())
+                        .cloned();
+                    tx.send_if_modified(|current| {
+                        let changed = *current != desired;
+                        *current = desired;
+                        changed
+                    });
+                }
+                Some(Ok(watcher::Event::Delete(_))) => {
+                    tracing::warn!(
+                        device,
+                        "the device's EdgeDevice was deleted; keeping the last accepted state"
+                    );
+                }
+                Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => failing = false,
+                Some(Err(e)) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "watching the device's desired state failed; retrying");
+                    }
+                    failing = true;
+                }
+                None => return,
             }
         }
     }

@@ -69,6 +69,7 @@ pub async fn run(config: Config) -> Result<()> {
             config.device.clone(),
             config.max_backoff,
             desired_tx,
+            link_rx.clone(),
         )),
         tokio::spawn(lease::heartbeat(
             client.clone(),
