@@ -6,7 +6,7 @@ DEVICES ?= 3
 LAB := e2e/lab
 CARGO ?= cargo
 
-.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check generate unit e2e images lab-up lab-down lab-status bench tools
+.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check chart-check generate unit e2e images lab-up lab-down lab-status bench tools
 
 help:
 	@echo "make demo        start the lab fleet and show it"
@@ -32,7 +32,7 @@ tools:
 
 test: lint unit e2e
 
-lint: fmt-check clippy shellcheck crd-check
+lint: fmt-check clippy shellcheck crd-check chart-check
 
 fmt:
 	$(CARGO) fmt --all
@@ -47,12 +47,25 @@ shellcheck: tools
 	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller e2e/bench-agent e2e/build-images .ci/run
 
 # The CRD YAML is generated from the types in crds/ and never edited by hand.
-CRD_DIRS := crds
+CRD_DIRS := crds charts/edgefleet-crds/templates
 generate:
 	$(CARGO) run -q -p edgefleet-crds --bin crdgen -- $(CRD_DIRS)
 
 crd-check:
 	$(CARGO) run -q -p edgefleet-crds --bin crdgen -- --check $(CRD_DIRS)
+
+# Helm v4's own engine from PyPI (helm-python-sdk), in a virtualenv cached by version.
+HELM_PY_VERSION := 0.2.2
+PYYAML_VERSION := 6.0.4
+HELM_PY := $(HOME)/.cache/edgefleet/helm-python-sdk-$(HELM_PY_VERSION)-pyyaml-$(PYYAML_VERSION)
+$(HELM_PY)/bin/python:
+	python3 -m venv $(HELM_PY).tmp
+	$(HELM_PY).tmp/bin/pip install -q helm-python-sdk==$(HELM_PY_VERSION) pyyaml==$(PYYAML_VERSION)
+	rm -rf $(HELM_PY) && mv $(HELM_PY).tmp $(HELM_PY)
+
+# Lint, render and the values schema of both charts; the CRD chart against crds/.
+chart-check: $(HELM_PY)/bin/python
+	$(HELM_PY)/bin/python charts/tests/test_charts.py
 
 unit: tools
 	$(CARGO) test --workspace --locked

@@ -11,7 +11,12 @@ pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
     [EdgeModule::crd(), EdgeDeployment::crd(), EdgeDevice::crd()]
         .into_iter()
         .map(|crd| {
-            let crd = without_empty_string_defaults(crd);
+            let mut crd = without_empty_string_defaults(crd);
+            // Uninstalling the CRD chart must not delete every module, deployment and
+            // device with their CRDs: Helm leaves resources with this policy in place.
+            crd.metadata.annotations = Some(
+                [("helm.sh/resource-policy".to_owned(), "keep".to_owned())].into(),
+            );
             (
                 format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default()),
                 crd,

@@ -1,0 +1,105 @@
+"""Offline checks of edgefleet's charts with Helm v4's own engine (helm-python-sdk):
+lint, render, the values schema, and the CRD chart against the generated CRDs.
+Run by `make chart-check` (part of `make lint`)."""
+
+import pathlib
+import sys
+import unittest
+
+import helm_python
+import yaml
+
+CHARTS = pathlib.Path(__file__).resolve().parent.parent
+ROOT = CHARTS.parent
+
+
+def docs(rendered: dict) -> list:
+    return [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+
+
+class Lint(unittest.TestCase):
+    def test_both_charts_lint_clean(self):
+        # Offline, Helm's default capabilities lack policy/v1, so the PDB renders as
+        # policy/v1beta1: lint for the lab's Kubernetes, where that is current.
+        for chart in ("edgefleet", "edgefleet-crds"):
+            report = helm_python.lint(
+                CHARTS / chart, strict=True, namespace="edgefleet-system", kube_version="v1.20.2"
+            )
+            problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+            self.assertEqual(problems, [], f"{chart}: {problems}")
+
+
+class Controller(unittest.TestCase):
+    def setUp(self):
+        self.chart = helm_python.Chart.load(CHARTS / "edgefleet")
+
+    def render(self, values=None):
+        return docs(self.chart.render(values, name="edgefleet", namespace="edgefleet-system"))
+
+    def kind(self, objs, kind):
+        return [o for o in objs if o["kind"] == kind]
+
+    def test_defaults(self):
+        objs = self.render()
+        (dep,) = self.kind(objs, "Deployment")
+        self.assertEqual(dep["spec"]["replicas"], 2)
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        self.assertEqual(c["image"], "localhost/edgefleet/controller:0.1.0")
+        self.assertIn("--namespace=edgefleet-system", c["args"])
+        self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+        self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
+        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
+        self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+        self.assertEqual(len(self.kind(objs, "PodDisruptionBudget")), 1)
+        self.assertEqual(len(self.kind(objs, "Service")), 1)
+
+    def test_rbac_is_least_privilege(self):
+        objs = self.render()
+        (cr,) = self.kind(objs, "ClusterRole")
+        verbs = {v for r in cr["rules"] for v in r["verbs"]}
+        self.assertNotIn("*", verbs)
+        self.assertNotIn("delete", verbs)
+        self.assertNotIn("escalate", verbs)
+        self.assertNotIn("bind", verbs)
+        resources = {res for r in cr["rules"] for res in r["resources"]}
+        self.assertNotIn("secrets", resources)
+        self.assertNotIn("leases", resources, "leases only in the system namespace")
+        (role,) = self.kind(objs, "Role")
+        self.assertEqual(role["metadata"]["namespace"], "edgefleet-system")
+
+    def test_values_schema_rejects_bad_values(self):
+        bad = [
+            {"replicas": 0},
+            {"replicas": "two"},
+            {"controller": {"offlineThreshold": "soon"}},
+            {"controller": {"concurrency": 0}},
+            {"image": {"pullPolicy": "Sometimes"}},
+            {"metrics": {"port": 80}},
+            {"unknownKey": True},
+        ]
+        for values in bad:
+            with self.subTest(values=values):
+                with self.assertRaises(helm_python.HelmError):
+                    self.chart.render(values, name="edgefleet", namespace="edgefleet-system")
+        # And good values pass.
+        self.render({"replicas": 3, "controller": {"offlineThreshold": "2m"}})
+
+    def test_pdb_can_be_disabled(self):
+        objs = self.render({"podDisruptionBudget": {"enabled": False}})
+        self.assertEqual(self.kind(objs, "PodDisruptionBudget"), [])
+
+
+class Crds(unittest.TestCase):
+    def test_crd_chart_is_the_generated_crds(self):
+        chart = helm_python.Chart.load(CHARTS / "edgefleet-crds")
+        rendered = {pathlib.Path(k).name: yaml.safe_load(v) for k, v in chart.render(name="crds").items()}
+        generated = {p.name: yaml.safe_load(p.read_text()) for p in (ROOT / "crds").glob("*.yaml")}
+        self.assertEqual(rendered, generated)
+        for crd in rendered.values():
+            self.assertEqual(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
+
+
+if __name__ == "__main__":
+    sys.exit(unittest.main())
