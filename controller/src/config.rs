@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use edgefleet_crds::duration;
 use edgefleet_crds::identity::SYSTEM_NAMESPACE;
 
 #[derive(Parser, Debug, Clone)]
@@ -15,7 +16,7 @@ use edgefleet_crds::identity::SYSTEM_NAMESPACE;
 )]
 pub struct Config {
     /// A device whose Lease was not renewed for this long is offline.
-    #[arg(long, env = "EDGEFLEET_OFFLINE_THRESHOLD", default_value = "40s", value_parser = parse_duration)]
+    #[arg(long, env = "EDGEFLEET_OFFLINE_THRESHOLD", default_value = "40s", value_parser = duration::parse_seconds)]
     pub offline_threshold: Duration,
 
     /// Where /healthz, /readyz and /metrics are served.
@@ -35,7 +36,7 @@ pub struct Config {
     pub identity: String,
 
     /// How long a leader's Lease lasts without renewal before another replica takes over.
-    #[arg(long, env = "EDGEFLEET_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "EDGEFLEET_LEASE_DURATION", default_value = "15s", value_parser = duration::parse_seconds)]
     pub lease_duration: Duration,
 
     /// Reconciles in flight at once, per controller. Bounds the apiserver connections and
@@ -54,40 +55,9 @@ fn default_identity() -> String {
     format!("{}-{}", host.trim(), std::process::id())
 }
 
-/// Parses `40s`, `2m`, `1h` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 40s, 2m or 1h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m or h)")),
-    };
-    if secs == 0 {
-        return Err(format!("{s:?} must be longer than zero"));
-    }
-    Ok(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("40s"), Ok(Duration::from_secs(40)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 
     #[test]
     fn defaults_and_env_fallbacks() {

@@ -5,6 +5,7 @@
 pub mod condition;
 pub mod deployment;
 pub mod device;
+pub mod duration;
 pub mod identity;
 pub mod module;
 pub mod names;

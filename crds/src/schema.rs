@@ -14,9 +14,8 @@ pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
             let mut crd = without_empty_string_defaults(crd);
             // Uninstalling the CRD chart must not delete every module, deployment and
             // device with their CRDs: Helm leaves resources with this policy in place.
-            crd.metadata.annotations = Some(
-                [("helm.sh/resource-policy".to_owned(), "keep".to_owned())].into(),
-            );
+            crd.metadata.annotations =
+                Some([("helm.sh/resource-policy".to_owned(), "keep".to_owned())].into());
             (
                 format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default()),
                 crd,

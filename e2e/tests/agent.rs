@@ -72,6 +72,16 @@ async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
     .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
 }
 
+/// A module that runs until it is stopped.
+async fn looping_module(client: &Client, ns: &str, name: &str) {
+    let spec = json!({"image": BUSYBOX, "command": ["sh", "-c", "while true; do sleep 1; done"]});
+    apply(client, ns, "EdgeModule", name, spec).await;
+}
+
+fn running(m: &ModuleStatus) -> bool {
+    m.runtime_status == RuntimeStatus::Running
+}
+
 fn module_of<'a>(d: &'a EdgeDevice, name: &str) -> Option<&'a ModuleStatus> {
     d.status.as_ref()?.modules.iter().find(|m| m.name == name)
 }
@@ -137,10 +147,7 @@ async fn modules_run_where_targeted_and_report_health() {
     )
     .await;
     for dev in ["edge-1", "edge-3"] {
-        let m = wait_module(client, dev, "ticker", "running", |m| {
-            m.runtime_status == RuntimeStatus::Running
-        })
-        .await;
+        let m = wait_module(client, dev, "ticker", "running", running).await;
         assert!(
             m.image_id.is_some_and(|i| i.starts_with("sha256:")),
             "image id reported"
@@ -179,7 +186,7 @@ async fn modules_run_where_targeted_and_report_health() {
     let before = s.lab.running_task("edge-1", "ticker").expect("ticker task");
     kill(before.pid);
     let m = wait_module(client, "edge-1", "ticker", "restarted and running", |m| {
-        m.restart_count >= 1 && m.runtime_status == RuntimeStatus::Running
+        m.restart_count >= 1 && running(m)
     })
     .await;
     assert_eq!(m.exit_code, Some(137), "killed by SIGKILL");
@@ -264,16 +271,7 @@ async fn modules_run_where_targeted_and_report_health() {
 async fn modules_survive_offline_and_a_reboot_while_offline() {
     let s = setup("e2e-agent-offline", 18121, &["edge-2"]).await;
     let (client, ns, lab) = (&s.client, s.ns.as_str(), &s.lab);
-    apply(
-        client,
-        ns,
-        "EdgeModule",
-        "ticker",
-        json!({
-            "image": BUSYBOX, "command": ["sh", "-c", "while true; do sleep 1; done"],
-        }),
-    )
-    .await;
+    looping_module(client, ns, "ticker").await;
     apply(
         client,
         ns,
@@ -285,10 +283,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
         }),
     )
     .await;
-    wait_module(client, "edge-2", "ticker", "running", |m| {
-        m.runtime_status == RuntimeStatus::Running
-    })
-    .await;
+    wait_module(client, "edge-2", "ticker", "running", running).await;
     let before = lab.running_task("edge-2", "ticker").expect("ticker task");
 
     lab.run(&["offline", "edge-2"]);
@@ -386,7 +381,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
         "edge-2",
         "late",
         "running (added while offline)",
-        |m| m.runtime_status == RuntimeStatus::Running,
+        running,
     )
     .await;
     let d = devices.get("edge-2").await.expect("edge-2");
@@ -399,16 +394,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
 async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
     let s = setup("e2e-agent-reject", 18122, &["edge-3"]).await;
     let (client, ns, lab) = (&s.client, s.ns.as_str(), &s.lab);
-    apply(
-        client,
-        ns,
-        "EdgeModule",
-        "ticker",
-        json!({
-            "image": BUSYBOX, "command": ["sh", "-c", "while true; do sleep 1; done"],
-        }),
-    )
-    .await;
+    looping_module(client, ns, "ticker").await;
     let beta = |modules: Value| {
         json!({
             "priority": 10, "selector": {"matchLabels": {"channel": "beta"}}, "modules": modules,
@@ -422,10 +408,7 @@ async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
         beta(json!([{"name": "ticker"}])),
     )
     .await;
-    wait_module(client, "edge-3", "ticker", "running", |m| {
-        m.runtime_status == RuntimeStatus::Running
-    })
-    .await;
+    wait_module(client, "edge-3", "ticker", "running", running).await;
     let good = lab.running_task("edge-3", "ticker").expect("ticker task");
 
     // Five config files of 60 KiB each: the CRD admits it (64 KiB a file), the agent does not

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use edgefleet_crds::duration;
 use edgefleet_crds::identity::SYSTEM_NAMESPACE;
 
 #[derive(Parser, Debug, Clone)]
@@ -49,16 +50,16 @@ pub struct Config {
     pub namespace: String,
 
     /// How often the Lease is renewed.
-    #[arg(long, env = "EDGEFLEET_LEASE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "EDGEFLEET_LEASE_INTERVAL", default_value = "10s", value_parser = duration::parse)]
     pub lease_interval: Duration,
 
     /// How often the runtime is observed and manifests are brought in line.
-    #[arg(long, env = "EDGEFLEET_SYNC_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "EDGEFLEET_SYNC_INTERVAL", default_value = "2s", value_parser = duration::parse)]
     pub sync_interval: Duration,
 
     /// The longest pause between retries while the apiserver is unreachable. Retries are
     /// jittered; this bounds how late a reconnect is noticed.
-    #[arg(long, env = "EDGEFLEET_MAX_BACKOFF", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "EDGEFLEET_MAX_BACKOFF", default_value = "2s", value_parser = duration::parse)]
     pub max_backoff: Duration,
 
     /// How many accepted desired states the journal keeps.
@@ -92,27 +93,6 @@ fn device_name(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Parses `500ms`, `10s`, `2m` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 2m"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    if d.is_zero() {
-        return Err(format!("{s:?} must be longer than zero"));
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,10 +114,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_device_names_and_durations() {
-        assert!(Config::try_parse_from(["edgefleet-agent", "--device", "../etc"]).is_err());
-        assert!(Config::try_parse_from(["edgefleet-agent"]).is_err());
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
+        let parse = |args: &[&str]| Config::try_parse_from(["edgefleet-agent"].iter().chain(args));
+        assert!(parse(&["--device", "../etc"]).is_err());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--device", "edge-1", "--lease-interval", "soon"]).is_err());
+        let c = parse(&["--device", "edge-1", "--sync-interval", "500ms"]).expect("parse");
+        assert_eq!(c.sync_interval, Duration::from_millis(500));
     }
 }
