@@ -71,8 +71,8 @@ unit: tools
 	$(CARGO) test --workspace --locked
 
 # Starts the lab, runs the tests that need it, and stops it again whatever happened.
-e2e: tools
-	e2e/run-e2e --devices $(DEVICES)
+e2e: tools $(HELM_PY)/bin/python
+	HELM_PY=$(HELM_PY) e2e/run-e2e --devices $(DEVICES)
 
 # The controller and agent images, built locally with podman (target/images/).
 images: tools

@@ -78,6 +78,7 @@ class Controller(unittest.TestCase):
             {"image": {"pullPolicy": "Sometimes"}},
             {"metrics": {"port": 80}},
             {"unknownKey": True},
+            {"apiServer": "https://10.0.0.1"},
         ]
         for values in bad:
             with self.subTest(values=values):
@@ -85,6 +86,15 @@ class Controller(unittest.TestCase):
                     self.chart.render(values, name="edgefleet", namespace="edgefleet-system")
         # And good values pass.
         self.render({"replicas": 3, "controller": {"offlineThreshold": "2m"}})
+
+    def test_api_server_override(self):
+        objs = self.render({"apiServer": "10.77.0.1:6443", "hostNetwork": True})
+        (dep,) = self.kind(objs, "Deployment")
+        pod = dep["spec"]["template"]["spec"]
+        self.assertTrue(pod["hostNetwork"])
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        self.assertEqual(env["KUBERNETES_SERVICE_HOST"], "10.77.0.1")
+        self.assertEqual(env["KUBERNETES_SERVICE_PORT"], "6443")
 
     def test_pdb_can_be_disabled(self):
         objs = self.render({"podDisruptionBudget": {"enabled": False}})

@@ -57,12 +57,9 @@ pub fn cluster_role(name: &str, device: &EdgeDevice) -> ClusterRole {
         metadata: meta(device_rbac_name(name), None, device),
         rules: Some(vec![
             rule(GROUP, "edgedevices", name, &["get", "list", "watch"]),
-            rule(
-                GROUP,
-                "edgedevices/status",
-                name,
-                &["get", "update", "patch"],
-            ),
+            // The agent writes its status with server-side apply: patch only. A device
+            // role may grant only what the controller itself holds (RBAC escalation rule).
+            rule(GROUP, "edgedevices/status", name, &["patch"]),
         ]),
         ..Default::default()
     }
@@ -88,7 +85,7 @@ pub fn role(name: &str, namespace: &str, device: &EdgeDevice) -> Role {
             "coordination.k8s.io",
             "leases",
             name,
-            &["get", "list", "watch", "update", "patch"],
+            &["get", "patch"],
         )]),
     }
 }
@@ -152,6 +149,7 @@ mod tests {
             !rules[0].verbs.contains(&"update".to_owned()),
             "spec is not the device's"
         );
+        assert_eq!(rules[1].verbs, ["patch"], "status only through apply");
         let crb = cluster_role_binding("edge-1", &d);
         let s = &crb.subjects.expect("subjects")[0];
         assert_eq!(

@@ -33,8 +33,8 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
     let ns = ctx.config.namespace.as_str();
     let c = &ctx.client;
     let lease_s = i32::try_from(ctx.config.offline_threshold.as_secs()).unwrap_or(i32::MAX);
-    // Five independent writes: in parallel, so that mass registration is bound by the
-    // controller's concurrency, not by five round trips per device.
+    // The Lease and the two RBAC pairs go out in parallel, so that mass registration is
+    // bound by the controller's concurrency, not by five round trips per device.
     let (lease, cluster_role, cluster_binding, role, binding) = (
         device_rbac::lease(&name, ns, &device, lease_s),
         device_rbac::cluster_role(&name, &device),
@@ -55,13 +55,20 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
             .map_err(|e| Error::ApplyLease(name.clone(), e))
     };
     let rbac = async {
-        futures::try_join!(
-            apply::object(&cluster_roles, &cluster_role),
-            apply::object(&cluster_bindings, &cluster_binding),
-            apply::object(&roles, &role),
-            apply::object(&bindings, &binding),
-        )
-        .map_err(|e| Error::ApplyRbac(name.clone(), e))
+        // A role before its binding: to bind a role it does not hold rights to grant
+        // wholesale, the controller must hold every permission in it, and the apiserver
+        // checks that against the role, which therefore has to exist (a missing one shows
+        // as NotFound). Only a cluster admin would get away with another order.
+        let cluster_pair = async {
+            apply::object(&cluster_roles, &cluster_role).await?;
+            apply::object(&cluster_bindings, &cluster_binding).await
+        };
+        let namespaced_pair = async {
+            apply::object(&roles, &role).await?;
+            apply::object(&bindings, &binding).await
+        };
+        futures::try_join!(cluster_pair, namespaced_pair)
+            .map_err(|e| Error::ApplyRbac(name.clone(), e))
     };
     futures::try_join!(lease, rbac)?;
     Ok(Action::await_change())
