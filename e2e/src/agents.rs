@@ -46,9 +46,18 @@ impl RealAgents {
             let clear = json!({"status": {"agentVersion": null, "os": null, "arch": null,
                 "appliedRevision": null, "rejectedRevision": null, "modulesReady": null,
                 "modules": []}});
-            api.patch_status(d, &PatchParams::default(), &Patch::Merge(&clear))
-                .await
-                .unwrap_or_else(|e| panic!("cannot clear {d}'s reported status: {e}"));
+            // The controller registers the device first (a fresh lab has no EdgeDevices).
+            wait_for(
+                &format!("{d} to be registered"),
+                Duration::from_secs(60),
+                || async {
+                    api.patch_status(d, &PatchParams::default(), &Patch::Merge(&clear))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await;
             let info = lab.info(d);
             remove_files(&info.manifests, &state_dir(&info.node_dir));
             let kubeconfig = info
@@ -104,6 +113,8 @@ impl RealAgents {
     }
 
     /// The agent's log on a device (kubelet's log files of its static pod, oldest first).
+    /// Best effort: the lab's kubelets share `/var/log/pods`, and each removes the
+    /// directories of pods it does not run, so a log can vanish while its pod runs.
     pub fn log(&self, device: &str) -> String {
         let prefix = format!("edgefleet-system_{AGENT_NAME}-{device}_");
         let mut files: Vec<PathBuf> = std::fs::read_dir("/var/log/pods")
