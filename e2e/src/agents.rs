@@ -156,7 +156,13 @@ impl Drop for RealAgents {
             while self.lab.running_task(d, AGENT_NAME).is_some() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(500));
             }
-            remove_files(&info.manifests, &state_dir(&info.node_dir));
+            // And the modules gone too, so the next test finds no container of this one.
+            for module in remove_files(&info.manifests, &state_dir(&info.node_dir)) {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while self.lab.running_task(d, &module).is_some() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
         }
     }
 }
@@ -165,13 +171,21 @@ fn state_dir(node_dir: &Path) -> PathBuf {
     node_dir.join("agent-state")
 }
 
-/// Removes the module manifests an agent wrote and its state directory.
-fn remove_files(manifests: &Path, state: &Path) {
+/// Removes the module manifests an agent wrote and its state directory; returns the names
+/// of the modules whose manifests it removed.
+fn remove_files(manifests: &Path, state: &Path) -> Vec<String> {
     let module_prefix = format!("{AGENT_NAME}-module-");
+    let mut modules = Vec::new();
     for e in std::fs::read_dir(manifests).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(&module_prefix) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(module) = name
+            .strip_prefix(&module_prefix)
+            .and_then(|m| m.strip_suffix(".yaml"))
+        {
             let _ = std::fs::remove_file(e.path());
+            modules.push(module.to_owned());
         }
     }
     let _ = std::fs::remove_dir_all(state);
+    modules
 }

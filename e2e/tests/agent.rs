@@ -127,10 +127,10 @@ async fn modules_run_where_targeted_and_report_health() {
         client,
         ns,
         "EdgeModule",
-        "ticker",
+        "beat",
         json!({
             "image": BUSYBOX, "command": ["sh", "-c", "while true; do sleep 1; done"],
-            "config": [{"name": "ticker.conf", "content": "interval = 1"}],
+            "config": [{"name": "beat.conf", "content": "interval = 1"}],
         }),
     )
     .await;
@@ -142,19 +142,19 @@ async fn modules_run_where_targeted_and_report_health() {
         "berlin",
         json!({
             "priority": 10, "selector": {"matchLabels": {"site": "berlin"}},
-            "modules": [{"name": "ticker"}],
+            "modules": [{"name": "beat"}],
         }),
     )
     .await;
     for dev in ["edge-1", "edge-3"] {
-        let m = wait_module(client, dev, "ticker", "running", running).await;
+        let m = wait_module(client, dev, "beat", "running", running).await;
         assert!(
             m.image_id.is_some_and(|i| i.starts_with("sha256:")),
             "image id reported"
         );
         assert!(
-            s.lab.running_task(dev, "ticker").is_some(),
-            "ticker runs on {dev}'s containerd"
+            s.lab.running_task(dev, "beat").is_some(),
+            "beat runs on {dev}'s containerd"
         );
     }
     let edge2: EdgeDevice = Api::all(client.clone())
@@ -162,11 +162,11 @@ async fn modules_run_where_targeted_and_report_health() {
         .await
         .expect("edge-2");
     assert!(
-        module_of(&edge2, "ticker").is_none(),
+        module_of(&edge2, "beat").is_none(),
         "edge-2 is not targeted"
     );
     assert!(
-        s.lab.running_task("edge-2", "ticker").is_none(),
+        s.lab.running_task("edge-2", "beat").is_none(),
         "nothing runs on edge-2"
     );
     // The config file reached the module.
@@ -175,7 +175,7 @@ async fn modules_run_where_targeted_and_report_health() {
         &[
             "cat",
             &format!(
-                "{}/agent-state/config/ticker/ticker.conf",
+                "{}/agent-state/config/beat/beat.conf",
                 s.lab.info("edge-1").node_dir.display()
             ),
         ],
@@ -183,9 +183,9 @@ async fn modules_run_where_targeted_and_report_health() {
     assert_eq!(cat.trim(), "interval = 1");
 
     // Killing the module's process: kubelet restarts it, the agent reports the restart.
-    let before = s.lab.running_task("edge-1", "ticker").expect("ticker task");
+    let before = s.lab.running_task("edge-1", "beat").expect("beat task");
     kill(before.pid);
-    let m = wait_module(client, "edge-1", "ticker", "restarted and running", |m| {
+    let m = wait_module(client, "edge-1", "beat", "restarted and running", |m| {
         m.restart_count >= 1 && running(m)
     })
     .await;
@@ -210,7 +210,7 @@ async fn modules_run_where_targeted_and_report_health() {
         "berlin",
         json!({
             "priority": 10, "selector": {"matchLabels": {"site": "berlin"}},
-            "modules": [{"name": "ticker"}, {"name": "crasher"}],
+            "modules": [{"name": "beat"}, {"name": "crasher"}],
         }),
     )
     .await;
@@ -257,7 +257,7 @@ async fn modules_run_where_targeted_and_report_health() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains("-module-"))
             .collect();
-        let running = s.lab.running_task("edge-1", "ticker");
+        let running = s.lab.running_task("edge-1", "beat");
         (left.is_empty() && running.is_none())
             .then_some(())
             .ok_or(format!("{left:?} {running:?}"))
@@ -270,7 +270,7 @@ async fn modules_run_where_targeted_and_report_health() {
 async fn modules_survive_offline_and_a_reboot_while_offline() {
     let s = setup("e2e-agent-offline", 18121, &["edge-2"]).await;
     let (client, ns, lab) = (&s.client, s.ns.as_str(), &s.lab);
-    looping_module(client, ns, "ticker").await;
+    looping_module(client, ns, "beat").await;
     apply(
         client,
         ns,
@@ -278,12 +278,12 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
         "jetson",
         json!({
             "priority": 10, "selector": {"matchLabels": {"hardware": "jetson"}},
-            "modules": [{"name": "ticker"}],
+            "modules": [{"name": "beat"}],
         }),
     )
     .await;
-    wait_module(client, "edge-2", "ticker", "running", running).await;
-    let before = lab.running_task("edge-2", "ticker").expect("ticker task");
+    wait_module(client, "edge-2", "beat", "running", running).await;
+    let before = lab.running_task("edge-2", "beat").expect("beat task");
     let agent_before = lab
         .running_task("edge-2", "edgefleet-agent")
         .expect("agent task");
@@ -292,7 +292,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
     // Offline: the module keeps running, the same process, and so does the agent.
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(
-        lab.running_task("edge-2", "ticker"),
+        lab.running_task("edge-2", "beat"),
         Some(before.clone()),
         "same task offline"
     );
@@ -314,7 +314,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
                 link.contains("link=offline"),
                 "edge-2 must still be offline"
             );
-            match lab.running_task("edge-2", "ticker") {
+            match lab.running_task("edge-2", "beat") {
                 Some(t) if t.pid != before.pid => Ok(t),
                 other => Err(format!("{other:?}")),
             }
@@ -332,7 +332,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
     // journal (without it, it would know no module and remove the manifest).
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
-        lab.running_task("edge-2", "ticker").map(|t| t.pid),
+        lab.running_task("edge-2", "beat").map(|t| t.pid),
         Some(after.pid)
     );
 
@@ -344,7 +344,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
         "jetson",
         json!({
             "priority": 10, "selector": {"matchLabels": {"hardware": "jetson"}},
-            "modules": [{"name": "ticker"}, {"name": "late", "moduleRef": "ticker"}],
+            "modules": [{"name": "beat"}, {"name": "late", "moduleRef": "beat"}],
         }),
     )
     .await;
@@ -359,7 +359,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
         Duration::from_secs(30),
         || async {
             let d = devices.get("edge-2").await.map_err(|e| e.to_string())?;
-            let started = module_of(&d, "ticker").and_then(|m| m.last_start_time.clone());
+            let started = module_of(&d, "beat").and_then(|m| m.last_start_time.clone());
             match started {
                 Some(t)
                     if t.0
@@ -395,7 +395,7 @@ async fn modules_survive_offline_and_a_reboot_while_offline() {
 async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
     let s = setup("e2e-agent-reject", 18122, &["edge-3"]).await;
     let (client, ns, lab) = (&s.client, s.ns.as_str(), &s.lab);
-    looping_module(client, ns, "ticker").await;
+    looping_module(client, ns, "beat").await;
     let beta = |modules: Value| {
         json!({
             "priority": 10, "selector": {"matchLabels": {"channel": "beta"}}, "modules": modules,
@@ -406,11 +406,11 @@ async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
         ns,
         "EdgeDeployment",
         "beta",
-        beta(json!([{"name": "ticker"}])),
+        beta(json!([{"name": "beat"}])),
     )
     .await;
-    wait_module(client, "edge-3", "ticker", "running", running).await;
-    let good = lab.running_task("edge-3", "ticker").expect("ticker task");
+    wait_module(client, "edge-3", "beat", "running", running).await;
+    let good = lab.running_task("edge-3", "beat").expect("beat task");
 
     // Five config files of 60 KiB each: the CRD admits it (64 KiB a file), the agent does not
     // (256 KiB a module). The whole desired state is refused, the running one stays.
@@ -430,7 +430,7 @@ async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
         ns,
         "EdgeDeployment",
         "beta",
-        beta(json!([{"name": "ticker"}, {"name": "hoard"}])),
+        beta(json!([{"name": "beat"}, {"name": "hoard"}])),
     )
     .await;
     let devices: Api<EdgeDevice> = Api::all(client.clone());
@@ -468,7 +468,7 @@ async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
     })
     .await;
     assert_eq!(
-        lab.running_task("edge-3", "ticker"),
+        lab.running_task("edge-3", "beat"),
         Some(good),
         "the last good state keeps running"
     );
@@ -480,7 +480,7 @@ async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
         ns,
         "EdgeDeployment",
         "beta",
-        beta(json!([{"name": "ticker"}])),
+        beta(json!([{"name": "beat"}])),
     )
     .await;
     wait_for("edge-3 to apply again", WAIT, || async {
