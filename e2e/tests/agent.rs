@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::{APPLIED, READY};
-use edgefleet_crds::{EdgeDeployment, EdgeDevice, ModuleStatus, RuntimeStatus};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, FailureSample, ModuleStatus, RuntimeStatus};
 use edgefleet_e2e::{
     ControllerProcess, Lab, RealAgents, controller_binary, fresh_namespace, install_crds,
     remove_every_deployment, wait_for,
@@ -108,6 +108,29 @@ async fn wait_module(
         }
     })
     .await
+}
+
+/// Waits until a deployment counts `failed` failing devices and its failure sample holds
+/// one that `expected` recognizes.
+async fn wait_failures(
+    deployments: &Api<EdgeDeployment>,
+    name: &str,
+    failed: u32,
+    expected: impl Fn(&FailureSample) -> bool,
+) {
+    wait_for(
+        &format!("{name} to count {failed} failing devices"),
+        WAIT,
+        || async {
+            let d = deployments.get(name).await.map_err(|e| e.to_string())?;
+            let st = d.status.unwrap_or_default();
+            let named = st.failures.iter().any(&expected);
+            (st.failed == failed && named)
+                .then_some(())
+                .ok_or(format!("{st:?}"))
+        },
+    )
+    .await;
 }
 
 fn kill(pid: u32) {
@@ -221,21 +244,9 @@ async fn modules_run_where_targeted_and_report_health() {
     assert_eq!(m.exit_code, Some(1));
     assert_eq!(m.runtime_status, RuntimeStatus::Backoff);
     let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), ns);
-    wait_for(
-        "the deployment to count both failing devices",
-        WAIT,
-        || async {
-            let d = deployments.get("berlin").await.map_err(|e| e.to_string())?;
-            let st = d.status.clone().unwrap_or_default();
-            let named = st
-                .failures
-                .iter()
-                .any(|f| f.module == "crasher" && f.reason.contains("exit"));
-            (st.failed == 2 && named)
-                .then_some(())
-                .ok_or(format!("{st:?}"))
-        },
-    )
+    wait_failures(&deployments, "berlin", 2, |f| {
+        f.module == "crasher" && f.reason.contains("exit")
+    })
     .await;
     let dev: EdgeDevice = Api::all(client.clone())
         .get("edge-3")
@@ -451,20 +462,8 @@ async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
         applied.message
     );
     let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), ns);
-    wait_for("the deployment to show the rejection", WAIT, || async {
-        let st = deployments
-            .get("beta")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
-        let named = st
-            .failures
-            .iter()
-            .any(|f| f.device == "edge-3" && f.reason.contains("262144"));
-        (st.failed == 1 && named)
-            .then_some(())
-            .ok_or(format!("{st:?}"))
+    wait_failures(&deployments, "beta", 1, |f| {
+        f.device == "edge-3" && f.reason.contains("262144")
     })
     .await;
     assert_eq!(

@@ -18,6 +18,16 @@ use crate::backoff::Jittered;
 /// A request that takes longer than this counts as failed: offline, a connection can hang.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A request to the apiserver under [`REQUEST_TIMEOUT`]; the error is the text to log.
+pub async fn within_deadline<T>(
+    request: impl std::future::Future<Output = kube::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
 pub async fn heartbeat(
     client: Client,
     device: String,
@@ -42,20 +52,16 @@ pub async fn heartbeat(
             Patch::Apply(patch),
         );
         let renewal = leases.patch(&device, &params, &patch);
-        let pause = match tokio::time::timeout(REQUEST_TIMEOUT, renewal).await {
-            Ok(Ok(_)) => {
+        let pause = match within_deadline(renewal).await {
+            Ok(_) => {
                 if link_up.send_if_modified(|up| !std::mem::replace(up, true)) {
                     tracing::info!("the apiserver is reachable; lease renewed");
                 }
                 backoff.reset();
                 interval
             }
-            failed => {
+            Err(why) => {
                 if link_up.send_if_modified(|up| std::mem::replace(up, false)) {
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {REQUEST_TIMEOUT:?}"),
-                    };
                     tracing::warn!(
                         error = why,
                         "cannot renew the lease; modules keep running, retrying"

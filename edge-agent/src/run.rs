@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use edgefleet_crds::condition::Condition;
 use edgefleet_crds::{DesiredState, EdgeDeviceStatus, ModuleStatus, RuntimeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
@@ -33,7 +34,8 @@ struct Agent {
     rejected: Option<(String, Rejection)>,
     /// The last runtime observation that succeeded: reused while the runtime is unreachable.
     seen: BTreeMap<String, PodSeen>,
-    previous: Option<EdgeDeviceStatus>,
+    /// The conditions last reported: their transition times carry over.
+    conditions: Vec<Condition>,
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -48,7 +50,7 @@ pub async fn run(config: Config) -> Result<()> {
         accepted: None,
         rejected: None,
         seen: BTreeMap::new(),
-        previous: None,
+        conditions: Vec::new(),
     };
     agent.accepted = agent.journal.latest();
     match &agent.accepted {
@@ -224,13 +226,8 @@ impl Agent {
             waiting_for: plan.waiting_for,
             runtime_error,
         };
-        let previous = self
-            .previous
-            .as_ref()
-            .map(|p| p.conditions.as_slice())
-            .unwrap_or_default();
-        let report = status(&facts, previous, &Time(jiff::Timestamp::now()));
-        self.previous = Some(report.clone());
+        let report = status(&facts, &self.conditions, &Time(jiff::Timestamp::now()));
+        self.conditions.clone_from(&report.conditions);
         report
     }
 }

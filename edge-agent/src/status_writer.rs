@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::backoff::Jittered;
-use crate::lease::REQUEST_TIMEOUT;
+use crate::lease::within_deadline;
 
 pub async fn run(
     client: Client,
@@ -29,18 +29,14 @@ pub async fn run(
     loop {
         let want = status.borrow_and_update().clone();
         if let Some(want) = want.filter(|w| written.as_ref() != Some(w)) {
-            match tokio::time::timeout(REQUEST_TIMEOUT, write(&api, &device, &want)).await {
-                Ok(Ok(())) => {
+            match within_deadline(write(&api, &device, &want)).await {
+                Ok(()) => {
                     written = Some(want);
                     backoff.reset();
                     failing = false;
                 }
-                failed => {
+                Err(why) => {
                     if !failing {
-                        let why = match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("no answer within {REQUEST_TIMEOUT:?}"),
-                        };
                         tracing::warn!(error = why, "cannot report status; retrying");
                     }
                     failing = true;
