@@ -57,7 +57,7 @@ class Controller(unittest.TestCase):
 
     def test_rbac_is_least_privilege(self):
         objs = self.render()
-        (cr,) = self.kind(objs, "ClusterRole")
+        (cr,) = [o for o in self.kind(objs, "ClusterRole") if o["metadata"]["name"] == "edgefleet-controller"]
         verbs = {v for r in cr["rules"] for v in r["verbs"]}
         self.assertNotIn("*", verbs)
         self.assertNotIn("delete", verbs)
@@ -68,6 +68,13 @@ class Controller(unittest.TestCase):
         self.assertNotIn("leases", resources, "leases only in the system namespace")
         (role,) = self.kind(objs, "Role")
         self.assertEqual(role["metadata"]["namespace"], "edgefleet-system")
+        # The controller approves only apiserver client certificates.
+        (signers,) = [r for r in cr["rules"] if r["resources"] == ["signers"]]
+        self.assertEqual(signers["resourceNames"], ["kubernetes.io/kube-apiserver-client"])
+        # The bootstrap may ask for certificates and nothing else.
+        (boot,) = [o for o in self.kind(objs, "ClusterRole") if o["metadata"]["name"] == "edgefleet-bootstrap"]
+        self.assertEqual(boot["rules"], [{"apiGroups": ["certificates.k8s.io"],
+                                          "resources": ["certificatesigningrequests"], "verbs": ["create", "get"]}])
 
     def test_values_schema_rejects_bad_values(self):
         bad = [
@@ -79,6 +86,10 @@ class Controller(unittest.TestCase):
             {"metrics": {"port": 80}},
             {"unknownKey": True},
             {"apiServer": "https://10.0.0.1"},
+            {"agent": {"paths": {"manifestDir": "relative/dir"}}},
+            {"agent": {"paths": {"stateDir": "/a/{node}/{node}"}}},
+            {"agent": {"server": "10.0.0.1:6443"}},
+            {"bootstrap": {"enabled": "yes"}},
         ]
         for values in bad:
             with self.subTest(values=values):
@@ -95,6 +106,43 @@ class Controller(unittest.TestCase):
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         self.assertEqual(env["KUBERNETES_SERVICE_HOST"], "10.77.0.1")
         self.assertEqual(env["KUBERNETES_SERVICE_PORT"], "6443")
+
+    def test_bootstrap_joins_each_device_with_k3s_paths(self):
+        objs = self.render()
+        (ds,) = self.kind(objs, "DaemonSet")
+        pod = ds["spec"]["template"]["spec"]
+        self.assertEqual(pod["nodeSelector"], {"edgefleet.io/device": "true"})
+        self.assertFalse(pod["automountServiceAccountToken"])
+        (c,) = pod["containers"]
+        self.assertEqual(c["image"], "localhost/edgefleet/agent:0.1.0")
+        self.assertIn("--manifest-dir=/var/lib/rancher/k3s/agent/pod-manifests", c["args"])
+        self.assertEqual(c["args"][c["args"].index("join") + 1], "--image=localhost/edgefleet/agent:0.1.0")
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        self.assertEqual(volumes["manifests"]["hostPath"]["path"], "/var/lib/rancher/k3s/agent/pod-manifests")
+        self.assertTrue(all("subPathExpr" not in m for m in c["volumeMounts"]))
+        sources = volumes["token"]["projected"]["sources"]
+        self.assertIn("serviceAccountToken", sources[0])
+
+    def test_bootstrap_paths_per_device(self):
+        objs = self.render({"agent": {"paths": {
+            "manifestDir": "/var/lib/lab/nodes/{node}/manifests",
+            "stateDir": "/var/lib/lab/nodes/{node}",
+            "criSocket": "/run/lab/nodes/{node}/containerd.sock"}}})
+        (ds,) = self.kind(objs, "DaemonSet")
+        pod = ds["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        self.assertIn("--manifest-dir=/var/lib/lab/nodes/$(EDGEFLEET_DEVICE)/manifests", c["args"])
+        self.assertIn("--cri-socket=/run/lab/nodes/$(EDGEFLEET_DEVICE)/containerd.sock", c["args"])
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        self.assertEqual(mounts["manifests"]["subPathExpr"], "$(EDGEFLEET_DEVICE)/manifests")
+        self.assertEqual(mounts["state"]["subPathExpr"], "$(EDGEFLEET_DEVICE)")
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        self.assertEqual(volumes["manifests"]["hostPath"]["path"], "/var/lib/lab/nodes")
+
+    def test_bootstrap_can_be_disabled(self):
+        objs = self.render({"bootstrap": {"enabled": False}})
+        self.assertEqual(self.kind(objs, "DaemonSet"), [])
+        self.assertEqual([o for o in objs if "bootstrap" in o["metadata"]["name"]], [])
 
     def test_pdb_can_be_disabled(self):
         objs = self.render({"podDisruptionBudget": {"enabled": False}})

@@ -20,6 +20,10 @@ pub enum Error {
     ApplyDeploymentStatus(String, #[source] kube::Error),
     #[error("cannot apply the status of EdgeModule {0}: {1}")]
     ApplyModuleStatus(String, #[source] kube::Error),
+    #[error("cannot read the pod {0} behind a certificate request: {1}")]
+    ReadPod(String, #[source] kube::Error),
+    #[error("cannot approve or deny the certificate request {0}: {1}")]
+    DecideCsr(String, #[source] kube::Error),
 }
 
 impl Error {
@@ -32,6 +36,8 @@ impl Error {
             Error::ApplyRbac(..) => "rbac_write",
             Error::ApplyDeploymentStatus(..) => "deployment_status_write",
             Error::ApplyModuleStatus(..) => "module_status_write",
+            Error::ReadPod(..) => "pod_read",
+            Error::DecideCsr(..) => "csr_write",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod catalog;
 pub mod config;
 pub mod context;
+pub mod csr_approval;
 pub mod deployment;
 pub mod device;
 pub mod device_rbac;

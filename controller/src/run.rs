@@ -1,5 +1,6 @@
-//! Wires the caches and the four controllers together and runs them while this replica
-//! leads: the registry (Nodes), devices, deployment status and module status.
+//! Wires the caches and the five controllers together and runs them while this replica
+//! leads: the registry (Nodes), devices, deployment status, module status and the approval
+//! of joining devices' certificates.
 
 use std::collections::HashMap;
 use std::future::ready;
@@ -12,6 +13,7 @@ use edgefleet_crds::device::conditions::{ONLINE, REGISTERED};
 use edgefleet_crds::identity::{DEVICE_LABEL, DEVICE_LABEL_VALUE, LEADER_LEASE};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
 use kube::core::PartialObjectMeta;
@@ -26,7 +28,7 @@ use crate::context::{Cache, Context, Stores, Synced};
 use crate::http::{self, Health};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
-use crate::{deployment, device, module_status, registry};
+use crate::{csr_approval, deployment, device, module_status, registry};
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -321,7 +323,22 @@ async fn controllers(
         )
         .for_each(|_| ready(()));
 
-    futures::join!(device_ctrl, registry_ctrl, deployment_ctrl, module_ctrl);
+    let csr_ctrl = Controller::new(
+        Api::<CertificateSigningRequest>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(bounded)
+    .graceful_shutdown_on(shutdown_signal())
+    .run(csr_approval::reconcile, csr_approval::error_policy, ctx.clone())
+    .for_each(|_| ready(()));
+
+    futures::join!(
+        device_ctrl,
+        registry_ctrl,
+        deployment_ctrl,
+        module_ctrl,
+        csr_ctrl
+    );
 }
 
 /// Keeps the devices-by-state gauges current.

@@ -35,6 +35,19 @@ pub fn device_rbac_name(device: &str) -> String {
     format!("edgefleet-device-{device}")
 }
 
+/// The chart's bootstrap that joins devices: its DaemonSet and ServiceAccount. The controller
+/// approves a device's client certificate only when the request comes from this account's
+/// pod on that very device.
+pub const BOOTSTRAP_NAME: &str = "edgefleet-bootstrap";
+
+/// The Kubernetes user name of the bootstrap pods' service account.
+pub fn bootstrap_user(namespace: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{BOOTSTRAP_NAME}")
+}
+
+/// The signer of client certificates for the apiserver: device certificates are issued by it.
+pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+
 /// The Lease through which the controller holds leadership.
 pub const LEADER_LEASE: &str = "edgefleet-controller-leader";
 

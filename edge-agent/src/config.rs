@@ -84,6 +84,30 @@ pub enum Command {
         #[arg(long)]
         image: String,
     },
+    /// Join this device: obtain its client certificate, write the agent's kubeconfig into
+    /// the state directory and the agent's static pod into the manifest directory, then
+    /// keep the certificate renewed. Run by the chart's bootstrap DaemonSet, which mounts
+    /// the host's directories into its pod; the directory flags above are the host's paths.
+    Join(JoinArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct JoinArgs {
+    /// The agent's container image.
+    #[arg(long)]
+    pub image: String,
+    /// The apiserver URL the agent uses; by default the one this pod reaches.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Where the host's manifest directory is mounted in this pod.
+    #[arg(long, default_value = "/host/manifests")]
+    pub write_manifest_dir: PathBuf,
+    /// Where the host's state directory is mounted in this pod.
+    #[arg(long, default_value = "/host/state")]
+    pub write_state_dir: PathBuf,
+    /// How often the certificate and the agent's pod are checked.
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub check_interval: Duration,
 }
 
 fn device_name(s: &str) -> Result<String, String> {

@@ -121,9 +121,22 @@ fn read_entry(path: &Path) -> Option<DesiredState> {
 /// write a hidden temporary file, fsync it, rename it over the target, fsync the directory.
 /// Hidden, because kubelet ignores dot files in its manifest directory.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(dir, name, bytes, 0o644)
+}
+
+/// [`write_atomic`] with the file's permissions set from its creation on (a private key
+/// must never be readable by others, not even for a moment).
+pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(format!("{TEMP_PREFIX}{name}"));
     let target = dir.join(name);
-    let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
     f.write_all(bytes).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("fsync", &tmp))?;
     drop(f);

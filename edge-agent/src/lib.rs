@@ -11,6 +11,7 @@ pub mod config;
 pub mod cri;
 pub mod desired;
 pub mod error;
+pub mod join;
 pub mod journal;
 pub mod lease;
 pub mod manifests;
@@ -23,7 +24,7 @@ pub mod startup;
 pub mod status_writer;
 pub mod validate;
 
-pub use config::{Command, Config};
+pub use config::{Command, Config, JoinArgs};
 pub use run::run;
 
 /// The agent's version as reported in `EdgeDevice.status.agentVersion`.

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use edgefleet_agent::{Command, Config, run, self_pod};
+use edgefleet_agent::{Command, Config, join, run, self_pod};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -11,8 +11,13 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let result = match &config.command {
-        Some(Command::StaticPod { image }) => self_pod::print(&config, image),
-        None => run(config).await,
+        Some(Command::StaticPod { image }) => {
+            self_pod::print(&config, image).map_err(|e| e.to_string())
+        }
+        Some(Command::Join(args)) => join::join(&config, args)
+            .await
+            .map_err(|e| e.to_string()),
+        None => run(config).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -251,7 +251,7 @@ async fn client(config: &Config) -> Result<Client> {
     Client::try_from(kube_config).map_err(Error::Client)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
