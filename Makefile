@@ -6,18 +6,35 @@ DEVICES ?= 3
 LAB := e2e/lab
 CARGO ?= cargo
 
+# Helm v4's own engine from PyPI (helm-python-sdk), in a virtualenv cached by version.
+HELM_PY_VERSION := 0.2.2
+PYYAML_VERSION := 6.0.4
+HELM_PY := $(HOME)/.cache/edgefleet/helm-python-sdk-$(HELM_PY_VERSION)-pyyaml-$(PYYAML_VERSION)
+$(HELM_PY)/bin/python:
+	python3 -m venv $(HELM_PY).tmp
+	$(HELM_PY).tmp/bin/pip install -q helm-python-sdk==$(HELM_PY_VERSION) pyyaml==$(PYYAML_VERSION)
+	rm -rf $(HELM_PY) && mv $(HELM_PY).tmp $(HELM_PY)
+
 .PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check chart-check generate unit e2e images lab-up lab-down lab-status bench tools
 
 help:
-	@echo "make demo        start the lab fleet and show it"
+	@echo "make demo        start the lab fleet, install edgefleet with Helm, roll out examples/"
+	@echo "make demo-down   stop the lab fleet and remove everything the demo made"
 	@echo "make test        lint, unit tests, and end-to-end tests on the lab"
 	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
 	@echo "make lab-down    stop the lab and remove its state"
 	@echo "make bench       print figures: resolve speed, lab start and memory, controller memory"
 
-demo: lab-up
-	@$(LAB) status
+# The lab fleet, the images loaded into it, edgefleet installed with Helm (controller and
+# the bootstrap that joins every device), examples/ applied and waited for. Run again, it
+# rebuilds what changed and upgrades in place.
+demo: tools $(HELM_PY)/bin/python
+	$(LAB) up --devices $(DEVICES)
+	e2e/build-images --load
+	$(HELM_PY)/bin/python e2e/demo.py
 
+# Everything the demo made lives in the lab (its cluster and devices): taking it down
+# removes it all. The caches under ~/.cache/edgefleet stay.
 demo-down: lab-down
 
 # Debian tools the build and checks use (protoc for the agent's CRI bindings, podman for
@@ -53,15 +70,6 @@ generate:
 
 crd-check:
 	$(CARGO) run -q -p edgefleet-crds --bin crdgen -- --check $(CRD_DIRS)
-
-# Helm v4's own engine from PyPI (helm-python-sdk), in a virtualenv cached by version.
-HELM_PY_VERSION := 0.2.2
-PYYAML_VERSION := 6.0.4
-HELM_PY := $(HOME)/.cache/edgefleet/helm-python-sdk-$(HELM_PY_VERSION)-pyyaml-$(PYYAML_VERSION)
-$(HELM_PY)/bin/python:
-	python3 -m venv $(HELM_PY).tmp
-	$(HELM_PY).tmp/bin/pip install -q helm-python-sdk==$(HELM_PY_VERSION) pyyaml==$(PYYAML_VERSION)
-	rm -rf $(HELM_PY) && mv $(HELM_PY).tmp $(HELM_PY)
 
 # Lint, render and the values schema of both charts; the CRD chart against crds/.
 chart-check: $(HELM_PY)/bin/python

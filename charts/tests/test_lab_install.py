@@ -1,74 +1,77 @@
 """edgefleet's charts installed, upgraded and uninstalled on the lab's real cluster with
-Helm v4's own engine (helm-python-sdk). The controller then runs in the cluster under the
-chart's RBAC only, so this also proves that RBAC is enough. Run by `e2e/run-e2e` after the
-Rust tests, while the lab is up; needs the controller image (`e2e/build-images --load`)."""
+Helm v4's own engine (helm-python-sdk), the way a user installs it. The controller runs in
+the cluster under the chart's RBAC only, the chart's bootstrap joins every device (each
+agent then runs as a static pod with its device's own certificate), and examples/ is
+applied the GitOps way and checked for drift. Run by `e2e/run-e2e` after the Rust tests,
+while the lab is up; needs the images (`e2e/build-images --load`)."""
 
+import base64
 import json
+import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
-import helm_python
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "e2e"))
 
-CHARTS = pathlib.Path(__file__).resolve().parent.parent
-ROOT = CHARTS.parent
-NS = "edgefleet-system"
-CRDS = ["edgemodules.edgefleet.io", "edgedeployments.edgefleet.io", "edgedevices.edgefleet.io"]
-
-
-def lab(*args: str) -> str:
-    return subprocess.run([str(ROOT / "e2e/lab"), *args], check=True, capture_output=True, text=True).stdout.strip()
+from edgefleet_lab import (AGENT_FILE, CHARTS, CRDS, EXAMPLES, KUBECONFIG, NS, all_ready, condition,  # noqa: E402
+                           edge_devices, helm, installed, joined, kubectl, kubectl_json, lab_info, lab_values, remove_agents,
+                           rollout_progress, wait_for)
 
 
-KUBECONFIG = lab("kubeconfig")
+def desired_modules(device: str) -> dict:
+    dev = kubectl_json("get", "edgedevice", device)
+    return {m["name"]: m for m in dev["spec"].get("desired", {}).get("modules", [])}
 
 
-def kubectl(*args: str, check: bool = True) -> str:
-    out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, *args], capture_output=True, text=True)
-    if check and out.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout
-
-
-def wait_for(what: str, check, timeout: float = 120):
-    """Polls `check` until it returns something true; fails with what it saw last."""
-    start, last = time.monotonic(), None
-    while time.monotonic() - start < timeout:
-        try:
-            last = check()
-            if last:
-                print(f"lab install: {what}: after {time.monotonic() - start:.1f}s", file=sys.stderr)
-                return last
-        except AssertionError as e:
-            last = e
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last}")
-
-
-def lab_values(**extra) -> dict:
-    repo, tag = (ROOT / "target/images/controller.ref").read_text().strip().rsplit(":", 1)
-    values = {
-        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        # The lab has one cloud node and no pod network: one replica, on the host's network,
-        # talking to the apiserver's address directly.
-        "replicas": 1,
-        "hostNetwork": True,
-        "apiServer": "10.77.0.1:6443",
-        "nodeSelector": {"edgefleet.io/role": "cloud"},
-        "tolerations": [{"key": "edgefleet.io/role", "operator": "Equal", "value": "cloud", "effect": "NoSchedule"}],
-    }
-    values.update(extra)
-    return values
+def forged_request(token: str, device: str) -> str:
+    """A certificate request for `device`, sent with the bootstrap account's token bound to a
+    pod on another node; returns its name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        key, csr = pathlib.Path(tmp, "key.pem"), pathlib.Path(tmp, "csr.pem")
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", str(key), "-out", str(csr),
+                        "-subj", f"/O=edgefleet:devices/CN=edgefleet:device:{device}"],
+                       check=True, capture_output=True)
+        name = f"forged-{device}-{int(time.time())}"
+        obj = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+               "metadata": {"name": name},
+               "spec": {"request": base64.b64encode(csr.read_bytes()).decode(),
+                        "signerName": "kubernetes.io/kube-apiserver-client",
+                        "usages": ["client auth", "digital signature"]}}
+        manifest = pathlib.Path(tmp, "csr.json")
+        manifest.write_text(json.dumps(obj))
+        admin = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json"))
+        as_pod = {"apiVersion": "v1", "kind": "Config", "current-context": "pod",
+                  "clusters": admin["clusters"],
+                  "users": [{"name": "pod", "user": {"token": token}}],
+                  "contexts": [{"name": "pod", "context": {"cluster": admin["clusters"][0]["name"], "user": "pod"}}]}
+        pod_config = pathlib.Path(tmp, "pod.kubeconfig")
+        pod_config.write_text(json.dumps(as_pod))
+        out = subprocess.run(["kubectl", "--kubeconfig", str(pod_config), "create", "-f", str(manifest)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise AssertionError(f"creating the forged request as the bootstrap pod: {out.stderr}")
+    return name
 
 
 class LabInstall(unittest.TestCase):
-    def test_install_upgrade_uninstall(self):
-        cfg = helm_python.Config(kubeconfig_path=KUBECONFIG, namespace=NS)
-        # Earlier tests applied the CRDs themselves; Helm must own them, so they go first.
+    def test_install_join_gitops_upgrade_uninstall(self):
+        cfg = helm()
+        devices = edge_devices()
+        # A run cut short earlier may have left releases and agents behind; earlier tests
+        # applied the CRDs themselves, and Helm must own them. All of that goes first.
+        for leftover in ("edgefleet", "edgefleet-crds"):
+            if installed(cfg, leftover):
+                cfg.uninstall(leftover, wait="watcher", timeout=120)
+        remove_agents()
+        kubectl("delete", "csr", "-l", "app.kubernetes.io/name=edgefleet-bootstrap", "--ignore-not-found")
         kubectl("delete", "crd", *CRDS, "--ignore-not-found", "--wait=true")
-        kubectl("delete", "clusterrole,clusterrolebinding", "-l", "app.kubernetes.io/name=edgefleet-controller", "--ignore-not-found")
+        kubectl("delete", "clusterrole,clusterrolebinding", "-l", "app.kubernetes.io/name in (edgefleet-controller,edgefleet-bootstrap)",
+                "--ignore-not-found")
 
         cfg.install(CHARTS / "edgefleet-crds", "edgefleet-crds", namespace=NS, create_namespace=True, wait="watcher", timeout=120)
         for crd in CRDS:
@@ -83,37 +86,102 @@ class LabInstall(unittest.TestCase):
         # The controller, under the chart's RBAC alone, registers every lab device and gives
         # each its own RBAC.
         def registered():
-            devices = json.loads(kubectl("get", "edgedevices", "-o", "json"))["items"]
-            ok = sorted(
-                d["metadata"]["name"] for d in devices
-                if any(c["type"] == "Registered" and c["status"] == "True"
-                       for c in d.get("status", {}).get("conditions", []))
-            )
-            return ok if ok == ["edge-1", "edge-2", "edge-3"] else None
+            ok = sorted(d["metadata"]["name"] for d in kubectl_json("get", "edgedevices")["items"]
+                        if condition(d, "Registered"))
+            return ok if ok == devices else None
         wait_for("the in-cluster controller to register the devices", registered)
         wait_for("per-device RBAC", lambda: kubectl("get", "clusterrole", "edgefleet-device-edge-1", check=False))
-        logs = kubectl("logs", "-n", NS, "deployment/edgefleet-controller")
-        self.assertNotIn("forbidden", logs.lower(), logs[-2000:])
+
+        # The bootstrap joins every device: approved certificate requests, one per device,
+        # then each agent reports as its device, online.
+        wait_for("the bootstrap to join every device", lambda: joined() == devices, timeout=240)
+        csrs = [c for c in kubectl_json("get", "csr", "-l", "app.kubernetes.io/name=edgefleet-bootstrap")["items"]
+                if any(x["type"] == "Approved" for x in c.get("status", {}).get("conditions", []))]
+        self.assertEqual(sorted(c["metadata"]["labels"]["edgefleet.io/device"] for c in csrs), devices)
+        for c in csrs:
+            (approved,) = c["status"]["conditions"]
+            self.assertEqual(approved["reason"], "EdgefleetDeviceJoin")
+            self.assertEqual(c["spec"]["username"], f"system:serviceaccount:{NS}:edgefleet-bootstrap")
+        kubeconfig = pathlib.Path(lab_info("edge-1")["node_dir"], "agent-state", "agent.kubeconfig")
+        self.assertEqual(kubeconfig.stat().st_mode & 0o777, 0o600)
+        self.assertTrue(pathlib.Path(lab_info("edge-1")["manifests"], AGENT_FILE).exists())
+
+        # A bootstrap pod may join its own device only: a request for edge-2 with a token bound
+        # to edge-1's bootstrap pod is denied, with the reason.
+        pods = kubectl_json("get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=edgefleet-bootstrap",
+                            "--field-selector", "spec.nodeName=edge-1")["items"]
+        token = kubectl("create", "token", "-n", NS, "edgefleet-bootstrap", "--bound-object-kind", "Pod",
+                        "--bound-object-name", pods[0]["metadata"]["name"]).strip()
+        forged = forged_request(token, "edge-2")
+
+        def denial():
+            conds = kubectl_json("get", "csr", forged).get("status", {}).get("conditions", [])
+            return next((c for c in conds if c["type"] in ("Denied", "Approved")), None)
+        verdict = wait_for("the forged request to be decided", denial, timeout=60)
+        self.assertEqual(verdict["type"], "Denied", verdict)
+        self.assertIn("runs on node edge-1, so it may join only that node, not edge-2", verdict["message"])
+        kubectl("delete", "csr", forged)
+
+        # GitOps: examples/ applied with kustomize rolls out to every device, and once the
+        # controller has written its part, kubectl sees no drift. Server-side apply too.
+        kubectl("apply", "-k", str(EXAMPLES))
+        wait_for("every example deployment Ready", all_ready, timeout=240, progress=rollout_progress)
+        self.assertEqual(set(desired_modules("edge-1")), {"sensor", "filter", "ml-model"})
+        self.assertEqual(set(desired_modules("edge-2")), {"sensor", "filter", "ml-model"})
+        filter_env = {e["name"]: e["value"] for e in desired_modules("edge-1")["filter"].get("env", [])}
+        self.assertEqual(filter_env.get("FILTER_MAX_C"), "60", "the Berlin layer tunes the filter")
+        model_env = {e["name"]: e["value"] for e in desired_modules("edge-2")["ml-model"].get("env", [])}
+        self.assertEqual(model_env.get("MODEL_THRESHOLD"), "2.5", "the Jetson deployment owns edge-2")
+        base = kubectl_json("get", "edgedeployment", "-n", "fleet-demo", "fleet-base")["status"]
+        self.assertEqual((base["targeted"], base["lost"]), (len(devices) - 1, 1), base)
+        self.assert_no_drift()
+        # Moving from client-side to server-side apply takes the fields over once (kubectl's
+        # documented migration); from then on server-side apply is conflict-free.
+        kubectl("apply", "--server-side", "--force-conflicts", "-k", str(EXAMPLES))
+        self.assert_no_drift()
+        kubectl("apply", "--server-side", "-k", str(EXAMPLES))
+        self.assert_no_drift()
+        self.assertTrue(all_ready())
 
         # Upgrade: a changed setting rolls out.
         cfg.upgrade(
             CHARTS / "edgefleet", "edgefleet", lab_values(controller={"offlineThreshold": "60s"}),
             namespace=NS, wait="watcher", timeout=180,
         )
-        args = json.loads(kubectl("get", "deployment", "-n", NS, "edgefleet-controller", "-o", "json"))
+        args = kubectl_json("get", "deployment", "-n", NS, "edgefleet-controller")
         self.assertIn("--offline-threshold=60s", args["spec"]["template"]["spec"]["containers"][0]["args"])
         self.assertEqual(sorted(r["revision"] for r in cfg.history("edgefleet")), [1, 2])
+        logs = kubectl("logs", "-n", NS, "deployment/edgefleet-controller")
+        self.assertNotIn("forbidden", logs.lower(), logs[-2000:])
 
-        # Uninstall: the controller's objects go; the CRDs stay (resource-policy keep), and
-        # with them every device and deployment.
+        # The examples go away with kubectl, and the agents take their modules off.
+        kubectl("delete", "-k", str(EXAMPLES), "--wait=true")
+
+        def modules_gone():
+            left = {d["metadata"]["name"]: [m["name"] for m in d.get("status", {}).get("modules", [])]
+                    for d in kubectl_json("get", "edgedevices")["items"]}
+            return all(not m for m in left.values()) or AssertionError(left)
+        wait_for("the agents to remove the examples' modules", modules_gone, timeout=120)
+
+        # Uninstall: the controller's and the bootstrap's objects go; the agents the bootstrap
+        # placed keep running (they are files on the devices); the CRDs stay (resource-policy
+        # keep), and with them every device and deployment.
         cfg.uninstall("edgefleet", wait="watcher", timeout=120)
-        wait_for("the controller's objects to go", lambda: not kubectl(
-            "get", "deployment,serviceaccount,role,rolebinding", "-n", NS,
-            "-l", "app.kubernetes.io/name=edgefleet-controller", "-o", "name"))
-        self.assertFalse(kubectl("get", "clusterrole", "-l", "app.kubernetes.io/name=edgefleet-controller", "-o", "name"))
+        for app in ("edgefleet-controller", "edgefleet-bootstrap"):
+            wait_for(f"the {app} objects to go", lambda: not kubectl(
+                "get", "deployment,daemonset,serviceaccount,role,rolebinding", "-n", NS,
+                "-l", f"app.kubernetes.io/name={app}", "-o", "name"))
+            self.assertFalse(kubectl("get", "clusterrole", "-l", f"app.kubernetes.io/name={app}", "-o", "name"))
+        self.assertTrue(pathlib.Path(lab_info("edge-1")["manifests"], AGENT_FILE).exists())
+        remove_agents()
         cfg.uninstall("edgefleet-crds", timeout=120)
         for crd in CRDS:
             kubectl("get", "crd", crd)
+
+    def assert_no_drift(self):
+        out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, "diff", "-k", str(EXAMPLES)],
+                             capture_output=True, text=True, env={**os.environ, "KUBECTL_EXTERNAL_DIFF": ""})
+        self.assertEqual(out.returncode, 0, f"kubectl diff -k examples/ shows drift:\n{out.stdout}{out.stderr}")
 
 
 if __name__ == "__main__":

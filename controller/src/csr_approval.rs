@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_crds::identity::{
-    BOOTSTRAP_NAME, CLIENT_SIGNER, CONTROLLER_NAME, DEVICE_USER_PREFIX, DEVICES_GROUP, bootstrap_user,
+    BOOTSTRAP_NAME, CLIENT_SIGNER, CONTROLLER_NAME, DEVICE_USER_PREFIX, DEVICES_GROUP,
+    bootstrap_user,
 };
 use edgefleet_crds::names::check_dns_label;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
@@ -48,7 +49,9 @@ const REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 pub enum Verdict {
     /// Someone else's request, or one already decided.
     NotOurs,
-    Approve { device: String },
+    Approve {
+        device: String,
+    },
     Deny(String),
     /// Sound, but the device is not registered (yet): the registry follows its Node shortly.
     Wait(String),
@@ -205,16 +208,18 @@ pub async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -
         tracing::warn!(csr = name, "join refused: {message}");
         EventType::Warning
     };
-    ctx.event(&reference(csr.as_ref()), event_type, reason, "Decide", message)
-        .await;
+    ctx.event(
+        &reference(csr.as_ref()),
+        event_type,
+        reason,
+        "Decide",
+        message,
+    )
+    .await;
     Ok(Action::await_change())
 }
 
-pub fn error_policy(
-    _csr: Arc<CertificateSigningRequest>,
-    e: &Error,
-    ctx: Arc<Context>,
-) -> Action {
+pub fn error_policy(_csr: Arc<CertificateSigningRequest>, e: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %e, "certificate request decision failed");
     ctx.metrics.error(CONTROLLER, e.category());
     Action::requeue(Duration::from_secs(5))
@@ -303,12 +308,9 @@ mod tests {
 
     #[test]
     fn the_bootstrap_pod_on_a_device_joins_that_device() {
-        let v = judge(
-            &csr(device_pem("edge-1")),
-            NS,
-            Some(&pod("edge-1")),
-            |_| true,
-        );
+        let v = judge(&csr(device_pem("edge-1")), NS, Some(&pod("edge-1")), |_| {
+            true
+        });
         assert_eq!(
             v,
             Verdict::Approve {
@@ -319,13 +321,13 @@ mod tests {
 
     #[test]
     fn a_bootstrap_pod_cannot_join_another_device() {
-        let v = judge(
-            &csr(device_pem("edge-2")),
-            NS,
-            Some(&pod("edge-1")),
-            |_| true,
+        let v = judge(&csr(device_pem("edge-2")), NS, Some(&pod("edge-1")), |_| {
+            true
+        });
+        denied(
+            v,
+            "runs on node edge-1, so it may join only that node, not edge-2",
         );
-        denied(v, "runs on node edge-1, so it may join only that node, not edge-2");
     }
 
     #[test]
@@ -353,12 +355,9 @@ mod tests {
 
     #[test]
     fn a_device_not_registered_yet_waits() {
-        let v = judge(
-            &csr(device_pem("edge-1")),
-            NS,
-            Some(&pod("edge-1")),
-            |_| false,
-        );
+        let v = judge(&csr(device_pem("edge-1")), NS, Some(&pod("edge-1")), |_| {
+            false
+        });
         assert!(matches!(v, Verdict::Wait(_)), "{v:?}");
     }
 
@@ -409,7 +408,10 @@ mod tests {
             ))),
             "alternative names",
         );
-        denied(judged(&csr(b"hello".to_vec())), "not a PEM certificate request");
+        denied(
+            judged(&csr(b"hello".to_vec())),
+            "not a PEM certificate request",
+        );
         let mut server = csr(device_pem("edge-1"));
         server.spec.usages = Some(vec!["server auth".into()]);
         denied(judged(&server), "usages must be");
@@ -422,7 +424,11 @@ mod tests {
         impostor.metadata.uid = Some("uid-2".into());
         denied(judge(&c, NS, Some(&impostor), |_| true), "no longer exists");
         let mut other_account = pod("edge-1");
-        other_account.spec.as_mut().expect("spec").service_account_name = Some("default".into());
+        other_account
+            .spec
+            .as_mut()
+            .expect("spec")
+            .service_account_name = Some("default".into());
         denied(
             judge(&c, NS, Some(&other_account), |_| true),
             "does not run as",

@@ -329,7 +329,11 @@ async fn controllers(
     )
     .with_config(bounded)
     .graceful_shutdown_on(shutdown_signal())
-    .run(csr_approval::reconcile, csr_approval::error_policy, ctx.clone())
+    .run(
+        csr_approval::reconcile,
+        csr_approval::error_policy,
+        ctx.clone(),
+    )
     .for_each(|_| ready(()));
 
     futures::join!(

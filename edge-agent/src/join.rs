@@ -52,7 +52,9 @@ pub enum JoinError {
     Api(&'static str, String, #[source] kube::Error),
     #[error("the certificate request {0} was {1}: {2}")]
     Refused(String, String, String),
-    #[error("the certificate request {0} was not decided within {1:?}; is edgefleet-controller running?")]
+    #[error(
+        "the certificate request {0} was not decided within {1:?}; is edgefleet-controller running?"
+    )]
     Undecided(String, Duration),
     #[error(transparent)]
     Write(#[from] crate::error::Error),
@@ -113,7 +115,11 @@ pub async fn join(config: &Config, args: &JoinArgs) -> Result<(), JoinError> {
     let ca = kube_config
         .root_cert
         .as_deref()
-        .map(|ders| ders.iter().map(|d| pem("CERTIFICATE", d)).collect::<String>())
+        .map(|ders| {
+            ders.iter()
+                .map(|d| pem("CERTIFICATE", d))
+                .collect::<String>()
+        })
         .unwrap_or_default();
     let client = Client::try_from(kube_config).map_err(JoinError::Client)?;
     let device = config.device.as_str();
@@ -126,7 +132,11 @@ pub async fn join(config: &Config, args: &JoinArgs) -> Result<(), JoinError> {
         let credential = match read_credential(&local_kubeconfig, device) {
             Some(c) if !c.due_for_renewal(now) => c,
             found => {
-                let why = if found.is_some() { "renewing" } else { "requesting" };
+                let why = if found.is_some() {
+                    "renewing"
+                } else {
+                    "requesting"
+                };
                 tracing::info!(device, "{why} the device's client certificate");
                 let c = request_certificate(&client, device).await?;
                 let kubeconfig = kubeconfig(&server, &ca, device, &c)?;
@@ -208,7 +218,10 @@ async fn request_certificate(client: &Client, device: &str) -> Result<Credential
             name: Some(name.clone()),
             labels: Some(
                 [
-                    ("app.kubernetes.io/name".to_owned(), BOOTSTRAP_NAME.to_owned()),
+                    (
+                        "app.kubernetes.io/name".to_owned(),
+                        BOOTSTRAP_NAME.to_owned(),
+                    ),
                     ("edgefleet.io/device".to_owned(), device.to_owned()),
                 ]
                 .into_iter()
@@ -227,7 +240,10 @@ async fn request_certificate(client: &Client, device: &str) -> Result<Credential
     api.create(&PostParams::default(), &csr)
         .await
         .map_err(|e| JoinError::Api("create", name.clone(), e))?;
-    tracing::info!(csr = name, "certificate request sent; waiting for the controller to approve it");
+    tracing::info!(
+        csr = name,
+        "certificate request sent; waiting for the controller to approve it"
+    );
     let started = tokio::time::Instant::now();
     let mut polls = 0u32;
     loop {
@@ -259,9 +275,17 @@ async fn request_certificate(client: &Client, device: &str) -> Result<Credential
         if started.elapsed() > DECISION_TIMEOUT {
             return Err(JoinError::Undecided(name, DECISION_TIMEOUT));
         }
-        if polls % PROGRESS_EVERY == 0 {
-            let state = if conditions.is_empty() { "pending" } else { "approved, not yet signed" };
-            tracing::info!(csr = name, waited_s = started.elapsed().as_secs(), "still {state}");
+        if polls.is_multiple_of(PROGRESS_EVERY) {
+            let state = if conditions.is_empty() {
+                "pending"
+            } else {
+                "approved, not yet signed"
+            };
+            tracing::info!(
+                csr = name,
+                waited_s = started.elapsed().as_secs(),
+                "still {state}"
+            );
         }
     }
 }
@@ -294,7 +318,10 @@ fn pem(label: &str, der: &[u8]) -> String {
         .chunks(64)
         .map(|c| std::str::from_utf8(c).unwrap_or_default())
         .collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 #[cfg(test)]
@@ -353,7 +380,10 @@ mod tests {
         // kube reads it as a kubeconfig, with this user and server.
         let parsed = kube::config::Kubeconfig::read_from(&path).expect("a kubeconfig");
         assert_eq!(parsed.auth_infos[0].name, "edgefleet:device:edge-1");
-        let server = parsed.clusters[0].cluster.as_ref().and_then(|c| c.server.clone());
+        let server = parsed.clusters[0]
+            .cluster
+            .as_ref()
+            .and_then(|c| c.server.clone());
         assert_eq!(server.as_deref(), Some("https://10.0.0.1:6443"));
     }
 }

@@ -14,9 +14,7 @@ async fn main() -> ExitCode {
         Some(Command::StaticPod { image }) => {
             self_pod::print(&config, image).map_err(|e| e.to_string())
         }
-        Some(Command::Join(args)) => join::join(&config, args)
-            .await
-            .map_err(|e| e.to_string()),
+        Some(Command::Join(args)) => join::join(&config, args).await.map_err(|e| e.to_string()),
         None => run(config).await.map_err(|e| e.to_string()),
     };
     match result {
