@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod module_status;
 pub mod presence;
 pub mod registry;
+pub mod rollout;
 pub mod rollup;
 pub mod run;
 pub mod selector;

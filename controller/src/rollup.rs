@@ -281,6 +281,7 @@ pub fn status(
         ));
     }
     EdgeDeploymentStatus {
+        rollout: None,
         observed_generation: generation,
         targeted: r.targeted,
         applied: r.applied,

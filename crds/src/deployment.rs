@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::condition::{Condition, conditions_schema};
 use crate::module::EnvVar;
 use crate::names::{DNS_LABEL_PATTERN, IMAGE_PATTERN};
+use crate::rollout::{RolloutSpec, RolloutStatus};
 
 /// The most failing devices a deployment's status lists: enough to act on, small at any
 /// fleet size.
@@ -32,6 +33,11 @@ pub const MAX_FAILURE_SAMPLES: usize = 10;
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
     printcolumn = r#"{"name":"Deferred","type":"integer","jsonPath":".status.deferred","priority":1}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rollout.phase"}"#,
+    printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.rollout.wave","priority":1}"#,
+    printcolumn = r#"{"name":"Current","type":"string","jsonPath":".status.rollout.currentRevision","priority":1}"#,
+    printcolumn = r#"{"name":"Update","type":"string","jsonPath":".status.rollout.updateRevision","priority":1}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.rollout.message","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -51,6 +57,10 @@ pub struct EdgeDeploymentSpec {
     pub layered: bool,
     #[schemars(length(min = 1, max = 64))]
     pub modules: Vec<DeploymentModule>,
+    /// Staged rollout of every change: waves, canary, failure threshold, rollback. Without
+    /// it a change reaches every targeted device at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
 }
 
 /// A label selector over devices, as in Kubernetes: all `matchLabels` and all
@@ -164,6 +174,9 @@ pub struct EdgeDeploymentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub failures: Vec<FailureSample>,
+    /// Revisions and where the rollout of the latest one stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

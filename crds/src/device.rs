@@ -2,6 +2,8 @@
 //! the Online and Registered conditions; the device's agent owns the rest of the status.
 //! Heartbeats go to a Lease, not to this object, so idle devices cost no writes.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -47,6 +49,11 @@ pub struct EdgeDeviceSpec {
     /// Written by edgefleet-controller only: what the device should run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<DesiredState>,
+    /// Written by edgefleet-controller's rollout planner only: for each deployment with a
+    /// staged rollout (`namespace/name`), the revision this device has been moved to. The
+    /// desired state takes that deployment's modules from this revision.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, String>,
 }
 
 /// A device's full desired module set, resolved from every deployment that targets it.

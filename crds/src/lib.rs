@@ -9,6 +9,7 @@ pub mod duration;
 pub mod identity;
 pub mod module;
 pub mod names;
+pub mod rollout;
 pub mod schema;
 
 pub use condition::{Condition, ConditionStatus};
@@ -21,3 +22,7 @@ pub use device::{
     RuntimeStatus, TargetingDecision, TargetingOutcome,
 };
 pub use module::{EdgeModule, EdgeModuleSpec, EdgeModuleStatus};
+pub use rollout::{
+    CanarySpec, Count, OnFailure, OnUntarget, RevisionCount, RolloutPhase, RolloutSpec,
+    RolloutStatus,
+};

@@ -1,0 +1,833 @@
+//! The wave planner of staged rollouts. Pure: from the devices a deployment targets (which
+//! revision each one has been moved to, whether it is ready there, whether it is online),
+//! the rollout policy and the rollout's last status, it decides which devices move next and
+//! what the rollout's status is. Everything it needs is in the API (the devices' `rollouts`
+//! entries and the deployment's status), so a restarted or newly elected controller carries
+//! on exactly where the last one stopped: a device is moved once per target revision, and
+//! none is skipped.
+//!
+//! Rules:
+//! - Devices move in a fixed order: canaries first (those the canary selector matches,
+//!   then by name), then by name.
+//! - Unavailable = moved to the target and not ready (updating or failed), online or not. A
+//!   device moves only while unavailable < maxUnavailable, so a rollout never makes more
+//!   devices unavailable than that.
+//! - A device that is offline when its turn comes is deferred: skipped, and moved when it
+//!   is back (within the same budget).
+//! - Canary: the first K devices move first; the rest wait until every canary has been
+//!   ready for the soak time.
+//! - More failed devices than the threshold stops the rollout (Stalled), or with
+//!   `onFailure: Rollback` moves every device back, in waves, to the current revision (the
+//!   last one that was fully ready), then stays RolledBack until the spec changes.
+//! - No device moved or became ready within the progress deadline: Stalled, while it still
+//!   moves devices whenever it can.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edgefleet_crds::{Count, OnFailure, RevisionCount, RolloutPhase, RolloutSpec, RolloutStatus};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::selector::Selector;
+
+/// How a device is doing at the revision it was moved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Applied and every module of the deployment as desired.
+    Ready,
+    /// Not applied yet, or modules still starting.
+    Updating,
+    /// A module failed, or the agent rejected the desired state.
+    Failed,
+}
+
+/// One targeted device, as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub online: bool,
+    /// The revision the device was moved to, if any.
+    pub at: Option<String>,
+    /// Its health at that revision.
+    pub health: Health,
+}
+
+/// The rollout policy with its defaults, the canary selector parsed.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_unavailable: Count,
+    pub canary: Option<(Count, Option<Selector>, Duration)>,
+    pub paused: bool,
+    pub failure_threshold: Count,
+    pub on_failure: OnFailure,
+    pub progress_deadline: Duration,
+}
+
+impl Policy {
+    pub fn from_spec(spec: &RolloutSpec) -> Result<Policy, crate::selector::SelectorError> {
+        let canary = match &spec.canary {
+            Some(c) => {
+                let selector = c.selector.as_ref().map(Selector::parse).transpose()?;
+                Some((
+                    c.count.clone(),
+                    selector,
+                    Duration::from_secs(u64::from(c.soak_seconds)),
+                ))
+            }
+            None => None,
+        };
+        Ok(Policy {
+            max_unavailable: spec.max_unavailable.clone(),
+            canary,
+            paused: spec.paused,
+            failure_threshold: spec.failure_threshold.clone(),
+            on_failure: spec.on_failure,
+            progress_deadline: Duration::from_secs(u64::from(spec.progress_deadline_seconds)),
+        })
+    }
+}
+
+/// What the planner decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Devices to move to `status.target_revision` now, in order.
+    pub moves: Vec<String>,
+    pub status: RolloutStatus,
+    /// When to look again even if nothing changes (the soak or the deadline ends).
+    pub recheck_in: Option<Duration>,
+}
+
+/// Plans one step of the rollout of revision `update` over `devices` (every device the
+/// deployment targets now). `last` is the rollout's status as the API has it.
+pub fn plan(
+    policy: &Policy,
+    update: &str,
+    devices: &[Device],
+    last: &RolloutStatus,
+    now: Timestamp,
+) -> Plan {
+    let mut status = RolloutStatus {
+        current_revision: last.current_revision.clone(),
+        update_revision: update.to_owned(),
+        ..Default::default()
+    };
+    let same_update = last.update_revision == update;
+    // The progress clock and the soak start only carry over within one update.
+    let mut last_progress = last
+        .last_progress_time
+        .as_ref()
+        .filter(|_| same_update)
+        .map(|t| t.0)
+        .unwrap_or(now);
+    let canary_since = last
+        .canary_ready_since
+        .as_ref()
+        .filter(|_| same_update)
+        .map(|t| t.0);
+    let rolling_back = same_update
+        && matches!(
+            last.phase,
+            RolloutPhase::RollingBack | RolloutPhase::RolledBack
+        )
+        && !last.current_revision.is_empty();
+    let target = if rolling_back {
+        last.current_revision.clone()
+    } else {
+        update.to_owned()
+    };
+    status.target_revision.clone_from(&target);
+    if rolling_back {
+        status.failed_revision = update.to_owned();
+    }
+
+    let order = ordered(devices, policy);
+    let total = count_u32(devices.len());
+    let moved: Vec<&Device> = order
+        .iter()
+        .copied()
+        .filter(|d| is_at(d, &target))
+        .collect();
+    let ready = count_u32(moved.iter().filter(|d| d.health == Health::Ready).count());
+    let failed = count_u32(moved.iter().filter(|d| d.health == Health::Failed).count());
+    let unavailable = count_u32(moved.len()) - ready;
+    let deferred = count_u32(
+        order
+            .iter()
+            .filter(|d| !is_at(d, &target) && !d.online)
+            .count(),
+    );
+    let max_unavailable = policy.max_unavailable.of(total, false).max(1);
+    status.updated = count_u32(moved.len());
+    status.unavailable = unavailable;
+    status.revisions = revision_counts(devices, &target);
+    status.waves = waves(total, max_unavailable, policy.canary.is_some());
+
+    // Progress: more devices moved or ready than the last status said.
+    let last_ready = last
+        .revisions
+        .iter()
+        .find(|r| r.revision == target)
+        .map_or(0, |r| r.ready);
+    if !same_update || status.updated > last.updated || ready > last_ready {
+        last_progress = now;
+    }
+    status.last_progress_time = Some(Time(last_progress));
+
+    let done = total > 0 && moved.len() == devices.len() && unavailable == 0;
+    let mut plan = Plan {
+        moves: Vec::new(),
+        status,
+        recheck_in: None,
+    };
+    let budget = max_unavailable.saturating_sub(unavailable) as usize;
+    let candidates = order
+        .iter()
+        .filter(|d| !is_at(d, &target) && d.online)
+        .map(|d| d.name.clone());
+
+    if rolling_back {
+        if done || moved_away(devices, update) == 0 && unavailable == 0 {
+            plan.status.phase = RolloutPhase::RolledBack;
+            plan.status.message = format!(
+                "revision {update} exceeded the failure threshold; every device moved back to {target}"
+            );
+        } else {
+            plan.status.phase = RolloutPhase::RollingBack;
+            // Only the devices that left the target go back; a device that never ran the
+            // failed revision has nothing to roll back.
+            plan.moves = order
+                .iter()
+                .filter(|d| d.online && d.at.as_deref() == Some(update))
+                .take(budget)
+                .map(|d| d.name.clone())
+                .collect();
+            plan.status.message = format!(
+                "rolling back to {target}: {} devices back, {} to go{}",
+                plan.status.updated,
+                moved_away(devices, update),
+                deferred_note(deferred)
+            );
+        }
+        plan.status.wave = wave_of(plan.status.updated, max_unavailable, false);
+        return plan;
+    }
+
+    if done {
+        plan.status.phase = RolloutPhase::Complete;
+        plan.status.current_revision = update.to_owned();
+        plan.status.wave = plan.status.waves;
+        plan.status.message = format!("every device runs revision {update}");
+        return plan;
+    }
+
+    let threshold = policy.failure_threshold.of(count_u32(moved.len()), false);
+    if failed > threshold {
+        let why = format!(
+            "{failed} failed devices exceed the failure threshold of {} ({threshold} of {} moved)",
+            policy.failure_threshold,
+            moved.len()
+        );
+        if policy.on_failure == OnFailure::Rollback && !plan.status.current_revision.is_empty() {
+            // The next pass (this status saved) moves the devices back.
+            plan.status.phase = RolloutPhase::RollingBack;
+            plan.status.target_revision = plan.status.current_revision.clone();
+            plan.status.failed_revision = update.to_owned();
+            plan.status.message =
+                format!("{why}; rolling back to {}", plan.status.current_revision);
+            plan.recheck_in = Some(Duration::ZERO);
+        } else {
+            plan.status.phase = RolloutPhase::Stalled;
+            plan.status.message = if policy.on_failure == OnFailure::Rollback {
+                format!("{why}; no earlier revision was fully ready, nothing to roll back to")
+            } else {
+                why
+            };
+        }
+        plan.status.wave = wave_of(
+            plan.status.updated,
+            max_unavailable,
+            policy.canary.is_some(),
+        );
+        return plan;
+    }
+
+    if policy.paused {
+        plan.status.phase = RolloutPhase::Paused;
+        plan.status.message = format!(
+            "paused with {} of {total} devices at {target}",
+            plan.status.updated
+        );
+        plan.status.last_progress_time = Some(Time(now));
+        plan.status.wave = wave_of(
+            plan.status.updated,
+            max_unavailable,
+            policy.canary.is_some(),
+        );
+        return plan;
+    }
+
+    // The canary: the first K devices of the order that can take part (online or already
+    // moved), alone, then ready for the soak time.
+    let mut waves_from = 0;
+    if let Some((count, _, soak)) = &policy.canary {
+        let k = count.of(total, true).clamp(1, total.max(1)) as usize;
+        let canaries: Vec<&Device> = order
+            .iter()
+            .copied()
+            .filter(|d| is_at(d, &target) || d.online)
+            .take(k)
+            .collect();
+        let canaries_ready = canaries
+            .iter()
+            .all(|d| is_at(d, &target) && d.health == Health::Ready);
+        let canaries_moved = canaries.iter().all(|d| is_at(d, &target));
+        if !canaries_moved || !canaries_ready {
+            plan.status.phase = RolloutPhase::Canary;
+            plan.moves = canaries
+                .iter()
+                .filter(|d| !is_at(d, &target))
+                .take(budget)
+                .map(|d| d.name.clone())
+                .collect();
+            let waiting: Vec<&str> = canaries
+                .iter()
+                .filter(|d| d.health != Health::Ready || !is_at(d, &target))
+                .map(|d| d.name.as_str())
+                .collect();
+            plan.status.message = format!(
+                "canary: waiting for {} to be ready at {target}",
+                list(&waiting)
+            );
+            plan.status.wave = 1;
+            return finish(plan, policy, now, last_progress);
+        }
+        let since = canary_since.unwrap_or(now);
+        plan.status.canary_ready_since = Some(Time(since));
+        let soaked = now.duration_since(since).unsigned_abs();
+        if soaked < *soak {
+            let left = *soak - soaked;
+            plan.status.phase = RolloutPhase::Soaking;
+            plan.status.message = format!(
+                "canary ready ({}); soaking {}s more",
+                list(&canaries.iter().map(|d| d.name.as_str()).collect::<Vec<_>>()),
+                left.as_secs()
+            );
+            plan.status.wave = 1;
+            plan.status.last_progress_time = Some(Time(now));
+            plan.recheck_in = Some(left);
+            return plan;
+        }
+        waves_from = 1;
+    }
+
+    plan.moves = candidates.take(budget).collect();
+    plan.status.phase = RolloutPhase::Progressing;
+    let after_moves = plan.status.updated + count_u32(plan.moves.len());
+    plan.status.wave = wave_of(after_moves, max_unavailable, waves_from == 1);
+    plan.status.message = if plan.moves.is_empty() {
+        if unavailable > 0 {
+            format!(
+                "wave {} of {}: waiting for {unavailable} updating devices to be ready{}",
+                plan.status.wave,
+                plan.status.waves,
+                deferred_note(deferred)
+            )
+        } else {
+            format!(
+                "waiting for {deferred} offline devices (deferred; they update when they return)"
+            )
+        }
+    } else {
+        format!(
+            "wave {} of {}: moving {} to {target}{}",
+            plan.status.wave,
+            plan.status.waves,
+            list(&plan.moves.iter().map(String::as_str).collect::<Vec<_>>()),
+            deferred_note(deferred)
+        )
+    };
+    finish(plan, policy, now, last_progress)
+}
+
+/// The progress deadline: a rollout that cannot progress reports Stalled (and keeps
+/// moving devices whenever it can).
+fn finish(mut plan: Plan, policy: &Policy, now: Timestamp, last_progress: Timestamp) -> Plan {
+    if !plan.moves.is_empty() {
+        plan.status.last_progress_time = Some(Time(now));
+        return plan;
+    }
+    let idle = now.duration_since(last_progress).unsigned_abs();
+    if idle >= policy.progress_deadline {
+        plan.status.phase = RolloutPhase::Stalled;
+        plan.status.message = format!(
+            "no progress for {}s (progressDeadlineSeconds {}): {}",
+            idle.as_secs(),
+            policy.progress_deadline.as_secs(),
+            plan.status.message
+        );
+    } else {
+        plan.recheck_in = Some(policy.progress_deadline - idle);
+    }
+    plan
+}
+
+fn is_at(d: &Device, revision: &str) -> bool {
+    d.at.as_deref() == Some(revision)
+}
+
+fn moved_away(devices: &[Device], revision: &str) -> u32 {
+    count_u32(devices.iter().filter(|d| is_at(d, revision)).count())
+}
+
+/// Canaries (devices the canary selector matches) first, then by name.
+fn ordered<'a>(devices: &'a [Device], policy: &Policy) -> Vec<&'a Device> {
+    let preferred = |d: &Device| match &policy.canary {
+        Some((_, Some(selector), _)) => !selector.matches(&d.labels),
+        _ => false,
+    };
+    let mut order: Vec<&Device> = devices.iter().collect();
+    order.sort_by(|a, b| {
+        preferred(a)
+            .cmp(&preferred(b))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    order
+}
+
+fn revision_counts(devices: &[Device], target: &str) -> Vec<RevisionCount> {
+    let mut counts: BTreeMap<&str, RevisionCount> = BTreeMap::new();
+    for d in devices {
+        let rev = d.at.as_deref().unwrap_or("");
+        let c = counts.entry(rev).or_insert_with(|| RevisionCount {
+            revision: rev.to_owned(),
+            ..Default::default()
+        });
+        c.devices += 1;
+        if d.health == Health::Ready {
+            c.ready += 1;
+        }
+    }
+    let mut out: Vec<RevisionCount> = counts.into_values().collect();
+    // The target first, then the most devices.
+    out.sort_by(|a, b| {
+        (b.revision == target)
+            .cmp(&(a.revision == target))
+            .then_with(|| b.devices.cmp(&a.devices))
+    });
+    out.truncate(5);
+    out
+}
+
+fn waves(total: u32, per_wave: u32, canary: bool) -> u32 {
+    total.div_ceil(per_wave.max(1)).max(1) + u32::from(canary)
+}
+
+fn wave_of(moved: u32, per_wave: u32, canary: bool) -> u32 {
+    moved.div_ceil(per_wave.max(1)).max(1) + u32::from(canary)
+}
+
+fn deferred_note(deferred: u32) -> String {
+    if deferred == 0 {
+        String::new()
+    } else {
+        format!("; {deferred} offline devices deferred")
+    }
+}
+
+/// At most five names, then how many more.
+fn list(names: &[&str]) -> String {
+    let mut s = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    if names.len() > 5 {
+        s.push_str(&format!(" and {} more", names.len() - 5));
+    }
+    s
+}
+
+fn count_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const S: &str = "rev-stable";
+    const U: &str = "rev-update";
+
+    fn t0() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).expect("time")
+    }
+
+    fn policy(max_unavailable: u32) -> Policy {
+        Policy {
+            max_unavailable: Count::Devices(max_unavailable),
+            canary: None,
+            paused: false,
+            failure_threshold: Count::Devices(0),
+            on_failure: OnFailure::Pause,
+            progress_deadline: Duration::from_secs(600),
+        }
+    }
+
+    fn fleet(names: &[&str]) -> Vec<Device> {
+        names
+            .iter()
+            .map(|n| Device {
+                name: (*n).to_owned(),
+                labels: BTreeMap::from([("channel".to_owned(), "stable".to_owned())]),
+                online: true,
+                at: Some(S.to_owned()),
+                health: Health::Ready,
+            })
+            .collect()
+    }
+
+    fn stable() -> RolloutStatus {
+        RolloutStatus {
+            current_revision: S.into(),
+            update_revision: S.into(),
+            phase: RolloutPhase::Complete,
+            ..Default::default()
+        }
+    }
+
+    /// Applies a plan's moves the way the controller does: the device takes the target.
+    fn apply(devices: &mut [Device], plan: &Plan) {
+        for d in devices.iter_mut() {
+            if plan.moves.contains(&d.name) {
+                d.at = Some(plan.status.target_revision.clone());
+                d.health = Health::Updating;
+            }
+        }
+    }
+
+    fn set(devices: &mut [Device], name: &str, f: impl FnOnce(&mut Device)) {
+        f(devices.iter_mut().find(|d| d.name == name).expect("device"));
+    }
+
+    #[test]
+    fn one_device_at_a_time_in_name_order() {
+        let mut devices = fleet(&["edge-3", "edge-1", "edge-2"]);
+        let p = policy(1);
+        let mut last = stable();
+        let mut order = Vec::new();
+        for step in 0..10 {
+            let plan = plan(&p, U, &devices, &last, t0());
+            assert!(plan.moves.len() <= 1, "step {step}: {:?}", plan.moves);
+            order.extend(plan.moves.clone());
+            apply(&mut devices, &plan);
+            last = plan.status;
+            // The moved device becomes ready before the next pass.
+            for d in devices.iter_mut() {
+                d.health = Health::Ready;
+            }
+            if last.phase == RolloutPhase::Complete {
+                break;
+            }
+        }
+        assert_eq!(order, ["edge-1", "edge-2", "edge-3"]);
+        assert_eq!(last.phase, RolloutPhase::Complete);
+        assert_eq!(last.current_revision, U);
+    }
+
+    #[test]
+    fn a_wave_waits_for_the_updating_device() {
+        let mut devices = fleet(&["a", "b"]);
+        let first = plan(&policy(1), U, &devices, &stable(), t0());
+        assert_eq!(first.moves, ["a"]);
+        apply(&mut devices, &first);
+        let second = plan(&policy(1), U, &devices, &first.status, t0());
+        assert_eq!(second.moves, Vec::<String>::new());
+        assert_eq!(second.status.unavailable, 1);
+        assert!(
+            second.status.message.contains("waiting for 1 updating"),
+            "{}",
+            second.status.message
+        );
+    }
+
+    #[test]
+    fn an_offline_device_is_deferred_then_moved_when_it_returns() {
+        let mut devices = fleet(&["a", "b", "c"]);
+        set(&mut devices, "a", |d| d.online = false);
+        let mut last = stable();
+        for _ in 0..6 {
+            let plan = plan(&policy(1), U, &devices, &last, t0());
+            assert!(
+                !plan.moves.contains(&"a".to_owned()),
+                "an offline device never moves"
+            );
+            apply(&mut devices, &plan);
+            devices.iter_mut().for_each(|d| d.health = Health::Ready);
+            last = plan.status;
+        }
+        assert_eq!(last.phase, RolloutPhase::Progressing);
+        assert!(
+            last.message.contains("1 offline devices"),
+            "{}",
+            last.message
+        );
+        assert_eq!(last.updated, 2);
+        set(&mut devices, "a", |d| d.online = true);
+        let back = plan(&policy(1), U, &devices, &last, t0());
+        assert_eq!(back.moves, ["a"]);
+        apply(&mut devices, &back);
+        devices.iter_mut().for_each(|d| d.health = Health::Ready);
+        let done = plan(&policy(1), U, &devices, &back.status, t0());
+        assert_eq!(done.status.phase, RolloutPhase::Complete);
+    }
+
+    #[test]
+    fn the_canary_goes_first_and_soaks() {
+        let mut devices = fleet(&["a", "b", "c", "d"]);
+        set(&mut devices, "c", |d| {
+            d.labels.insert("channel".into(), "beta".into());
+        });
+        let mut p = policy(2);
+        let selector = Selector::parse(&edgefleet_crds::DeviceSelector {
+            match_labels: BTreeMap::from([("channel".into(), "beta".into())]),
+            match_expressions: vec![],
+        })
+        .expect("selector");
+        p.canary = Some((Count::Devices(1), Some(selector), Duration::from_secs(60)));
+        let first = plan(&p, U, &devices, &stable(), t0());
+        assert_eq!(first.moves, ["c"], "the beta device is the canary");
+        assert_eq!(first.status.phase, RolloutPhase::Canary);
+        apply(&mut devices, &first);
+        let waiting = plan(&p, U, &devices, &first.status, t0());
+        assert!(waiting.moves.is_empty());
+        set(&mut devices, "c", |d| d.health = Health::Ready);
+        let soaking = plan(&p, U, &devices, &waiting.status, t0());
+        assert_eq!(soaking.status.phase, RolloutPhase::Soaking);
+        assert!(soaking.moves.is_empty());
+        assert_eq!(soaking.recheck_in, Some(Duration::from_secs(60)));
+        let later = t0() + jiff::SignedDuration::from_secs(30);
+        let still = plan(&p, U, &devices, &soaking.status, later);
+        assert_eq!(still.status.phase, RolloutPhase::Soaking);
+        assert_eq!(still.recheck_in, Some(Duration::from_secs(30)));
+        let after = t0() + jiff::SignedDuration::from_secs(61);
+        let waves = plan(&p, U, &devices, &still.status, after);
+        assert_eq!(waves.status.phase, RolloutPhase::Progressing);
+        assert_eq!(waves.moves, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_failing_canary_resets_the_soak() {
+        let mut devices = fleet(&["a", "b"]);
+        let mut p = policy(1);
+        p.canary = Some((Count::Devices(1), None, Duration::from_secs(60)));
+        p.failure_threshold = Count::Devices(1);
+        let first = plan(&p, U, &devices, &stable(), t0());
+        apply(&mut devices, &first);
+        set(&mut devices, "a", |d| d.health = Health::Ready);
+        let soaking = plan(&p, U, &devices, &first.status, t0());
+        assert!(soaking.status.canary_ready_since.is_some());
+        set(&mut devices, "a", |d| d.health = Health::Updating);
+        let again = plan(&p, U, &devices, &soaking.status, t0());
+        assert_eq!(again.status.phase, RolloutPhase::Canary);
+        assert_eq!(again.status.canary_ready_since, None);
+    }
+
+    #[test]
+    fn failures_beyond_the_threshold_roll_back_the_devices_already_moved() {
+        let mut devices = fleet(&["a", "b", "c"]);
+        let mut p = policy(1);
+        p.on_failure = OnFailure::Rollback;
+        let first = plan(&p, U, &devices, &stable(), t0());
+        assert_eq!(first.moves, ["a"]);
+        apply(&mut devices, &first);
+        set(&mut devices, "a", |d| d.health = Health::Failed);
+        let tripped = plan(&p, U, &devices, &first.status, t0());
+        assert_eq!(tripped.status.phase, RolloutPhase::RollingBack);
+        assert!(tripped.moves.is_empty());
+        assert!(
+            tripped
+                .status
+                .message
+                .contains("exceed the failure threshold"),
+            "{}",
+            tripped.status.message
+        );
+        let back = plan(&p, U, &devices, &tripped.status, t0());
+        assert_eq!(back.status.target_revision, S);
+        assert_eq!(back.moves, ["a"], "only the device that moved goes back");
+        apply(&mut devices, &back);
+        set(&mut devices, "a", |d| d.health = Health::Ready);
+        let done = plan(&p, U, &devices, &back.status, t0());
+        assert_eq!(done.status.phase, RolloutPhase::RolledBack);
+        assert_eq!(done.status.failed_revision, U);
+        assert!(devices.iter().all(|d| d.at.as_deref() == Some(S)));
+        // It stays rolled back, and a new revision starts over.
+        let stays = plan(&p, U, &devices, &done.status, t0());
+        assert_eq!(stays.status.phase, RolloutPhase::RolledBack);
+        assert!(stays.moves.is_empty());
+        let fresh = plan(&p, "rev-fixed", &devices, &stays.status, t0());
+        assert_eq!(fresh.moves, ["a"]);
+        assert_eq!(fresh.status.target_revision, "rev-fixed");
+    }
+
+    #[test]
+    fn failures_with_pause_stall_and_a_percent_threshold_tolerates_some() {
+        let mut devices = fleet(&["a", "b", "c", "d"]);
+        let mut p = policy(4);
+        let first = plan(&p, U, &devices, &stable(), t0());
+        apply(&mut devices, &first);
+        set(&mut devices, "b", |d| d.health = Health::Failed);
+        let stalled = plan(&p, U, &devices, &first.status, t0());
+        assert_eq!(stalled.status.phase, RolloutPhase::Stalled);
+        p.failure_threshold = Count::Percent("25%".into());
+        let tolerated = plan(&p, U, &devices, &first.status, t0());
+        assert_eq!(tolerated.status.phase, RolloutPhase::Progressing);
+        // Rollback without an earlier fully ready revision: nothing to go back to.
+        p.failure_threshold = Count::Devices(0);
+        p.on_failure = OnFailure::Rollback;
+        let fresh = RolloutStatus::default();
+        let nowhere = plan(&p, U, &devices, &fresh, t0());
+        assert_eq!(nowhere.status.phase, RolloutPhase::Stalled);
+        assert!(nowhere.status.message.contains("nothing to roll back to"));
+    }
+
+    #[test]
+    fn paused_holds_and_the_deadline_stalls() {
+        let devices = fleet(&["a", "b"]);
+        let mut p = policy(1);
+        p.paused = true;
+        let held = plan(&p, U, &devices, &stable(), t0());
+        assert!(held.moves.is_empty());
+        assert_eq!(held.status.phase, RolloutPhase::Paused);
+        p.paused = false;
+        let mut devices = devices;
+        devices.iter_mut().for_each(|d| d.online = false);
+        let waiting = plan(&p, U, &devices, &held.status, t0());
+        assert_eq!(waiting.status.phase, RolloutPhase::Progressing);
+        assert_eq!(waiting.recheck_in, Some(Duration::from_secs(600)));
+        let late = t0() + jiff::SignedDuration::from_secs(601);
+        let stalled = plan(&p, U, &devices, &waiting.status, late);
+        assert_eq!(stalled.status.phase, RolloutPhase::Stalled);
+        assert!(
+            stalled.status.message.contains("no progress for 601s"),
+            "{}",
+            stalled.status.message
+        );
+    }
+
+    #[test]
+    fn a_restart_continues_from_the_status_and_the_devices() {
+        // Two passes from the same API state decide the same: nothing is kept in memory.
+        let mut devices = fleet(&["a", "b", "c"]);
+        let first = plan(&policy(1), U, &devices, &stable(), t0());
+        apply(&mut devices, &first);
+        set(&mut devices, "a", |d| d.health = Health::Ready);
+        let one = plan(&policy(1), U, &devices, &first.status, t0());
+        let other = plan(&policy(1), U, &devices, &first.status, t0());
+        assert_eq!(one, other);
+        assert_eq!(one.moves, ["b"]);
+    }
+
+    /// Many random fleets, each through a whole rollout with devices going offline and
+    /// coming back, updates finishing at random and some failing: the unavailable count
+    /// never exceeds maxUnavailable, no device moves twice to the same revision, and with
+    /// no failures every rollout completes once all devices are back.
+    #[test]
+    fn property_unavailable_never_exceeds_max_unavailable() {
+        for seed in 0..400u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let n = rng.usize(1..40);
+            let names: Vec<String> = (0..n).map(|i| format!("dev-{i:02}")).collect();
+            let mut devices: Vec<Device> = names
+                .iter()
+                .map(|name| Device {
+                    name: name.clone(),
+                    labels: BTreeMap::from([(
+                        "channel".to_owned(),
+                        if rng.u8(0..4) == 0 { "beta" } else { "stable" }.to_owned(),
+                    )]),
+                    online: rng.u8(0..5) != 0,
+                    at: if rng.bool() { Some(S.to_owned()) } else { None },
+                    health: Health::Ready,
+                })
+                .collect();
+            let mut p = policy(0);
+            p.max_unavailable = if rng.bool() {
+                Count::Devices(rng.u32(1..6))
+            } else {
+                Count::Percent(format!("{}%", rng.u32(1..60)))
+            };
+            if rng.bool() {
+                let selector = Selector::parse(&edgefleet_crds::DeviceSelector {
+                    match_labels: BTreeMap::from([("channel".into(), "beta".into())]),
+                    match_expressions: vec![],
+                })
+                .expect("selector");
+                p.canary = Some((
+                    Count::Devices(rng.u32(1..4)),
+                    Some(selector),
+                    Duration::from_secs(5),
+                ));
+            }
+            let failures = rng.u8(0..3) == 0;
+            p.failure_threshold = Count::Devices(n as u32);
+            let max = p.max_unavailable.of(n as u32, false).max(1);
+            let mut last = stable();
+            let mut now = t0();
+            let mut moves: BTreeSet<(String, String)> = BTreeSet::new();
+            for step in 0..2000 {
+                let plan = plan(&p, U, &devices, &last, now);
+                for m in &plan.moves {
+                    assert!(
+                        moves.insert((m.clone(), plan.status.target_revision.clone())),
+                        "seed {seed} step {step}: {m} moved twice"
+                    );
+                    let d = devices.iter().find(|d| &d.name == m).expect("device");
+                    assert!(d.online, "seed {seed}: offline {m} moved");
+                }
+                apply(&mut devices, &plan);
+                let unavailable = devices
+                    .iter()
+                    .filter(|d| d.at.as_deref() == Some(U) && d.health != Health::Ready)
+                    .count() as u32;
+                assert!(
+                    unavailable <= max,
+                    "seed {seed} step {step}: {unavailable} unavailable > {max}"
+                );
+                last = plan.status;
+                if last.phase == RolloutPhase::Complete {
+                    break;
+                }
+                // The world moves on: updates finish (some fail), links come and go; after
+                // step 1000 every device is back for good.
+                for d in devices.iter_mut() {
+                    if d.at.as_deref() == Some(U)
+                        && d.health == Health::Updating
+                        && rng.u8(0..3) == 0
+                    {
+                        d.health = if failures && rng.u8(0..10) == 0 {
+                            Health::Failed
+                        } else {
+                            Health::Ready
+                        };
+                    }
+                    if step < 1000 && rng.u8(0..10) == 0 {
+                        d.online = !d.online;
+                    } else if step >= 1000 {
+                        d.online = true;
+                    }
+                }
+                now += jiff::SignedDuration::from_secs(1);
+            }
+            if !failures {
+                assert_eq!(
+                    last.phase,
+                    RolloutPhase::Complete,
+                    "seed {seed}: {}",
+                    last.message
+                );
+                assert!(devices.iter().all(|d| d.at.as_deref() == Some(U)));
+            }
+        }
+    }
+}
