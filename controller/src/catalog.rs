@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_crds::names::{NameError, check_dns_label, check_env_name, check_image};
 use edgefleet_crds::{
-    DeploymentModule, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, ResolvedModule,
+    DeploymentModule, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, OnUntarget, ResolvedModule,
 };
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::selector::{Selector, SelectorError};
@@ -71,6 +72,28 @@ pub struct CompiledDeployment {
     pub priority: i32,
     pub layered: bool,
     pub contribution: Contribution,
+    /// The hash of the deployment's spec and every EdgeModule spec it refers to.
+    pub revision: String,
+    /// Whether changes reach devices in a staged rollout (the planner moves devices one
+    /// by one) instead of all at once.
+    pub staged: bool,
+    /// `onUntarget: Retain`: a device the selector no longer selects keeps the modules.
+    pub retain: bool,
+}
+
+/// The revision of a deployment: a 16-hex-digit hash of its spec and of the specs of the
+/// EdgeModules it refers to (in the spec's order; a missing one hashes as null).
+pub fn revision(d: &EdgeDeployment, modules: &impl ModuleLookup) -> String {
+    let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
+    let referenced: Vec<Option<&EdgeModuleSpec>> = d
+        .spec
+        .modules
+        .iter()
+        .map(|m| modules.module(namespace, m.module_name()))
+        .collect();
+    let bytes = serde_json::to_vec(&(&d.spec, referenced)).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Looks EdgeModules up by `namespace/name`.
@@ -122,6 +145,15 @@ pub fn problems(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<SpecProb
     let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
     let mut out = Vec::new();
     if let Err(e) = Selector::parse(&d.spec.selector) {
+        out.push(e.into());
+    }
+    let canary_selector = d
+        .spec
+        .rollout
+        .as_ref()
+        .and_then(|r| r.canary.as_ref())
+        .and_then(|c| c.selector.as_ref());
+    if let Some(Err(e)) = canary_selector.map(Selector::parse) {
         out.push(e.into());
     }
     let mut seen = BTreeSet::new();
@@ -183,6 +215,13 @@ pub fn compile(d: &EdgeDeployment, modules: &impl ModuleLookup) -> CompiledDeplo
         priority: d.spec.priority,
         layered: d.spec.layered,
         contribution,
+        revision: revision(d, modules),
+        staged: d.spec.rollout.is_some(),
+        retain: d
+            .spec
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.on_untarget == OnUntarget::Retain),
     }
 }
 

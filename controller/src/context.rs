@@ -1,12 +1,13 @@
 //! State shared by every reconcile: the client, the configuration, the caches (reflector
 //! stores) and the compiled deployment catalog.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use edgefleet_crds::identity::CONTROLLER_NAME;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, EdgeModuleSpec};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Client;
@@ -28,6 +29,8 @@ pub struct Stores {
     pub deployments: Store<EdgeDeployment>,
     pub modules: Store<EdgeModule>,
     pub leases: Store<Lease>,
+    /// The deployments' ControllerRevisions (labelled `edgefleet.io/deployment`).
+    pub revisions: Store<ControllerRevision>,
 }
 
 /// The caches, for readiness tracking.
@@ -38,6 +41,7 @@ pub enum Cache {
     Modules = 4,
     Leases = 8,
     Nodes = 16,
+    Revisions = 32,
 }
 
 /// Which caches have their initial list. kube's `Store::wait_until_ready` wakes only one
@@ -53,7 +57,7 @@ impl Default for Synced {
 }
 
 impl Synced {
-    const ALL: u8 = 31;
+    const ALL: u8 = 63;
 
     pub fn observe<K, E>(&self, cache: Cache, event: &Result<kube::runtime::watcher::Event<K>, E>) {
         if let Ok(kube::runtime::watcher::Event::InitDone) = event {
@@ -80,6 +84,9 @@ pub struct Context {
     catalog: Mutex<Option<(u64, Arc<Vec<CompiledDeployment>>)>>,
     /// (device, module) pairs seen failing, so "module failed" is an Event once per failure.
     pub failing: Mutex<HashSet<(String, String)>>,
+    /// Per staged deployment: the target revision and the devices moved to it that the
+    /// cache may not show yet (see `staging`).
+    pub(crate) moves: Mutex<HashMap<String, (String, BTreeSet<String>)>>,
     synced: Arc<Synced>,
 }
 
@@ -109,6 +116,7 @@ impl Context {
             stores,
             catalog: Mutex::new(None),
             failing: Mutex::new(HashSet::new()),
+            moves: Mutex::new(HashMap::new()),
             synced,
         }
     }

@@ -14,11 +14,11 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use crate::apply;
 use crate::catalog::{self, Contribution};
 use crate::context::{Context, reference};
 use crate::error::{Error, Result};
 use crate::rollup::{self, DeviceView, conditions};
+use crate::{apply, staging};
 
 pub const CONTROLLER: &str = "deployment";
 
@@ -47,23 +47,42 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
                 .as_ref()
                 .and_then(|s| condition::find(&s.conditions, ONLINE))
                 .is_some_and(|c| c.is_true()),
+            moved_to: &dev.spec.rollouts,
         });
     let r = rollup::rollup(&compiled, views);
     let mut status = rollup::status(d.metadata.generation, &problems, &r);
     let old = d.status.clone().unwrap_or_default();
+    let (rollout, recheck_in) = match staging::step(&ctx, &d, &compiled, &r).await? {
+        Some((rollout, recheck_in)) => (Some(rollout), recheck_in),
+        None => (old.rollout.clone(), None),
+    };
+    status.rollout = rollout;
+    staging::conditions_of_rollout(&mut status, d.metadata.generation);
     let now = Time(jiff::Timestamp::now());
     condition::carry_transition_times(&mut status.conditions, &old.conditions, &now);
+    let requeue = Action::requeue(
+        recheck_in
+            .unwrap_or(IDLE_RECHECK)
+            .min(IDLE_RECHECK)
+            .max(Duration::from_secs(1)),
+    );
     if status == old {
         ctx.metrics.skipped_write(CONTROLLER);
-        return Ok(Action::requeue(Duration::from_secs(300)));
+        return Ok(requeue);
     }
     let api = Api::<EdgeDeployment>::namespaced(ctx.client.clone(), &ns);
     apply::status(&api, &name, &status)
         .await
         .map_err(|e| Error::ApplyDeploymentStatus(catalog::key(&ns, &name), e))?;
     publish_transitions(&ctx, &d, &old, &status).await;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    if let Some(rollout) = &status.rollout {
+        staging::publish_phase(&ctx, &d, old.rollout.as_ref(), rollout).await;
+    }
+    Ok(requeue)
 }
+
+/// How often a deployment is looked at with nothing changing.
+const IDLE_RECHECK: Duration = Duration::from_secs(300);
 
 async fn publish_transitions(
     ctx: &Context,

@@ -139,7 +139,14 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     let (desired, labels_stale) = match &node {
         Some(n) => {
             let (labels, stale) = effective_labels(&device, n.labels());
-            (targeting::resolve(&labels, &ctx.catalog(), current), stale)
+            let staging = targeting::Staging {
+                moved_to: &device.spec.rollouts,
+                snapshots: ctx.as_ref(),
+            };
+            (
+                targeting::resolve_staged(&labels, &ctx.catalog(), current, &staging),
+                stale,
+            )
         }
         None => (DesiredState::new(vec![], vec![]), false),
     };

@@ -20,6 +20,10 @@ pub enum Error {
     ApplyDeploymentStatus(String, #[source] kube::Error),
     #[error("cannot apply the status of EdgeModule {0}: {1}")]
     ApplyModuleStatus(String, #[source] kube::Error),
+    #[error("cannot move device {0} to a new revision: {1}")]
+    MoveDevice(String, #[source] kube::Error),
+    #[error("cannot write the ControllerRevision {0}: {1}")]
+    ApplyRevision(String, #[source] kube::Error),
     #[error("cannot read the pod {0} behind a certificate request: {1}")]
     ReadPod(String, #[source] kube::Error),
     #[error("cannot approve or deny the certificate request {0}: {1}")]
@@ -36,6 +40,8 @@ impl Error {
             Error::ApplyRbac(..) => "rbac_write",
             Error::ApplyDeploymentStatus(..) => "deployment_status_write",
             Error::ApplyModuleStatus(..) => "module_status_write",
+            Error::MoveDevice(..) => "device_move",
+            Error::ApplyRevision(..) => "revision_write",
             Error::ReadPod(..) => "pod_read",
             Error::DecideCsr(..) => "csr_write",
         }

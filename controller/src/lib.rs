@@ -21,6 +21,7 @@ pub mod rollout;
 pub mod rollup;
 pub mod run;
 pub mod selector;
+pub mod staging;
 pub mod status_check;
 pub mod targeting;
 

@@ -13,6 +13,7 @@ use edgefleet_crds::{
 };
 
 use crate::catalog::{CompiledDeployment, Contribution, SpecProblem};
+use crate::rollout::{self, Health};
 
 /// Condition types on an EdgeDeployment.
 pub mod conditions {
@@ -31,6 +32,8 @@ pub struct DeviceView<'a> {
     pub desired: Option<&'a DesiredState>,
     pub status: Option<&'a EdgeDeviceStatus>,
     pub online: bool,
+    /// The device's `spec.rollouts`: which revision each staged deployment moved it to.
+    pub moved_to: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub struct Rollup {
     pub failures: Vec<FailureSample>,
     /// Deployments that tie with this one and win on some device.
     pub tied_with: BTreeSet<String>,
+    /// For a staged deployment: every device it targets, as the rollout planner sees it.
+    pub rollout: Vec<rollout::Device>,
 }
 
 enum ModuleHealth {
@@ -106,16 +111,35 @@ pub fn rollup<'a>(d: &CompiledDeployment, devices: impl Iterator<Item = DeviceVi
             .and_then(|s| s.targeting.iter().find(|t| t.deployment == d.key));
         let selects_now = match &d.contribution {
             Contribution::Fresh { selector, .. } => selector.matches(dev.labels),
-            Contribution::Held { .. } => {
-                decision.is_some_and(|t| t.outcome != TargetingOutcome::Lost)
+            Contribution::Held { .. } => decision.is_some_and(|t| {
+                matches!(
+                    t.outcome,
+                    TargetingOutcome::Owner | TargetingOutcome::Layered
+                )
+            }),
+        };
+        let moved_to = dev.moved_to.get(&d.key);
+        let mut planner_view = |health: Health| {
+            if d.staged {
+                r.rollout.push(rollout::Device {
+                    name: dev.name.to_owned(),
+                    labels: dev.labels.clone(),
+                    online: dev.online,
+                    at: moved_to.cloned(),
+                    health,
+                });
             }
         };
         let (Some(desired), Some(decision)) = (dev.desired, decision) else {
             if selects_now {
+                planner_view(Health::Updating);
                 r.pending += 1;
             }
             continue;
         };
+        if decision.outcome == TargetingOutcome::Retained && !selects_now {
+            continue;
+        }
         if !selects_now {
             r.pending += 1;
             continue;
@@ -137,6 +161,15 @@ pub fn rollup<'a>(d: &CompiledDeployment, devices: impl Iterator<Item = DeviceVi
             .iter()
             .filter(|m| m.deployment == d.key)
             .collect();
+        let verdict = device_health(dev, desired, &owned);
+        // The planner judges a device at the revision it was moved to, once its desired
+        // state carries that revision.
+        planner_view(match verdict {
+            _ if moved_to != Some(&decision.revision) => Health::Updating,
+            DeviceHealth::Ready => Health::Ready,
+            DeviceHealth::Rejected(_) | DeviceHealth::Failed(_) => Health::Failed,
+            DeviceHealth::NotApplied | DeviceHealth::Starting => Health::Updating,
+        });
         let up_to_date = matches!(d.contribution, Contribution::Held { .. })
             || owned
                 .iter()
@@ -145,49 +178,84 @@ pub fn rollup<'a>(d: &CompiledDeployment, devices: impl Iterator<Item = DeviceVi
             r.pending += 1;
             continue;
         }
-        let applied = dev.status.and_then(|s| s.applied_revision.as_deref())
-            == Some(desired.revision.as_str());
-        if !applied {
-            if let Some(reason) = rejection(dev.status, desired) {
+        match verdict {
+            DeviceHealth::Rejected(reason) => {
                 r.failed += 1;
                 failures.push(FailureSample {
                     device: dev.name.to_owned(),
                     module: String::new(),
                     reason,
                 });
-            } else if !dev.online {
-                r.deferred += 1;
             }
-            continue;
-        }
-        r.applied += 1;
-        let mut all_ready = true;
-        let mut failed = false;
-        for m in owned {
-            match module_health(m, dev.status) {
-                ModuleHealth::Ready => {}
-                ModuleHealth::NotReady => all_ready = false,
-                ModuleHealth::Failed(reason) => {
-                    all_ready = false;
-                    failed = true;
-                    failures.push(FailureSample {
-                        device: dev.name.to_owned(),
-                        module: m.name.clone(),
-                        reason,
-                    });
+            DeviceHealth::NotApplied => {
+                if !dev.online {
+                    r.deferred += 1;
                 }
             }
-        }
-        if failed {
-            r.failed += 1;
-        } else if all_ready {
-            r.ready += 1;
+            DeviceHealth::Failed(samples) => {
+                r.applied += 1;
+                r.failed += 1;
+                failures.extend(samples);
+            }
+            DeviceHealth::Starting => r.applied += 1,
+            DeviceHealth::Ready => {
+                r.applied += 1;
+                r.ready += 1;
+            }
         }
     }
     failures.sort_by(|a, b| (&a.device, &a.module).cmp(&(&b.device, &b.module)));
     failures.truncate(MAX_FAILURE_SAMPLES);
     r.failures = failures;
     r
+}
+
+/// How a device is doing with a deployment's modules in its desired state.
+enum DeviceHealth {
+    /// The agent rejected the desired state (the reason).
+    Rejected(String),
+    /// Not applied yet.
+    NotApplied,
+    /// Applied; some modules failed.
+    Failed(Vec<FailureSample>),
+    /// Applied; modules still starting.
+    Starting,
+    Ready,
+}
+
+fn device_health(
+    dev: DeviceView,
+    desired: &DesiredState,
+    owned: &[&ResolvedModule],
+) -> DeviceHealth {
+    let applied =
+        dev.status.and_then(|s| s.applied_revision.as_deref()) == Some(desired.revision.as_str());
+    if !applied {
+        return match rejection(dev.status, desired) {
+            Some(reason) => DeviceHealth::Rejected(reason),
+            None => DeviceHealth::NotApplied,
+        };
+    }
+    let mut all_ready = true;
+    let mut failed = Vec::new();
+    for m in owned {
+        match module_health(m, dev.status) {
+            ModuleHealth::Ready => {}
+            ModuleHealth::NotReady => all_ready = false,
+            ModuleHealth::Failed(reason) => failed.push(FailureSample {
+                device: dev.name.to_owned(),
+                module: m.name.clone(),
+                reason,
+            }),
+        }
+    }
+    if !failed.is_empty() {
+        DeviceHealth::Failed(failed)
+    } else if all_ready {
+        DeviceHealth::Ready
+    } else {
+        DeviceHealth::Starting
+    }
 }
 
 fn cond(
@@ -309,6 +377,7 @@ mod tests {
         desired: DesiredState,
         status: Option<EdgeDeviceStatus>,
         online: bool,
+        moved_to: BTreeMap<String, String>,
     }
 
     fn compiled(yaml_spec: &str) -> CompiledDeployment {
@@ -335,6 +404,7 @@ mod tests {
             desired,
             status,
             online,
+            moved_to: BTreeMap::new(),
         }
     }
 
@@ -347,6 +417,7 @@ mod tests {
                 desired: Some(&x.desired),
                 status: x.status.as_ref(),
                 online: x.online,
+                moved_to: &x.moved_to,
             }),
         )
     }
@@ -540,6 +611,7 @@ mod tests {
             desired: Some(&desired),
             status: None,
             online: true,
+            moved_to: &labels,
         };
         let r = rollup(&loser, std::iter::once(view));
         assert_eq!((r.lost, r.targeted), (1, 0));

@@ -13,6 +13,7 @@ use edgefleet_crds::device::conditions::{ONLINE, REGISTERED};
 use edgefleet_crds::identity::{DEVICE_LABEL, DEVICE_LABEL_VALUE, LEADER_LEASE};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
@@ -28,7 +29,7 @@ use crate::context::{Cache, Context, Stores, Synced};
 use crate::http::{self, Health};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
-use crate::{csr_approval, deployment, device, module_status, registry};
+use crate::{csr_approval, deployment, device, module_status, registry, staging};
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -234,7 +235,26 @@ async fn controllers(
         .default_backoff()
         .touched_objects();
 
+    // The deployments' revisions, for moving devices back to one: a cache, no controller.
+    let (revisions, revision_writer) = reflector::store();
+    let revision_synced = synced.clone();
+    let revision_watch = reflect(
+        revision_writer,
+        watcher(
+            Api::<ControllerRevision>::all(client.clone()),
+            watcher::Config::default().labels(staging::DEPLOYMENT_LABEL),
+        )
+        .modify(drop_managed_fields),
+    )
+    .default_backoff()
+    .for_each(move |e| {
+        revision_synced.observe(Cache::Revisions, &e);
+        ready(())
+    });
+    tokio::spawn(revision_watch);
+
     let stores = Stores {
+        revisions,
         nodes: nodes.clone(),
         devices: devices.clone(),
         deployments: deployments.clone(),

@@ -25,54 +25,141 @@ impl CompiledDeployment {
         match &self.contribution {
             Contribution::Fresh { selector, .. } => selector.matches(labels),
             Contribution::Held { .. } => current.is_some_and(|c| {
-                c.targeting
-                    .iter()
-                    .any(|t| t.deployment == self.key && t.outcome != TargetingOutcome::Lost)
+                c.targeting.iter().any(|t| {
+                    t.deployment == self.key
+                        && matches!(
+                            t.outcome,
+                            TargetingOutcome::Owner | TargetingOutcome::Layered
+                        )
+                })
             }),
         }
     }
 
-    fn modules_for<'a>(&'a self, current: Option<&'a DesiredState>) -> Vec<&'a ResolvedModule> {
+    /// The modules this deployment gives the device, and the revision they are from.
+    fn modules_for(
+        &self,
+        current: Option<&DesiredState>,
+        staging: &Staging,
+    ) -> (Vec<ResolvedModule>, String) {
+        // What the device has from this deployment now: kept while a held spec waits to be
+        // fixed, or while a staged rollout has not reached the device yet.
+        let read_back = || {
+            let Some(c) = current else {
+                return (Vec::new(), String::new());
+            };
+            let modules = c
+                .modules
+                .iter()
+                .filter(|m| m.deployment == self.key)
+                .cloned()
+                .collect();
+            let revision = c
+                .targeting
+                .iter()
+                .find(|t| t.deployment == self.key)
+                .map(|t| t.revision.clone())
+                .unwrap_or_default();
+            (modules, revision)
+        };
         match &self.contribution {
-            Contribution::Fresh { modules, .. } => modules.iter().collect(),
-            Contribution::Held { .. } => current
-                .map(|c| {
-                    c.modules
-                        .iter()
-                        .filter(|m| m.deployment == self.key)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            Contribution::Held { .. } => read_back(),
+            Contribution::Fresh { modules, .. } if !self.staged => {
+                (modules.clone(), self.revision.clone())
+            }
+            Contribution::Fresh { modules, .. } => match staging.moved_to.get(&self.key) {
+                Some(r) if *r == self.revision => (modules.clone(), r.clone()),
+                Some(r) => match staging.snapshots.modules(&self.key, r) {
+                    Some(snapshot) => (snapshot, r.clone()),
+                    None => read_back(),
+                },
+                None => read_back(),
+            },
         }
     }
 }
 
-/// The desired state of one device with these labels. `current` is the device's present
-/// desired state, read only for held deployments.
+/// The earlier revisions of deployments (their ControllerRevisions).
+pub trait Snapshots {
+    /// The modules deployment `key` gave devices at `revision`, if that revision is kept.
+    fn modules(&self, key: &str, revision: &str) -> Option<Vec<ResolvedModule>>;
+}
+
+/// No earlier revisions: for deployments without staged rollouts, and tests.
+impl Snapshots for () {
+    fn modules(&self, _: &str, _: &str) -> Option<Vec<ResolvedModule>> {
+        None
+    }
+}
+
+/// Where staged deployments' modules come from on one device.
+pub struct Staging<'a> {
+    /// The device's `spec.rollouts`: the revision each staged deployment moved it to.
+    pub moved_to: &'a BTreeMap<String, String>,
+    pub snapshots: &'a dyn Snapshots,
+}
+
+impl std::fmt::Debug for Staging<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging")
+            .field("moved_to", self.moved_to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The desired state of one device with these labels, when no deployment is staged.
 pub fn resolve(
     labels: &BTreeMap<String, String>,
     catalog: &[CompiledDeployment],
     current: Option<&DesiredState>,
 ) -> DesiredState {
+    let none = BTreeMap::new();
+    resolve_staged(
+        labels,
+        catalog,
+        current,
+        &Staging {
+            moved_to: &none,
+            snapshots: &(),
+        },
+    )
+}
+
+/// The desired state of one device with these labels. `current` is the device's present
+/// desired state, read for held deployments and for staged ones that have not moved the
+/// device yet.
+pub fn resolve_staged(
+    labels: &BTreeMap<String, String>,
+    catalog: &[CompiledDeployment],
+    current: Option<&DesiredState>,
+    staging: &Staging,
+) -> DesiredState {
     let mut base: Vec<&CompiledDeployment> = Vec::new();
     let mut layers: Vec<&CompiledDeployment> = Vec::new();
-    for d in catalog.iter().filter(|d| d.selects(labels, current)) {
-        if d.layered {
-            layers.push(d);
-        } else {
-            base.push(d);
+    let mut retained: Vec<&CompiledDeployment> = Vec::new();
+    for d in catalog {
+        if d.selects(labels, current) {
+            if d.layered {
+                layers.push(d);
+            } else {
+                base.push(d);
+            }
+        } else if d.retain {
+            retained.push(d);
         }
     }
     base.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.key.cmp(&b.key)));
     layers.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.key.cmp(&b.key)));
 
-    let mut modules: BTreeMap<&str, &ResolvedModule> = BTreeMap::new();
+    let mut modules: BTreeMap<String, ResolvedModule> = BTreeMap::new();
     let mut targeting = Vec::with_capacity(base.len() + layers.len());
     if let Some((winner, losers)) = base.split_first() {
-        for m in winner.modules_for(current) {
-            modules.insert(&m.name, m);
+        let (given, revision) = winner.modules_for(current, staging);
+        for m in given {
+            modules.insert(m.name.clone(), m);
         }
-        targeting.push(decision(winner, TargetingOutcome::Owner, String::new()));
+        let reason = rollout_note(winner, &revision);
+        targeting.push(decision(winner, TargetingOutcome::Owner, reason, revision));
         for l in losers {
             let reason = if l.priority == winner.priority {
                 format!(
@@ -85,17 +172,19 @@ pub fn resolve(
                     l.priority, winner.key, winner.priority
                 )
             };
-            targeting.push(decision(l, TargetingOutcome::Lost, reason));
+            targeting.push(decision(l, TargetingOutcome::Lost, reason, String::new()));
         }
     }
     for layer in layers {
         let mut added = BTreeSet::new();
         let mut replaced = BTreeSet::new();
-        for m in layer.modules_for(current) {
-            if modules.insert(&m.name, m).is_some() {
-                replaced.insert(m.name.as_str());
+        let (given, revision) = layer.modules_for(current, staging);
+        for m in given {
+            let name = m.name.clone();
+            if modules.insert(name.clone(), m).is_some() {
+                replaced.insert(name);
             } else {
-                added.insert(m.name.as_str());
+                added.insert(name);
             }
         }
         let mut reason = Vec::new();
@@ -111,19 +200,57 @@ pub fn resolve(
                 replaced.into_iter().collect::<Vec<_>>().join(", ")
             ));
         }
+        let note = rollout_note(layer, &revision);
+        if !note.is_empty() {
+            reason.push(note);
+        }
         targeting.push(decision(
             layer,
             TargetingOutcome::Layered,
             reason.join("; "),
+            revision,
         ));
     }
-    DesiredState::new(modules.into_values().cloned().collect(), targeting)
+    // onUntarget: Retain. Modules a deployment gave the device before stay as they were,
+    // unless a deployment that selects the device now runs a module of the same name.
+    for d in retained {
+        let Some(c) = current else { break };
+        let before = c.targeting.iter().find(|t| t.deployment == d.key);
+        let Some(before) = before.filter(|t| t.outcome != TargetingOutcome::Lost) else {
+            continue;
+        };
+        for m in c.modules.iter().filter(|m| m.deployment == d.key) {
+            modules.entry(m.name.clone()).or_insert_with(|| m.clone());
+        }
+        targeting.push(decision(
+            d,
+            TargetingOutcome::Retained,
+            "no longer selects this device; its modules stay as they were (onUntarget: Retain)"
+                .to_owned(),
+            before.revision.clone(),
+        ));
+    }
+    DesiredState::new(modules.into_values().collect(), targeting)
+}
+
+/// Says so when a staged rollout has not brought the device to the latest revision yet.
+fn rollout_note(d: &CompiledDeployment, revision: &str) -> String {
+    if !d.staged || revision == d.revision {
+        return String::new();
+    }
+    let at = if revision.is_empty() {
+        "nothing yet".to_owned()
+    } else {
+        format!("revision {revision}")
+    };
+    format!("staged rollout: {at}, revision {} to come", d.revision)
 }
 
 fn decision(
     d: &CompiledDeployment,
     outcome: TargetingOutcome,
     reason: String,
+    revision: String,
 ) -> TargetingDecision {
     TargetingDecision {
         deployment: d.key.clone(),
@@ -131,6 +258,7 @@ fn decision(
         layered: d.layered,
         outcome,
         reason,
+        revision,
     }
 }
 
@@ -406,5 +534,118 @@ mod tests {
         // A device it never targeted gets nothing from it.
         let other = resolve(&labels("site=berlin"), &[broken], None);
         assert!(other.modules.is_empty() && other.targeting.is_empty());
+    }
+
+    #[test]
+    fn untargeted_devices_lose_or_retain_the_modules() {
+        let retaining = |yes: bool| {
+            let rollout = if yes {
+                "\n  rollout: {onUntarget: Retain}"
+            } else {
+                ""
+            };
+            compile(
+                &deployment(&format!(
+                    "metadata: {{name: base, namespace: a}}\nspec:\n  selector: {{matchLabels: {{site: berlin}}}}\n  modules: [{{name: sensor}}]{rollout}"
+                )),
+                &lib(),
+            )
+        };
+        for retain in [false, true] {
+            let d = retaining(retain);
+            let before = resolve(&labels("site=berlin"), std::slice::from_ref(&d), None);
+            let moved = resolve(
+                &labels("site=munich"),
+                std::slice::from_ref(&d),
+                Some(&before),
+            );
+            if retain {
+                assert_eq!(owned(&moved), owned(&before), "the module stays");
+                assert_eq!(outcomes(&moved), [("a/base".to_owned(), Retained)]);
+                // And stays on every later pass.
+                let later = resolve(
+                    &labels("site=munich"),
+                    std::slice::from_ref(&d),
+                    Some(&moved),
+                );
+                assert_eq!(later, moved);
+            } else {
+                assert!(moved.modules.is_empty() && moved.targeting.is_empty());
+            }
+        }
+    }
+
+    struct OneSnapshot(String, Vec<ResolvedModule>);
+
+    impl Snapshots for OneSnapshot {
+        fn modules(&self, _: &str, revision: &str) -> Option<Vec<ResolvedModule>> {
+            (revision == self.0).then(|| self.1.clone())
+        }
+    }
+
+    #[test]
+    fn a_staged_deployment_gives_each_device_the_revision_it_was_moved_to() {
+        let staged = |image: &str| {
+            let mut lib = lib();
+            lib.insert(
+                "a/app".into(),
+                serde_yaml::from_str(&format!("image: {image}")).expect("spec"),
+            );
+            compile(
+                &deployment(
+                    "metadata: {name: app, namespace: a}\nspec:\n  modules: [{name: app}]\n  rollout: {maxUnavailable: 1}",
+                ),
+                &lib,
+            )
+        };
+        let (v1, v2) = (staged("app:v1"), staged("app:v2"));
+        assert_ne!(v1.revision, v2.revision);
+        let Contribution::Fresh {
+            modules: v1_modules,
+            ..
+        } = &v1.contribution
+        else {
+            panic!("v1 compiles");
+        };
+        let snapshots = OneSnapshot(v1.revision.clone(), v1_modules.clone());
+        let at = |moved: Option<&str>, current: Option<&DesiredState>| {
+            let moved_to: BTreeMap<String, String> = moved
+                .map(|r| [("a/app".to_owned(), r.to_owned())].into())
+                .unwrap_or_default();
+            resolve_staged(
+                &BTreeMap::new(),
+                std::slice::from_ref(&v2),
+                current,
+                &Staging {
+                    moved_to: &moved_to,
+                    snapshots: &snapshots,
+                },
+            )
+        };
+        let image = |d: &DesiredState| {
+            d.modules
+                .iter()
+                .map(|m| m.spec.image.clone())
+                .collect::<Vec<_>>()
+        };
+        // Not moved yet, never had it: nothing (it waits for its wave).
+        let fresh_device = at(None, None);
+        assert!(fresh_device.modules.is_empty());
+        assert!(
+            fresh_device.targeting[0]
+                .reason
+                .contains("staged rollout: nothing yet")
+        );
+        // Moved to v1 (kept as a snapshot): v1, although the spec says v2.
+        let on_v1 = at(Some(&v1.revision), None);
+        assert_eq!(image(&on_v1), ["app:v1"]);
+        assert_eq!(on_v1.targeting[0].revision, v1.revision);
+        // Not moved to v2: keeps what it has.
+        assert_eq!(image(&at(None, Some(&on_v1))), ["app:v1"]);
+        // Moved to v2: v2.
+        let on_v2 = at(Some(&v2.revision), Some(&on_v1));
+        assert_eq!(image(&on_v2), ["app:v2"]);
+        assert_eq!(on_v2.targeting[0].revision, v2.revision);
+        assert!(on_v2.targeting[0].reason.is_empty());
     }
 }

@@ -119,6 +119,10 @@ pub struct TargetingDecision {
     pub outcome: TargetingOutcome,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The deployment's revision whose modules the device got (a staged rollout moves
+    /// devices from one to the next); empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -129,6 +133,9 @@ pub enum TargetingOutcome {
     Layered,
     /// Selected the device but another deployment won.
     Lost,
+    /// No longer selects the device; with `onUntarget: Retain` its modules stay there as
+    /// they were, no longer updated by it nor counted in its status.
+    Retained,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -19,6 +19,9 @@ pub const AGENT_NAME: &str = "edgefleet-agent";
 /// conditions, the agent owns the device's reported status.
 pub const CONTROLLER_MANAGER: &str = CONTROLLER_NAME;
 pub const AGENT_MANAGER: &str = AGENT_NAME;
+/// The field manager of the rollout planner's moves (`EdgeDevice.spec.rollouts`), apart
+/// from the controller's own server-side applies of `spec.desired`.
+pub const ROLLOUT_MANAGER: &str = "edgefleet-rollout";
 
 /// A device's agent authenticates as `edgefleet:device:<device>` in group `edgefleet:devices`.
 pub const DEVICE_USER_PREFIX: &str = "edgefleet:device:";

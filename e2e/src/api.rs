@@ -215,3 +215,22 @@ impl Agent {
         desired.revision
     }
 }
+
+/// Applies an edgefleet object (`kind` EdgeModule or EdgeDeployment) the way a user would:
+/// server-side apply under the field manager `e2e-user`.
+pub async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: serde_json::Value) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    let obj = serde_json::json!({
+        "apiVersion": "edgefleet.io/v1alpha1", "kind": kind,
+        "metadata": {"name": name, "namespace": ns}, "spec": spec,
+    });
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("edgefleet.io", "v1alpha1", kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-user").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
+}

@@ -9,10 +9,10 @@ use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::{APPLIED, READY};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, FailureSample, ModuleStatus, RuntimeStatus};
 use edgefleet_e2e::{
-    ControllerProcess, Lab, RealAgents, controller_binary, fresh_namespace, install_crds,
+    ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace, install_crds,
     remove_every_deployment, wait_for,
 };
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -47,29 +47,6 @@ async fn setup(ns: &str, port: u16, devices: &[&str]) -> Setup {
         _ctrl: ctrl,
         _agents: agents,
     }
-}
-
-async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
-    let obj = json!({
-        "apiVersion": "edgefleet.io/v1alpha1", "kind": kind,
-        "metadata": {"name": name, "namespace": ns}, "spec": spec,
-    });
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        ns,
-        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-            "edgefleet.io",
-            "v1alpha1",
-            kind,
-        )),
-    );
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-user").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
 }
 
 /// A module that runs until it is stopped.

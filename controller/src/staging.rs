@@ -1,0 +1,338 @@
+//! The rollout step of the deployment reconcile. Every revision of a deployment is kept as
+//! a ControllerRevision (its spec and the modules it gives devices), so that devices can
+//! be moved back to it; for a staged deployment the planner (`rollout`) decides which
+//! devices move next, and each move is written to the device's `spec.rollouts` (field
+//! manager `edgefleet-rollout`). The device reconcile then takes the deployment's modules
+//! from that revision. Moves are remembered until the cache shows them, so that a quick
+//! second pass never moves more devices than the budget allows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
+use edgefleet_crds::{
+    EdgeDeployment, EdgeDeploymentStatus, EdgeDevice, ResolvedModule, RolloutPhase, RolloutStatus,
+};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::catalog::{CompiledDeployment, Contribution};
+use crate::context::{Context, reference};
+use crate::error::{Error, Result};
+use crate::rollout::{self, Health, Plan, Policy};
+use crate::rollup::{Rollup, conditions};
+use crate::targeting::Snapshots;
+
+/// Labels of a deployment's ControllerRevisions.
+pub const DEPLOYMENT_LABEL: &str = "edgefleet.io/deployment";
+pub const REVISION_LABEL: &str = "edgefleet.io/revision";
+/// Revisions kept per deployment, besides those still in use.
+const KEEP: usize = 5;
+
+/// A deployment's ControllerRevision for one revision.
+pub fn revision_name(deployment: &str, revision: &str) -> String {
+    format!("{deployment}-{revision}")
+}
+
+impl Snapshots for Context {
+    fn modules(&self, key: &str, revision: &str) -> Option<Vec<ResolvedModule>> {
+        let (ns, name) = key.split_once('/')?;
+        let cr = self
+            .stores
+            .revisions
+            .get(&ObjectRef::new(&revision_name(name, revision)).within(ns))?;
+        serde_json::from_value(cr.data.as_ref()?.0.get("modules")?.clone()).ok()
+    }
+}
+
+/// Runs the rollout step and returns the rollout status, or `None` for a held spec (whose
+/// rollout stands still). `r` is the deployment's rollup, whose planner view it reads.
+pub async fn step(
+    ctx: &Context,
+    d: &EdgeDeployment,
+    compiled: &CompiledDeployment,
+    r: &Rollup,
+) -> Result<Option<(RolloutStatus, Option<Duration>)>> {
+    let Contribution::Fresh { modules, .. } = &compiled.contribution else {
+        return Ok(None);
+    };
+    let ns = d.namespace().unwrap_or_default();
+    let name = d.name_any();
+    let last = d
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout.clone())
+        .unwrap_or_default();
+    ensure_revision(ctx, d, &compiled.revision, modules).await?;
+
+    let Some(spec) = d.spec.rollout.as_ref() else {
+        let status = all_at_once(&compiled.revision, r, &last);
+        prune(ctx, &ns, &name, &status).await;
+        return Ok(Some((status, None)));
+    };
+    // The catalog holds a spec whose canary selector does not parse, so this parses.
+    let Ok(policy) = Policy::from_spec(spec) else {
+        return Ok(None);
+    };
+    let mut devices = r.rollout.clone();
+    ctx.recall_moves(&compiled.key, &mut devices);
+    let plan = rollout::plan(
+        &policy,
+        &compiled.revision,
+        &devices,
+        &last,
+        jiff::Timestamp::now(),
+    );
+    move_devices(ctx, &compiled.key, &plan).await?;
+    prune(ctx, &ns, &name, &plan.status).await;
+    Ok(Some((plan.status, plan.recheck_in)))
+}
+
+/// Without `spec.rollout` every device gets a change at once: the rollout status only
+/// says which revision is current.
+fn all_at_once(revision: &str, r: &Rollup, last: &RolloutStatus) -> RolloutStatus {
+    let done = r.pending == 0 && r.ready == r.targeted;
+    RolloutStatus {
+        current_revision: if done {
+            revision.to_owned()
+        } else {
+            last.current_revision.clone()
+        },
+        update_revision: revision.to_owned(),
+        target_revision: revision.to_owned(),
+        phase: if done {
+            RolloutPhase::Complete
+        } else {
+            RolloutPhase::Progressing
+        },
+        wave: 1,
+        waves: 1,
+        updated: r.targeted.saturating_sub(r.pending),
+        unavailable: r.targeted.saturating_sub(r.ready),
+        message: if done {
+            format!("every device runs revision {revision}")
+        } else {
+            format!("all {} devices at once (no staged rollout)", r.targeted)
+        },
+        ..Default::default()
+    }
+}
+
+async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
+    let target = &plan.status.target_revision;
+    let api = Api::<EdgeDevice>::all(ctx.client.clone());
+    let params = PatchParams {
+        field_manager: Some(ROLLOUT_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    for device in &plan.moves {
+        let patch = json!({"spec": {"rollouts": {key: target}}});
+        api.patch(device, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::MoveDevice(device.clone(), e))?;
+        ctx.remember_move(key, target, device);
+        tracing::info!(deployment = key, device, revision = %target, wave = plan.status.wave, "moved");
+    }
+    Ok(())
+}
+
+/// Creates the ControllerRevision of `revision` unless it exists.
+async fn ensure_revision(
+    ctx: &Context,
+    d: &EdgeDeployment,
+    revision: &str,
+    modules: &[ResolvedModule],
+) -> Result<()> {
+    let ns = d.namespace().unwrap_or_default();
+    let name = d.name_any();
+    let cr_name = revision_name(&name, revision);
+    if ctx
+        .stores
+        .revisions
+        .get(&ObjectRef::new(&cr_name).within(&ns))
+        .is_some()
+    {
+        return Ok(());
+    }
+    let number = ctx
+        .stores
+        .revisions
+        .state()
+        .iter()
+        .filter(|c| {
+            c.namespace().as_deref() == Some(ns.as_str())
+                && c.labels().get(DEPLOYMENT_LABEL) == Some(&name)
+        })
+        .map(|c| c.revision)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let cr = ControllerRevision {
+        metadata: ObjectMeta {
+            name: Some(cr_name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([
+                (DEPLOYMENT_LABEL.to_owned(), name.clone()),
+                (REVISION_LABEL.to_owned(), revision.to_owned()),
+            ])),
+            owner_references: d.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        data: Some(RawExtension(json!({"spec": d.spec, "modules": modules}))),
+        revision: number,
+    };
+    let mut patch = serde_json::to_value(&cr).unwrap_or_default();
+    patch["apiVersion"] = json!("apps/v1");
+    patch["kind"] = json!("ControllerRevision");
+    Api::<ControllerRevision>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &cr_name,
+            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|e| Error::ApplyRevision(cr_name, e))?;
+    Ok(())
+}
+
+/// Keeps the newest revisions and every one still in use; a failure only waits for the
+/// next pass.
+async fn prune(ctx: &Context, ns: &str, name: &str, status: &RolloutStatus) {
+    let in_use: BTreeSet<&str> = [
+        status.current_revision.as_str(),
+        status.update_revision.as_str(),
+        status.target_revision.as_str(),
+    ]
+    .into_iter()
+    .chain(status.revisions.iter().map(|r| r.revision.as_str()))
+    .collect();
+    let mut mine: Vec<_> = ctx
+        .stores
+        .revisions
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.namespace().as_deref() == Some(ns)
+                && c.labels().get(DEPLOYMENT_LABEL).map(String::as_str) == Some(name)
+        })
+        .collect();
+    mine.sort_by_key(|c| std::cmp::Reverse(c.revision));
+    let api = Api::<ControllerRevision>::namespaced(ctx.client.clone(), ns);
+    for old in mine.iter().skip(KEEP) {
+        let rev = old
+            .labels()
+            .get(REVISION_LABEL)
+            .map(String::as_str)
+            .unwrap_or_default();
+        if in_use.contains(rev) {
+            continue;
+        }
+        if let Err(e) = api.delete(&old.name_any(), &DeleteParams::default()).await {
+            tracing::warn!(revision = %old.name_any(), error = %e, "cannot delete an old revision");
+        }
+    }
+}
+
+/// The deployment's conditions, told by its rollout: a staged rollout in progress is
+/// Reconciling (reason: the phase), a stopped or rolled-back one is Stalled.
+pub fn conditions_of_rollout(status: &mut EdgeDeploymentStatus, generation: Option<i64>) {
+    let Some(rollout) = &status.rollout else {
+        return;
+    };
+    let (reason, stalled) = match rollout.phase {
+        RolloutPhase::Complete => return,
+        RolloutPhase::Stalled if rollout.message.starts_with("no progress") => {
+            ("ProgressDeadlineExceeded", true)
+        }
+        RolloutPhase::Stalled => ("FailureThresholdExceeded", true),
+        RolloutPhase::RollingBack => ("RollingBack", true),
+        RolloutPhase::RolledBack => ("RolledBack", true),
+        other => (other.as_str(), false),
+    };
+    // A spec problem or failing modules already tell the more urgent story.
+    let already_stalled = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::STALLED && c.is_true());
+    if already_stalled && !stalled {
+        return;
+    }
+    let message = format!("rollout {}: {}", rollout.phase.as_str(), rollout.message);
+    for c in &mut status.conditions {
+        let on = match c.type_.as_str() {
+            conditions::READY => false,
+            conditions::RECONCILING => !stalled,
+            conditions::STALLED => stalled,
+            _ => continue,
+        };
+        c.status = edgefleet_crds::ConditionStatus::from_bool(on);
+        c.reason = reason.to_owned();
+        c.message = if on || c.type_ == conditions::READY {
+            message.clone()
+        } else {
+            String::new()
+        };
+        c.observed_generation = generation;
+    }
+}
+
+/// An Event for each phase the rollout enters.
+pub async fn publish_phase(
+    ctx: &Context,
+    d: &EdgeDeployment,
+    old: Option<&RolloutStatus>,
+    new: &RolloutStatus,
+) {
+    let same =
+        old.is_some_and(|o| o.phase == new.phase && o.update_revision == new.update_revision);
+    if same {
+        return;
+    }
+    let type_ = match new.phase {
+        RolloutPhase::Stalled | RolloutPhase::RollingBack | RolloutPhase::RolledBack => {
+            EventType::Warning
+        }
+        _ => EventType::Normal,
+    };
+    let reason = format!("Rollout{}", new.phase.as_str());
+    let note = format!("revision {}: {}", new.update_revision, new.message);
+    ctx.event(&reference(d), type_, &reason, "Rollout", note)
+        .await;
+}
+
+impl Context {
+    /// Marks as moved the devices this controller moved but the cache does not show yet.
+    fn recall_moves(&self, key: &str, devices: &mut [rollout::Device]) {
+        let mut moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((target, names)) = moves.get_mut(key) else {
+            return;
+        };
+        for d in devices.iter_mut() {
+            if !names.contains(&d.name) {
+                continue;
+            }
+            if d.at.as_ref() == Some(target) {
+                names.remove(&d.name);
+            } else {
+                d.at = Some(target.clone());
+                d.health = Health::Updating;
+            }
+        }
+    }
+
+    fn remember_move(&self, key: &str, target: &str, device: &str) {
+        let mut moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = moves
+            .entry(key.to_owned())
+            .or_insert_with(|| (target.to_owned(), BTreeSet::new()));
+        if entry.0 != target {
+            *entry = (target.to_owned(), BTreeSet::new());
+        }
+        entry.1.insert(device.to_owned());
+    }
+}
