@@ -79,6 +79,8 @@ pub struct CompiledDeployment {
     pub staged: bool,
     /// `onUntarget: Retain`: a device the selector no longer selects keeps the modules.
     pub retain: bool,
+    /// How long a module must have been running to count as ready (staged rollouts).
+    pub min_ready: std::time::Duration,
 }
 
 /// The revision of a deployment: a 16-hex-digit hash of its spec and of the specs of the
@@ -222,6 +224,9 @@ pub fn compile(d: &EdgeDeployment, modules: &impl ModuleLookup) -> CompiledDeplo
             .rollout
             .as_ref()
             .is_some_and(|r| r.on_untarget == OnUntarget::Retain),
+        min_ready: std::time::Duration::from_secs(u64::from(
+            d.spec.rollout.as_ref().map_or(0, |r| r.min_ready_seconds),
+        )),
     }
 }
 

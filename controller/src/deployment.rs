@@ -49,7 +49,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
                 .is_some_and(|c| c.is_true()),
             moved_to: &dev.spec.rollouts,
         });
-    let r = rollup::rollup(&compiled, views);
+    let r = rollup::rollup(&compiled, views, jiff::Timestamp::now());
     let mut status = rollup::status(d.metadata.generation, &problems, &r);
     let old = d.status.clone().unwrap_or_default();
     let (rollout, recheck_in) = match staging::step(&ctx, &d, &compiled, &r).await? {

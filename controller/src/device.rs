@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use edgefleet_crds::condition::{self, Condition, ConditionStatus};
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED, STATUS_VALID};
-use edgefleet_crds::identity::{CONTROLLER_MANAGER, DEVICE_LABEL, DEVICE_LABEL_VALUE};
-use edgefleet_crds::{DesiredState, EdgeDevice};
+use edgefleet_crds::identity::{
+    CONTROLLER_MANAGER, DEVICE_LABEL, DEVICE_LABEL_VALUE, ROLLOUT_MANAGER,
+};
+use edgefleet_crds::{DesiredState, EdgeDevice, TargetingOutcome};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -177,6 +179,8 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         ctx.metrics.skipped_write(CONTROLLER);
     }
 
+    forget_rollouts(&ctx, &device, &desired).await?;
+
     // The controller's conditions.
     let lease = ctx
         .stores
@@ -214,6 +218,42 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         Some(d) => Action::requeue(d),
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+/// Drops the rollout entries of deployments that no longer give this device anything (gone,
+/// or no longer selecting it): if such a deployment selects the device again, it arrives
+/// in that deployment's waves like any device, not at once.
+async fn forget_rollouts(ctx: &Context, device: &EdgeDevice, desired: &DesiredState) -> Result<()> {
+    let gives = |key: &str| {
+        desired
+            .targeting
+            .iter()
+            .any(|t| t.deployment == key && t.outcome != TargetingOutcome::Lost)
+    };
+    let stale: serde_json::Map<String, serde_json::Value> = device
+        .spec
+        .rollouts
+        .keys()
+        .filter(|k| !gives(k))
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let name = device.name_any();
+    let params = PatchParams {
+        field_manager: Some(ROLLOUT_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    Api::<EdgeDevice>::all(ctx.client.clone())
+        .patch(
+            &name,
+            &params,
+            &Patch::Merge(json!({"spec": {"rollouts": stale}})),
+        )
+        .await
+        .map_err(|e| Error::ApplyDevice(name.clone(), e))?;
+    Ok(())
 }
 
 async fn publish_transitions(

@@ -12,6 +12,8 @@ use edgefleet_crds::{
     ResolvedModule, RuntimeStatus, TargetingOutcome,
 };
 
+use jiff::Timestamp;
+
 use crate::catalog::{CompiledDeployment, Contribution, SpecProblem};
 use crate::rollout::{self, Health};
 
@@ -59,7 +61,12 @@ enum ModuleHealth {
     Failed(String),
 }
 
-fn module_health(m: &ResolvedModule, status: Option<&EdgeDeviceStatus>) -> ModuleHealth {
+/// `ready_since`: a running module counts as ready only if it started at or before then.
+fn module_health(
+    m: &ResolvedModule,
+    status: Option<&EdgeDeviceStatus>,
+    ready_since: Timestamp,
+) -> ModuleHealth {
     let reported = status.and_then(|s| s.modules.iter().find(|r| r.name == m.name));
     match (m.desired_status, reported) {
         (_, Some(r)) if r.runtime_status.is_failure() => {
@@ -77,7 +84,15 @@ fn module_health(m: &ResolvedModule, status: Option<&EdgeDeviceStatus>) -> Modul
             ModuleHealth::Failed(reason)
         }
         (DesiredStatus::Running, Some(r)) if r.runtime_status == RuntimeStatus::Running => {
-            ModuleHealth::Ready
+            let settled = r
+                .last_start_time
+                .as_ref()
+                .is_none_or(|t| t.0 <= ready_since);
+            if settled {
+                ModuleHealth::Ready
+            } else {
+                ModuleHealth::NotReady
+            }
         }
         (DesiredStatus::Stopped, None) => ModuleHealth::Ready,
         (DesiredStatus::Stopped, Some(r)) if r.runtime_status == RuntimeStatus::Stopped => {
@@ -96,7 +111,13 @@ fn rejection(status: Option<&EdgeDeviceStatus>, desired: &DesiredState) -> Optio
     })
 }
 
-pub fn rollup<'a>(d: &CompiledDeployment, devices: impl Iterator<Item = DeviceView<'a>>) -> Rollup {
+/// Rolls `devices` up for deployment `d`, as of `now`.
+pub fn rollup<'a>(
+    d: &CompiledDeployment,
+    devices: impl Iterator<Item = DeviceView<'a>>,
+    now: Timestamp,
+) -> Rollup {
+    let ready_since = now - jiff::SignedDuration::try_from(d.min_ready).unwrap_or_default();
     let compiled: BTreeMap<&str, &ResolvedModule> = match &d.contribution {
         Contribution::Fresh { modules, .. } => {
             modules.iter().map(|m| (m.name.as_str(), m)).collect()
@@ -161,7 +182,7 @@ pub fn rollup<'a>(d: &CompiledDeployment, devices: impl Iterator<Item = DeviceVi
             .iter()
             .filter(|m| m.deployment == d.key)
             .collect();
-        let verdict = device_health(dev, desired, &owned);
+        let verdict = device_health(dev, desired, &owned, ready_since);
         // The planner judges a device at the revision it was moved to, once its desired
         // state carries that revision.
         planner_view(match verdict {
@@ -227,6 +248,7 @@ fn device_health(
     dev: DeviceView,
     desired: &DesiredState,
     owned: &[&ResolvedModule],
+    ready_since: Timestamp,
 ) -> DeviceHealth {
     let applied =
         dev.status.and_then(|s| s.applied_revision.as_deref()) == Some(desired.revision.as_str());
@@ -239,7 +261,7 @@ fn device_health(
     let mut all_ready = true;
     let mut failed = Vec::new();
     for m in owned {
-        match module_health(m, dev.status) {
+        match module_health(m, dev.status, ready_since) {
             ModuleHealth::Ready => {}
             ModuleHealth::NotReady => all_ready = false,
             ModuleHealth::Failed(reason) => failed.push(FailureSample {
@@ -419,10 +441,46 @@ mod tests {
                 online: x.online,
                 moved_to: &x.moved_to,
             }),
+            Timestamp::now(),
         )
     }
 
     const RUNNING: &str = "appliedRevision: REV\nmodules: [{name: a, runtimeStatus: running}, {name: b, runtimeStatus: running}]";
+
+    #[test]
+    fn a_staged_device_is_ready_once_its_modules_ran_min_ready_seconds() {
+        let d = compiled(
+            "selector: {matchLabels: {site: x}}\n  modules: [{name: a}]\n  rollout: {minReadySeconds: 10}",
+        );
+        let moved_to = BTreeMap::from([("ns/d".to_owned(), d.revision.clone())]);
+        let device = |name: &str, started: &str| {
+            let labels = BTreeMap::from([("site".to_owned(), "x".to_owned())]);
+            let staging = crate::targeting::Staging {
+                moved_to: &moved_to,
+                snapshots: &(),
+            };
+            let desired =
+                crate::targeting::resolve_staged(&labels, std::slice::from_ref(&d), None, &staging);
+            let report = format!(
+                "appliedRevision: {}\nmodules: [{{name: a, runtimeStatus: running, lastStartTime: \"{started}\"}}]",
+                desired.revision
+            );
+            Dev {
+                name: name.to_owned(),
+                labels,
+                desired,
+                status: Some(serde_yaml::from_str(&report).expect("status")),
+                online: true,
+                moved_to: moved_to.clone(),
+            }
+        };
+        let fresh = device("d1", "2030-01-01T00:00:00Z");
+        let settled = device("d2", "2020-01-01T00:00:00Z");
+        let r = run(&d, &[fresh, settled]);
+        assert_eq!(r.ready, 1, "only the module that ran 10 s counts");
+        let health: Vec<Health> = r.rollout.iter().map(|x| x.health).collect();
+        assert_eq!(health, [Health::Updating, Health::Ready]);
+    }
 
     #[test]
     fn counts_table() {
@@ -613,7 +671,7 @@ mod tests {
             online: true,
             moved_to: &labels,
         };
-        let r = rollup(&loser, std::iter::once(view));
+        let r = rollup(&loser, std::iter::once(view), Timestamp::now());
         assert_eq!((r.lost, r.targeted), (1, 0));
         assert_eq!(r.tied_with.iter().collect::<Vec<_>>(), ["ns/a-first"]);
         let s = status(None, &[], &r);
@@ -622,7 +680,12 @@ mod tests {
         assert!(c.message.contains("ns/a-first"), "{}", c.message);
         assert!(
             condition::find(
-                &status(None, &[], &rollup(&winner, std::iter::once(view))).conditions,
+                &status(
+                    None,
+                    &[],
+                    &rollup(&winner, std::iter::once(view), Timestamp::now())
+                )
+                .conditions,
                 conditions::CONFLICTED
             )
             .is_none()

@@ -223,17 +223,26 @@ async fn controllers(
     let nodes_api = Api::<PartialObjectMeta<Node>>::all(client.clone());
     let (nodes, node_writer) = reflector::store();
     let node_synced = synced.clone();
+    // A Node's changes, deletions included, reach the device reconcile only after the
+    // store has them: from a second watch they could arrive first, and a device whose Node
+    // lost its label would be judged against a store that still has the Node.
+    let (node_tx, node_changes) = futures::channel::mpsc::unbounded();
     let registry_trigger = reflect(
         node_writer,
-        watcher(nodes_api.clone(), labelled.clone()).modify(drop_managed_fields),
+        watcher(nodes_api, labelled).modify(drop_managed_fields),
     )
     .default_backoff()
-    .inspect(move |e| node_synced.observe(Cache::Nodes, e))
+    .inspect(move |e| {
+        node_synced.observe(Cache::Nodes, e);
+        if let Ok(
+            watcher::Event::Apply(n) | watcher::Event::InitApply(n) | watcher::Event::Delete(n),
+        ) = e
+        {
+            let _ = node_tx.unbounded_send(Ok::<_, watcher::Error>(n.clone()));
+        }
+    })
     .applied_objects()
     .predicate_filter(kube::runtime::predicates::labels, Default::default());
-    let node_changes = watcher(nodes_api, labelled)
-        .default_backoff()
-        .touched_objects();
 
     // The deployments' revisions, for moving devices back to one: a cache, no controller.
     let (revisions, revision_writer) = reflector::store();

@@ -33,6 +33,8 @@ pub const DEPLOYMENT_LABEL: &str = "edgefleet.io/deployment";
 pub const REVISION_LABEL: &str = "edgefleet.io/revision";
 /// Revisions kept per deployment, besides those still in use.
 const KEEP: usize = 5;
+/// How often a rollout with devices on the move is looked at.
+const WHILE_MOVING: Duration = Duration::from_secs(3);
 
 /// A deployment's ControllerRevision for one revision.
 pub fn revision_name(deployment: &str, revision: &str) -> String {
@@ -90,7 +92,18 @@ pub async fn step(
     );
     move_devices(ctx, &compiled.key, &plan).await?;
     prune(ctx, &ns, &name, &plan.status).await;
-    Ok(Some((plan.status, plan.recheck_in)))
+    // Agents report only changes, and a module becoming ready by running long enough is no
+    // change: while devices are on the move, look again soon.
+    let moving = matches!(
+        plan.status.phase,
+        RolloutPhase::Progressing | RolloutPhase::Canary | RolloutPhase::RollingBack
+    );
+    let recheck_in = match plan.recheck_in {
+        Some(d) if moving => Some(d.min(WHILE_MOVING)),
+        None if moving => Some(WHILE_MOVING),
+        other => other,
+    };
+    Ok(Some((plan.status, recheck_in)))
 }
 
 /// Without `spec.rollout` every device gets a change at once: the rollout status only

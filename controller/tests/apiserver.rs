@@ -680,7 +680,7 @@ async fn online_follows_the_lease_and_offline_devices_are_deferred() {
 #[tokio::test]
 #[ignore = "needs the lab: make e2e"]
 async fn a_device_whose_node_loses_the_label_is_marked_not_dropped() {
-    let (_lab, client, _ctrl) = setup(18185, &[]).await;
+    let (lab, client, _ctrl) = setup(18185, &[]).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let devices: Api<EdgeDevice> = Api::all(client.clone());
     let ns = fresh_namespace(&client, "e2e-unlabel").await;
@@ -718,6 +718,7 @@ async fn a_device_whose_node_loses_the_label_is_marked_not_dropped() {
     );
 
     let label = |v: Option<&str>| json!({"metadata": {"labels": {"edgefleet.io/device": v}}});
+    let _relabel = Relabel(lab.kubeconfig().to_path_buf());
     nodes
         .patch(
             "edge-3",
@@ -758,6 +759,26 @@ async fn a_device_whose_node_loses_the_label_is_marked_not_dropped() {
     })
     .await;
     cleanup(&client, &ns).await;
+}
+
+/// Gives edge-3 its device label back even when the test fails, so that the tests after it
+/// find the lab as it was.
+struct Relabel(std::path::PathBuf);
+
+impl Drop for Relabel {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.0)
+            .args([
+                "label",
+                "node",
+                "edge-3",
+                "edgefleet.io/device=true",
+                "--overwrite",
+            ])
+            .output();
+    }
 }
 
 #[tokio::test]

@@ -98,6 +98,15 @@ pub struct RolloutSpec {
     /// What becomes of this deployment's modules on a device its selector no longer selects.
     #[serde(default)]
     pub on_untarget: OnUntarget,
+    /// A moved device counts as ready once every module of this deployment has been
+    /// running this long (a module that crashes soon after starting never counts).
+    #[serde(default = "default_min_ready")]
+    #[schemars(range(max = 3600))]
+    pub min_ready_seconds: u32,
+}
+
+fn default_min_ready() -> u32 {
+    10
 }
 
 fn default_max_unavailable() -> Count {

@@ -90,13 +90,14 @@ async fn rollout_status(deployments: &Api<EdgeDeployment>) -> edgefleet_crds::Ro
         .unwrap_or_default()
 }
 
-/// Watches the fleet every 200 ms until the rollout reaches `until`; returns every distinct
-/// look, and fails when more than `max_unavailable` devices are at `revision` and not
-/// ready at the same time.
+/// Watches the fleet every 200 ms until the rollout of a revision other than `previous`
+/// reaches `until`; returns every distinct look, and fails when more than
+/// `max_unavailable` devices are at the target revision and not ready at the same time.
 async fn follow(
     devices: &Api<EdgeDevice>,
     deployments: &Api<EdgeDeployment>,
     key: &str,
+    previous: &str,
     until: RolloutPhase,
     max_unavailable: usize,
 ) -> (Vec<Look>, edgefleet_crds::RolloutStatus) {
@@ -121,7 +122,10 @@ async fn follow(
         if seen.last() != Some(&l) {
             seen.push(l);
         }
-        if status.phase == until && !status.update_revision.is_empty() {
+        if status.phase == until
+            && !status.update_revision.is_empty()
+            && status.update_revision != previous
+        {
             return (seen, status);
         }
         assert!(
@@ -183,12 +187,20 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
         deployment(one_at_a_time.clone()),
     )
     .await;
-    let (_, v1) = follow(&devices, &deployments, &key, RolloutPhase::Complete, 1).await;
+    let (_, v1) = follow(&devices, &deployments, &key, "", RolloutPhase::Complete, 1).await;
     assert_eq!(v1.current_revision, v1.update_revision);
 
     // v2 moves edge-1, then edge-2, then edge-3, each ready before the next moves.
     apply(&client, &ns, "EdgeModule", "app", module("v2")).await;
-    let (looks, v2) = follow(&devices, &deployments, &key, RolloutPhase::Complete, 1).await;
+    let (looks, v2) = follow(
+        &devices,
+        &deployments,
+        &key,
+        &v1.update_revision,
+        RolloutPhase::Complete,
+        1,
+    )
+    .await;
     assert_ne!(v2.update_revision, v1.update_revision);
     assert_eq!(arrival_order(&looks, &v2.update_revision), DEVICES);
     let partial = looks.iter().any(|l| {
@@ -209,7 +221,15 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
 
     // v3's module exits 1: edge-1 moves, fails, and goes back to v2; the others never move.
     apply(&client, &ns, "EdgeModule", "app", broken_module("v3")).await;
-    let (looks, v3) = follow(&devices, &deployments, &key, RolloutPhase::RolledBack, 1).await;
+    let (looks, v3) = follow(
+        &devices,
+        &deployments,
+        &key,
+        &v2.update_revision,
+        RolloutPhase::RolledBack,
+        1,
+    )
+    .await;
     assert_eq!(v3.failed_revision, v3.update_revision);
     assert_eq!(v3.current_revision, v2.update_revision);
     assert_eq!(arrival_order(&looks, &v3.update_revision), ["edge-1"]);
@@ -284,7 +304,15 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
     .await;
     assert_eq!(deferred.phase, RolloutPhase::Progressing);
     lab.run(&["online", "edge-2"]);
-    let (_, v4) = follow(&devices, &deployments, &key, RolloutPhase::Complete, 1).await;
+    let (_, v4) = follow(
+        &devices,
+        &deployments,
+        &key,
+        &v3.update_revision,
+        RolloutPhase::Complete,
+        1,
+    )
+    .await;
     assert_eq!(v4.update_revision, deferred.update_revision);
 
     // v5 with a canary that soaks: the controller is killed while it soaks; its successor
