@@ -60,7 +60,9 @@ class Controller(unittest.TestCase):
         (cr,) = [o for o in self.kind(objs, "ClusterRole") if o["metadata"]["name"] == "edgefleet-controller"]
         verbs = {v for r in cr["rules"] for v in r["verbs"]}
         self.assertNotIn("*", verbs)
-        self.assertNotIn("delete", verbs)
+        # It deletes nothing but its own old ControllerRevisions.
+        deleting = [r["resources"] for r in cr["rules"] if "delete" in r["verbs"]]
+        self.assertEqual(deleting, [["controllerrevisions"]])
         self.assertNotIn("escalate", verbs)
         self.assertNotIn("bind", verbs)
         resources = {res for r in cr["rules"] for res in r["resources"]}
