@@ -56,6 +56,9 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
         Some((rollout, recheck_in)) => (Some(rollout), recheck_in),
         None => (old.rollout.clone(), None),
     };
+    // Devices a staged rollout skipped while offline are deferred too (the rollup counts
+    // only devices offline with a change they have not applied).
+    status.deferred += rollout.as_ref().map_or(0, |r| r.deferred);
     status.rollout = rollout;
     staging::conditions_of_rollout(&mut status, d.metadata.generation);
     let now = Time(jiff::Timestamp::now());

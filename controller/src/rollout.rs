@@ -161,6 +161,7 @@ pub fn plan(
     let max_unavailable = policy.max_unavailable.of(total, false).max(1);
     status.updated = count_u32(moved.len());
     status.unavailable = unavailable;
+    status.deferred = deferred;
     status.revisions = revision_counts(devices, &target);
     status.waves = waves(total, max_unavailable, policy.canary.is_some());
 

@@ -183,6 +183,9 @@ pub struct RolloutStatus {
     pub updated: u32,
     #[serde(default)]
     pub unavailable: u32,
+    /// Devices whose turn came while they were offline: skipped, moved when they return.
+    #[serde(default)]
+    pub deferred: u32,
     /// Why the rollout is waiting, or what it is doing.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 1024))]

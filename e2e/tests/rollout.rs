@@ -296,13 +296,24 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
                 && at("edge-3")
                 && !at("edge-2")
                 && l.ready_at["edge-3"]
-                && st.message.contains("deferred"))
-            .then_some(st.clone())
-            .ok_or(format!("{st:?} {l:?}"))
+                && st.message.contains("deferred")
+                && st.deferred == 1)
+                .then_some(st.clone())
+                .ok_or(format!("{st:?} {l:?}"))
         },
     )
     .await;
     assert_eq!(deferred.phase, RolloutPhase::Progressing);
+    let counted = deployments
+        .get("app")
+        .await
+        .expect("deployment")
+        .status
+        .expect("status");
+    assert!(
+        counted.deferred >= 1,
+        "the deployment counts edge-2 deferred: {counted:?}"
+    );
     lab.run(&["online", "edge-2"]);
     let (_, v4) = follow(
         &devices,
