@@ -62,6 +62,9 @@ pub mod pods {
     pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
     /// A hash of a module's config files: a config change restarts the module's pod.
     pub const CONFIG_HASH_ANNOTATION: &str = "edgefleet.io/config-hash";
+    /// A hash of the module's whole spec, on its pod: which containers run the current
+    /// spec, and which are the previous one still being replaced.
+    pub const SPEC_HASH_LABEL: &str = "edgefleet.io/spec-hash";
     /// Where a module's config files appear inside its container.
     pub const CONFIG_MOUNT_PATH: &str = "/etc/edgefleet/config";
     /// The namespace of module pods (their mirror pods show up there).

@@ -45,6 +45,8 @@ struct Look {
     at: BTreeMap<String, Option<String>>,
     ready_at: BTreeMap<String, bool>,
     running_version: BTreeMap<String, Option<String>>,
+    /// When the module's current container started, as the agent reports it.
+    started: BTreeMap<String, Option<jiff::Timestamp>>,
 }
 
 async fn look(devices: &Api<EdgeDevice>, key: &str) -> Look {
@@ -52,6 +54,7 @@ async fn look(devices: &Api<EdgeDevice>, key: &str) -> Look {
         at: BTreeMap::new(),
         ready_at: BTreeMap::new(),
         running_version: BTreeMap::new(),
+        started: BTreeMap::new(),
     };
     for name in DEVICES {
         let d = devices.get(name).await.expect("device");
@@ -75,6 +78,10 @@ async fn look(devices: &Api<EdgeDevice>, key: &str) -> Look {
             .map(|e| e.value.clone());
         l.running_version
             .insert(name.to_owned(), version.filter(|_| applied && running));
+        l.started.insert(
+            name.to_owned(),
+            app.and_then(|m| m.last_start_time.as_ref()).map(|t| t.0),
+        );
         l.at.insert(name.to_owned(), at);
     }
     l
@@ -103,20 +110,42 @@ async fn follow(
 ) -> (Vec<Look>, edgefleet_crds::RolloutStatus) {
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut seen: Vec<Look> = Vec::new();
+    // When each device was seen moving to the target: until a container started after that
+    // runs, the device is unavailable, whatever else its report says (a container of the
+    // previous version must not pass for the new one).
+    let mut moved_at: BTreeMap<String, (String, jiff::Timestamp)> = BTreeMap::new();
     loop {
         let status = rollout_status(deployments).await;
         let l = look(devices, key).await;
         if !status.target_revision.is_empty() {
+            let target = status.target_revision.as_str();
+            for d in DEVICES {
+                let at = l.at[d].as_deref().unwrap_or_default();
+                match moved_at.get(d) {
+                    // Where it was when the watch began: any container counts.
+                    None => {
+                        moved_at.insert(d.to_owned(), (at.to_owned(), jiff::Timestamp::UNIX_EPOCH));
+                    }
+                    Some((r, _)) if r != at => {
+                        moved_at.insert(d.to_owned(), (at.to_owned(), jiff::Timestamp::now()));
+                    }
+                    Some(_) => {}
+                }
+            }
             let unavailable = DEVICES
                 .iter()
                 .filter(|d| {
-                    l.at[**d].as_deref() == Some(status.target_revision.as_str())
-                        && !l.ready_at[**d]
+                    let restarted = l.started[**d].zip(moved_at.get(**d)).is_some_and(
+                        |(started, (_, moved))| {
+                            started > *moved - jiff::SignedDuration::from_secs(3)
+                        },
+                    );
+                    l.at[**d].as_deref() == Some(target) && !(l.ready_at[**d] && restarted)
                 })
                 .count();
             assert!(
                 unavailable <= max_unavailable,
-                "{unavailable} devices unavailable at once: {l:?}"
+                "{unavailable} devices unavailable at once: {l:?}; moved at {moved_at:?}"
             );
         }
         if seen.last() != Some(&l) {

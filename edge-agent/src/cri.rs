@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use edgefleet_crds::identity::AGENT_NAME;
-use edgefleet_crds::identity::pods::{MANAGED_BY_LABEL, MODULE_LABEL};
+use edgefleet_crds::identity::pods::{MANAGED_BY_LABEL, MODULE_LABEL, SPEC_HASH_LABEL};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -60,9 +60,14 @@ impl Cri {
             .map_err(|e| Error::Cri("listing pod sandboxes", e))?
             .into_inner()
             .items;
-        let module_of: HashMap<String, String> = sandboxes
+        // Sandbox -> (module, the spec hash its pod carries).
+        let module_of: HashMap<String, (String, String)> = sandboxes
             .into_iter()
-            .filter_map(|s| Some((s.id, s.labels.get(MODULE_LABEL)?.clone())))
+            .filter_map(|s| {
+                let module = s.labels.get(MODULE_LABEL)?.clone();
+                let hash = s.labels.get(SPEC_HASH_LABEL).cloned().unwrap_or_default();
+                Some((s.id, (module, hash)))
+            })
             .collect();
         let containers = client
             .list_containers(ListContainersRequest {
@@ -74,15 +79,18 @@ impl Cri {
             .containers;
         let mut by_module: BTreeMap<String, Vec<_>> = BTreeMap::new();
         for c in containers {
-            if let Some(module) = module_of.get(&c.pod_sandbox_id) {
-                by_module.entry(module.clone()).or_default().push(c);
+            if let Some((module, hash)) = module_of.get(&c.pod_sandbox_id) {
+                by_module
+                    .entry(module.clone())
+                    .or_default()
+                    .push((c, hash.clone()));
             }
         }
         let mut pods = BTreeMap::new();
         for (module, mut cs) in by_module {
-            cs.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+            cs.sort_by_key(|(c, _)| std::cmp::Reverse(c.created_at));
             let mut seen = Vec::with_capacity(cs.len());
-            for (i, c) in cs.into_iter().enumerate() {
+            for (i, (c, spec_hash)) in cs.into_iter().enumerate() {
                 let attempt = c.metadata.as_ref().map_or(0, |m| m.attempt);
                 let mut s = ContainerSeen {
                     attempt,
@@ -94,6 +102,7 @@ impl Cri {
                     reason: String::new(),
                     message: String::new(),
                     image_ref: c.image_ref,
+                    spec_hash,
                 };
                 if i < DETAILED {
                     let status = client

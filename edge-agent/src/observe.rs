@@ -30,6 +30,8 @@ pub struct ContainerSeen {
     pub reason: String,
     pub message: String,
     pub image_ref: String,
+    /// The spec hash of the container's pod (`render::spec_hash`).
+    pub spec_hash: String,
 }
 
 /// A module's containers, newest first.
@@ -54,9 +56,17 @@ pub fn module_status(
     seen: Option<&PodSeen>,
     placement: Placement,
 ) -> ModuleStatus {
-    let containers = seen.map(|p| p.containers.as_slice()).unwrap_or_default();
-    let newest = containers.first();
-    let last_exited = containers.iter().find(|c| c.state == State::Exited);
+    let all = seen.map(|p| p.containers.as_slice()).unwrap_or_default();
+    // Only the containers of the current spec tell how the module does; a previous spec's
+    // container that still runs while kubelet replaces the pod must not pass for it.
+    let current = crate::render::spec_hash(m);
+    let containers: Vec<&ContainerSeen> = all.iter().filter(|c| c.spec_hash == current).collect();
+    let replacing = containers.is_empty() && !all.is_empty();
+    let newest = containers.first().copied();
+    let last_exited = containers
+        .iter()
+        .copied()
+        .find(|c| c.state == State::Exited);
     let mut status = ModuleStatus {
         name: m.name.clone(),
         runtime_status: RuntimeStatus::Pending,
@@ -72,10 +82,15 @@ pub fn module_status(
             .filter(|r| !r.is_empty()),
         message: String::new(),
     };
-    let running = newest.is_some_and(|c| c.state == State::Running);
+    // Stopping concerns whatever still runs, of any spec.
+    let running = all.first().is_some_and(|c| c.state == State::Running);
     let (runtime_status, message) = match (m.desired_status, newest) {
         (DesiredStatus::Stopped, _) if running => (RuntimeStatus::Running, "stopping".to_owned()),
         (DesiredStatus::Stopped, _) => (RuntimeStatus::Stopped, "stopped as desired".to_owned()),
+        (DesiredStatus::Running, None) if replacing => (
+            RuntimeStatus::Pending,
+            "the previous version is being replaced".to_owned(),
+        ),
         (DesiredStatus::Running, None) => (
             RuntimeStatus::Pending,
             match placement {
@@ -170,6 +185,25 @@ mod tests {
         .expect("module")
     }
 
+    /// The status of `m` from containers that all run its current spec.
+    fn status(m: &ResolvedModule, seen: Option<&PodSeen>, placement: Placement) -> ModuleStatus {
+        let mut seen = seen.cloned();
+        for c in seen.iter_mut().flat_map(|p| p.containers.iter_mut()) {
+            c.spec_hash = crate::render::spec_hash(m);
+        }
+        module_status(m, seen.as_ref(), placement)
+    }
+
+    #[test]
+    fn a_previous_spec_still_running_is_not_the_module_running() {
+        let m = module("Always", "running");
+        let old = pod(vec![c(0, State::Running, 0)]);
+        let s = module_status(&m, old.as_ref(), Placement::Placed);
+        assert_eq!(s.runtime_status, RuntimeStatus::Pending);
+        assert!(s.message.contains("previous version"), "{}", s.message);
+        assert!(!is_up(&s));
+    }
+
     fn c(attempt: u32, state: State, exit_code: i32) -> ContainerSeen {
         ContainerSeen {
             attempt,
@@ -193,6 +227,7 @@ mod tests {
             },
             message: String::new(),
             image_ref: "sha256:abc".into(),
+            spec_hash: String::new(),
         }
     }
 
@@ -272,7 +307,7 @@ mod tests {
             ("Always", "stopped", None, Stopped, "stopped as desired"),
         ];
         for (policy, desired, seen, expected, message) in cases {
-            let s = module_status(&module(policy, desired), seen.as_ref(), Placement::Placed);
+            let s = status(&module(policy, desired), seen.as_ref(), Placement::Placed);
             assert_eq!(s.runtime_status, expected, "{policy} {desired} {seen:?}");
             assert!(
                 s.message.contains(message),
@@ -285,7 +320,7 @@ mod tests {
     #[test]
     fn counts_restarts_and_keeps_the_last_exit() {
         let seen = pod(vec![c(2, State::Running, 0), c(1, State::Exited, 137)]);
-        let s = module_status(
+        let s = status(
             &module("Always", "running"),
             seen.as_ref(),
             Placement::Placed,
@@ -301,7 +336,7 @@ mod tests {
 
     #[test]
     fn waiting_modules_say_for_what() {
-        let s = module_status(
+        let s = status(
             &module("Always", "running"),
             None,
             Placement::WaitingFor(10),
@@ -315,7 +350,7 @@ mod tests {
     fn long_messages_are_cut() {
         let mut long = c(0, State::Exited, 1);
         long.message = "é".repeat(400);
-        let s = module_status(
+        let s = status(
             &module("Never", "running"),
             pod(vec![long]).as_ref(),
             Placement::Placed,

@@ -10,6 +10,7 @@ use edgefleet_crds::ResolvedModule;
 use edgefleet_crds::identity::AGENT_NAME;
 use edgefleet_crds::identity::pods::{
     CONFIG_HASH_ANNOTATION, CONFIG_MOUNT_PATH, MANAGED_BY_LABEL, MODULE_LABEL, MODULE_NAMESPACE,
+    SPEC_HASH_LABEL,
 };
 use edgefleet_crds::module::{PullPolicy, RestartPolicy};
 use k8s_openapi::api::core::v1::{
@@ -111,6 +112,7 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
             labels: Some(BTreeMap::from([
                 (MODULE_LABEL.to_owned(), m.name.clone()),
                 (MANAGED_BY_LABEL.to_owned(), AGENT_NAME.to_owned()),
+                (SPEC_HASH_LABEL.to_owned(), spec_hash(m)),
             ])),
             annotations: (!annotations.is_empty()).then_some(annotations),
             ..Default::default()
@@ -128,6 +130,16 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
 }
 
 /// A short hash of the config files, names and contents.
+/// A hash of the module's spec (image, command, env, config, ...): its pod carries it, so
+/// that the containers of a previous spec are not taken for the current one.
+pub fn spec_hash(m: &ResolvedModule) -> String {
+    let bytes = serde_json::to_vec(&m.spec).unwrap_or_default();
+    Sha256::digest(&bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn config_hash(m: &ResolvedModule) -> String {
     let mut h = Sha256::new();
     for f in &m.spec.config {
