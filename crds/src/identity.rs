@@ -12,6 +12,10 @@ pub const SYSTEM_NAMESPACE: &str = "edgefleet-system";
 pub const DEVICE_LABEL: &str = "edgefleet.io/device";
 pub const DEVICE_LABEL_VALUE: &str = "true";
 
+/// `app.kubernetes.io/name`: names what an object belongs to (the agent's pod, the
+/// bootstrap's certificate requests).
+pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
+
 /// Binary and field-manager names.
 pub const CONTROLLER_NAME: &str = "edgefleet-controller";
 pub const AGENT_NAME: &str = "edgefleet-agent";

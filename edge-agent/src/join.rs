@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use edgefleet_crds::identity::{BOOTSTRAP_NAME, CLIENT_SIGNER, DEVICES_GROUP, device_user};
+use edgefleet_crds::identity::{
+    APP_NAME_LABEL, BOOTSTRAP_NAME, CLIENT_SIGNER, DEVICE_LABEL, DEVICES_GROUP, device_user,
+};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestSpec,
@@ -218,11 +220,8 @@ async fn request_certificate(client: &Client, device: &str) -> Result<Credential
             name: Some(name.clone()),
             labels: Some(
                 [
-                    (
-                        "app.kubernetes.io/name".to_owned(),
-                        BOOTSTRAP_NAME.to_owned(),
-                    ),
-                    ("edgefleet.io/device".to_owned(), device.to_owned()),
+                    (APP_NAME_LABEL.to_owned(), BOOTSTRAP_NAME.to_owned()),
+                    (DEVICE_LABEL.to_owned(), device.to_owned()),
                 ]
                 .into_iter()
                 .collect(),

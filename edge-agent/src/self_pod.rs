@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use edgefleet_crds::identity::AGENT_NAME;
 use edgefleet_crds::identity::pods::MANAGED_BY_LABEL;
+use edgefleet_crds::identity::{AGENT_NAME, APP_NAME_LABEL};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements,
     SecurityContext, Volume, VolumeMount,
@@ -66,7 +66,7 @@ pub fn pod(c: &Config, image: &str) -> Pod {
             name: Some(AGENT_NAME.into()),
             namespace: Some(c.namespace.clone()),
             labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/name".to_owned(), AGENT_NAME.to_owned()),
+                (APP_NAME_LABEL.to_owned(), AGENT_NAME.to_owned()),
                 (
                     MANAGED_BY_LABEL.to_owned(),
                     "edgefleet-bootstrap".to_owned(),
