@@ -31,6 +31,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::selector::Selector;
 
+/// The stall reasons a plan gives (`RolloutStatus::stall_reason`).
+pub const FAILURE_THRESHOLD_EXCEEDED: &str = "FailureThresholdExceeded";
+pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
 /// How a device is doing at the revision it was moved to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -240,6 +244,7 @@ pub fn plan(
             plan.recheck_in = Some(Duration::ZERO);
         } else {
             plan.status.phase = RolloutPhase::Stalled;
+            plan.status.stall_reason = FAILURE_THRESHOLD_EXCEEDED.to_owned();
             plan.status.message = if policy.on_failure == OnFailure::Rollback {
                 format!("{why}; no earlier revision was fully ready, nothing to roll back to")
             } else {
@@ -362,6 +367,7 @@ fn finish(mut plan: Plan, policy: &Policy, now: Timestamp, last_progress: Timest
     let idle = now.duration_since(last_progress).unsigned_abs();
     if idle >= policy.progress_deadline {
         plan.status.phase = RolloutPhase::Stalled;
+        plan.status.stall_reason = PROGRESS_DEADLINE_EXCEEDED.to_owned();
         plan.status.message = format!(
             "no progress for {}s (progressDeadlineSeconds {}): {}",
             idle.as_secs(),
@@ -680,6 +686,7 @@ mod tests {
         set(&mut devices, "b", |d| d.health = Health::Failed);
         let stalled = plan(&p, U, &devices, &first.status, t0());
         assert_eq!(stalled.status.phase, RolloutPhase::Stalled);
+        assert_eq!(stalled.status.stall_reason, FAILURE_THRESHOLD_EXCEEDED);
         p.failure_threshold = Count::Percent("25%".into());
         let tolerated = plan(&p, U, &devices, &first.status, t0());
         assert_eq!(tolerated.status.phase, RolloutPhase::Progressing);
@@ -709,6 +716,7 @@ mod tests {
         let late = t0() + jiff::SignedDuration::from_secs(601);
         let stalled = plan(&p, U, &devices, &waiting.status, late);
         assert_eq!(stalled.status.phase, RolloutPhase::Stalled);
+        assert_eq!(stalled.status.stall_reason, PROGRESS_DEADLINE_EXCEEDED);
         assert!(
             stalled.status.message.contains("no progress for 601s"),
             "{}",

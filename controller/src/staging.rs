@@ -259,10 +259,7 @@ pub fn conditions_of_rollout(status: &mut EdgeDeploymentStatus, generation: Opti
     };
     let (reason, stalled) = match rollout.phase {
         RolloutPhase::Complete => return,
-        RolloutPhase::Stalled if rollout.message.starts_with("no progress") => {
-            ("ProgressDeadlineExceeded", true)
-        }
-        RolloutPhase::Stalled => ("FailureThresholdExceeded", true),
+        RolloutPhase::Stalled => (rollout.stall_reason.as_str(), true),
         RolloutPhase::RollingBack => ("RollingBack", true),
         RolloutPhase::RolledBack => ("RolledBack", true),
         other => (other.as_str(), false),
@@ -347,5 +344,61 @@ impl Context {
             *entry = (target.to_owned(), BTreeSet::new());
         }
         entry.1.insert(device.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgefleet_crds::condition::{Condition, ConditionStatus};
+
+    use super::*;
+    use crate::rollout::PROGRESS_DEADLINE_EXCEEDED;
+
+    fn status(phase: RolloutPhase, stall_reason: &str) -> EdgeDeploymentStatus {
+        let c = |t: &str, on: bool| {
+            Condition::new(t, ConditionStatus::from_bool(on), "AllReady", String::new())
+        };
+        EdgeDeploymentStatus {
+            rollout: Some(RolloutStatus {
+                phase,
+                stall_reason: stall_reason.to_owned(),
+                message: "waiting".to_owned(),
+                ..Default::default()
+            }),
+            conditions: vec![
+                c(conditions::READY, true),
+                c(conditions::RECONCILING, false),
+                c(conditions::STALLED, false),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn verdict(s: &EdgeDeploymentStatus) -> Vec<(String, bool, String)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.is_true(), c.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_conditions_follow_the_rollout_phase() {
+        let mut stalled = status(RolloutPhase::Stalled, PROGRESS_DEADLINE_EXCEEDED);
+        conditions_of_rollout(&mut stalled, Some(2));
+        let reason = PROGRESS_DEADLINE_EXCEEDED.to_owned();
+        assert_eq!(
+            verdict(&stalled),
+            [
+                ("Ready".to_owned(), false, reason.clone()),
+                ("Reconciling".to_owned(), false, reason.clone()),
+                ("Stalled".to_owned(), true, reason),
+            ]
+        );
+        let mut canary = status(RolloutPhase::Canary, "");
+        conditions_of_rollout(&mut canary, Some(2));
+        assert!(verdict(&canary).contains(&("Reconciling".to_owned(), true, "Canary".to_owned())));
+        let mut done = status(RolloutPhase::Complete, "");
+        conditions_of_rollout(&mut done, Some(2));
+        assert!(verdict(&done).contains(&("Ready".to_owned(), true, "AllReady".to_owned())));
     }
 }

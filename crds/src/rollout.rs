@@ -203,6 +203,10 @@ pub struct RolloutStatus {
     /// The update revision that exceeded the failure threshold and was rolled back.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub failed_revision: String,
+    /// Why a Stalled rollout stopped: `FailureThresholdExceeded` or
+    /// `ProgressDeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stall_reason: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
