@@ -105,13 +105,24 @@ build_pause_image() {
 # The lab's test image: Debian's static busybox in a FROM-scratch image, so tests have a
 # shell, sleep and echo on every node without any registry.
 BUSYBOX_IMAGE="localhost/edgefleet-lab/busybox:1"
-BUSYBOX_TAR="$CACHE_DIR/images/busybox-$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null | tr -c 'A-Za-z0-9.+\n-' _).tar"
+
+# busybox_tar: the cached image's path, keyed by the installed busybox-static version. A
+# function, not a variable set at load time: before `up` has installed the package there
+# is no version to read, and every lab command (help included) must still work.
+busybox_tar() {
+  local version
+  version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null) ||
+    die "busybox-static is not installed (e2e/lab up installs it)"
+  printf '%s/images/busybox-%s.tar\n' "$CACHE_DIR" "$(printf '%s' "$version" | tr -c 'A-Za-z0-9.+-' _)"
+}
 
 build_busybox_image() {
-  [ -s "$BUSYBOX_TAR" ] && return 0
+  local tar
+  tar=$(busybox_tar)
+  [ -s "$tar" ] && return 0
   local ctx
   ctx=$(mktemp -d)
-  mkdir -p "$ctx/bin" "$(dirname "$BUSYBOX_TAR")"
+  mkdir -p "$ctx/bin" "$(dirname "$tar")"
   cp /bin/busybox "$ctx/bin/busybox"
   local applet
   for applet in sh echo sleep cat ls ps kill date true false env id hostname; do
@@ -120,8 +131,8 @@ build_busybox_image() {
   printf 'FROM scratch\nCOPY bin /bin\nENV PATH=/bin\nCMD ["/bin/sh"]\n' >"$ctx/Containerfile"
   podman build -q -t "$BUSYBOX_IMAGE" -f "$ctx/Containerfile" "$ctx" >"$ctx/build.log" 2>&1 ||
     die "podman build of the busybox image failed: $(tail -3 "$ctx/build.log")"
-  podman save --format docker-archive -o "$BUSYBOX_TAR.tmp" "$BUSYBOX_IMAGE" >/dev/null 2>&1 ||
+  podman save --format docker-archive -o "$tar.tmp" "$BUSYBOX_IMAGE" >/dev/null 2>&1 ||
     die "podman save of the busybox image failed"
-  mv "$BUSYBOX_TAR.tmp" "$BUSYBOX_TAR"
+  mv "$tar.tmp" "$tar"
   rm -rf "$ctx"
 }

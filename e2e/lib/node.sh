@@ -110,9 +110,10 @@ containerd_ready() { ctr --address "$(node_sock "$1")" version >/dev/null 2>&1; 
 # ensure_lab_images NODE: the pause image (kubelet needs it for every pod) and the lab's
 # busybox test image, imported once; containerd's root is the node's disk.
 ensure_lab_images() {
-  local node=$1 image tar have
+  local node=$1 image tar have busybox
+  busybox=$(busybox_tar)
   have=$(ctr --address "$(node_sock "$node")" -n k8s.io images ls -q)
-  for image in "$PAUSE_IMAGE=$PAUSE_TAR" "$BUSYBOX_IMAGE=$BUSYBOX_TAR"; do
+  for image in "$PAUSE_IMAGE=$PAUSE_TAR" "$BUSYBOX_IMAGE=$busybox"; do
     tar=${image#*=}
     image=${image%%=*}
     grep -qx "$image" <<<"$have" && continue
