@@ -1,6 +1,7 @@
 //! Server-side apply of the parts the controller owns, under its field manager, forcing
 //! ownership: the controller is the only writer of what it applies.
 
+use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::identity::CONTROLLER_MANAGER;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource};
@@ -8,11 +9,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-/// Applies `status` as the whole controller-owned status of object `name`.
-pub async fn status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> kube::Result<K>
+/// Applies `status` as the whole controller-owned status of object `name`, fitted within
+/// the schema's bounds first: a string quoted from a device must never make the apiserver
+/// refuse the write (callers that compare with the current status bound it before, too).
+pub async fn status<K, S>(api: &Api<K>, name: &str, status: &S) -> kube::Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Bounded + Serialize + Clone,
 {
+    let mut status = status.clone();
+    status.bound();
     let patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::condition::{self, ConditionStatus};
 use edgefleet_crds::device::conditions::ONLINE;
 use edgefleet_crds::{EdgeDeployment, EdgeDeploymentStatus};
@@ -36,7 +37,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
     let devices = ctx.stores.devices.state();
     let views = devices
         .iter()
-        .filter(|dev| ctx.registered(&dev.name_any()).is_some())
+        .filter(|dev| ctx.enrolled(&dev.name_any()))
         .map(|dev| DeviceView {
             name: dev.metadata.name.as_deref().unwrap_or_default(),
             labels: dev.labels(),
@@ -61,6 +62,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
     status.deferred += rollout.as_ref().map_or(0, |r| r.deferred);
     status.rollout = rollout;
     staging::conditions_of_rollout(&mut status, d.metadata.generation);
+    status.bound();
     let now = Time(jiff::Timestamp::now());
     condition::carry_transition_times(&mut status.conditions, &old.conditions, &now);
     let requeue = Action::requeue(

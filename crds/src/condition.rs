@@ -15,10 +15,10 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
     pub status: ConditionStatus,
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = crate::bounds::CONDITION_REASON_MAX))]
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    #[schemars(length(max = 2048))]
+    #[schemars(length(max = crate::bounds::CONDITION_MESSAGE_MAX))]
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

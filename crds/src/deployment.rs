@@ -172,7 +172,7 @@ pub struct EdgeDeploymentStatus {
     pub lost: u32,
     /// At most ten failing devices, sorted by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 10))]
+    #[schemars(length(max = MAX_FAILURE_SAMPLES))]
     pub failures: Vec<FailureSample>,
     /// Revisions and where the rollout of the latest one stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,10 +184,12 @@ pub struct EdgeDeploymentStatus {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct FailureSample {
+    #[schemars(length(max = crate::bounds::OBJECT_NAME_MAX))]
     pub device: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = crate::bounds::MODULE_NAME_MAX))]
     pub module: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = crate::bounds::FAILURE_REASON_MAX))]
     pub reason: String,
 }

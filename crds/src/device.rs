@@ -193,7 +193,7 @@ pub struct ModuleStatus {
     #[schemars(length(max = 512))]
     pub image_id: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = crate::bounds::MODULE_MESSAGE_MAX))]
     pub message: String,
 }
 

@@ -2,6 +2,7 @@
 //! (`edgefleet.io/v1alpha1`), every identity string as a const, and pure helpers shared by
 //! the controller and the agent. No IO lives here.
 
+pub mod bounds;
 pub mod condition;
 pub mod deployment;
 pub mod device;

@@ -188,7 +188,7 @@ pub struct RolloutStatus {
     pub deferred: u32,
     /// Why the rollout is waiting, or what it is doing.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = crate::bounds::ROLLOUT_MESSAGE_MAX))]
     pub message: String,
     /// Devices per revision, newest first (at most five revisions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
