@@ -7,13 +7,18 @@
 //! device and no other. Requests from anyone else are not ours and left alone (an
 //! administrator may approve them by hand); bad requests from the bootstrap account are
 //! denied with the reason, which the bootstrap pod logs.
+//!
+//! The request is read the way Kubernetes reads it ([`crate::csr_request`]), so the identity
+//! approved is the identity signed; once the signer has issued the certificate, its subject
+//! is compared with the device approved all the same, and a difference raised as a Warning
+//! Event and counted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_crds::identity::{
-    BOOTSTRAP_NAME, CLIENT_SIGNER, CONTROLLER_NAME, DEVICE_USER_PREFIX, DEVICES_GROUP,
-    bootstrap_user,
+    APP_NAME_LABEL, BOOTSTRAP_NAME, CLIENT_SIGNER, CONTROLLER_NAME, DEVICE_USER_PREFIX,
+    DEVICES_GROUP, bootstrap_user,
 };
 use edgefleet_crds::names::check_dns_label;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
@@ -21,14 +26,17 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::extensions::ParsedExtension;
-use x509_parser::oid_registry::{OID_X509_COMMON_NAME, OID_X509_ORGANIZATION_NAME};
-use x509_parser::prelude::FromDer;
+use x509_parser::cri_attributes::ParsedCriAttribute;
+use x509_parser::oid_registry::{
+    OID_X509_COMMON_NAME, OID_X509_EXT_SUBJECT_ALT_NAME, OID_X509_ORGANIZATION_NAME,
+};
+use x509_parser::x509::X509Name;
 
 use crate::context::{Context, reference};
+use crate::csr_request;
 use crate::error::{Error, Result};
 
 pub const CONTROLLER: &str = "csr-approval";
@@ -41,6 +49,9 @@ const CLIENT_AUTH: &str = "client auth";
 const ALLOWED_USAGES: [&str; 3] = [CLIENT_AUTH, "digital signature", "key encipherment"];
 const APPROVED_REASON: &str = "EdgefleetDeviceJoin";
 const DENIED_REASON: &str = "EdgefleetJoinRefused";
+/// The Warning Event on a request whose issued certificate names another subject than the
+/// device approved.
+const MISMATCH_REASON: &str = "IssuedCertificateMismatch";
 /// How soon a request for a device not registered yet is looked at again.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 
@@ -57,6 +68,57 @@ pub enum Verdict {
     Wait(String),
 }
 
+/// The requests the approval lists and watches: the ones the bootstrap labels as its own,
+/// for the client signer. The apiserver filters, so the controller caches no other request
+/// in the cluster. The bootstrap labels every request it makes (edge-agent's `join`), so an
+/// unlabelled request is not the bootstrap's: ignoring it leaves it pending, never approved,
+/// like any request not ours. Anyone may set the label, so it narrows the watch and proves
+/// nothing: [`standing`] still checks requester and signer.
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default()
+        .labels(&format!("{APP_NAME_LABEL}={BOOTSTRAP_NAME}"))
+        .fields(&format!("spec.signerName={CLIENT_SIGNER}"))
+}
+
+/// Where a request stands, read from the request alone: no lookups, so that requests that
+/// are not ours, or are decided, cost nothing more.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Standing<'a> {
+    /// Another requester's, or for another signer.
+    NotOurs,
+    /// Ours and decided, with nothing to check: denied, not issued yet, or approved by
+    /// someone else.
+    Decided,
+    /// Ours, approved by this controller, and issued: the certificate (PEM) to check.
+    Issued(&'a [u8]),
+    /// Ours and waiting for a decision.
+    Undecided,
+}
+
+/// Tells [`Standing`] from the request's requester, signer and status.
+pub fn standing<'a>(csr: &'a CertificateSigningRequest, namespace: &str) -> Standing<'a> {
+    let spec = &csr.spec;
+    if spec.signer_name != CLIENT_SIGNER
+        || spec.username.as_deref() != Some(&bootstrap_user(namespace))
+    {
+        return Standing::NotOurs;
+    }
+    let status = csr.status.as_ref();
+    let conditions = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    if conditions.is_empty() {
+        return Standing::Undecided;
+    }
+    let approved_by_us = conditions
+        .iter()
+        .any(|c| c.type_ == "Approved" && c.reason.as_deref() == Some(APPROVED_REASON));
+    match status.and_then(|s| s.certificate.as_ref()) {
+        Some(cert) if approved_by_us && !cert.0.is_empty() => Standing::Issued(&cert.0),
+        _ => Standing::Decided,
+    }
+}
+
 /// The pod behind the request's token, as (name, uid).
 pub fn requester_pod(csr: &CertificateSigningRequest) -> Option<(String, String)> {
     let extra = csr.spec.extra.as_ref()?;
@@ -65,25 +127,18 @@ pub fn requester_pod(csr: &CertificateSigningRequest) -> Option<(String, String)
 }
 
 /// Decides on a request. `pod` is the requester's pod as found in `namespace`; `registered`
-/// says whether a device of that name is registered.
+/// says whether a device of that name is registered. Only an [`Standing::Undecided`]
+/// request is judged: the reconcile asks [`standing`] first, before it looks the pod up.
 pub fn judge(
     csr: &CertificateSigningRequest,
     namespace: &str,
     pod: Option<&Pod>,
     registered: impl Fn(&str) -> bool,
 ) -> Verdict {
-    let spec = &csr.spec;
-    let decided = csr
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| !c.is_empty());
-    if decided
-        || spec.signer_name != CLIENT_SIGNER
-        || spec.username.as_deref() != Some(&bootstrap_user(namespace))
-    {
+    if standing(csr, namespace) != Standing::Undecided {
         return Verdict::NotOurs;
     }
+    let spec = &csr.spec;
     let device = match requested_device(&spec.request.0) {
         Ok(d) => d,
         Err(why) => return Verdict::Deny(why),
@@ -126,19 +181,43 @@ pub fn judge(
         ));
     }
     if !registered(&device) {
-        return Verdict::Wait(format!("device {device} is not registered yet"));
+        return Verdict::Wait(format!(
+            "device {device} is not enrolled (yet): an administrator enrols it by creating EdgeDevice {device}"
+        ));
     }
     Verdict::Approve { device }
 }
 
-/// The device a PEM certificate request names: subject exactly
-/// `O=edgefleet:devices, CN=edgefleet:device:<device>`, no alternative names.
+/// The device a PEM certificate request names: read as Kubernetes reads it
+/// ([`csr_request`]), subject exactly `O=edgefleet:devices, CN=edgefleet:device:<device>`,
+/// no alternative names.
 fn requested_device(pem: &[u8]) -> Result<String, String> {
-    let not_csr = |e: String| format!("the request is not a PEM certificate request: {e}");
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| not_csr(e.to_string()))?;
-    let (_, req) =
-        X509CertificationRequest::from_der(&pem.contents).map_err(|e| not_csr(e.to_string()))?;
-    let subject = &req.certification_request_info.subject;
+    let not_csr = |e: csr_request::Malformed| {
+        format!("the request is not a PEM certificate request as Kubernetes reads it: {e}")
+    };
+    let der = csr_request::pem_to_der(pem).map_err(not_csr)?;
+    let req = csr_request::parse(&der).map_err(not_csr)?;
+    let device = subject_device(&req.certification_request_info.subject)?;
+    // By OID, parsed or not: Go's signer copies whatever alternative names it reads.
+    let has_alt_names = req
+        .certification_request_info
+        .iter_attributes()
+        .any(|attr| match attr.parsed_attribute() {
+            ParsedCriAttribute::ExtensionRequest(r) => r
+                .extensions
+                .iter()
+                .any(|e| e.oid == OID_X509_EXT_SUBJECT_ALT_NAME),
+            _ => false,
+        });
+    if has_alt_names {
+        return Err("a device certificate names no hosts: remove the alternative names".into());
+    }
+    Ok(device)
+}
+
+/// The device a subject names: exactly `O=edgefleet:devices, CN=edgefleet:device:<device>`,
+/// each once, nothing else, and a device name that is a DNS label.
+fn subject_device(subject: &X509Name<'_>) -> Result<String, String> {
     let (mut cn, mut orgs, mut other) = (Vec::new(), Vec::new(), 0);
     for attr in subject.iter_attributes() {
         let value = attr.as_str().unwrap_or_default().to_owned();
@@ -157,18 +236,76 @@ fn requested_device(pem: &[u8]) -> Result<String, String> {
     }
     .ok_or_else(|| format!("the subject must be exactly {wanted}, not {subject}"))?;
     check_dns_label(device).map_err(|e| format!("bad device name in the subject: {e}"))?;
-    let has_alt_names = req.requested_extensions().is_some_and(|mut exts| {
-        exts.any(|e| matches!(e, ParsedExtension::SubjectAlternativeName(_)))
-    });
-    if has_alt_names {
-        return Err("a device certificate names no hosts: remove the alternative names".into());
-    }
     Ok(device.to_owned())
+}
+
+/// Why the certificate issued for an approved request does not name exactly the device the
+/// request names (CN and O), or `None` when it does. A difference means the signer read the
+/// request otherwise than the approval did; a request that no longer passes the checks (one
+/// approved before they were made stricter) counts as a difference too.
+pub fn issued_mismatch(request: &[u8], certificate: &[u8]) -> Option<String> {
+    let approved = match requested_device(request) {
+        Ok(device) => device,
+        Err(why) => {
+            return Some(format!(
+                "the approved request no longer passes the checks: {why}"
+            ));
+        }
+    };
+    let issued = x509_parser::pem::parse_x509_pem(certificate)
+        .map_err(|e| e.to_string())
+        .and_then(|(_, pem)| match pem.label.as_str() {
+            "CERTIFICATE" => Ok(pem),
+            other => Err(format!("a {other:?} PEM block")),
+        })
+        .and_then(|pem| {
+            let cert = pem.parse_x509().map_err(|e| e.to_string())?;
+            subject_device(cert.subject())
+        });
+    match issued {
+        Ok(device) if device == approved => None,
+        Ok(device) => Some(format!(
+            "the certificate issued for device {approved} names device {device}"
+        )),
+        Err(why) => Some(format!(
+            "the certificate issued for device {approved} does not name it: {why}"
+        )),
+    }
 }
 
 pub async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Result<Action> {
     ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
+    match standing(&csr, &ctx.config.namespace) {
+        Standing::NotOurs | Standing::Decided => Ok(Action::await_change()),
+        Standing::Issued(certificate) => {
+            check_issued(&csr, certificate, &ctx).await;
+            Ok(Action::await_change())
+        }
+        Standing::Undecided => decide(csr, &ctx).await,
+    }
+}
+
+/// Raises a Warning Event on the request, and counts it, when the certificate issued does
+/// not name the device approved. Nothing can take a certificate back; this tells a person.
+async fn check_issued(csr: &CertificateSigningRequest, certificate: &[u8], ctx: &Context) {
+    let Some(why) = issued_mismatch(&csr.spec.request.0, certificate) else {
+        return;
+    };
+    tracing::warn!(csr = csr.name_any(), "{why}");
+    ctx.metrics.issued_mismatch();
+    ctx.event(
+        &reference(csr),
+        EventType::Warning,
+        MISMATCH_REASON,
+        "CheckIssued",
+        why,
+    )
+    .await;
+}
+
+/// Looks the requesting pod up, judges the request and writes the verdict.
+async fn decide(csr: Arc<CertificateSigningRequest>, ctx: &Context) -> Result<Action> {
     let ns = ctx.config.namespace.as_str();
     let pod = match requester_pod(&csr) {
         Some((name, _)) => Api::<Pod>::namespaced(ctx.client.clone(), ns)
@@ -177,7 +314,7 @@ pub async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -
             .map_err(|e| Error::ReadPod(name, e))?,
         None => None,
     };
-    let verdict = judge(&csr, ns, pod.as_ref(), |d| ctx.registered(d).is_some());
+    let verdict = judge(&csr, ns, pod.as_ref(), |d| ctx.enrolled(d));
     let name = csr.name_any();
     let (type_, reason, message) = match verdict {
         Verdict::NotOurs => return Ok(Action::await_change()),
@@ -230,7 +367,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::ByteString;
-    use k8s_openapi::api::certificates::v1::CertificateSigningRequestSpec;
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequestCondition, CertificateSigningRequestSpec,
+        CertificateSigningRequestStatus,
+    };
     use k8s_openapi::api::core::v1::PodSpec;
     use kube::api::ObjectMeta;
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
@@ -260,6 +400,17 @@ mod tests {
             ],
             &[],
         )
+    }
+
+    fn device_cert(org: &str, cn: &str) -> Vec<u8> {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.self_signed(&key).expect("cert").pem().into_bytes()
     }
 
     fn csr(request: Vec<u8>) -> CertificateSigningRequest {
@@ -351,6 +502,95 @@ mod tests {
             judge(&decided, NS, Some(&pod("edge-1")), |_| true),
             Verdict::NotOurs
         );
+    }
+
+    /// The attack that joined any identity: Kubernetes signs the second block, which names
+    /// edge-2; the first, badly closed, names the requesting pod's own node.
+    #[test]
+    fn a_second_pem_block_behind_a_wrong_end_line_cannot_join_another_device() {
+        let shown = String::from_utf8(device_pem("edge-1")).expect("PEM is text");
+        let shown = shown.replace("-----END CERTIFICATE REQUEST-----", "-----END X-----");
+        let smuggled = String::from_utf8(device_pem("edge-2")).expect("PEM is text");
+        let request = format!("{shown}{smuggled}").into_bytes();
+        let v = judge(&csr(request), NS, Some(&pod("edge-1")), |_| true);
+        denied(v, "-----END X-----");
+    }
+
+    #[test]
+    fn requests_not_ours_or_decided_are_told_apart_before_any_lookup() {
+        let fresh = csr(device_pem("edge-1"));
+        assert_eq!(standing(&fresh, NS), Standing::Undecided);
+        let mut other = csr(device_pem("edge-1"));
+        other.spec.username = Some("alice".into());
+        assert_eq!(standing(&other, NS), Standing::NotOurs);
+        let mut other_signer = csr(device_pem("edge-1"));
+        other_signer.spec.signer_name = "example.com/signer".into();
+        assert_eq!(standing(&other_signer, NS), Standing::NotOurs);
+
+        let decided = |type_: &str, reason: &str, certificate: &[u8]| {
+            let mut c = csr(device_pem("edge-1"));
+            c.status = Some(CertificateSigningRequestStatus {
+                conditions: Some(vec![CertificateSigningRequestCondition {
+                    type_: type_.into(),
+                    reason: Some(reason.into()),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                certificate: Some(ByteString(certificate.to_vec())),
+            });
+            c
+        };
+        let issued = decided("Approved", APPROVED_REASON, b"cert");
+        assert_eq!(standing(&issued, NS), Standing::Issued(b"cert"));
+        let not_issued = decided("Approved", APPROVED_REASON, b"");
+        assert_eq!(standing(&not_issued, NS), Standing::Decided);
+        let by_hand = decided("Approved", "KubectlApprove", b"cert");
+        assert_eq!(standing(&by_hand, NS), Standing::Decided);
+        let denial = decided("Denied", DENIED_REASON, b"");
+        assert_eq!(standing(&denial, NS), Standing::Decided);
+    }
+
+    #[test]
+    fn the_watch_selects_only_bootstrap_requests_for_the_client_signer() {
+        let config = watch_config();
+        assert_eq!(
+            config.label_selector.as_deref(),
+            Some("app.kubernetes.io/name=edgefleet-bootstrap")
+        );
+        assert_eq!(
+            config.field_selector.as_deref(),
+            Some("spec.signerName=kubernetes.io/kube-apiserver-client")
+        );
+    }
+
+    #[test]
+    fn the_certificate_issued_for_the_device_approved_matches() {
+        let cert = device_cert(DEVICES_GROUP, "edgefleet:device:edge-1");
+        assert_eq!(issued_mismatch(&device_pem("edge-1"), &cert), None);
+    }
+
+    #[test]
+    fn a_certificate_issued_for_another_subject_is_a_mismatch() {
+        let request = device_pem("edge-1");
+        let mismatch = |cert: &[u8]| issued_mismatch(&request, cert).expect("a mismatch");
+        let other_device = device_cert(DEVICES_GROUP, "edgefleet:device:edge-2");
+        assert_eq!(
+            mismatch(&other_device),
+            "the certificate issued for device edge-1 names device edge-2"
+        );
+        let admin = device_cert("system:masters", "edgefleet:device:edge-1");
+        assert!(
+            mismatch(&admin).contains("the subject must be exactly"),
+            "{:?}",
+            mismatch(&admin)
+        );
+        assert!(mismatch(b"not a certificate").contains("does not name it"));
+        // A request approved before the checks were strict fails them now: still reported.
+        let old = String::from_utf8(device_pem("edge-1")).expect("PEM is text");
+        let two_blocks = format!("{old}{old}");
+        let cert = device_cert(DEVICES_GROUP, "edgefleet:device:edge-1");
+        let why = issued_mismatch(two_blocks.as_bytes(), &cert).expect("a mismatch");
+        assert!(why.contains("no longer passes the checks"), "{why}");
     }
 
     #[test]

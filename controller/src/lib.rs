@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod config;
 pub mod context;
 pub mod csr_approval;
+pub mod csr_request;
 pub mod deployment;
 pub mod device;
 pub mod device_rbac;

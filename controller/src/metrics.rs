@@ -33,6 +33,8 @@ pub struct Metrics {
     pub reconcile_duration: Family<ReconcileLabels, Histogram>,
     pub devices: Family<DeviceStateLabels, Gauge>,
     pub writes_skipped: Family<ReconcileLabels, Counter>,
+    /// Device certificates issued with another subject than the device approved.
+    pub issued_mismatches: Counter,
     registry: Registry,
 }
 
@@ -46,6 +48,7 @@ impl Default for Metrics {
         });
         let devices = Family::<DeviceStateLabels, Gauge>::default();
         let writes_skipped = Family::<ReconcileLabels, Counter>::default();
+        let issued_mismatches = Counter::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -67,12 +70,18 @@ impl Default for Metrics {
             "Reconciles that wrote nothing because nothing changed",
             writes_skipped.clone(),
         );
+        registry.register(
+            "issued_certificate_mismatches",
+            "Device certificates issued with another subject than the device approved",
+            issued_mismatches.clone(),
+        );
         Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
             devices,
             writes_skipped,
+            issued_mismatches,
             registry,
         }
     }
@@ -105,6 +114,10 @@ impl Metrics {
         self.writes_skipped
             .get_or_create(&ReconcileLabels { controller })
             .inc();
+    }
+
+    pub fn issued_mismatch(&self) {
+        self.issued_mismatches.inc();
     }
 
     pub fn set_devices(&self, state: &'static str, n: i64) {
@@ -152,6 +165,7 @@ mod tests {
         }
         m.error("device", "device_write");
         m.set_devices("online", 3);
+        m.issued_mismatch();
         let text = m.encode();
         assert!(
             text.contains("edgefleet_controller_reconciles_total{controller=\"device\"} 1"),
@@ -166,6 +180,10 @@ mod tests {
         assert!(text.contains("edgefleet_controller_reconcile_errors_total{controller=\"device\",category=\"device_write\"} 1"), "{text}");
         assert!(
             text.contains("edgefleet_controller_devices{state=\"online\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edgefleet_controller_issued_certificate_mismatches_total 1"),
             "{text}"
         );
     }
