@@ -5,7 +5,7 @@ showing progress, then prints what kubectl shows. Safe to run again: it upgrades
 
 import sys
 
-from edgefleet_lab import (EXAMPLES, NS, all_ready, edge_devices, helm, install_or_upgrade, joined, kubectl,
+from edgefleet_lab import (EXAMPLES, NS, all_ready, edge_devices, enrol_devices, helm, install_or_upgrade, joined, kubectl,
                            lab_values, rollout_progress, wait_for)
 
 
@@ -14,6 +14,8 @@ def main() -> int:
     print("demo: installing edgefleet-crds and edgefleet with Helm", file=sys.stderr)
     install_or_upgrade(cfg, "edgefleet-crds", "edgefleet-crds")
     install_or_upgrade(cfg, "edgefleet", "edgefleet", lab_values())
+    print("demo: enrolling the lab's devices: kubectl apply -f <(e2e/lab enrolment)", file=sys.stderr)
+    print(enrol_devices(), end="", file=sys.stderr)
 
     devices = edge_devices()
     wait_for(f"the bootstrap to join {len(devices)} devices", lambda: joined() == devices, timeout=300,

@@ -36,6 +36,16 @@ def kubectl(*args: str, check: bool = True) -> str:
     return out.stdout
 
 
+def enrol_devices():
+    """Enrols the lab's devices as an administrator does: their EdgeDevices, with the labels
+    deployments select on (`kubectl apply -f <(e2e/lab enrolment)`)."""
+    out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, "apply", "-f", "-"], input=lab("enrolment"),
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise AssertionError(f"enrolling the lab's devices: {out.stderr.strip()}")
+    return out.stdout
+
+
 def kubectl_json(*args: str) -> dict:
     return json.loads(kubectl(*args, "-o", "json"))
 

@@ -17,7 +17,7 @@ import unittest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "e2e"))
 
-from edgefleet_lab import (AGENT_FILE, CHARTS, CRDS, EXAMPLES, KUBECONFIG, NS, all_ready, condition,  # noqa: E402
+from edgefleet_lab import (AGENT_FILE, CHARTS, CRDS, EXAMPLES, KUBECONFIG, NS, all_ready, condition, enrol_devices,  # noqa: E402
                            edge_devices, helm, installed, joined, kubectl, kubectl_json, lab_info, lab_values, remove_agents,
                            rollout_progress, wait_for)
 
@@ -27,19 +27,23 @@ def desired_modules(device: str) -> dict:
     return {m["name"]: m for m in dev["spec"].get("desired", {}).get("modules", [])}
 
 
-def forged_request(token: str, device: str) -> str:
-    """A certificate request for `device`, sent with the bootstrap account's token bound to a
-    pod on another node; returns its name."""
+def openssl_request(tmp: str, device: str) -> str:
+    """A PEM certificate request naming `device`, made with openssl in `tmp`."""
+    key, csr = pathlib.Path(tmp, f"{device}.key"), pathlib.Path(tmp, f"{device}.csr")
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(csr),
+                    "-subj", f"/O=edgefleet:devices/CN=edgefleet:device:{device}"],
+                   check=True, capture_output=True)
+    return csr.read_text()
+
+
+def create_as_pod(token: str, name: str, request: str) -> str:
+    """Creates the certificate request `name` with the bootstrap account's `token`, labelled
+    like the bootstrap's own (the controller watches only those); returns its name."""
     with tempfile.TemporaryDirectory() as tmp:
-        key, csr = pathlib.Path(tmp, "key.pem"), pathlib.Path(tmp, "csr.pem")
-        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                        "-nodes", "-keyout", str(key), "-out", str(csr),
-                        "-subj", f"/O=edgefleet:devices/CN=edgefleet:device:{device}"],
-                       check=True, capture_output=True)
-        name = f"forged-{device}-{int(time.time())}"
         obj = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
-               "metadata": {"name": name},
-               "spec": {"request": base64.b64encode(csr.read_bytes()).decode(),
+               "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "edgefleet-bootstrap"}},
+               "spec": {"request": base64.b64encode(request.encode()).decode(),
                         "signerName": "kubernetes.io/kube-apiserver-client",
                         "usages": ["client auth", "digital signature"]}}
         manifest = pathlib.Path(tmp, "csr.json")
@@ -54,8 +58,33 @@ def forged_request(token: str, device: str) -> str:
         out = subprocess.run(["kubectl", "--kubeconfig", str(pod_config), "create", "-f", str(manifest)],
                              capture_output=True, text=True)
         if out.returncode != 0:
-            raise AssertionError(f"creating the forged request as the bootstrap pod: {out.stderr}")
+            raise AssertionError(f"creating the request {name} as the bootstrap pod: {out.stderr}")
     return name
+
+
+def forged_request(token: str, device: str) -> str:
+    """A certificate request for `device`, sent with the bootstrap account's token bound to a
+    pod on another node; returns its name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        request = openssl_request(tmp, device)
+    return create_as_pod(token, f"forged-{device}-{int(time.time())}", request)
+
+
+def two_block_request(token: str, shown: str, smuggled: str) -> str:
+    """The request that once joined any identity: a first PEM block naming `shown` (the
+    token's own node) closed by a wrong END line, then a second naming `smuggled`. Go's PEM
+    reader skips the badly closed block, so Kubernetes reads (and would sign) the second;
+    returns its name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        first = openssl_request(tmp, shown).replace("-----END CERTIFICATE REQUEST-----", "-----END X-----")
+        second = openssl_request(tmp, smuggled)
+    return create_as_pod(token, f"two-blocks-{smuggled}-{int(time.time())}", first + second)
+
+
+def decision(name: str):
+    """The Approved or Denied condition of the request `name`, once it has one."""
+    conds = kubectl_json("get", "csr", name).get("status", {}).get("conditions", [])
+    return next((c for c in conds if c["type"] in ("Denied", "Approved")), None)
 
 
 class LabInstall(unittest.TestCase):
@@ -82,6 +111,7 @@ class LabInstall(unittest.TestCase):
             create_namespace=True, wait="watcher", timeout=180,
         )
         self.assertEqual(release["status"], "deployed")
+        enrol_devices()
 
         # The controller, under the chart's RBAC alone, registers every lab device and gives
         # each its own RBAC.
@@ -113,14 +143,11 @@ class LabInstall(unittest.TestCase):
         token = kubectl("create", "token", "-n", NS, "edgefleet-bootstrap", "--bound-object-kind", "Pod",
                         "--bound-object-name", pods[0]["metadata"]["name"]).strip()
         forged = forged_request(token, "edge-2")
-
-        def denial():
-            conds = kubectl_json("get", "csr", forged).get("status", {}).get("conditions", [])
-            return next((c for c in conds if c["type"] in ("Denied", "Approved")), None)
-        verdict = wait_for("the forged request to be decided", denial, timeout=60)
+        verdict = wait_for("the forged request to be decided", lambda: decision(forged), timeout=60)
         self.assertEqual(verdict["type"], "Denied", verdict)
         self.assertIn("runs on node edge-1, so it may join only that node, not edge-2", verdict["message"])
         kubectl("delete", "csr", forged)
+        self.assert_a_second_pem_block_cannot_smuggle_another_identity(token, "edge-1", "edge-2")
 
         # GitOps: examples/ applied with kustomize rolls out to every device, and once the
         # controller has written its part, kubectl sees no drift. Server-side apply too.
@@ -177,6 +204,20 @@ class LabInstall(unittest.TestCase):
         cfg.uninstall("edgefleet-crds", timeout=120)
         for crd in CRDS:
             kubectl("get", "crd", crd)
+
+    def assert_a_second_pem_block_cannot_smuggle_another_identity(self, token: str, own: str, other: str):
+        """Edge-1's bootstrap pod sends a request whose first block, badly closed, names its
+        own device and whose second (the one Kubernetes reads) names another: denied, and
+        no certificate is ever issued for it."""
+        name = two_block_request(token, own, other)
+        verdict = wait_for("the two-block request to be decided", lambda: decision(name), timeout=60)
+        self.assertEqual(verdict["type"], "Denied", verdict)
+        self.assertIn("-----END X-----", verdict["message"])
+        time.sleep(5)
+        status = kubectl_json("get", "csr", name).get("status", {})
+        self.assertFalse(status.get("certificate"), status)
+        self.assertEqual([c["type"] for c in status.get("conditions", [])], ["Denied"], status)
+        kubectl("delete", "csr", name)
 
     def assert_no_drift(self):
         out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, "diff", "-k", str(EXAMPLES)],

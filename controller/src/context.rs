@@ -165,9 +165,22 @@ impl Context {
         self.synced.wait().await;
     }
 
-    /// Whether the device's Node exists and carries the device label.
-    pub fn registered(&self, device: &str) -> Option<Arc<PartialObjectMeta<Node>>> {
+    /// The device's Node, if it exists. Only its existence counts, never its labels.
+    pub fn node(&self, device: &str) -> Option<Arc<PartialObjectMeta<Node>>> {
         self.stores.nodes.get(&ObjectRef::new(device))
+    }
+
+    /// Whether `device` is enrolled and present: an administrator created its EdgeDevice
+    /// (not being deleted), its name can be a device identity, and its Node exists.
+    pub fn enrolled(&self, device: &str) -> bool {
+        let has_device = self
+            .stores
+            .devices
+            .get(&ObjectRef::new(device))
+            .is_some_and(|d| d.metadata.deletion_timestamp.is_none());
+        has_device
+            && crate::registry::enrolment_problem(device).is_none()
+            && self.node(device).is_some()
     }
 
     /// Publishes an Event; a failure to do so is logged, never fatal to a reconcile.

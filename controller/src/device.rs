@@ -1,90 +1,90 @@
-//! The device reconcile: mirrors the Node's labels, resolves and writes the device's
-//! desired state, and keeps the controller's own conditions on it (Registered, Online,
+//! The device reconcile: resolves and writes the device's desired state from the labels on
+//! its EdgeDevice, and keeps the controller's own conditions on it (Registered, Online,
 //! StatusValid), with Events on their transitions.
 //!
-//! When the Node is deleted or loses the device label the EdgeDevice is kept and marked
-//! `Registered=False`; its desired state becomes empty, so an agent still running there
-//! removes every module it started. Its Lease and RBAC stay, so the agent can still report;
-//! deleting the EdgeDevice removes them (they are owned by it). If the Node comes back with
-//! the label, the device is registered again and targeted as before.
+//! An EdgeDevice is the administrator's act of enrolling the Node of the same name, and
+//! its labels are what deployments select on: both are written only by administrators,
+//! never mirrored from the Node, whose labels a device's kubelet may set itself. When the
+//! Node is gone the EdgeDevice is kept and marked `Registered=False`; its desired state
+//! becomes empty, so an agent still running there removes every module it started.
+//! Deleting the EdgeDevice retires the device: its Lease and RBAC are owned by it and go
+//! with it, and nothing recreates them.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::condition::{self, Condition, ConditionStatus};
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED, STATUS_VALID};
-use edgefleet_crds::identity::{
-    CONTROLLER_MANAGER, DEVICE_LABEL, DEVICE_LABEL_VALUE, ROLLOUT_MANAGER,
-};
+use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER, device_object_name};
 use edgefleet_crds::{DesiredState, EdgeDevice, TargetingOutcome};
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::context::{Context, reference};
 use crate::error::{Error, Result};
 use crate::presence::presence;
-use crate::{apply, status_check, targeting};
+use crate::{apply, registry, status_check, targeting};
 
 pub const CONTROLLER: &str = "device";
-/// Which of an EdgeDevice's labels are mirrored from its Node, so that a label removed from
-/// the Node is removed from the device too, while labels set on the device itself stay.
-pub const MIRRORED_LABELS_ANNOTATION: &str = "edgefleet.io/mirrored-labels";
 
-/// The labels targeting sees (the device's own plus the Node's, the Node winning) and
-/// whether the EdgeDevice's labels must be written to match.
-pub fn effective_labels(
-    device: &EdgeDevice,
-    node_labels: &BTreeMap<String, String>,
-) -> (BTreeMap<String, String>, bool) {
-    let mirrored: BTreeSet<&str> = device
-        .annotations()
-        .get(MIRRORED_LABELS_ANNOTATION)
-        .map(|a| a.split(',').filter(|k| !k.is_empty()).collect())
-        .unwrap_or_default();
-    let mut labels = device.labels().clone();
-    labels.retain(|k, _| !mirrored.contains(k.as_str()) || node_labels.contains_key(k));
-    let stale = labels.len() != device.labels().len();
-    let missing = node_labels.iter().any(|(k, v)| labels.get(k) != Some(v));
-    let keys_changed = !node_labels
-        .keys()
-        .map(String::as_str)
-        .eq(mirrored.iter().copied());
-    labels.extend(node_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-    (labels, stale || missing || keys_changed)
+/// Where a device stands with its enrolment. An EdgeDevice is the administrator's act of
+/// enrolling the Node of that name; nothing the device itself can write enrols it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// Enrolled, and its Node exists.
+    Enrolled,
+    /// Enrolled, but no Node of that name exists (any more).
+    NodeGone,
+    /// Its name can't be a device identity (see [`registry::enrolment_problem`]).
+    Refused(String),
+}
+
+/// The part of a device's status the controller owns; the agent owns the rest.
+#[derive(Serialize, Clone, Debug)]
+struct ControllerStatus {
+    conditions: Vec<Condition>,
+}
+
+impl Bounded for ControllerStatus {
+    fn bound(&mut self) {
+        self.conditions.bound();
+    }
 }
 
 /// The conditions the controller owns on a device, without transition times.
 pub fn controller_conditions(
-    registered: bool,
+    registration: &Registration,
     online: bool,
     ever_renewed: bool,
     threshold: Duration,
     status_problems: &[String],
 ) -> Vec<Condition> {
-    let registered = if registered {
-        Condition::new(
+    let registered = match registration {
+        Registration::Enrolled => Condition::new(
             REGISTERED,
             ConditionStatus::True,
-            "NodeLabelled",
-            format!("its Node carries {DEVICE_LABEL}={DEVICE_LABEL_VALUE}"),
-        )
-    } else {
-        Condition::new(
+            "Enrolled",
+            "enrolled by its EdgeDevice, and its Node exists",
+        ),
+        Registration::NodeGone => Condition::new(
             REGISTERED,
             ConditionStatus::False,
             "NodeGone",
-            format!(
-                "its Node is gone or no longer labelled {DEVICE_LABEL}={DEVICE_LABEL_VALUE}: its desired state is empty, so its agent removes every module; delete the EdgeDevice to remove its Lease and RBAC as well"
-            ),
-        )
+            "no Node of this name: its desired state is empty, so an agent still running there removes every module; delete the EdgeDevice to retire the device (its Lease and RBAC go with it)",
+        ),
+        Registration::Refused(why) => Condition::new(
+            REGISTERED,
+            ConditionStatus::False,
+            "InvalidName",
+            format!("not enrolled: {why}"),
+        ),
     };
     let online = match (online, ever_renewed) {
         (true, _) => Condition::new(
@@ -134,37 +134,31 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let name = device.name_any();
     let api = Api::<EdgeDevice>::all(ctx.client.clone());
-    let node: Option<Arc<PartialObjectMeta<Node>>> = ctx.registered(&name);
-
-    // Desired state and labels.
-    let current = device.spec.desired.as_ref();
-    let (desired, labels_stale) = match &node {
-        Some(n) => {
-            let (labels, stale) = effective_labels(&device, n.labels());
-            let staging = targeting::Staging {
-                moved_to: &device.spec.rollouts,
-                snapshots: ctx.as_ref(),
-            };
-            (
-                targeting::resolve_staged(&labels, &ctx.catalog(), current, &staging),
-                stale,
-            )
-        }
-        None => (DesiredState::new(vec![], vec![]), false),
+    let registration = match registry::enrolment_problem(&name) {
+        Some(why) => Registration::Refused(why),
+        None if ctx.node(&name).is_some() => Registration::Enrolled,
+        None => Registration::NodeGone,
     };
-    if current != Some(&desired) || labels_stale {
-        let mut patch = json!({
+
+    // Desired state, from the labels an administrator gave the EdgeDevice: a device's own
+    // credentials can't write them (its RBAC reaches only its status).
+    let current = device.spec.desired.as_ref();
+    let desired = if registration == Registration::Enrolled {
+        let staging = targeting::Staging {
+            moved_to: &device.spec.rollouts,
+            snapshots: ctx.as_ref(),
+        };
+        targeting::resolve_staged(device.labels(), &ctx.catalog(), current, &staging)
+    } else {
+        DesiredState::new(vec![], vec![])
+    };
+    if current != Some(&desired) {
+        let patch = json!({
             "apiVersion": EdgeDevice::api_version(&()),
             "kind": EdgeDevice::kind(&()),
             "metadata": { "name": name },
             "spec": { "desired": desired },
         });
-        if let Some(n) = &node {
-            let keys: Vec<&str> = n.labels().keys().map(String::as_str).collect();
-            patch["metadata"]["labels"] = json!(n.labels());
-            patch["metadata"]["annotations"] =
-                json!({ MIRRORED_LABELS_ANNOTATION: keys.join(",") });
-        }
         api.patch(
             &name,
             &PatchParams::apply(CONTROLLER_MANAGER).force(),
@@ -185,7 +179,7 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     let lease = ctx
         .stores
         .leases
-        .get(&ObjectRef::new(&name).within(&ctx.config.namespace));
+        .get(&ObjectRef::new(&device_object_name(&name)).within(&ctx.config.namespace));
     let now = jiff::Timestamp::now();
     let p = presence(lease.as_deref(), now, ctx.config.offline_threshold);
     let ever_renewed = lease
@@ -195,21 +189,28 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     let status = device.status.clone().unwrap_or_default();
     let status_problems = status_check::problems(&status, Some(&desired));
     let mut conditions = controller_conditions(
-        node.is_some(),
+        &registration,
         p.online,
         ever_renewed,
         ctx.config.offline_threshold,
         &status_problems,
     );
+    conditions.bound();
     let old = &status.conditions;
     if conditions
         .iter()
         .any(|c| !same(c, condition::find(old, &c.type_)))
     {
         condition::carry_transition_times(&mut conditions, old, &Time(now));
-        apply::status(&api, &name, &json!({ "conditions": conditions }))
-            .await
-            .map_err(|e| Error::ApplyDeviceStatus(name.clone(), e))?;
+        apply::status(
+            &api,
+            &name,
+            &ControllerStatus {
+                conditions: conditions.clone(),
+            },
+        )
+        .await
+        .map_err(|e| Error::ApplyDeviceStatus(name.clone(), e))?;
         publish_transitions(&ctx, &device, old, &conditions).await;
     }
     report_module_failures(&ctx, &device, &desired).await;
@@ -339,60 +340,10 @@ pub fn error_policy(_d: Arc<EdgeDevice>, err: &Error, ctx: Arc<Context>) -> Acti
 mod tests {
     use super::*;
 
-    fn labels(s: &str) -> BTreeMap<String, String> {
-        s.split(',')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .expect("k=v")
-            })
-            .collect()
-    }
-
-    fn device(own: &str, mirrored: Option<&str>) -> EdgeDevice {
-        let mut d = EdgeDevice::new("edge-1", Default::default());
-        d.metadata.labels = Some(labels(own));
-        if let Some(m) = mirrored {
-            d.metadata.annotations = Some(BTreeMap::from([(
-                MIRRORED_LABELS_ANNOTATION.to_owned(),
-                m.to_owned(),
-            )]));
-        }
-        d
-    }
-
-    #[test]
-    fn labels_mirror_the_node_and_keep_the_devices_own() {
-        // (device labels, mirrored annotation, node labels) -> (effective, needs write)
-        let cases = [
-            ("site=a", Some("site"), "site=a", "site=a", false),
-            ("site=a", Some("site"), "site=b", "site=b", true),
-            ("site=a,hw=x", Some("site,hw"), "site=a", "site=a", true),
-            (
-                "site=a,owner=me",
-                Some("site"),
-                "site=a",
-                "owner=me,site=a",
-                false,
-            ),
-            ("owner=me", None, "site=a", "owner=me,site=a", true),
-            ("", None, "", "", false),
-        ];
-        for (own, mirrored, node, want, write) in cases {
-            let (got, needs) = effective_labels(&device(own, mirrored), &labels(node));
-            assert_eq!(
-                (got, needs),
-                (labels(want), write),
-                "{own} {mirrored:?} {node}"
-            );
-        }
-    }
-
     #[test]
     fn conditions_explain_the_device() {
         let t = Duration::from_secs(40);
-        let c = controller_conditions(true, true, true, t, &[]);
+        let c = controller_conditions(&Registration::Enrolled, true, true, t, &[]);
         let s: Vec<_> = c
             .iter()
             .map(|c| (c.type_.as_str(), c.status, c.reason.as_str()))
@@ -400,13 +351,13 @@ mod tests {
         assert_eq!(
             s,
             [
-                (REGISTERED, ConditionStatus::True, "NodeLabelled"),
+                (REGISTERED, ConditionStatus::True, "Enrolled"),
                 (ONLINE, ConditionStatus::True, "LeaseRenewed"),
                 (STATUS_VALID, ConditionStatus::True, "Valid")
             ]
         );
         let c = controller_conditions(
-            false,
+            &Registration::NodeGone,
             false,
             false,
             t,
@@ -416,8 +367,14 @@ mod tests {
         assert_eq!(c[1].reason, "NeverSeen");
         assert_eq!(c[2].message, "module \"x\" is reported but not desired");
         assert_eq!(
-            controller_conditions(true, false, true, t, &[])[1].reason,
+            controller_conditions(&Registration::Enrolled, false, true, t, &[])[1].reason,
             "LeaseExpired"
+        );
+        let refused = Registration::Refused("bad name".into());
+        let c = controller_conditions(&refused, false, false, t, &[]);
+        assert_eq!(
+            (c[0].status, c[0].reason.as_str()),
+            (ConditionStatus::False, "InvalidName")
         );
     }
 }

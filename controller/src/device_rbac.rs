@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use edgefleet_crds::EdgeDevice;
-use edgefleet_crds::identity::{GROUP, device_rbac_name, device_user};
+use edgefleet_crds::identity::{GROUP, device_object_name, device_user};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -54,7 +54,7 @@ fn subject(name: &str) -> Vec<Subject> {
 /// name too; the apiserver allows them for a request with `fieldSelector=metadata.name=<name>`.
 pub fn cluster_role(name: &str, device: &EdgeDevice) -> ClusterRole {
     ClusterRole {
-        metadata: meta(device_rbac_name(name), None, device),
+        metadata: meta(device_object_name(name), None, device),
         rules: Some(vec![
             rule(GROUP, "edgedevices", name, &["get", "list", "watch"]),
             // The agent writes its status with server-side apply: patch only. A device
@@ -67,11 +67,11 @@ pub fn cluster_role(name: &str, device: &EdgeDevice) -> ClusterRole {
 
 pub fn cluster_role_binding(name: &str, device: &EdgeDevice) -> ClusterRoleBinding {
     ClusterRoleBinding {
-        metadata: meta(device_rbac_name(name), None, device),
+        metadata: meta(device_object_name(name), None, device),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".to_owned(),
             kind: "ClusterRole".to_owned(),
-            name: device_rbac_name(name),
+            name: device_object_name(name),
         },
         subjects: Some(subject(name)),
     }
@@ -80,11 +80,11 @@ pub fn cluster_role_binding(name: &str, device: &EdgeDevice) -> ClusterRoleBindi
 /// In the system namespace: the device's own Lease.
 pub fn role(name: &str, namespace: &str, device: &EdgeDevice) -> Role {
     Role {
-        metadata: meta(device_rbac_name(name), Some(namespace), device),
+        metadata: meta(device_object_name(name), Some(namespace), device),
         rules: Some(vec![rule(
             "coordination.k8s.io",
             "leases",
-            name,
+            &device_object_name(name),
             &["get", "patch"],
         )]),
     }
@@ -92,11 +92,11 @@ pub fn role(name: &str, namespace: &str, device: &EdgeDevice) -> Role {
 
 pub fn role_binding(name: &str, namespace: &str, device: &EdgeDevice) -> RoleBinding {
     RoleBinding {
-        metadata: meta(device_rbac_name(name), Some(namespace), device),
+        metadata: meta(device_object_name(name), Some(namespace), device),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".to_owned(),
             kind: "Role".to_owned(),
-            name: device_rbac_name(name),
+            name: device_object_name(name),
         },
         subjects: Some(subject(name)),
     }
@@ -106,7 +106,7 @@ pub fn role_binding(name: &str, namespace: &str, device: &EdgeDevice) -> RoleBin
 /// agent renews `renewTime` under its own field manager.
 pub fn lease(name: &str, namespace: &str, device: &EdgeDevice, duration_s: i32) -> Lease {
     Lease {
-        metadata: meta(name.to_owned(), Some(namespace), device),
+        metadata: meta(device_object_name(name), Some(namespace), device),
         spec: Some(LeaseSpec {
             lease_duration_seconds: Some(duration_s),
             ..Default::default()
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(r.resources.as_deref(), Some(&["leases".to_owned()][..]));
         assert_eq!(
             r.resource_names.as_deref(),
-            Some(&["edge-1".to_owned()][..])
+            Some(&["edgefleet-device-edge-1".to_owned()][..])
         );
     }
 

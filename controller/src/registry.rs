@@ -1,19 +1,18 @@
-//! The device registry: every Node labelled `edgefleet.io/device=true` gets an EdgeDevice,
-//! a Lease and RBAC for its agent. What happens when the Node goes away is the device
-//! reconcile's business (see `device`): the EdgeDevice is marked, never dropped.
+//! The device registry: every EdgeDevice an administrator creates (the act that enrols the
+//! Node of that name) gets a Lease and RBAC for its agent, owned by the EdgeDevice. Nothing
+//! a device can write enrols it: a kubelet may label its own Node, but it can't create an
+//! EdgeDevice. Deleting the EdgeDevice retires the device: Kubernetes' garbage collector
+//! removes what it owned, and since only an EdgeDevice triggers this reconcile, nothing
+//! recreates them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_crds::EdgeDevice;
-use edgefleet_crds::identity::CONTROLLER_MANAGER;
+use edgefleet_crds::names::check_dns_label;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::PostParams;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use crate::context::Context;
@@ -22,14 +21,23 @@ use crate::{apply, device_rbac};
 
 pub const CONTROLLER: &str = "registry";
 
-pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) -> Result<Action> {
+/// Why a name can't be a device's identity, if it can't: the agent authenticates as
+/// `edgefleet:device:<name>` and the certificate request must name a DNS label (Node names
+/// may be longer, dotted subdomains).
+pub fn enrolment_problem(name: &str) -> Option<String> {
+    check_dns_label(name)
+        .err()
+        .map(|e| format!("a device's name must be a DNS label: {e}"))
+}
+
+pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Action> {
     ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let name = node.name_any();
-    let device = match ctx.stores.devices.get(&ObjectRef::new(&name)) {
-        Some(d) => d,
-        None => Arc::new(create_device(&ctx, &name, &node).await?),
-    };
+    let name = device.name_any();
+    if device.metadata.deletion_timestamp.is_some() || enrolment_problem(&name).is_some() {
+        // Being retired, or refused (the device reconcile says why on the EdgeDevice).
+        return Ok(Action::await_change());
+    }
     let ns = ctx.config.namespace.as_str();
     let c = &ctx.client;
     let lease_s = i32::try_from(ctx.config.offline_threshold.as_secs()).unwrap_or(i32::MAX);
@@ -74,36 +82,21 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
     Ok(Action::await_change())
 }
 
-/// Creates the EdgeDevice with the Node's labels. The device reconcile then owns the labels
-/// and `spec.desired` through server-side apply.
-async fn create_device(
-    ctx: &Context,
-    name: &str,
-    node: &PartialObjectMeta<Node>,
-) -> Result<EdgeDevice> {
-    let api = Api::<EdgeDevice>::all(ctx.client.clone());
-    let mut device = EdgeDevice::new(name, Default::default());
-    device.metadata.labels = Some(node.labels().clone());
-    let pp = PostParams {
-        field_manager: Some(CONTROLLER_MANAGER.to_owned()),
-        ..Default::default()
-    };
-    match api.create(&pp, &device).await {
-        Ok(d) => {
-            tracing::info!(device = name, "registered a new device");
-            Ok(d)
-        }
-        // Created meanwhile (the cache lags): read it back.
-        Err(kube::Error::Api(s)) if s.code == 409 => api
-            .get(name)
-            .await
-            .map_err(|e| Error::CreateDevice(name.to_owned(), e)),
-        Err(e) => Err(Error::CreateDevice(name.to_owned(), e)),
-    }
-}
-
-pub fn error_policy(_node: Arc<PartialObjectMeta<Node>>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(_device: Arc<EdgeDevice>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "registry reconcile failed");
     ctx.metrics.error(CONTROLLER, err.category());
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dns_labels_are_enrolled() {
+        assert_eq!(enrolment_problem("edge-1"), None);
+        for bad in ["edge-1.site.example", "Edge", "-x", &"a".repeat(64)] {
+            assert!(enrolment_problem(bad).is_some(), "{bad}");
+        }
+    }
 }

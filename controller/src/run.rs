@@ -1,8 +1,8 @@
 //! Wires the caches and the five controllers together and runs them while this replica
-//! leads: the registry (Nodes), devices, deployment status, module status and the approval
+//! leads: the registry (enrolled EdgeDevices), devices, deployment status, module status and the approval
 //! of joining devices' certificates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED};
-use edgefleet_crds::identity::{DEVICE_LABEL, DEVICE_LABEL_VALUE, LEADER_LEASE};
+use edgefleet_crds::identity::{LEADER_LEASE, device_of_object};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -114,13 +114,13 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// A shared reflector over all objects of a kind: one watch feeding the cache and three
+/// A shared reflector over all objects of a kind: one watch feeding the cache and `N`
 /// subscribers (controllers). The watch runs in its own task.
-fn shared<K>(
+fn shared<K, const N: usize>(
     api: Api<K>,
     synced: Arc<Synced>,
     cache: Cache,
-) -> (reflector::Store<K>, [ReflectHandle<K>; 3])
+) -> (reflector::Store<K>, [ReflectHandle<K>; N])
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -131,8 +131,11 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store_shared(SHARED_BUFFER);
-    let subs = [writer.subscribe(), writer.subscribe(), writer.subscribe()]
-        .map(|s| s.expect("a shared store hands out subscriptions"));
+    let subs = std::array::from_fn(|_| {
+        writer
+            .subscribe()
+            .expect("a shared store hands out subscriptions")
+    });
     let watch = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(drop_managed_fields)
@@ -165,6 +168,15 @@ fn keep_renew_time(lease: &mut Lease) {
     meta.annotations = None;
 }
 
+/// Passes on each object once (by uid): the registry acts when a device is enrolled, not
+/// on every status report its agent makes.
+fn enrolments<K: Resource + Send + Sync + 'static>(
+    s: impl Stream<Item = Arc<K>> + Send,
+) -> impl Stream<Item = Arc<K>> + Send {
+    let mut seen: HashSet<String> = HashSet::new();
+    s.filter(move |o| ready(seen.insert(o.meta().uid.clone().unwrap_or_default())))
+}
+
 /// Passes on only objects whose generation changed: our own status writes do not count as
 /// changes of what the user asked for.
 fn spec_changes<K: Resource + Send + Sync + 'static>(
@@ -187,7 +199,15 @@ async fn controllers(
     let ns = config.namespace.clone();
     let bounded = ControllerConfig::default().concurrency(config.concurrency);
     let synced = Arc::new(Synced::default());
-    let (devices, [dev_main, dev_for_deployments, dev_for_modules]) = shared(
+    let (
+        devices,
+        [
+            dev_main,
+            dev_for_deployments,
+            dev_for_modules,
+            dev_for_registry,
+        ],
+    ) = shared(
         Api::<EdgeDevice>::all(client.clone()),
         synced.clone(),
         Cache::Devices,
@@ -217,32 +237,40 @@ async fn controllers(
     .inspect(move |e| lease_synced.observe(Cache::Leases, e))
     .applied_objects();
 
-    let labelled =
-        watcher::Config::default().labels(&format!("{DEVICE_LABEL}={DEVICE_LABEL_VALUE}"));
-    // Metadata only: a device needs a Node's name and labels, not its status.
+    // Metadata only, and every Node: a device needs to know whether its Node exists, not
+    // what its labels say (a kubelet may set its own Node's labels; enrolment and targeting
+    // rest on the EdgeDevice, which only administrators write).
     let nodes_api = Api::<PartialObjectMeta<Node>>::all(client.clone());
     let (nodes, node_writer) = reflector::store();
     let node_synced = synced.clone();
-    // A Node's changes, deletions included, reach the device reconcile only after the
-    // store has them: from a second watch they could arrive first, and a device whose Node
-    // lost its label would be judged against a store that still has the Node.
+    // A Node's arrival or deletion reaches the device reconcile only after the store has
+    // it: from a second watch it could arrive first, and a device whose Node is gone would
+    // be judged against a store that still has the Node.
     let (node_tx, node_changes) = futures::channel::mpsc::unbounded();
-    let registry_trigger = reflect(
+    let node_watch = reflect(
         node_writer,
-        watcher(nodes_api, labelled).modify(drop_managed_fields),
+        watcher(nodes_api, watcher::Config::default()).modify(drop_managed_fields),
     )
     .default_backoff()
-    .inspect(move |e| {
-        node_synced.observe(Cache::Nodes, e);
-        if let Ok(
-            watcher::Event::Apply(n) | watcher::Event::InitApply(n) | watcher::Event::Delete(n),
-        ) = e
-        {
-            let _ = node_tx.unbounded_send(Ok::<_, watcher::Error>(n.clone()));
+    .for_each({
+        // Only arrivals and departures matter: a Node's status changes every few seconds.
+        let mut known: HashSet<String> = HashSet::new();
+        move |e| {
+            node_synced.observe(Cache::Nodes, &e);
+            let changed = match &e {
+                Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                    known.insert(n.name_any()).then_some(n)
+                }
+                Ok(watcher::Event::Delete(n)) => known.remove(&n.name_any()).then_some(n),
+                _ => None,
+            };
+            if let Some(n) = changed {
+                let _ = node_tx.unbounded_send(Ok::<_, watcher::Error>(n.clone()));
+            }
+            ready(())
         }
-    })
-    .applied_objects()
-    .predicate_filter(kube::runtime::predicates::labels, Default::default());
+    });
+    tokio::spawn(node_watch);
 
     // The deployments' revisions, for moving devices back to one: a cache, no controller.
     let (revisions, revision_writer) = reflector::store();
@@ -264,7 +292,7 @@ async fn controllers(
 
     let stores = Stores {
         revisions,
-        nodes: nodes.clone(),
+        nodes,
         devices: devices.clone(),
         deployments: deployments.clone(),
         modules: modules.clone(),
@@ -293,7 +321,7 @@ async fn controllers(
     let device_ctrl = Controller::for_shared_stream(dev_main, devices.clone())
         .with_config(bounded.clone())
         .watches_stream(lease_stream, |l: Lease| {
-            Some(ObjectRef::<EdgeDevice>::new(&l.name_any()))
+            device_of_object(&l.name_any()).map(ObjectRef::<EdgeDevice>::new)
         })
         .watches_stream(node_changes, |n| {
             Some(ObjectRef::<EdgeDevice>::new(&n.name_any()))
@@ -303,11 +331,12 @@ async fn controllers(
         .run(device::reconcile, device::error_policy, ctx.clone())
         .for_each(|_| ready(()));
 
-    let registry_ctrl = Controller::for_stream(registry_trigger, nodes)
-        .with_config(bounded.clone())
-        .graceful_shutdown_on(shutdown_signal())
-        .run(registry::reconcile, registry::error_policy, ctx.clone())
-        .for_each(|_| ready(()));
+    let registry_ctrl =
+        Controller::for_shared_stream(enrolments(dev_for_registry), devices.clone())
+            .with_config(bounded.clone())
+            .graceful_shutdown_on(shutdown_signal())
+            .run(registry::reconcile, registry::error_policy, ctx.clone())
+            .for_each(|_| ready(()));
 
     let dep_store = deployments.clone();
     let deployment_ctrl = Controller::for_shared_stream(spec_changes(dep_main), deployments)
@@ -354,7 +383,7 @@ async fn controllers(
 
     let csr_ctrl = Controller::new(
         Api::<CertificateSigningRequest>::all(ctx.client.clone()),
-        watcher::Config::default(),
+        csr_approval::watch_config(),
     )
     .with_config(bounded)
     .graceful_shutdown_on(shutdown_signal())
@@ -385,7 +414,7 @@ async fn device_gauges(ctx: Arc<Context>) {
                 .map(|s| s.conditions.as_slice())
                 .unwrap_or_default();
             let is = |t| condition::find(conds, t).is_some_and(|c| c.is_true());
-            if !is(REGISTERED) && ctx.registered(&d.name_any()).is_none() {
+            if !is(REGISTERED) && ctx.node(&d.name_any()).is_none() {
                 unregistered += 1;
             } else if is(ONLINE) {
                 online += 1;

@@ -6,12 +6,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use edgefleet_crds::condition;
+use edgefleet_crds::identity::{DEVICES_GROUP, device_object_name, device_user};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, TargetingOutcome};
 use edgefleet_e2e::{
-    Agent, ControllerProcess, Lab, fresh_namespace, install_crds, remove_every_deployment, wait_for,
+    Agent, ControllerProcess, Lab, enrol_lab_devices, fresh_namespace, install_and_enrol,
+    remove_every_deployment, wait_for,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -22,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn setup(port: u16, args: &[&str]) -> (Lab, Client, ControllerProcess) {
     let lab = Lab::get();
     let client = lab.client().await;
-    install_crds(&client).await;
+    install_and_enrol(&client).await;
     remove_every_deployment(&client).await;
     let ctrl = ControllerProcess::start(Path::new(BIN), &lab, port, args);
     (lab, client, ctrl)
@@ -152,29 +155,25 @@ async fn cleanup(client: &Client, ns: &str) {
 
 #[tokio::test]
 #[ignore = "needs the lab: make e2e"]
-async fn registry_creates_devices_with_least_privilege() {
+async fn enrolled_devices_get_least_privilege() {
     let (lab, client, _ctrl) = setup(18181, &[]).await;
     let devices: Api<EdgeDevice> = Api::all(client.clone());
     let n = lab.device_count();
     for i in 1..=n {
         let name = format!("edge-{i}");
-        let dev = wait_for(&format!("EdgeDevice {name}"), WAIT, || async {
-            devices.get(&name).await.map_err(|e| e.to_string())
-        })
+        wait_for(
+            &format!("{name} enrolled, with its Lease"),
+            WAIT,
+            || async {
+                let d = devices.get(&name).await.map_err(|e| e.to_string())?;
+                registered(&d).then_some(()).ok_or("not Registered yet")?;
+                Api::<Lease>::namespaced(client.clone(), "edgefleet-system")
+                    .get(&device_object_name(&name))
+                    .await
+                    .map_err(|e| format!("no Lease: {e}"))
+            },
+        )
         .await;
-        let node = Api::<Node>::all(client.clone())
-            .get(&name)
-            .await
-            .expect("node");
-        let node_labels = node.metadata.labels.unwrap_or_default();
-        let dev_labels = dev.metadata.labels.unwrap_or_default();
-        for (k, v) in &node_labels {
-            assert_eq!(dev_labels.get(k), Some(v), "{name}: label {k} is mirrored");
-        }
-        Api::<Lease>::namespaced(client.clone(), "edgefleet-system")
-            .get(&name)
-            .await
-            .unwrap_or_else(|e| panic!("{name} has no Lease: {e}"));
     }
     assert!(
         devices.get("cloud-1").await.is_err(),
@@ -677,108 +676,387 @@ async fn online_follows_the_lease_and_offline_devices_are_deferred() {
     cleanup(&client, &ns).await;
 }
 
+fn registered(d: &EdgeDevice) -> bool {
+    d.status
+        .as_ref()
+        .and_then(|s| condition::find(&s.conditions, "Registered"))
+        .is_some_and(|c| c.is_true())
+}
+
+/// A client of the lab's apiserver with `kubeconfig`'s credential.
+async fn client_as(kubeconfig: &Path) -> Client {
+    edgefleet_e2e::client_from(kubeconfig).await
+}
+
+/// The lab's enrolments back as they were, even when a test fails, so that the tests after
+/// it find the lab as it was.
+struct ReEnrol(Client);
+
+impl Drop for ReEnrol {
+    fn drop(&mut self) {
+        let client = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(enrol_lab_devices(&client));
+        })
+        .join();
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the lab: make e2e"]
-async fn a_device_whose_node_loses_the_label_is_marked_not_dropped() {
+async fn a_stolen_kubelet_relabelling_its_node_neither_retargets_nor_enrols() {
     let (lab, client, _ctrl) = setup(18185, &[]).await;
-    let nodes: Api<Node> = Api::all(client.clone());
+    let _restore = ReEnrol(client.clone());
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let ns = fresh_namespace(&client, "e2e-stolen-kubelet").await;
+    let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    module(&modules, "gpu", "localhost/gpu:v1").await;
+    deployment(
+        &deps,
+        "jetson",
+        "  selector: {matchLabels: {hardware: jetson}}\n  modules: [{name: gpu}]",
+    )
+    .await;
+    wait_deployment(&deps, "jetson", "targets edge-2 alone", |d| {
+        d.status.as_ref().is_some_and(|s| s.targeted == 1)
+    })
+    .await;
+
+    // As edge-1's kubelet (what a thief of edge-1 holds): claim to be a jetson. And as the
+    // cloud node's kubelet: claim to be a device. The apiserver allows both (a kubelet may
+    // set its own Node's labels outside kubernetes.io), so the Nodes do change.
+    let stolen = |node: &str| {
+        lab.info(node).kubelet_kubeconfig.unwrap_or_else(|| {
+            lab.kubeconfig()
+                .parent()
+                .expect("kubeconfig dir")
+                .join(format!("kubelet-{node}.kubeconfig"))
+        })
+    };
+    for (node, labels) in [
+        (
+            "edge-1",
+            json!({"hardware": "jetson", "edgefleet.io/device": "true"}),
+        ),
+        (
+            "cloud-1",
+            json!({"edgefleet.io/device": "true", "hardware": "jetson"}),
+        ),
+    ] {
+        let kubelet = client_as(&stolen(node)).await;
+        Api::<Node>::all(kubelet)
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": labels}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{node}'s kubelet may label its own Node: {e}"));
+    }
+    // A change the controller must act on, made after the relabelling: once the deployment's
+    // status shows it, the relabelled Nodes have been seen too.
+    deployment(&deps, "jetson", "  selector: {matchLabels: {hardware: jetson}}\n  modules: [{name: gpu}, {name: gpu2, moduleRef: gpu}]").await;
+    wait_deployment(&deps, "jetson", "still targets edge-2 alone", |d| {
+        d.status.as_ref().is_some_and(|s| s.targeted == 1)
+    })
+    .await;
+    assert_eq!(
+        desired_modules(&devices, "edge-1")
+            .await
+            .iter()
+            .filter(|m| m.1.ends_with("/jetson"))
+            .count(),
+        0,
+        "edge-1 got jetson modules"
+    );
+    assert_eq!(
+        desired_modules(&devices, "edge-2")
+            .await
+            .iter()
+            .filter(|m| m.1.ends_with("/jetson"))
+            .count(),
+        2
+    );
+    assert!(
+        devices.get("cloud-1").await.is_err(),
+        "a node that labels itself is not enrolled"
+    );
+    assert!(
+        Api::<ClusterRole>::all(client.clone())
+            .get(&device_object_name("cloud-1"))
+            .await
+            .is_err(),
+        "and gets no device RBAC"
+    );
+    for node in ["edge-1", "cloud-1"] {
+        Api::<Node>::all(client.clone())
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"hardware": null}}})),
+            )
+            .await
+            .expect("admin restores the Node's labels");
+    }
+    let _ = Api::<Node>::all(client.clone())
+        .patch(
+            "cloud-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"edgefleet.io/device": null}}})),
+        )
+        .await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn an_admin_removing_a_devices_label_takes_its_deployment_away() {
+    let (_lab, client, _ctrl) = setup(18186, &[]).await;
+    let _restore = ReEnrol(client.clone());
     let devices: Api<EdgeDevice> = Api::all(client.clone());
     let ns = fresh_namespace(&client, "e2e-unlabel").await;
     let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
     let deps: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
     module(&modules, "sensor", "localhost/sensor:v1").await;
-    deployment(&deps, "all", "  modules: [{name: sensor}]").await;
-    let registered = |want: bool| {
-        let devices = devices.clone();
-        async move {
-            let d = devices.get("edge-3").await.map_err(|e| e.to_string())?;
-            let c = d
-                .status
-                .as_ref()
-                .and_then(|s| condition::find(&s.conditions, "Registered").cloned());
-            let n = d.spec.desired.map(|d| d.modules.len()).unwrap_or_default();
-            match c {
-                Some(c) if c.is_true() == want => Ok(n),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    };
-    assert_eq!(
-        wait_for("edge-3 registered with a module", WAIT, || async {
-            registered(true).await.and_then(|n| {
-                if n == 1 {
-                    Ok(n)
-                } else {
-                    Err(format!("{n} modules"))
-                }
-            })
-        })
-        .await,
-        1
-    );
-
-    let label = |v: Option<&str>| json!({"metadata": {"labels": {"edgefleet.io/device": v}}});
-    let _relabel = Relabel(lab.kubeconfig().to_path_buf());
-    nodes
-        .patch(
-            "edge-3",
-            &PatchParams::default(),
-            &Patch::Merge(label(None)),
-        )
-        .await
-        .expect("unlabel");
-    let n = wait_for("edge-3 marked unregistered", WAIT, || registered(false)).await;
-    assert_eq!(n, 0, "an unregistered device's desired state is empty");
-    wait_event(&client, "default", "edge-3", "DeviceUnregistered").await;
-    assert!(
-        devices.get("edge-3").await.is_ok(),
-        "the EdgeDevice is kept"
-    );
-    let d = wait_deployment(&deps, "all", "targets the two remaining devices", |d| {
+    deployment(
+        &deps,
+        "berlin",
+        "  selector: {matchLabels: {site: berlin}}\n  modules: [{name: sensor}]",
+    )
+    .await;
+    wait_deployment(&deps, "berlin", "targets edge-1 and edge-3", |d| {
         d.status.as_ref().is_some_and(|s| s.targeted == 2)
     })
     .await;
-    assert!(d.status.is_some());
+    assert_eq!(desired_modules(&devices, "edge-1").await.len(), 1);
 
-    nodes
+    // `kubectl label edgedevice edge-1 site-`: the label was applied by the enrolment, and
+    // its removal by another manager must still reach targeting.
+    devices
         .patch(
-            "edge-3",
+            "edge-1",
             &PatchParams::default(),
-            &Patch::Merge(label(Some("true"))),
+            &Patch::Merge(json!({"metadata": {"labels": {"site": null}}})),
         )
         .await
-        .expect("relabel");
-    wait_for("edge-3 registered again", WAIT, || async {
-        registered(true).await.and_then(|n| {
-            if n == 1 {
-                Ok(n)
+        .expect("remove the label");
+    wait_deployment(&deps, "berlin", "targets edge-3 alone", |d| {
+        d.status.as_ref().is_some_and(|s| s.targeted == 1)
+    })
+    .await;
+    wait_for(
+        "edge-1's desired state without the module",
+        WAIT,
+        || async {
+            let m = desired_modules(&devices, "edge-1").await;
+            if m.is_empty() {
+                Ok(())
             } else {
-                Err(format!("{n} modules"))
+                Err(format!("{m:?}"))
             }
-        })
+        },
+    )
+    .await;
+    // And the label back, by the same apply that set it.
+    enrol_lab_devices(&client).await;
+    wait_deployment(&deps, "berlin", "targets both again", |d| {
+        d.status.as_ref().is_some_and(|s| s.targeted == 2)
     })
     .await;
     cleanup(&client, &ns).await;
 }
 
-/// Gives edge-3 its device label back even when the test fails, so that the tests after it
-/// find the lab as it was.
-struct Relabel(std::path::PathBuf);
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_retired_device_keeps_no_rbac_and_its_certificate_authorizes_nothing() {
+    let (_lab, client, _ctrl) = setup(18187, &[]).await;
+    let name = "retired-1";
+    let nodes: Api<Node> = Api::all(client.clone());
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    // A Node with no kubelet behind it, enrolled by the admin.
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).expect("node");
+    let _ = nodes.create(&PostParams::default(), &node).await;
+    let enrolment: EdgeDevice = serde_json::from_value(json!({
+        "apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
+        "metadata": {"name": name}, "spec": {},
+    }))
+    .expect("enrolment");
+    let _ = devices.create(&PostParams::default(), &enrolment).await;
+    // What the device's certificate would authenticate as.
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(_lab.kubeconfig()).expect("admin kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("config");
+    config.auth_info.impersonate = Some(device_user(name));
+    config.auth_info.impersonate_groups = Some(vec![DEVICES_GROUP.to_owned()]);
+    let as_device: Api<EdgeDevice> = Api::all(Client::try_from(config).expect("client"));
+    wait_for(
+        "the enrolled device to read its EdgeDevice",
+        WAIT,
+        || async {
+            as_device
+                .get(name)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    let owned = |client: Client| async move {
+        let mut left = Vec::new();
+        let object = device_object_name(name);
+        if Api::<ClusterRole>::all(client.clone())
+            .get(&object)
+            .await
+            .is_ok()
+        {
+            left.push("ClusterRole");
+        }
+        if Api::<ClusterRoleBinding>::all(client.clone())
+            .get(&object)
+            .await
+            .is_ok()
+        {
+            left.push("ClusterRoleBinding");
+        }
+        if Api::<Role>::namespaced(client.clone(), "edgefleet-system")
+            .get(&object)
+            .await
+            .is_ok()
+        {
+            left.push("Role");
+        }
+        if Api::<RoleBinding>::namespaced(client.clone(), "edgefleet-system")
+            .get(&object)
+            .await
+            .is_ok()
+        {
+            left.push("RoleBinding");
+        }
+        if Api::<Lease>::namespaced(client.clone(), "edgefleet-system")
+            .get(&object)
+            .await
+            .is_ok()
+        {
+            left.push("Lease");
+        }
+        left
+    };
+    assert_eq!(
+        owned(client.clone()).await.len(),
+        5,
+        "enrolment gives RBAC and a Lease"
+    );
 
-impl Drop for Relabel {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.0)
-            .args([
-                "label",
-                "node",
-                "edge-3",
-                "edgefleet.io/device=true",
-                "--overwrite",
-            ])
-            .output();
-    }
+    devices
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("retire");
+    wait_for(
+        "the retired device's RBAC and Lease to go",
+        WAIT,
+        || async {
+            let left = owned(client.clone()).await;
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    )
+    .await;
+    // The Node changes and stays: nothing recreates what the device had.
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"edgefleet.io/device": "true"}}})),
+        )
+        .await
+        .expect("touch the Node");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        owned(client.clone()).await,
+        Vec::<&str>::new(),
+        "recreated after retirement"
+    );
+    let refused = as_device.get(name).await;
+    assert!(
+        matches!(refused, Err(kube::Error::Api(ref s)) if s.code == 403 || s.code == 404),
+        "the certificate still authorizes something: {refused:?}"
+    );
+    let _ = nodes.delete(name, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_devices_oversized_words_never_freeze_a_deployments_status() {
+    let (lab, client, _ctrl) = setup(18188, &[]).await;
+    let ns = fresh_namespace(&client, "e2e-device-words").await;
+    let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    module(&modules, "sensor", "localhost/sensor:v1").await;
+    deployment(&deps, "all", "  modules: [{name: sensor}]").await;
+    let agent = Agent::new(&lab, "edge-1").await;
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let revision = wait_for("edge-1's desired state", WAIT, || async {
+        let d = devices.get("edge-1").await.map_err(|e| e.to_string())?;
+        d.spec
+            .desired
+            .filter(|d| !d.modules.is_empty())
+            .map(|d| d.revision)
+            .ok_or("none yet".to_owned())
+    })
+    .await;
+    // The payload that froze every deployment targeting edge-1: a rejection of exactly the
+    // desired revision, with a message longer than a failure sample may hold.
+    let words = "x".repeat(1_100);
+    agent
+        .report(json!({
+            "appliedRevision": "0000000000000000",
+            "rejectedRevision": revision,
+            "conditions": [{"type": "Applied", "status": "False", "reason": "Rejected", "message": words}],
+        }))
+        .await
+        .expect("the schema admits the report");
+    let d = wait_deployment(
+        &deps,
+        "all",
+        "counts edge-1 failed, in a status that fits",
+        |d| {
+            d.status
+                .as_ref()
+                .is_some_and(|s| s.failures.iter().any(|f| f.device == "edge-1"))
+        },
+    )
+    .await;
+    let sample = d
+        .status
+        .expect("status")
+        .failures
+        .into_iter()
+        .find(|f| f.device == "edge-1")
+        .expect("sample");
+    assert!(
+        sample.reason.chars().count() <= 1024 && sample.reason.ends_with('…'),
+        "{}",
+        sample.reason.len()
+    );
+    // And the deployment's status keeps following its spec.
+    deployment(
+        &deps,
+        "all",
+        "  modules: [{name: sensor}, {name: sensor2, moduleRef: sensor}]",
+    )
+    .await;
+    wait_deployment(&deps, "all", "observes its new generation", |_| true).await;
+    agent.report_all_running().await;
+    cleanup(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -786,7 +1064,7 @@ impl Drop for Relabel {
 async fn only_the_leader_writes_and_a_standby_takes_over() {
     let lab = Lab::get();
     let client = lab.client().await;
-    install_crds(&client).await;
+    install_and_enrol(&client).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "edgefleet-system");
     let holder = || async {
         leases

@@ -8,7 +8,10 @@ pub const VERSION: &str = "v1alpha1";
 /// The namespace holding edgefleet's controller, the device Leases and per-device Roles.
 pub const SYSTEM_NAMESPACE: &str = "edgefleet-system";
 
-/// The Node label that makes a node an edgefleet device (value [`DEVICE_LABEL_VALUE`]).
+/// The Node label the chart's bootstrap DaemonSet selects (value [`DEVICE_LABEL_VALUE`]):
+/// where the bootstrap pod runs, nothing more. A kubelet may set it on its own Node, so it
+/// enrols nothing: a device is enrolled by its EdgeDevice, which only an administrator
+/// creates, and its certificate request is approved only then.
 pub const DEVICE_LABEL: &str = "edgefleet.io/device";
 pub const DEVICE_LABEL_VALUE: &str = "true";
 
@@ -36,10 +39,20 @@ pub fn device_user(device: &str) -> String {
     format!("{DEVICE_USER_PREFIX}{device}")
 }
 
-/// Name of the ClusterRole, ClusterRoleBinding, Role and RoleBinding that give one device
-/// access to its own objects.
-pub fn device_rbac_name(device: &str) -> String {
-    format!("edgefleet-device-{device}")
+/// The prefix of every per-device object the controller makes (the device's Lease, and the
+/// ClusterRole, ClusterRoleBinding, Role and RoleBinding that give it access to its own
+/// objects), and of nothing else of edgefleet's: whatever a device is called, its objects
+/// can't share a name with the controller's own (its leader Lease, the chart's RBAC).
+pub const DEVICE_OBJECT_PREFIX: &str = "edgefleet-device-";
+
+/// The name of `device`'s Lease and of its RBAC objects.
+pub fn device_object_name(device: &str) -> String {
+    format!("{DEVICE_OBJECT_PREFIX}{device}")
+}
+
+/// The device a per-device object (named by [`device_object_name`]) belongs to.
+pub fn device_of_object(name: &str) -> Option<&str> {
+    name.strip_prefix(DEVICE_OBJECT_PREFIX)
 }
 
 /// The chart's bootstrap that joins devices: its DaemonSet and ServiceAccount. The controller
@@ -73,4 +86,22 @@ pub mod pods {
     pub const CONFIG_MOUNT_PATH: &str = "/etc/edgefleet/config";
     /// The namespace of module pods (their mirror pods show up there).
     pub const MODULE_NAMESPACE: &str = super::SYSTEM_NAMESPACE;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_device_can_be_named_into_the_controllers_objects() {
+        for own in [LEADER_LEASE, CONTROLLER_NAME, BOOTSTRAP_NAME] {
+            assert!(device_of_object(own).is_none(), "{own}");
+        }
+        assert_eq!(
+            device_of_object(&device_object_name("edge-1")),
+            Some("edge-1")
+        );
+        // Even a device named like the leader Lease gets an object of its own.
+        assert_ne!(device_object_name(LEADER_LEASE), LEADER_LEASE);
+    }
 }

@@ -88,15 +88,35 @@ evictionHard:
 YAML
 }
 
+# node_labels NODE: what the kubelet labels its own Node with. On a device that is the
+# label the chart's bootstrap DaemonSet selects, which places the bootstrap pod and enrols
+# nothing (a kubelet may set its own labels; see device_enrolment).
 node_labels() {
-  local node=$1 i sites=(berlin munich) hw=(rpi4 jetson nuc) ch=(stable beta)
+  local node=$1
   if [ "$node" = "$CLOUD_NODE" ]; then
     echo "$CLOUD_LABEL"
-    return
+  else
+    echo "$DEVICE_LABEL"
   fi
+}
+
+# device_enrolment NODE: the EdgeDevice an administrator applies to enrol a lab device,
+# with varied sample labels that tests and examples target.
+device_enrolment() {
+  local node=$1 i sites=(berlin munich) hw=(rpi4 jetson nuc) ch=(stable beta)
   i=$((${node#edge-} - 1))
-  # Varied sample labels that tests and examples target.
-  echo "$DEVICE_LABEL,site=${sites[i % 2]},hardware=${hw[i % 3]},channel=${ch[i / 2 % 2]}"
+  cat <<YAML
+---
+apiVersion: edgefleet.io/v1alpha1
+kind: EdgeDevice
+metadata:
+  name: $node
+  labels:
+    site: ${sites[i % 2]}
+    hardware: ${hw[i % 3]}
+    channel: ${ch[i / 2 % 2]}
+spec: {}
+YAML
 }
 
 start_containerd() {

@@ -99,6 +99,8 @@ ensure_node_pki() {
   issue_cert "kubelet-$node" "/O=system:nodes/CN=system:node:$node" clientAuth
   issue_cert "kubelet-serving-$node" "/CN=$node" serverAuth "IP:$ip,DNS:$node"
   write_kubeconfig "$(node_dir "$node")/kubelet.kubeconfig" "$LAB_SERVER" "kubelet-$node"
+  # The same credential from the host: tests act as a stolen device's kubelet with it.
+  write_kubeconfig "$KUBE_DIR/kubelet-$node.kubeconfig" "$HOST_SERVER" "kubelet-$node"
   if [ "$node" != "$CLOUD_NODE" ]; then
     issue_cert "device-$node" "/O=edgefleet:devices/CN=edgefleet:device:$node" clientAuth
     write_kubeconfig "$KUBE_DIR/device-$node.kubeconfig" "$HOST_SERVER" "device-$node"

@@ -11,14 +11,45 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::lab::client_from;
 use crate::{Lab, wait_for};
 
-/// Installs (or updates) edgefleet's CRDs as generated from the types, and the system
-/// namespace, and waits until the CRDs are served.
-pub async fn install_crds(client: &Client) {
+/// Installs (or updates) edgefleet's CRDs as generated from the types and the system
+/// namespace, waits until the CRDs are served, then enrols the lab's devices as an
+/// administrator does (their EdgeDevices with their labels, `e2e/lab enrolment`).
+pub async fn install_and_enrol(client: &Client) {
+    install_crds(client).await;
+    enrol_lab_devices(client).await;
+}
+
+/// The field manager of the lab administrator's enrolments.
+pub const ENROLMENT_MANAGER: &str = "edgefleet-lab-admin";
+
+/// Applies the EdgeDevices `e2e/lab enrolment` prints, restoring their labels as enrolled
+/// (a test that changed a device's labels leaves the next one the lab as it was).
+pub async fn enrol_lab_devices(client: &Client) {
+    let api: Api<EdgeDevice> = Api::all(client.clone());
+    let text = Lab::get().run(&["enrolment"]);
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(doc).expect("e2e/lab enrolment prints YAML");
+        let name = value["metadata"]["name"]
+            .as_str()
+            .expect("an enrolment names its device")
+            .to_owned();
+        api.patch(
+            &name,
+            &PatchParams::apply(ENROLMENT_MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot enrol {name}: {e}"));
+    }
+}
+
+async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (file, crd) in edgefleet_crds::schema::crds() {
         let name = crd.metadata.name.clone().expect("CRDs have names");
@@ -161,7 +192,7 @@ impl Agent {
         });
         leases
             .patch(
-                &self.device,
+                &edgefleet_crds::identity::device_object_name(&self.device),
                 &PatchParams::apply(AGENT_MANAGER).force(),
                 &Patch::Apply(patch),
             )

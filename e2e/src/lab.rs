@@ -29,6 +29,9 @@ pub struct NodeInfo {
     /// The device's agent kubeconfig as the device sees it: the apiserver at its lab
     /// address, for an agent running on the device (edge devices only).
     pub agent_kubeconfig: Option<PathBuf>,
+    /// The device's kubelet credential, reachable from the host shell: what a thief of the
+    /// device holds (edge devices only).
+    pub kubelet_kubeconfig: Option<PathBuf>,
 }
 
 impl Lab {
@@ -122,6 +125,7 @@ impl Lab {
             node_dir: field("node_dir").into(),
             kubeconfig: kv.get("kubeconfig").map(PathBuf::from),
             agent_kubeconfig: kv.get("agent_kubeconfig").map(PathBuf::from),
+            kubelet_kubeconfig: kv.get("kubelet_kubeconfig").map(PathBuf::from),
         }
     }
 

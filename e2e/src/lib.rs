@@ -12,7 +12,10 @@ mod process;
 mod wait;
 
 pub use agents::RealAgents;
-pub use api::{Agent, apply, fresh_namespace, install_crds, remove_every_deployment};
+pub use api::{
+    Agent, ENROLMENT_MANAGER, apply, enrol_lab_devices, fresh_namespace, install_and_enrol,
+    remove_every_deployment,
+};
 pub use containerd::Task;
 pub use lab::{Lab, NodeInfo, client_from};
 pub use process::{ControllerProcess, controller_binary};

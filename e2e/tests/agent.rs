@@ -9,8 +9,8 @@ use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::{APPLIED, READY};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, FailureSample, ModuleStatus, RuntimeStatus};
 use edgefleet_e2e::{
-    ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace, install_crds,
-    remove_every_deployment, wait_for,
+    ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace,
+    install_and_enrol, remove_every_deployment, wait_for,
 };
 use kube::api::DeleteParams;
 use kube::{Api, Client};
@@ -30,7 +30,7 @@ struct Setup {
 async fn setup(ns: &str, port: u16, devices: &[&str]) -> Setup {
     let lab = Lab::get();
     let client = lab.client().await;
-    install_crds(&client).await;
+    install_and_enrol(&client).await;
     remove_every_deployment(&client).await;
     let ns = fresh_namespace(&client, ns).await;
     let ctrl = ControllerProcess::start(

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, RolloutPhase, RuntimeStatus};
 use edgefleet_e2e::{
-    ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace, install_crds,
-    remove_every_deployment, wait_for,
+    ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace,
+    install_and_enrol, remove_every_deployment, wait_for,
 };
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
@@ -195,7 +195,7 @@ async fn events(client: &Client, ns: &str) -> BTreeSet<String> {
 async fn staged_rollout_waves_rollback_offline_and_restart() {
     let lab = Lab::get();
     let client = lab.client().await;
-    install_crds(&client).await;
+    install_and_enrol(&client).await;
     remove_every_deployment(&client).await;
     let ns = fresh_namespace(&client, "e2e-rollout").await;
     let key = format!("{ns}/app");

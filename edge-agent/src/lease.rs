@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use edgefleet_crds::identity::{AGENT_MANAGER, device_user};
+use edgefleet_crds::identity::{AGENT_MANAGER, device_object_name, device_user};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::utils::Backoff;
@@ -37,6 +37,7 @@ pub async fn heartbeat(
     link_up: watch::Sender<bool>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client, &namespace);
+    let lease_name = device_object_name(&device);
     let mut backoff = Jittered::new(max_backoff);
     loop {
         let patch = json!({
@@ -51,7 +52,7 @@ pub async fn heartbeat(
             PatchParams::apply(AGENT_MANAGER).force(),
             Patch::Apply(patch),
         );
-        let renewal = leases.patch(&device, &params, &patch);
+        let renewal = leases.patch(&lease_name, &params, &patch);
         let pause = match within_deadline(renewal).await {
             Ok(_) => {
                 if link_up.send_if_modified(|up| !std::mem::replace(up, true)) {

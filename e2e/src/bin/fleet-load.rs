@@ -1,5 +1,6 @@
 //! A bounded load generator for benchmarks: a simulated fleet of N devices (Node objects
-//! labelled as edgefleet devices, with no kubelet behind them) and M deployments over them,
+//! with no kubelet behind them, each enrolled by an EdgeDevice carrying the labels
+//! deployments select on, as an administrator would) and M deployments over them,
 //! created in the lab's apiserver with a fixed number of requests in flight, and removed
 //! again. Every loop is bounded in count and time.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
-use edgefleet_e2e::{Lab, fresh_namespace, install_crds};
+use edgefleet_e2e::{Lab, fresh_namespace, install_and_enrol};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -49,9 +50,9 @@ enum Cmd {
     Down,
 }
 
-fn node(i: usize) -> Node {
-    let labels = BTreeMap::from([
-        ("edgefleet.io/device".to_owned(), "true".to_owned()),
+/// The labels an administrator gives device `i` (on its EdgeDevice).
+fn device_labels(i: usize) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (LOAD_LABEL.to_owned(), "true".to_owned()),
         ("site".to_owned(), format!("site-{}", i % SITES)),
         (
@@ -67,7 +68,22 @@ fn node(i: usize) -> Node {
             }
             .to_owned(),
         ),
-    ]);
+    ])
+}
+
+fn device_name(i: usize) -> String {
+    format!("load-dev-{i:05}")
+}
+
+/// The administrator's enrolment of device `i`.
+fn device(i: usize) -> EdgeDevice {
+    let mut d = EdgeDevice::new(&device_name(i), Default::default());
+    d.metadata.labels = Some(device_labels(i));
+    d
+}
+
+fn node(i: usize) -> Node {
+    let labels = BTreeMap::from([(LOAD_LABEL.to_owned(), "true".to_owned())]);
     // A Ready condition: Kubernetes 1.20's node lifecycle controller crashes on a Node
     // without one. With no kubelet behind it, the Node turns Unknown after the grace period.
     let status = serde_json::from_value(serde_json::json!({
@@ -78,7 +94,7 @@ fn node(i: usize) -> Node {
     .expect("node status");
     Node {
         metadata: ObjectMeta {
-            name: Some(format!("load-dev-{i:05}")),
+            name: Some(device_name(i)),
             labels: Some(labels),
             ..Default::default()
         },
@@ -144,7 +160,7 @@ where
 }
 
 async fn up(client: Client, devices: usize, deployments: usize, concurrency: usize) -> usize {
-    install_crds(&client).await;
+    install_and_enrol(&client).await;
     fresh_namespace(&client, NAMESPACE).await;
     let modules = (deployments / 5).max(1);
     let mod_api: Api<EdgeModule> = Api::namespaced(client.clone(), NAMESPACE);
@@ -175,6 +191,16 @@ async fn up(client: Client, devices: usize, deployments: usize, concurrency: usi
         let api = nodes.clone();
         async move {
             api.create(&PostParams::default(), &node(i))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    let dev_api: Api<EdgeDevice> = Api::all(client.clone());
+    failed += create_all("EdgeDevices (enrolments)", devices, concurrency, |i| {
+        let api = dev_api.clone();
+        async move {
+            api.create(&PostParams::default(), &device(i))
                 .await
                 .map(|_| ())
         }
