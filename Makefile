@@ -15,7 +15,7 @@ $(HELM_PY)/bin/python:
 	$(HELM_PY).tmp/bin/pip install -q helm-python-sdk==$(HELM_PY_VERSION) pyyaml==$(PYYAML_VERSION)
 	rm -rf $(HELM_PY) && mv $(HELM_PY).tmp $(HELM_PY)
 
-.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check chart-check generate unit e2e images lab-up lab-down lab-status bench tools
+.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check chart-check fresh-check generate unit e2e images lab-up lab-down lab-status bench tools
 
 help:
 	@echo "make demo        start the lab fleet, install edgefleet with Helm, roll out examples/"
@@ -49,7 +49,7 @@ tools:
 
 test: lint unit e2e
 
-lint: fmt-check clippy shellcheck crd-check chart-check
+lint: fmt-check clippy shellcheck crd-check chart-check fresh-check
 
 fmt:
 	$(CARGO) fmt --all
@@ -61,7 +61,7 @@ clippy: tools
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 shellcheck: tools
-	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller e2e/bench-agent e2e/build-images .ci/run
+	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller e2e/bench-agent e2e/build-images e2e/check-fresh .ci/run
 
 # The CRD YAML is generated from the types in crds/ and never edited by hand.
 CRD_DIRS := crds charts/edgefleet-crds/templates
@@ -70,6 +70,10 @@ generate:
 
 crd-check:
 	$(CARGO) run -q -p edgefleet-crds --bin crdgen -- --check $(CRD_DIRS)
+
+# The lab's commands answer on a machine without the lab's packages (a fresh CI machine).
+fresh-check:
+	e2e/check-fresh
 
 # Lint, render and the values schema of both charts; the CRD chart against crds/.
 chart-check: $(HELM_PY)/bin/python
