@@ -46,8 +46,60 @@ enum Cmd {
         #[arg(long, default_value_t = 900)]
         timeout_s: u64,
     },
-    /// Remove everything `up` created.
+    /// Create `count` certificate requests that are not edgefleet's (the client signer, but
+    /// not the bootstrap's label), as a busy cluster has: the controller must not cache them.
+    CsrFlood {
+        #[arg(long, default_value_t = 3000)]
+        count: usize,
+    },
+    /// Remove everything `up` and `csr-flood` created.
     Down,
+}
+
+/// One valid request (the apiserver checks its signature), reused under many names.
+fn foreign_request() -> String {
+    let key = rcgen::KeyPair::generate().expect("a P-256 key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "someone-else");
+    let csr = params.serialize_request(&key).expect("a CSR");
+    csr.pem().expect("PEM")
+}
+
+async fn csr_flood(client: Client, count: usize, concurrency: usize) -> usize {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequest, CertificateSigningRequestSpec,
+    };
+    install_and_enrol(&client).await;
+    let api: Api<CertificateSigningRequest> = Api::all(client);
+    let request = ByteString(foreign_request().into_bytes());
+    create_all(
+        "foreign CertificateSigningRequests",
+        count,
+        concurrency,
+        |i| {
+            let api = api.clone();
+            let csr = CertificateSigningRequest {
+                metadata: ObjectMeta {
+                    name: Some(format!("load-foreign-{i:05}")),
+                    labels: Some(BTreeMap::from([(LOAD_LABEL.to_owned(), "true".to_owned())])),
+                    ..Default::default()
+                },
+                spec: CertificateSigningRequestSpec {
+                    request: request.clone(),
+                    signer_name: edgefleet_crds::identity::CLIENT_SIGNER.to_owned(),
+                    usages: Some(vec!["client auth".to_owned()]),
+                    ..Default::default()
+                },
+                status: None,
+            };
+            async move { api.create(&PostParams::default(), &csr).await.map(|_| ()) }
+        },
+    )
+    .await
 }
 
 /// The labels an administrator gives device `i` (on its EdgeDevice).
@@ -284,6 +336,10 @@ async fn down(client: Client, concurrency: usize) {
     let sel = ListParams::default().labels(&format!("{LOAD_LABEL}=true"));
     let nodes: Api<Node> = Api::all(client.clone());
     let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let csrs: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
+        Api::all(client.clone());
+    let csr_names = names_of(&csrs, &sel).await;
+    delete_all(&csrs, csr_names, concurrency).await;
     for round in 0..20 {
         let names = names_of(&nodes, &sel).await;
         let dev_names = names_of(&devices, &sel).await;
@@ -321,6 +377,11 @@ async fn main() -> ExitCode {
         Cmd::Wait { devices, timeout_s } => {
             if !wait(client, devices, Duration::from_secs(timeout_s)).await {
                 eprintln!("fleet-load: not every device was resolved within {timeout_s}s");
+                return ExitCode::FAILURE;
+            }
+        }
+        Cmd::CsrFlood { count } => {
+            if csr_flood(client, count, concurrency).await > 0 {
                 return ExitCode::FAILURE;
             }
         }
