@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use edgefleet_crds::condition;
-use edgefleet_crds::identity::{DEVICES_GROUP, device_object_name, device_user};
+use edgefleet_crds::identity::{DEVICES_GROUP, LEADER_LEASE, device_object_name, device_user};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, TargetingOutcome};
 use edgefleet_e2e::{
     Agent, ControllerProcess, Lab, enrol_lab_devices, fresh_namespace, install_and_enrol,
@@ -262,7 +262,7 @@ async fn targeting_priority_layering_and_rollup() {
     module(&modules, "filter", "localhost/filter:v1").await;
     module(&modules, "ml", "localhost/ml:v1").await;
     // The lab: edge-1 berlin/rpi4, edge-2 munich/jetson, edge-3 berlin/nuc.
-    deployment(&deps, "base", "  priority: 10\n  selector: {matchLabels: {edgefleet.io/device: 'true'}}\n  modules: [{name: sensor}, {name: filter}]").await;
+    deployment(&deps, "base", "  priority: 10\n  selector: {}\n  modules: [{name: sensor}, {name: filter}]").await;
     deployment(&deps, "berlin", "  layered: true\n  priority: 20\n  selector: {matchLabels: {site: berlin}}\n  modules: [{name: ml}]").await;
     deployment(&deps, "jetson", "  priority: 50\n  selector: {matchExpressions: [{key: hardware, operator: In, values: [jetson]}]}\n  modules: [{name: sensor, moduleRef: sensor-fast}]").await;
 
@@ -689,16 +689,19 @@ async fn client_as(kubeconfig: &Path) -> Client {
 }
 
 /// The lab's enrolments back as they were, even when a test fails, so that the tests after
-/// it find the lab as it was.
-struct ReEnrol(Client);
+/// it find the lab as it was. Its own runtime and client: the test's runtime may be
+/// unwinding, and a client's connections live in the runtime that made them.
+struct ReEnrol;
 
 impl Drop for ReEnrol {
     fn drop(&mut self) {
-        let client = self.0.clone();
-        let _ = std::thread::spawn(move || {
+        let _ = std::thread::spawn(|| {
             tokio::runtime::Runtime::new()
                 .expect("runtime")
-                .block_on(enrol_lab_devices(&client));
+                .block_on(async {
+                    let client = Lab::get().client().await;
+                    enrol_lab_devices(&client).await;
+                });
         })
         .join();
     }
@@ -708,7 +711,7 @@ impl Drop for ReEnrol {
 #[ignore = "needs the lab: make e2e"]
 async fn a_stolen_kubelet_relabelling_its_node_neither_retargets_nor_enrols() {
     let (lab, client, _ctrl) = setup(18185, &[]).await;
-    let _restore = ReEnrol(client.clone());
+    let _restore = ReEnrol;
     let devices: Api<EdgeDevice> = Api::all(client.clone());
     let ns = fresh_namespace(&client, "e2e-stolen-kubelet").await;
     let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
@@ -815,7 +818,7 @@ async fn a_stolen_kubelet_relabelling_its_node_neither_retargets_nor_enrols() {
 #[ignore = "needs the lab: make e2e"]
 async fn an_admin_removing_a_devices_label_takes_its_deployment_away() {
     let (_lab, client, _ctrl) = setup(18186, &[]).await;
-    let _restore = ReEnrol(client.clone());
+    let _restore = ReEnrol;
     let devices: Api<EdgeDevice> = Api::all(client.clone());
     let ns = fresh_namespace(&client, "e2e-unlabel").await;
     let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
@@ -872,29 +875,12 @@ async fn an_admin_removing_a_devices_label_takes_its_deployment_away() {
 #[tokio::test]
 #[ignore = "needs the lab: make e2e"]
 async fn a_retired_device_keeps_no_rbac_and_its_certificate_authorizes_nothing() {
-    let (_lab, client, _ctrl) = setup(18187, &[]).await;
+    let (lab, client, _ctrl) = setup(18187, &[]).await;
     let name = "retired-1";
+    enrol_kubeletless(&client, name).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let devices: Api<EdgeDevice> = Api::all(client.clone());
-    // A Node with no kubelet behind it, enrolled by the admin.
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).expect("node");
-    let _ = nodes.create(&PostParams::default(), &node).await;
-    let enrolment: EdgeDevice = serde_json::from_value(json!({
-        "apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
-        "metadata": {"name": name}, "spec": {},
-    }))
-    .expect("enrolment");
-    let _ = devices.create(&PostParams::default(), &enrolment).await;
-    // What the device's certificate would authenticate as.
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(_lab.kubeconfig()).expect("admin kubeconfig"),
-        &Default::default(),
-    )
-    .await
-    .expect("config");
-    config.auth_info.impersonate = Some(device_user(name));
-    config.auth_info.impersonate_groups = Some(vec![DEVICES_GROUP.to_owned()]);
-    let as_device: Api<EdgeDevice> = Api::all(Client::try_from(config).expect("client"));
+    let as_device: Api<EdgeDevice> = Api::all(as_device(&lab, name).await);
     wait_for(
         "the enrolled device to read its EdgeDevice",
         WAIT,
@@ -990,7 +976,103 @@ async fn a_retired_device_keeps_no_rbac_and_its_certificate_authorizes_nothing()
         matches!(refused, Err(kube::Error::Api(ref s)) if s.code == 403 || s.code == 404),
         "the certificate still authorizes something: {refused:?}"
     );
-    let _ = nodes.delete(name, &DeleteParams::default()).await;
+    unenrol(&client, name).await;
+}
+
+/// A client that authenticates as `device`'s certificate would (impersonated by the admin).
+async fn as_device(lab: &Lab, device: &str) -> Client {
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(lab.kubeconfig()).expect("admin kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("config");
+    config.auth_info.impersonate = Some(device_user(device));
+    config.auth_info.impersonate_groups = Some(vec![DEVICES_GROUP.to_owned()]);
+    Client::try_from(config).expect("client")
+}
+
+/// A Node with no kubelet behind it, and its enrolment by the admin.
+async fn enrol_kubeletless(client: &Client, name: &str) {
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).expect("node");
+    let _ = Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await;
+    let enrolment: EdgeDevice = serde_json::from_value(json!({
+        "apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
+        "metadata": {"name": name}, "spec": {},
+    }))
+    .expect("enrolment");
+    let _ = Api::<EdgeDevice>::all(client.clone())
+        .create(&PostParams::default(), &enrolment)
+        .await;
+}
+
+async fn unenrol(client: &Client, name: &str) {
+    let _ = Api::<EdgeDevice>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+    let _ = Api::<Node>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_device_named_like_the_controllers_objects_reaches_none_of_them() {
+    let (lab, client, _ctrl) = setup(18189, &[]).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "edgefleet-system");
+    // The leader Lease exists while a controller leads.
+    wait_for("the leader Lease", WAIT, || async {
+        leases.get(LEADER_LEASE).await.map_err(|e| e.to_string())
+    })
+    .await;
+    enrol_kubeletless(&client, LEADER_LEASE).await;
+    let device_leases: Api<Lease> =
+        Api::namespaced(as_device(&lab, LEADER_LEASE).await, "edgefleet-system");
+    wait_for("the device's own Lease grant", WAIT, || async {
+        device_leases
+            .get(&device_object_name(LEADER_LEASE))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let stolen = device_leases
+        .patch(
+            LEADER_LEASE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "thief"}})),
+        )
+        .await;
+    assert!(
+        matches!(stolen, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "a device named like the leader Lease may patch it: {stolen:?}"
+    );
+    unenrol(&client, LEADER_LEASE).await;
+
+    // A name that can't be a device identity is refused, on the EdgeDevice, with no grant.
+    let dotted = "edge-9.example";
+    enrol_kubeletless(&client, dotted).await;
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let why = wait_for("the dotted name refused", WAIT, || async {
+        let d = devices.get(dotted).await.map_err(|e| e.to_string())?;
+        d.status
+            .as_ref()
+            .and_then(|s| condition::find(&s.conditions, "Registered"))
+            .filter(|c| !c.is_true() && c.reason == "InvalidName")
+            .map(|c| c.message.clone())
+            .ok_or(format!("{:?}", d.status))
+    })
+    .await;
+    assert!(why.contains("DNS label"), "{why}");
+    assert!(
+        Api::<ClusterRole>::all(client.clone())
+            .get(&device_object_name(dotted))
+            .await
+            .is_err(),
+        "a refused name gets RBAC"
+    );
+    unenrol(&client, dotted).await;
 }
 
 #[tokio::test]
