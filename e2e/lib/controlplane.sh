@@ -10,17 +10,23 @@ start_etcd() {
   mkdir -p "$LAB_DIR/etcd"
   chmod 700 "$LAB_DIR/etcd"
   start_daemon etcd "$CP_NS" "$LOG_DIR/etcd.log" "$CP_RUN/etcd.pid" \
-    etcd --name lab --data-dir "$LAB_DIR/etcd" \
+    "$K8S_BIN_DIR/etcd" --name lab --data-dir "$LAB_DIR/etcd" \
     --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster lab=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381
 }
 
+# Admission: NodeRestriction (each kubelet may change only its own Node and pods) on top of
+# what kube-apiserver enables by default, which is what a production cluster runs
+# (NamespaceLifecycle, LimitRanger, ServiceAccount, PodSecurity, Priority, ResourceQuota,
+# the webhook and policy plugins, ...: see `kube-apiserver --help`).
+ADMISSION_PLUGINS=NodeRestriction
+
 start_apiserver() {
   start_daemon kube-apiserver "$CP_NS" "$LOG_DIR/kube-apiserver.log" "$CP_RUN/kube-apiserver.pid" \
     "$K8S_BIN_DIR/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 \
-    --bind-address=0.0.0.0 --secure-port="$API_PORT" --insecure-port=0 \
+    --bind-address=0.0.0.0 --secure-port="$API_PORT" \
     --advertise-address="$CP_IP" \
     --tls-cert-file="$PKI_DIR/apiserver.crt" --tls-private-key-file="$PKI_DIR/apiserver.key" \
     --client-ca-file="$CA_CRT" \
@@ -33,11 +39,11 @@ start_apiserver() {
     --service-account-issuer=https://kubernetes.default.svc \
     --api-audiences=https://kubernetes.default.svc \
     --authorization-mode=Node,RBAC \
-    --enable-admission-plugins=NodeRestriction \
+    --enable-admission-plugins="$ADMISSION_PLUGINS" \
     --allow-privileged=true \
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --profiling=false \
-    --logtostderr=true --v=1
+    --v=1
 }
 
 # The host end listens on 127.0.0.1 only; the lab end connects to the apiserver inside the
@@ -61,7 +67,7 @@ start_controller_manager() {
     --kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
     --authorization-kubeconfig="$KUBE_DIR/controller-manager.kubeconfig" \
-    --bind-address=127.0.0.1 --port=0 \
+    --bind-address=127.0.0.1 \
     --use-service-account-credentials=true \
     --service-account-private-key-file="$PKI_DIR/sa.key" \
     --root-ca-file="$CA_CRT" \
@@ -70,19 +76,28 @@ start_controller_manager() {
     --leader-elect=false \
     --kube-api-qps=200 --kube-api-burst=400 \
     --profiling=false \
-    --logtostderr=true --v=1
+    --v=1
 }
 
+# The scheduler's connection, leader election and profiling live in its config file: the
+# flags for them are deprecated.
 start_scheduler() {
+  cat >"$KUBE_DIR/scheduler-config.yaml" <<YAML
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: $KUBE_DIR/scheduler.kubeconfig
+leaderElection:
+  leaderElect: false
+enableProfiling: false
+YAML
   start_daemon kube-scheduler "$CP_NS" "$LOG_DIR/kube-scheduler.log" "$CP_RUN/kube-scheduler.pid" \
     "$K8S_BIN_DIR/kube-scheduler" \
-    --kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
+    --config="$KUBE_DIR/scheduler-config.yaml" \
     --authentication-kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
     --authorization-kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
-    --bind-address=127.0.0.1 --port=0 \
-    --leader-elect=false \
-    --profiling=false \
-    --logtostderr=true --v=1
+    --bind-address=127.0.0.1 \
+    --v=1
 }
 
 api_ready() {
