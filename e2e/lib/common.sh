@@ -176,4 +176,10 @@ check_device() {
   check_node "$1"
 }
 
-kubectl_admin() { kubectl --kubeconfig "$KUBE_DIR/admin.kubeconfig" "$@"; }
+# kubectl_admin ARGS...: the lab's own kubectl (built with the server, lib/build.sh), or
+# the one on PATH before the build has run.
+kubectl_admin() {
+  local k="$K8S_BIN_DIR/kubectl"
+  [ -x "$k" ] || k=kubectl
+  "$k" --kubeconfig "$KUBE_DIR/admin.kubeconfig" "$@"
+}

@@ -8,11 +8,15 @@ write_containerd_config() {
   run=$(node_run "$node")
   mkdir -p "$dir/cni" "$dir/containerd" "$run"
   echo '{"cniVersion":"0.4.0","name":"lo-only","plugins":[{"type":"loopback"}]}' >"$dir/cni/10-lo-only.conflist"
+  # containerd 2's config format (version 3): the CRI plugin is split into
+  # io.containerd.cri.v1.images (the sandbox image is pinned there) and
+  # io.containerd.cri.v1.runtime.
+  # NRI is off: every containerd on the host would create the same /var/run/nri/nri.sock.
   # restrict_oom_score_adj: the VM lacks CAP_SYS_RESOURCE, sandboxes fail without it.
   # SystemdCgroup=false: cgroups are hybrid v1 here; cgroupfs works, systemd does not.
   # runc's root and the netns mounts live in the node's volatile dir, so a reboot wipes them.
   cat >"$dir/containerd.toml" <<TOML
-version = 2
+version = 3
 root = "$dir/containerd"
 state = "$run/containerd"
 
@@ -25,33 +29,44 @@ state = "$run/containerd"
 [metrics]
   address = ""
 
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$dir/opt"
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "$dir/opt"
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "/usr/sbin/runc"
-        Root = "$run/runc"
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$dir/cni"
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+
+  [plugins.'io.containerd.cri.v1.images']
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "$PAUSE_IMAGE"
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = "/usr/sbin/runc"
+          Root = "$run/runc"
+          SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "$dir/cni"
 TOML
 }
 
 write_kubelet_config() {
-  local node=$1 dir ip
+  local node=$1 dir ip taints="[]" t=${CLOUD_TAINT#*=}
   dir=$(node_dir "$node")
   ip=$(node_ip "$node")
+  # The cloud node's taint (KEY=VALUE:EFFECT), in the config: the flag is deprecated.
+  [ "$node" = "$CLOUD_NODE" ] &&
+    taints="[{key: \"${CLOUD_TAINT%%=*}\", value: \"${t%%:*}\", effect: \"${t#*:}\"}]"
   mkdir -p "$dir/manifests" "$dir/kubelet"
   # Image GC is effectively off: imported images cannot be pulled again, no registry exists.
+  # failCgroupV1: false: cgroups are hybrid v1 here, and kubelet >= 1.35 refuses v1 by default.
   cat >"$dir/kubelet-config.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -60,6 +75,9 @@ port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
+containerRuntimeEndpoint: unix://$(node_sock "$node")
+failCgroupV1: false
+registerWithTaints: $taints
 cgroupDriver: cgroupfs
 cgroupsPerQOS: false
 enforceNodeAllocatable: []
@@ -119,33 +137,38 @@ spec: {}
 YAML
 }
 
+# The lab's containerd, ctr and shim are the ones it built (lib/build.sh), not whatever the
+# host has on PATH: containerd finds its shim on PATH, so the build's directory goes first.
+# ctr would print containerd's deprecation notice (cgroup v1) on every call.
+lab_ctr() { CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1 "$K8S_BIN_DIR/ctr" "$@"; }
+
 start_containerd() {
   local node=$1
   start_daemon "$node containerd" "$(node_ns "$node")" "$LOG_DIR/$node-containerd.log" \
-    "$(node_run "$node")/containerd.pid" containerd --config "$(node_dir "$node")/containerd.toml"
+    "$(node_run "$node")/containerd.pid" env PATH="$K8S_BIN_DIR:$PATH" \
+    "$K8S_BIN_DIR/containerd" --config "$(node_dir "$node")/containerd.toml"
 }
 
-containerd_ready() { ctr --address "$(node_sock "$1")" version >/dev/null 2>&1; }
+containerd_ready() { lab_ctr --address "$(node_sock "$1")" version >/dev/null 2>&1; }
 
 # ensure_lab_images NODE: the pause image (kubelet needs it for every pod) and the lab's
 # busybox test image, imported once; containerd's root is the node's disk.
 ensure_lab_images() {
   local node=$1 image tar have busybox
   busybox=$(busybox_tar)
-  have=$(ctr --address "$(node_sock "$node")" -n k8s.io images ls -q)
+  have=$(lab_ctr --address "$(node_sock "$node")" -n k8s.io images ls -q)
   for image in "$PAUSE_IMAGE=$PAUSE_TAR" "$BUSYBOX_IMAGE=$busybox"; do
     tar=${image#*=}
     image=${image%%=*}
     grep -qx "$image" <<<"$have" && continue
-    ctr --address "$(node_sock "$node")" -n k8s.io images import "$tar" >/dev/null ||
+    lab_ctr --address "$(node_sock "$node")" -n k8s.io images import "$tar" >/dev/null ||
       die "cannot import $image into $node"
   done
 }
 
 start_kubelet() {
-  local node=$1 dir taint=()
+  local node=$1 dir
   dir=$(node_dir "$node")
-  [ "$node" = "$CLOUD_NODE" ] && taint=(--register-with-taints="$CLOUD_TAINT")
   start_daemon "$node kubelet" "$(node_ns "$node")" "$LOG_DIR/$node-kubelet.log" \
     "$(node_run "$node")/kubelet.pid" \
     "$K8S_BIN_DIR/kubelet" \
@@ -153,14 +176,10 @@ start_kubelet() {
     --kubeconfig="$dir/kubelet.kubeconfig" \
     --root-dir="$dir/kubelet" \
     --cert-dir="$dir/kubelet/pki" \
-    --container-runtime=remote \
-    --container-runtime-endpoint="unix://$(node_sock "$node")" \
-    --pod-infra-container-image="$PAUSE_IMAGE" \
     --hostname-override="$node" \
     --node-ip="$(node_ip "$node")" \
     --node-labels="$(node_labels "$node")" \
-    "${taint[@]}" \
-    --logtostderr=true --v=1
+    --v=1
 }
 
 # boot_node NODE: what a device does at power-on: containerd, then kubelet. The pause image
@@ -233,7 +252,7 @@ load_image() {
   shift
   [ -r "$tar" ] || die "cannot read image archive '$tar'"
   for node in "$@"; do
-    ctr --address "$(node_sock "$node")" -n k8s.io images import "$tar" >/dev/null ||
+    lab_ctr --address "$(node_sock "$node")" -n k8s.io images import "$tar" >/dev/null ||
       die "import of $tar into $node failed"
     log "imported $(basename "$tar") into $node"
   done
@@ -243,7 +262,8 @@ exec_in_node() {
   local node=$1
   shift
   exec nsenter --net="/var/run/netns/$(node_ns "$node")" \
-    env CONTAINERD_ADDRESS="$(node_sock "$node")" CONTAINERD_NAMESPACE=k8s.io \
+    env PATH="$K8S_BIN_DIR:$PATH" CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1 \
+    CONTAINERD_ADDRESS="$(node_sock "$node")" CONTAINERD_NAMESPACE=k8s.io \
     CONTAINER_RUNTIME_ENDPOINT="unix://$(node_sock "$node")" \
     KUBECONFIG="$KUBE_DIR/admin-in-lab.kubeconfig" "$@"
 }
