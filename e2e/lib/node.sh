@@ -64,8 +64,10 @@ write_kubelet_config() {
   # The cloud node's taint (KEY=VALUE:EFFECT), in the config: the flag is deprecated.
   [ "$node" = "$CLOUD_NODE" ] &&
     taints="[{key: \"${CLOUD_TAINT%%=*}\", value: \"${t%%:*}\", effect: \"${t#*:}\"}]"
-  mkdir -p "$dir/manifests" "$dir/kubelet"
+  mkdir -p "$dir/manifests" "$dir/kubelet" "$dir/pod-logs"
   # Image GC is effectively off: imported images cannot be pulled again, no registry exists.
+  # podLogsDir: each node keeps its pods' logs on its own disk. With the default
+  # /var/log/pods shared by all kubelets, each removed the others' pod log directories.
   # failCgroupV1: false: cgroups are hybrid v1 here, and kubelet >= 1.35 refuses v1 by default.
   cat >"$dir/kubelet-config.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -76,6 +78,7 @@ readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 containerRuntimeEndpoint: unix://$(node_sock "$node")
+podLogsDir: $dir/pod-logs
 failCgroupV1: false
 registerWithTaints: $taints
 cgroupDriver: cgroupfs

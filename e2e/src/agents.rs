@@ -112,12 +112,11 @@ impl RealAgents {
         agents
     }
 
-    /// The agent's log on a device (kubelet's log files of its static pod, oldest first).
-    /// Best effort: the lab's kubelets share `/var/log/pods`, and each removes the
-    /// directories of pods it does not run, so a log can vanish while its pod runs.
+    /// The agent's log on a device (kubelet's log files of its static pod, oldest first),
+    /// from the device's own pod log directory.
     pub fn log(&self, device: &str) -> String {
         let prefix = format!("edgefleet-system_{AGENT_NAME}-{device}_");
-        let mut files: Vec<PathBuf> = std::fs::read_dir("/var/log/pods")
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.lab.info(device).pod_logs)
             .into_iter()
             .flatten()
             .flatten()

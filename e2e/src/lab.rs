@@ -24,6 +24,8 @@ pub struct NodeInfo {
     pub containerd_socket: PathBuf,
     /// The node's "disk": kubelet's root, containerd's root, the agent's kubeconfig.
     pub node_dir: PathBuf,
+    /// kubelet's podLogsDir on the node: `<namespace>_<pod>_<uid>/<container>/<n>.log`.
+    pub pod_logs: PathBuf,
     /// The device's agent kubeconfig reachable from the host shell (edge devices only).
     pub kubeconfig: Option<PathBuf>,
     /// The device's agent kubeconfig as the device sees it: the apiserver at its lab
@@ -123,6 +125,7 @@ impl Lab {
             manifests: field("manifests").into(),
             containerd_socket: field("containerd_socket").into(),
             node_dir: field("node_dir").into(),
+            pod_logs: field("pod_logs").into(),
             kubeconfig: kv.get("kubeconfig").map(PathBuf::from),
             agent_kubeconfig: kv.get("agent_kubeconfig").map(PathBuf::from),
             kubelet_kubeconfig: kv.get("kubelet_kubeconfig").map(PathBuf::from),
