@@ -2,9 +2,10 @@
 # Installs the Debian packages the lab needs, before anything is started, so a package that
 # cannot be installed stops `up` with nothing half started.
 
+# Kubernetes, etcd and containerd are built from the Go module proxy (lib/build.sh) with
+# the installed Go, which is no Debian package; runc and the CNI plugins stay Debian's.
 LAB_PACKAGES=(
-  golang-1.19-go golang-github-modern-go-reflect2-dev rsync jq gcc make
-  etcd-server containerd runc containernetworking-plugins podman
+  jq gcc libc6-dev runc containernetworking-plugins podman
   iproute2 iptables openssl socat curl util-linux procps busybox-static
 )
 
@@ -13,16 +14,6 @@ missing_packages() {
   for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
   done
-}
-
-# enable_deb_src: `apt-get source` needs deb-src entries; Debian images ship only deb.
-enable_deb_src() {
-  local f=/etc/apt/sources.list.d/debian.sources
-  if [ -f "$f" ] && grep -q '^Types: deb$' "$f"; then
-    log "enabling deb-src entries in $f (needed for the kubernetes source package)"
-    sed -i 's/^Types: deb$/Types: deb deb-src/' "$f"
-    APT_UPDATED=
-  fi
 }
 
 apt_update_once() {
@@ -34,12 +25,13 @@ apt_update_once() {
 
 install_deps() {
   mkdir -p "$CACHE_DIR"
-  k8s_binaries_cached || enable_deb_src
   local missing
   # EDGEFLEET_LAB_EXTRA_PACKAGES: more Debian packages a user wants on the lab machine.
   # shellcheck disable=SC2086
   missing=$(missing_packages "${LAB_PACKAGES[@]}" ${EDGEFLEET_LAB_EXTRA_PACKAGES:-})
-  # Machines here ship a current kubectl; elsewhere Debian's own client will do.
+  # The lab uses its own kubectl (built with the server); tests and users call kubectl
+  # from PATH. Machines here ship a current one; elsewhere Debian's old client is a
+  # fallback for simple calls.
   command -v kubectl >/dev/null || missing="$missing kubernetes-client"
   [ -z "$missing" ] && return 0
   apt_update_once
