@@ -17,16 +17,23 @@ def docs(rendered: dict) -> list:
     return [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
 
 
+# The oldest Kubernetes the charts support, and the lab's (where the lab tests run).
+MIN_KUBE = "v1.30.0"
+LAB_KUBE = "v1.36.3"
+
+
 class Lint(unittest.TestCase):
-    def test_both_charts_lint_clean(self):
-        # Offline, Helm's default capabilities lack policy/v1, so the PDB renders as
-        # policy/v1beta1: lint for the lab's Kubernetes, where that is current.
+    def test_both_charts_lint_clean_from_the_oldest_supported_kubernetes_to_the_labs(self):
         for chart in ("edgefleet", "edgefleet-crds"):
-            report = helm_python.lint(
-                CHARTS / chart, strict=True, namespace="edgefleet-system", kube_version="v1.20.2"
-            )
-            problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
-            self.assertEqual(problems, [], f"{chart}: {problems}")
+            for kube in (MIN_KUBE, LAB_KUBE):
+                report = helm_python.lint(CHARTS / chart, strict=True, namespace="edgefleet-system", kube_version=kube)
+                problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+                self.assertEqual(problems, [], f"{chart} on {kube}: {problems}")
+
+    def test_both_charts_state_the_oldest_supported_kubernetes(self):
+        for chart in ("edgefleet", "edgefleet-crds"):
+            meta = yaml.safe_load((CHARTS / chart / "Chart.yaml").read_text())
+            self.assertEqual(meta.get("kubeVersion"), f">={MIN_KUBE[1:]}-0", chart)
 
 
 class Controller(unittest.TestCase):
