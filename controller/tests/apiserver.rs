@@ -548,7 +548,15 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
         )
         .await
         .expect_err("a module name that is not a DNS label is refused");
-    assert!(err.to_string().contains("spec.modules.name"), "{err}");
+    // The field's path: `spec.modules.name` up to Kubernetes 1.2x, `spec.modules[0].name` since.
+    let says = err.to_string();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422)
+            && says.contains("spec.modules")
+            && says.contains(".name")
+            && says.contains("Not_A_Label"),
+        "{err}"
+    );
 
     // Two deployments with equal priority over the same device: the loser says so.
     deployment(
