@@ -509,21 +509,15 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
     let bad = [
         (
             "bad-selector",
-            "  selector: {matchExpressions: [{key: site, operator: In}]}\n  modules: [{name: sensor}]",
+            "  selector: {matchExpressions: [{key: '-site-', operator: Exists}]}\n  modules: [{name: sensor}]",
             "InvalidSelector",
-            "needs at least one value",
+            "is not a qualified name",
         ),
         (
             "missing-module",
             "  selector: {matchLabels: {site: berlin}}\n  modules: [{name: x, moduleRef: nope}]",
             "ModuleNotFound",
             "EdgeModule e2e-bad-input/nope, which does not exist",
-        ),
-        (
-            "duplicate",
-            "  selector: {matchLabels: {site: berlin}}\n  modules: [{name: sensor}, {name: sensor}]",
-            "DuplicateModule",
-            "module name \"sensor\" appears more than once",
         ),
     ];
     for (name, spec, _, _) in bad {
@@ -557,6 +551,36 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
             && says.contains("Not_A_Label"),
         "{err}"
     );
+
+    // What the schema's validation rules reject is rejected at admission too, with the rule's
+    // message: the controller's own checks stay for what gets past (an older CRD).
+    for (name, spec, says) in [
+        (
+            "no-values",
+            "  selector: {matchExpressions: [{key: site, operator: In}]}\n  modules: [{name: sensor}]",
+            "operators In and NotIn need at least one value",
+        ),
+        (
+            "duplicate",
+            "  selector: {matchLabels: {site: berlin}}\n  modules: [{name: sensor}, {name: sensor}]",
+            "module names must be unique in a deployment",
+        ),
+    ] {
+        let err = deps
+            .create(
+                &PostParams::default(),
+                &serde_yaml::from_str(&format!(
+                    "apiVersion: edgefleet.io/v1alpha1\nkind: EdgeDeployment\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+                ))
+                .expect("yaml"),
+            )
+            .await
+            .expect_err("refused at admission");
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422) && err.to_string().contains(says),
+            "{name}: {err}"
+        );
+    }
 
     // Two deployments with equal priority over the same device: the loser says so.
     deployment(

@@ -41,9 +41,13 @@ pub const MAX_FAILURE_SAMPLES: usize = 10;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.modules.all(m, self.modules.exists_one(n, n.name == m.name))",
+    "message": "module names must be unique in a deployment: each names a module on the device"
+}]))]
 pub struct EdgeDeploymentSpec {
-    /// Which devices (EdgeDevice labels, mirrored from their Nodes) this deployment targets.
-    /// An empty selector selects every device.
+    /// Which devices this deployment targets, by the labels an administrator gave their
+    /// EdgeDevices (never their Nodes' labels). An empty selector selects every device.
     #[serde(default)]
     pub selector: DeviceSelector,
     /// Higher wins. Among equal priorities the deployment whose `namespace/name` sorts first
@@ -76,6 +80,10 @@ pub struct DeviceSelector {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",
+    "message": "operators In and NotIn need at least one value; Exists and DoesNotExist take none"
+}]))]
 pub struct SelectorRequirement {
     #[schemars(length(min = 1, max = 317))]
     pub key: String,
