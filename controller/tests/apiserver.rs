@@ -262,7 +262,12 @@ async fn targeting_priority_layering_and_rollup() {
     module(&modules, "filter", "localhost/filter:v1").await;
     module(&modules, "ml", "localhost/ml:v1").await;
     // The lab: edge-1 berlin/rpi4, edge-2 munich/jetson, edge-3 berlin/nuc.
-    deployment(&deps, "base", "  priority: 10\n  selector: {}\n  modules: [{name: sensor}, {name: filter}]").await;
+    deployment(
+        &deps,
+        "base",
+        "  priority: 10\n  selector: {}\n  modules: [{name: sensor}, {name: filter}]",
+    )
+    .await;
     deployment(&deps, "berlin", "  layered: true\n  priority: 20\n  selector: {matchLabels: {site: berlin}}\n  modules: [{name: ml}]").await;
     deployment(&deps, "jetson", "  priority: 50\n  selector: {matchExpressions: [{key: hardware, operator: In, values: [jetson]}]}\n  modules: [{name: sensor, moduleRef: sensor-fast}]").await;
 
