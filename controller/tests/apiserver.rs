@@ -328,7 +328,7 @@ async fn targeting_priority_layering_and_rollup() {
     let mut agents = Vec::new();
     for i in 1..=lab.device_count() {
         let a = Agent::new(&lab, &format!("edge-{i}")).await;
-        a.renew().await.expect("renew");
+        a.renew_once_granted().await;
         a.report_all_running().await;
         agents.push(a);
     }
@@ -492,7 +492,7 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
     let good = "  selector: {matchLabels: {site: munich}}\n  modules: [{name: sensor}]";
     deployment(&deps, "good", good).await;
     let a2 = Agent::new(&lab, "edge-2").await;
-    a2.renew().await.expect("renew");
+    a2.renew_once_granted().await;
     // Wait for this deployment's module, not just any: a previous test's may linger.
     let owner = format!("{ns}/good");
     wait_for("edge-2 to get the good deployment", WAIT, || async {
@@ -676,7 +676,7 @@ async fn online_follows_the_lease_and_offline_devices_are_deferred() {
         }
     };
     let a1 = Agent::new(&lab, "edge-1").await;
-    a1.renew().await.expect("renew");
+    a1.renew_once_granted().await;
     wait_for("edge-1 Online", WAIT, || async {
         online("edge-1").await.filter(|o| *o).ok_or("not online")
     })
@@ -707,7 +707,7 @@ async fn online_follows_the_lease_and_offline_devices_are_deferred() {
         d.status
     );
     // It comes back, applies and reports: Ready.
-    a1.renew().await.expect("renew");
+    a1.renew_once_granted().await;
     a1.report_all_running().await;
     wait_deployment(&deps, "d", "Ready", |d| is(d, "Ready", "True", "AllReady")).await;
     cleanup(&client, &ns).await;

@@ -199,6 +199,17 @@ impl Agent {
             .await
     }
 
+    /// Renews the Lease once the device's grants exist: a device enrolled a moment ago gets
+    /// its RBAC from the registry shortly after, and the real agent retries the same way.
+    pub async fn renew_once_granted(&self) -> Lease {
+        wait_for(
+            &format!("{}'s Lease to be renewable", self.device),
+            Duration::from_secs(60),
+            || async { self.renew().await.map_err(|e| e.to_string()) },
+        )
+        .await
+    }
+
     /// Applies the device's status (the agent-owned part) under the agent's field manager.
     pub async fn report(&self, status: serde_json::Value) -> kube::Result<EdgeDevice> {
         let patch = json!({
