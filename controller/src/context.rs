@@ -173,14 +173,19 @@ impl Context {
     /// Whether `device` is enrolled and present: an administrator created its EdgeDevice
     /// (not being deleted), its name can be a device identity, and its Node exists.
     pub fn enrolled(&self, device: &str) -> bool {
-        let has_device = self
-            .stores
+        self.stores
             .devices
             .get(&ObjectRef::new(device))
-            .is_some_and(|d| d.metadata.deletion_timestamp.is_none());
-        has_device
-            && crate::registry::enrolment_problem(device).is_none()
-            && self.node(device).is_some()
+            .is_some_and(|d| self.is_enrolled(&d))
+    }
+
+    /// [`Context::enrolled`] for a device already at hand: no second store lookup, for the
+    /// rollup's pass over every device.
+    pub fn is_enrolled(&self, device: &EdgeDevice) -> bool {
+        let name = device.metadata.name.as_deref().unwrap_or_default();
+        device.metadata.deletion_timestamp.is_none()
+            && crate::registry::enrolment_problem(name).is_none()
+            && self.node(name).is_some()
     }
 
     /// Publishes an Event; a failure to do so is logged, never fatal to a reconcile.

@@ -37,7 +37,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
     let devices = ctx.stores.devices.state();
     let views = devices
         .iter()
-        .filter(|dev| ctx.enrolled(&dev.name_any()))
+        .filter(|dev| ctx.is_enrolled(dev))
         .map(|dev| DeviceView {
             name: dev.metadata.name.as_deref().unwrap_or_default(),
             labels: dev.labels(),

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use edgefleet_e2e::{Lab, wait_for};
+use edgefleet_e2e::{Lab, fresh_namespace, wait_for};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, LogParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, LogParams};
 
 const DEVICE: &str = "edge-2";
 const CONTAINER: &str = "ticker";
@@ -94,20 +94,8 @@ async fn static_pod_survives_offline_and_comes_back_after_reboot() {
     assert!(not_ready.is_empty(), "nodes not Ready: {not_ready:?}");
 
     // A throwaway labelled namespace for the mirror pod.
-    let ns_name = format!("e2e-lab-smoke-{}", std::process::id());
+    let ns_name = fresh_namespace(&client, "e2e-lab-smoke").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(ns_name.clone()),
-            labels: Some([("edgefleet.io/e2e".to_owned(), "lab-smoke".to_owned())].into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create test namespace");
 
     // A static pod placed on edge-2 runs and appears as a mirror pod.
     let info = lab.info(DEVICE);
@@ -240,20 +228,8 @@ async fn static_pod_survives_offline_and_comes_back_after_reboot() {
 async fn every_nodes_pods_keep_their_logs() {
     let lab = Lab::get();
     let client = lab.client().await;
-    let ns_name = format!("e2e-lab-logs-{}", std::process::id());
+    let ns_name = fresh_namespace(&client, "e2e-lab-logs").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(ns_name.clone()),
-            labels: Some([("edgefleet.io/e2e".to_owned(), "lab-logs".to_owned())].into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create test namespace");
     let mut nodes = vec!["cloud-1".to_owned()];
     nodes.extend((1..=lab.device_count()).map(|i| format!("edge-{i}")));
     let manifests: Vec<_> = nodes
