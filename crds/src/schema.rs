@@ -11,7 +11,7 @@ pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
     [EdgeModule::crd(), EdgeDeployment::crd(), EdgeDevice::crd()]
         .into_iter()
         .map(|crd| {
-            let mut crd = without_empty_string_defaults(crd);
+            let mut crd = for_the_apiserver(crd);
             // Uninstalling the CRD chart must not delete every module, deployment and
             // device with their CRDs: Helm leaves resources with this policy in place.
             crd.metadata.annotations =
@@ -24,14 +24,27 @@ pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
         .collect()
 }
 
-/// Kubernetes 1.20 (the lab's, and older k3s) reads `default: ""` as null and rejects the
-/// CRD; an absent string deserializes to "" anyway, so those defaults go.
-fn without_empty_string_defaults(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+/// The formats the apiserver knows for integers (and strings); schemars also writes Rust's
+/// `uint32`/`uint64`/`uint8`/`uint`, which the apiserver warns about on every apply. The
+/// unsigned range they mean is kept by the `minimum: 0` schemars writes beside them.
+const KNOWN_FORMATS: &[&str] = &["int32", "int64", "float", "double", "byte", "date-time"];
+
+/// The schema as the apiserver reads it without warnings: formats it doesn't know go, and so
+/// do `default: ""` (some Kubernetes releases read it as null and reject the CRD; an absent
+/// string deserializes to "" anyway).
+fn for_the_apiserver(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     fn strip(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(map) => {
                 if map.get("default").is_some_and(|d| d.as_str() == Some("")) {
                     map.remove("default");
+                }
+                if map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| !KNOWN_FORMATS.contains(&f))
+                {
+                    map.remove("format");
                 }
                 map.values_mut().for_each(strip);
             }
@@ -95,6 +108,17 @@ mod tests {
         for (file, crd) in crds() {
             let yaml = to_yaml(&crd).expect("yaml");
             assert!(!yaml.contains("default: ''"), "{file}");
+        }
+    }
+
+    /// The apiserver warns "unrecognized format" on every apply of a CRD that names one.
+    #[test]
+    fn only_formats_the_apiserver_knows() {
+        for (file, crd) in crds() {
+            let yaml = to_yaml(&crd).expect("yaml");
+            for line in yaml.lines().filter_map(|l| l.trim().strip_prefix("format: ")) {
+                assert!(KNOWN_FORMATS.contains(&line), "{file}: format {line}");
+            }
         }
     }
 
