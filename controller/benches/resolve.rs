@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use edgefleet_controller::catalog::{CompiledDeployment, compile};
+use edgefleet_controller::grant::Grant;
 use edgefleet_controller::targeting::resolve;
 use edgefleet_crds::{EdgeDeployment, EdgeModuleSpec};
 
@@ -90,8 +91,17 @@ fn main() {
     let deps = deployments();
     let labels = device_labels();
 
+    // One grant for the fleet's namespace, as a platform team gives it.
+    let grants = [Grant::new(
+        "fleet",
+        serde_json::from_value(serde_json::json!({
+            "namespaces": ["fleet"], "devices": {}, "priority": {"min": 0, "max": 200},
+        }))
+        .expect("grant"),
+    )];
     let start = Instant::now();
-    let catalog: Vec<CompiledDeployment> = deps.iter().map(|d| compile(d, &specs)).collect();
+    let catalog: Vec<CompiledDeployment> =
+        deps.iter().map(|d| compile(d, &specs, &grants)).collect();
     let compile_time = start.elapsed();
 
     let mut runs = Vec::new();

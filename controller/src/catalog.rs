@@ -8,10 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use edgefleet_crds::names::{NameError, check_dns_label, check_env_name, check_image};
 use edgefleet_crds::{
     DeploymentModule, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, OnUntarget, ResolvedModule,
+    TargetingDecision, TargetingOutcome,
 };
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::grant::{self, Grant, GrantProblem};
 use crate::selector::{Selector, SelectorError};
 
 /// What is wrong with a deployment's spec. Each one is reported on the deployment (Stalled
@@ -32,6 +34,8 @@ pub enum SpecProblem {
     InvalidModuleName(NameError),
     #[error("module {module:?}: invalid override: {error}")]
     InvalidOverride { module: String, error: NameError },
+    #[error(transparent)]
+    Grant(#[from] GrantProblem),
 }
 
 impl SpecProblem {
@@ -43,6 +47,8 @@ impl SpecProblem {
             SpecProblem::DuplicateModule(_) => "DuplicateModule",
             SpecProblem::InvalidModuleName(_) => "InvalidModuleName",
             SpecProblem::InvalidOverride { .. } => "InvalidOverride",
+            SpecProblem::Grant(GrantProblem::NoGrant(_)) => "NoGrant",
+            SpecProblem::Grant(GrantProblem::NotGranted(_)) => "NotGranted",
         }
     }
 }
@@ -55,15 +61,22 @@ pub fn key(namespace: &str, name: &str) -> String {
 /// What a deployment contributes to the devices it targets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Contribution {
-    /// A valid spec: the devices its selector matches get these modules (sorted by name).
+    /// A valid spec its namespace's grants admit: the devices its selector and one of
+    /// `granted` match get these modules (sorted by name).
     Fresh {
         selector: Selector,
+        granted: Vec<Selector>,
         modules: Vec<ResolvedModule>,
     },
-    /// An invalid spec. Bad input must lose nothing, so every device keeps exactly what this
-    /// deployment gave it before (read back from the device's own desired state), and no
-    /// other device gains anything from it, until the spec is fixed.
-    Held { problems: Vec<SpecProblem> },
+    /// An invalid spec, or one no grant admits. Bad input must lose nothing, so every device
+    /// keeps exactly what this deployment gave it before (read back from the device's own
+    /// desired state), and no other device gains anything from it, until the spec is fixed.
+    /// Only within `reach`, the devices its namespace's grants cover: a revoked grant
+    /// takes the modules off the devices it no longer covers.
+    Held {
+        problems: Vec<SpecProblem>,
+        reach: Vec<Selector>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +94,35 @@ pub struct CompiledDeployment {
     pub retain: bool,
     /// How long a module must have been running to count as ready (staged rollouts).
     pub min_ready: std::time::Duration,
+}
+
+impl CompiledDeployment {
+    /// Whether this deployment selects a device with these labels and these targeting
+    /// decisions (the device's present desired state). Never a device outside its grants'
+    /// devices; a held deployment selects exactly the devices it already contributed to.
+    pub fn selects(
+        &self,
+        labels: &BTreeMap<String, String>,
+        decisions: Option<&[TargetingDecision]>,
+    ) -> bool {
+        match &self.contribution {
+            Contribution::Fresh {
+                selector, granted, ..
+            } => selector.matches(labels) && granted.iter().any(|g| g.matches(labels)),
+            Contribution::Held { reach, .. } => {
+                reach.iter().any(|g| g.matches(labels))
+                    && decisions.is_some_and(|ds| {
+                        ds.iter().any(|t| {
+                            t.deployment == self.key
+                                && matches!(
+                                    t.outcome,
+                                    TargetingOutcome::Owner | TargetingOutcome::Layered
+                                )
+                        })
+                    })
+            }
+        }
+    }
 }
 
 /// The revision of a deployment: a 16-hex-digit hash of its spec and of the specs of the
@@ -180,10 +222,19 @@ pub fn problems(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<SpecProb
     out
 }
 
-pub fn compile(d: &EdgeDeployment, modules: &impl ModuleLookup) -> CompiledDeployment {
+/// Compiles a deployment against the modules and grants as they are now.
+pub fn compile(
+    d: &EdgeDeployment,
+    modules: &impl ModuleLookup,
+    grants: &[Grant],
+) -> CompiledDeployment {
     let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
     let key = key(namespace, d.metadata.name.as_deref().unwrap_or_default());
     let problems = problems(d, modules);
+    let held = |problems| Contribution::Held {
+        problems,
+        reach: grant::reach(namespace, grants),
+    };
     let contribution = match Selector::parse(&d.spec.selector) {
         Ok(selector) if problems.is_empty() => {
             let mut resolved: Vec<ResolvedModule> = d
@@ -205,12 +256,16 @@ pub fn compile(d: &EdgeDeployment, modules: &impl ModuleLookup) -> CompiledDeplo
                 })
                 .collect();
             resolved.sort_by(|a, b| a.name.cmp(&b.name));
-            Contribution::Fresh {
-                selector,
-                modules: resolved,
+            match grant::admit(namespace, d.spec.priority, &resolved, grants) {
+                Ok(granted) => Contribution::Fresh {
+                    selector,
+                    granted,
+                    modules: resolved,
+                },
+                Err(refused) => held(vec![refused.into()]),
             }
         }
-        _ => Contribution::Held { problems },
+        _ => held(problems),
     };
     CompiledDeployment {
         key,
@@ -238,6 +293,18 @@ pub(crate) mod fixtures {
 
     pub fn deployment(yaml: &str) -> EdgeDeployment {
         serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad fixture: {e}\n{yaml}"))
+    }
+
+    /// A grant that admits anything from these namespaces on every device: for tests about
+    /// something other than tenancy.
+    pub fn open_grants(namespaces: &[&str]) -> Vec<Grant> {
+        vec![crate::grant::fixtures::grant(
+            "open",
+            &format!(
+                "{{namespaces: [{}], devices: {{}}, priority: {{min: -1000000, max: 1000000}}, hostNetwork: true, hostDevices: true}}",
+                namespaces.join(", ")
+            ),
+        )]
     }
 
     pub fn modules(specs: &[(&str, &str)]) -> BTreeMap<String, EdgeModuleSpec> {
@@ -285,7 +352,7 @@ spec:
     desiredStatus: stopped
 "#,
         );
-        let c = compile(&d, &lib());
+        let c = compile(&d, &lib(), &open_grants(&["ns"]));
         assert_eq!(c.key, "ns/base");
         assert_eq!(c.priority, 5);
         let Contribution::Fresh { modules, .. } = c.contribution else {
@@ -342,8 +409,8 @@ spec:
             let d = deployment(&format!(
                 "metadata: {{name: d, namespace: ns}}\nspec:\n  {spec}"
             ));
-            let c = compile(&d, &lib());
-            let Contribution::Held { problems } = &c.contribution else {
+            let c = compile(&d, &lib(), &open_grants(&["ns"]));
+            let Contribution::Held { problems, .. } = &c.contribution else {
                 panic!("{spec} should be held")
             };
             let reasons: Vec<_> = problems.iter().map(SpecProblem::reason).collect();

@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use edgefleet_crds::identity::CONTROLLER_NAME;
-use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, EdgeModuleSpec};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule, EdgeModuleSpec};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::catalog::{self, CompiledDeployment};
 use crate::config::Config;
+use crate::grant::Grant;
 use crate::metrics::Metrics;
 
 /// The caches every reconcile reads. Nodes are kept as metadata only: a device needs a
@@ -31,6 +32,7 @@ pub struct Stores {
     pub leases: Store<Lease>,
     /// The deployments' ControllerRevisions (labelled `edgefleet.io/deployment`).
     pub revisions: Store<ControllerRevision>,
+    pub grants: Store<EdgeGrant>,
 }
 
 /// The caches, for readiness tracking.
@@ -42,6 +44,7 @@ pub enum Cache {
     Leases = 8,
     Nodes = 16,
     Revisions = 32,
+    Grants = 64,
 }
 
 /// Which caches have their initial list. kube's `Store::wait_until_ready` wakes only one
@@ -57,7 +60,13 @@ impl Default for Synced {
 }
 
 impl Synced {
-    const ALL: u8 = 63;
+    const ALL: u8 = Cache::Devices as u8
+        | Cache::Deployments as u8
+        | Cache::Modules as u8
+        | Cache::Leases as u8
+        | Cache::Nodes as u8
+        | Cache::Revisions as u8
+        | Cache::Grants as u8;
 
     pub fn observe<K, E>(&self, cache: Cache, event: &Result<kube::runtime::watcher::Event<K>, E>) {
         if let Ok(kube::runtime::watcher::Event::InitDone) = event {
@@ -136,12 +145,23 @@ impl Context {
             .collect()
     }
 
-    /// All deployments, compiled. Recompiled only when a deployment or module changed
-    /// (their uids and resourceVersions are the cache key), not once per device.
+    /// Every EdgeGrant, ready for judging deployments.
+    pub fn grants(&self) -> Vec<Grant> {
+        self.stores
+            .grants
+            .state()
+            .iter()
+            .map(|g| Grant::new(&g.name_any(), g.spec.clone()))
+            .collect()
+    }
+
+    /// All deployments, compiled. Recompiled only when a deployment, module or grant
+    /// changed (their uids and resourceVersions are the cache key), not once per device.
     pub fn catalog(&self) -> Arc<Vec<CompiledDeployment>> {
         let deployments = self.stores.deployments.state();
         let modules = self.stores.modules.state();
-        let stamp = stamp(&deployments, &modules);
+        let grants = self.stores.grants.state();
+        let stamp = stamp(&deployments, &modules, &grants);
         let mut cache = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((s, c)) = cache.as_ref()
             && *s == stamp
@@ -149,10 +169,11 @@ impl Context {
             return c.clone();
         }
         let specs = self.module_specs();
+        let grants = self.grants();
         let compiled: Arc<Vec<_>> = Arc::new(
             deployments
                 .iter()
-                .map(|d| catalog::compile(d, &specs))
+                .map(|d| catalog::compile(d, &specs, &grants))
                 .collect(),
         );
         *cache = Some((stamp, compiled.clone()));
@@ -279,9 +300,15 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-fn stamp(deployments: &[Arc<EdgeDeployment>], modules: &[Arc<EdgeModule>]) -> u64 {
+fn stamp(
+    deployments: &[Arc<EdgeDeployment>],
+    modules: &[Arc<EdgeModule>],
+    grants: &[Arc<EdgeGrant>],
+) -> u64 {
     // Order-independent: the stores hand objects out in no particular order.
-    let mut sum = (deployments.len() as u64).wrapping_mul(31) ^ modules.len() as u64;
+    let mut sum = (deployments.len() as u64).wrapping_mul(31)
+        ^ (modules.len() as u64).wrapping_mul(17)
+        ^ grants.len() as u64;
     let mut add = |kind: u8, uid: Option<&String>, rv: Option<&String>| {
         let mut h = DefaultHasher::new();
         (kind, uid, rv).hash(&mut h);
@@ -299,6 +326,13 @@ fn stamp(deployments: &[Arc<EdgeDeployment>], modules: &[Arc<EdgeModule>]) -> u6
             1,
             m.metadata.uid.as_ref(),
             m.metadata.resource_version.as_ref(),
+        );
+    }
+    for g in grants {
+        add(
+            2,
+            g.metadata.uid.as_ref(),
+            g.metadata.resource_version.as_ref(),
         );
     }
     sum

@@ -29,9 +29,9 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
     let specs = ctx.module_specs();
-    let compiled = catalog::compile(&d, &specs);
+    let compiled = catalog::compile(&d, &specs, &ctx.grants());
     let problems = match &compiled.contribution {
-        Contribution::Held { problems } => problems.clone(),
+        Contribution::Held { problems, .. } => problems.clone(),
         Contribution::Fresh { .. } => Vec::new(),
     };
     let devices = ctx.stores.devices.state();

@@ -1,4 +1,4 @@
-//! edgefleet's controller. Pure decisions (`selector`, `catalog`, `targeting`, `rollup`,
+//! edgefleet's controller. Pure decisions (`selector`, `grant`, `catalog`, `targeting`, `rollup`,
 //! `presence`, `status_check`, `device_rbac`) carry most of the tests; the reconciles
 //! (`registry`, `device`, `deployment`, `module_status`) fetch, decide and apply.
 
@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod device;
 pub mod device_rbac;
 pub mod error;
+pub mod grant;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -130,15 +130,7 @@ pub fn rollup<'a>(
         let decision = dev
             .desired
             .and_then(|s| s.targeting.iter().find(|t| t.deployment == d.key));
-        let selects_now = match &d.contribution {
-            Contribution::Fresh { selector, .. } => selector.matches(dev.labels),
-            Contribution::Held { .. } => decision.is_some_and(|t| {
-                matches!(
-                    t.outcome,
-                    TargetingOutcome::Owner | TargetingOutcome::Layered
-                )
-            }),
-        };
+        let selects_now = d.selects(dev.labels, dev.desired.map(|s| s.targeting.as_slice()));
         let moved_to = dev.moved_to.get(&d.key);
         let mut planner_view = |health: Health| {
             if d.staged {
@@ -390,7 +382,7 @@ mod tests {
 
     use super::*;
     use crate::catalog::compile;
-    use crate::catalog::fixtures::{deployment, modules};
+    use crate::catalog::fixtures::{deployment, modules, open_grants};
     use crate::targeting::resolve;
 
     struct Dev {
@@ -409,6 +401,7 @@ mod tests {
                 "metadata: {{name: d, namespace: ns, generation: 3}}\nspec:\n  {yaml_spec}"
             )),
             &lib,
+            &open_grants(&["ns"]),
         )
     }
 
@@ -654,12 +647,14 @@ mod tests {
                 "metadata: {name: a-first, namespace: ns}\nspec:\n  priority: 5\n  modules: [{name: a}]",
             ),
             &lib,
+            &open_grants(&["ns"]),
         );
         let loser = compile(
             &deployment(
                 "metadata: {name: b-second, namespace: ns}\nspec:\n  priority: 5\n  modules: [{name: a}]",
             ),
             &lib,
+            &open_grants(&["ns"]),
         );
         let labels = BTreeMap::new();
         let desired = resolve(&labels, &[winner.clone(), loser.clone()], None);

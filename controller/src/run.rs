@@ -11,7 +11,7 @@ use std::time::Duration;
 use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED};
 use edgefleet_crds::identity::{LEADER_LEASE, device_of_object};
-use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
@@ -223,6 +223,13 @@ async fn controllers(
         Cache::Modules,
     );
 
+    // Grants are few and change rarely; any change may widen or narrow any deployment.
+    let (grants, [grant_for_devices, grant_for_deployments]) = shared(
+        Api::<EdgeGrant>::all(client.clone()),
+        synced.clone(),
+        Cache::Grants,
+    );
+
     let (leases, lease_writer) = reflector::store();
     let lease_synced = synced.clone();
     let lease_stream = reflect(
@@ -297,6 +304,7 @@ async fn controllers(
         deployments: deployments.clone(),
         modules: modules.clone(),
         leases: leases.clone(),
+        grants,
     };
     let ctx = Arc::new(Context::new(
         client,
@@ -315,8 +323,11 @@ async fn controllers(
     });
 
     let catalog_changes = futures::stream::select(
-        spec_changes(dep_for_devices).map(|_| ()),
-        spec_changes(mod_for_devices).map(|_| ()),
+        futures::stream::select(
+            spec_changes(dep_for_devices).map(|_| ()),
+            spec_changes(mod_for_devices).map(|_| ()),
+        ),
+        spec_changes(grant_for_devices).map(|_| ()),
     );
     let device_ctrl = Controller::for_shared_stream(dev_main, devices.clone())
         .with_config(bounded.clone())
@@ -339,6 +350,7 @@ async fn controllers(
             .for_each(|_| ready(()));
 
     let dep_store = deployments.clone();
+    let dep_store_for_grants = deployments.clone();
     let deployment_ctrl = Controller::for_shared_stream(spec_changes(dep_main), deployments)
         .with_config(bounded.clone().debounce(Duration::from_millis(500)))
         .watches_shared_stream(dev_for_deployments, |d: Arc<EdgeDevice>| {
@@ -353,6 +365,13 @@ async fn controllers(
                 .filter(|d| {
                     d.namespace() == ns && d.spec.modules.iter().any(|dm| dm.module_name() == name)
                 })
+                .map(|d| ObjectRef::from(d.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches_shared_stream(spec_changes(grant_for_deployments), move |_| {
+            dep_store_for_grants
+                .state()
+                .iter()
                 .map(|d| ObjectRef::from(d.as_ref()))
                 .collect::<Vec<_>>()
         })

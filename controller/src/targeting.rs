@@ -19,23 +19,6 @@ use edgefleet_crds::{DesiredState, ResolvedModule, TargetingDecision, TargetingO
 use crate::catalog::{CompiledDeployment, Contribution};
 
 impl CompiledDeployment {
-    /// Whether this deployment selects the device. A held deployment selects exactly the
-    /// devices it already contributed to.
-    fn selects(&self, labels: &BTreeMap<String, String>, current: Option<&DesiredState>) -> bool {
-        match &self.contribution {
-            Contribution::Fresh { selector, .. } => selector.matches(labels),
-            Contribution::Held { .. } => current.is_some_and(|c| {
-                c.targeting.iter().any(|t| {
-                    t.deployment == self.key
-                        && matches!(
-                            t.outcome,
-                            TargetingOutcome::Owner | TargetingOutcome::Layered
-                        )
-                })
-            }),
-        }
-    }
-
     /// The modules this deployment gives the device, and the revision they are from.
     fn modules_for(
         &self,
@@ -138,7 +121,7 @@ pub fn resolve_staged(
     let mut layers: Vec<&CompiledDeployment> = Vec::new();
     let mut retained: Vec<&CompiledDeployment> = Vec::new();
     for d in catalog {
-        if d.selects(labels, current) {
+        if d.selects(labels, current.map(|c| c.targeting.as_slice())) {
             if d.layered {
                 layers.push(d);
             } else {
@@ -268,7 +251,7 @@ mod tests {
 
     use super::*;
     use crate::catalog::compile;
-    use crate::catalog::fixtures::{deployment, modules};
+    use crate::catalog::fixtures::{deployment, modules, open_grants};
 
     fn lib() -> BTreeMap<String, edgefleet_crds::EdgeModuleSpec> {
         modules(&[
@@ -293,6 +276,7 @@ mod tests {
                 "metadata: {{name: {name}, namespace: {ns}}}\nspec:\n  priority: {priority}\n  layered: {layered}\n  selector: {selector}\n  modules: {mods}"
             )),
             &lib(),
+            &open_grants(&["a", "b"]),
         )
     }
 
@@ -549,6 +533,7 @@ mod tests {
                     "metadata: {{name: base, namespace: a}}\nspec:\n  selector: {{matchLabels: {{site: berlin}}}}\n  modules: [{{name: sensor}}]{rollout}"
                 )),
                 &lib(),
+                &open_grants(&["a"]),
             )
         };
         for retain in [false, true] {
@@ -596,6 +581,7 @@ mod tests {
                     "metadata: {name: app, namespace: a}\nspec:\n  modules: [{name: app}]\n  rollout: {maxUnavailable: 1}",
                 ),
                 &lib,
+                &open_grants(&["a"]),
             )
         };
         let (v1, v2) = (staged("app:v1"), staged("app:v2"));

@@ -246,6 +246,8 @@ mod tests {
                 startup_order: 0,
                 devices: vec![],
                 resources: None,
+                host_network: false,
+                read_only_root_filesystem: false,
             },
         }
     }

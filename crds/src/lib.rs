@@ -1,4 +1,4 @@
-//! edgefleet's API: the custom resources EdgeModule, EdgeDeployment and EdgeDevice
+//! edgefleet's API: the custom resources EdgeModule, EdgeDeployment, EdgeDevice and EdgeGrant
 //! (`edgefleet.io/v1alpha1`), every identity string as a const, and pure helpers shared by
 //! the controller and the agent. No IO lives here.
 
@@ -7,6 +7,7 @@ pub mod condition;
 pub mod deployment;
 pub mod device;
 pub mod duration;
+pub mod grant;
 pub mod identity;
 pub mod module;
 pub mod names;
@@ -22,6 +23,7 @@ pub use device::{
     DesiredState, EdgeDevice, EdgeDeviceSpec, EdgeDeviceStatus, ModuleStatus, ResolvedModule,
     RuntimeStatus, TargetingDecision, TargetingOutcome,
 };
+pub use grant::{EdgeGrant, EdgeGrantSpec, PriorityRange};
 pub use module::{EdgeModule, EdgeModuleSpec, EdgeModuleStatus};
 pub use rollout::{
     CanarySpec, Count, OnFailure, OnUntarget, RevisionCount, RolloutPhase, RolloutSpec,

@@ -59,9 +59,21 @@ pub struct EdgeModuleSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub devices: Vec<HostDevice>,
+    /// Limits; a module without a memory limit gets [`DEFAULT_MEMORY_LIMIT`], so one
+    /// module's leak can't take its device down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Share the device's network namespace. Off by default: the module gets a network
+    /// namespace of its own. Needs a grant (`EdgeGrant.spec.hostNetwork`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// Mount the image's root filesystem read-only; the module writes only to its volumes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
 }
+
+/// The memory limit of a module that states none.
+pub const DEFAULT_MEMORY_LIMIT: &str = "256Mi";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum PullPolicy {

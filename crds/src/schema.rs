@@ -4,24 +4,29 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{EdgeDeployment, EdgeDevice, EdgeModule};
+use crate::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
 
 /// Every CRD edgefleet defines, each with the file name it is written to.
 pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
-    [EdgeModule::crd(), EdgeDeployment::crd(), EdgeDevice::crd()]
-        .into_iter()
-        .map(|crd| {
-            let mut crd = for_the_apiserver(crd);
-            // Uninstalling the CRD chart must not delete every module, deployment and
-            // device with their CRDs: Helm leaves resources with this policy in place.
-            crd.metadata.annotations =
-                Some([("helm.sh/resource-policy".to_owned(), "keep".to_owned())].into());
-            (
-                format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default()),
-                crd,
-            )
-        })
-        .collect()
+    [
+        EdgeModule::crd(),
+        EdgeDeployment::crd(),
+        EdgeDevice::crd(),
+        EdgeGrant::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let mut crd = for_the_apiserver(crd);
+        // Uninstalling the CRD chart must not delete every module, deployment and
+        // device with their CRDs: Helm leaves resources with this policy in place.
+        crd.metadata.annotations =
+            Some([("helm.sh/resource-policy".to_owned(), "keep".to_owned())].into());
+        (
+            format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default()),
+            crd,
+        )
+    })
+    .collect()
 }
 
 /// The formats the apiserver knows for integers (and strings); schemars also writes Rust's
@@ -72,7 +77,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn three_crds_with_status_and_short_names() {
+    fn four_crds_with_short_names_and_statuses_where_written() {
         let all = crds();
         let names: Vec<_> = all.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
@@ -80,12 +85,19 @@ mod tests {
             [
                 "edgemodules.edgefleet.io.yaml",
                 "edgedeployments.edgefleet.io.yaml",
-                "edgedevices.edgefleet.io.yaml"
+                "edgedevices.edgefleet.io.yaml",
+                "edgegrants.edgefleet.io.yaml"
             ]
         );
-        for (_, crd) in &all {
+        for (i, (_, crd)) in all.iter().enumerate() {
+            // A grant is the administrator's word alone: nothing reports on it.
             let v = &crd.spec.versions[0];
-            assert!(v.subresources.as_ref().is_some_and(|s| s.status.is_some()));
+            assert_eq!(
+                v.subresources.as_ref().is_some_and(|s| s.status.is_some()),
+                i < 3,
+                "{}",
+                crd.spec.names.kind
+            );
             assert!(
                 crd.spec
                     .names
@@ -100,6 +112,7 @@ mod tests {
             assert_eq!(crd.spec.versions[0].name, crate::identity::VERSION);
         }
         assert_eq!(all[2].1.spec.scope, "Cluster");
+        assert_eq!(all[3].1.spec.scope, "Cluster");
         assert_eq!(all[1].1.spec.scope, "Namespaced");
     }
 
@@ -116,7 +129,10 @@ mod tests {
     fn only_formats_the_apiserver_knows() {
         for (file, crd) in crds() {
             let yaml = to_yaml(&crd).expect("yaml");
-            for line in yaml.lines().filter_map(|l| l.trim().strip_prefix("format: ")) {
+            for line in yaml
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("format: "))
+            {
                 assert!(KNOWN_FORMATS.contains(&line), "{file}: format {line}");
             }
         }
