@@ -6,16 +6,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use edgefleet_crds::EdgeModuleSpec;
 use edgefleet_crds::ResolvedModule;
 use edgefleet_crds::identity::AGENT_NAME;
 use edgefleet_crds::identity::pods::{
     CONFIG_HASH_ANNOTATION, CONFIG_MOUNT_PATH, MANAGED_BY_LABEL, MODULE_LABEL, MODULE_NAMESPACE,
     SPEC_HASH_LABEL,
 };
-use edgefleet_crds::module::{PullPolicy, RestartPolicy};
+use edgefleet_crds::module::{DEFAULT_MEMORY_LIMIT, PullPolicy, Resources, RestartPolicy};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements, SecurityContext,
-    Volume, VolumeMount,
+    Capabilities, Container, EnvVar, HostPathVolumeSource, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
@@ -85,24 +86,9 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
                 })
                 .collect(),
         ),
-        resources: s.resources.as_ref().map(|r| {
-            let q: BTreeMap<String, Quantity> = [("cpu", &r.cpu), ("memory", &r.memory)]
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.to_owned(), Quantity(v.clone()?))))
-                .collect();
-            ResourceRequirements {
-                limits: Some(q.clone()),
-                requests: Some(q),
-                ..Default::default()
-            }
-        }),
+        resources: Some(resources(s.resources.as_ref())),
         volume_mounts: non_empty(mounts),
-        // Host devices need the device cgroup opened; Kubernetes offers no narrower way
-        // without a device plugin. Only modules that ask for devices get it.
-        security_context: (!s.devices.is_empty()).then(|| SecurityContext {
-            privileged: Some(true),
-            ..Default::default()
-        }),
+        security_context: Some(security_context(s)),
         ..Default::default()
     };
     Pod {
@@ -118,7 +104,16 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
             ..Default::default()
         },
         spec: Some(PodSpec {
-            host_network: Some(true),
+            host_network: Some(s.host_network),
+            // Static pods never pass PodSecurity admission: the agent is what holds modules
+            // to the restricted profile's syscall filter.
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             restart_policy: Some(restart_policy(s.restart_policy).into()),
             termination_grace_period_seconds: Some(10),
             containers: vec![container],
@@ -126,6 +121,49 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The module's limits (and equal requests), with [`DEFAULT_MEMORY_LIMIT`] when it states
+/// no memory limit.
+fn resources(r: Option<&Resources>) -> ResourceRequirements {
+    let cpu = r.and_then(|r| r.cpu.clone());
+    let memory = r
+        .and_then(|r| r.memory.clone())
+        .unwrap_or_else(|| DEFAULT_MEMORY_LIMIT.to_owned());
+    let q: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", Some(memory))]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), Quantity(v?))))
+        .collect();
+    ResourceRequirements {
+        limits: Some(q.clone()),
+        requests: Some(q),
+        ..Default::default()
+    }
+}
+
+/// What a module may do to its device. Host devices need the device cgroup opened, which
+/// Kubernetes offers only as a privileged container (there is no narrower way without a
+/// device plugin): only modules that ask for devices get it, and the controller ships
+/// those only to namespaces granted `hostDevices`. Every other module runs with no
+/// capabilities and cannot gain privileges (setuid binaries, file capabilities).
+fn security_context(s: &EdgeModuleSpec) -> SecurityContext {
+    if !s.devices.is_empty() {
+        return SecurityContext {
+            privileged: Some(true),
+            read_only_root_filesystem: s.read_only_root_filesystem.then_some(true),
+            ..Default::default()
+        };
+    }
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(s.read_only_root_filesystem),
+        ..Default::default()
     }
 }
 
@@ -202,22 +240,45 @@ mod tests {
         serde_json::from_value(v).expect("module")
     }
 
+    /// A module asks for nothing: it runs in its own network namespace, with no
+    /// capabilities, no way to gain privileges, the runtime's syscall filter and a memory
+    /// limit. Static pods bypass PodSecurity admission: this is what stands in for it.
     #[test]
-    fn renders_a_host_network_static_pod() {
+    fn an_ungranted_module_runs_unprivileged() {
         let yaml = manifest(&module(json!({})), Path::new("/var/lib/agent")).expect("yaml");
         let pod: serde_json::Value = serde_yaml::from_str(&yaml).expect("parse back");
         let spec = &pod["spec"];
         assert_eq!(pod["metadata"]["name"], "sensor");
         assert_eq!(pod["metadata"]["labels"][MODULE_LABEL], "sensor");
-        assert_eq!(spec["hostNetwork"], true);
+        assert_eq!(spec["hostNetwork"], false);
+        assert_eq!(
+            spec["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
         assert_eq!(spec["restartPolicy"], "OnFailure");
         let c = &spec["containers"][0];
         assert_eq!(c["image"], "localhost/sensor:1");
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
         assert_eq!(c["args"], json!(["--rate", "5"]));
         assert_eq!(c["env"], json!([{"name": "SITE", "value": "berlin"}]));
-        assert!(c.get("securityContext").is_none(), "not privileged");
+        let sc = &c["securityContext"];
+        assert_eq!(sc["privileged"], false);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["readOnlyRootFilesystem"], false);
+        assert_eq!(c["resources"]["limits"]["memory"], DEFAULT_MEMORY_LIMIT);
         assert!(spec.get("volumes").is_none());
+    }
+
+    #[test]
+    fn host_network_and_a_read_only_root_are_the_modules_choice() {
+        let m = module(json!({"hostNetwork": true, "readOnlyRootFilesystem": true}));
+        let pod = pod(&m, Path::new("/var/lib/agent"));
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.host_network, Some(true));
+        let sc = spec.containers[0].security_context.clone().expect("set");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.privileged, Some(false));
     }
 
     #[test]
