@@ -5,7 +5,7 @@ showing progress, then prints what kubectl shows. Safe to run again: it upgrades
 
 import sys
 
-from edgefleet_lab import (EXAMPLES, NS, all_ready, edge_devices, enrol_devices, helm, install_or_upgrade, joined, kubectl,
+from edgefleet_lab import (EXAMPLES, NS, all_ready, edge_devices, enrol_devices, grant_examples, helm, install_or_upgrade, joined, kubectl,
                            lab_values, rollout_progress, wait_for)
 
 
@@ -21,6 +21,8 @@ def main() -> int:
     wait_for(f"the bootstrap to join {len(devices)} devices", lambda: joined() == devices, timeout=300,
              progress=lambda: f"joined {len(joined())}/{len(devices)}")
 
+    print("demo: granting fleet-demo devices and privileges: kubectl apply -f examples/platform/", file=sys.stderr)
+    print(grant_examples(), end="", file=sys.stderr)
     print("demo: kubectl apply -k examples/", file=sys.stderr)
     print(kubectl("apply", "-k", str(EXAMPLES)), end="", file=sys.stderr)
     wait_for("every EdgeDeployment Ready", all_ready, timeout=300, progress=rollout_progress)

@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHARTS = ROOT / "charts"
 EXAMPLES = ROOT / "examples"
 NS = "edgefleet-system"
-CRDS = ["edgemodules.edgefleet.io", "edgedeployments.edgefleet.io", "edgedevices.edgefleet.io"]
+CRDS = ["edgemodules.edgefleet.io", "edgedeployments.edgefleet.io", "edgedevices.edgefleet.io", "edgegrants.edgefleet.io"]
 AGENT_FILE = "edgefleet-agent.yaml"
 
 
@@ -44,6 +44,12 @@ def enrol_devices():
     if out.returncode != 0:
         raise AssertionError(f"enrolling the lab's devices: {out.stderr.strip()}")
     return out.stdout
+
+
+def grant_examples():
+    """Grants the examples' namespace what it needs, as the platform team does
+    (`kubectl apply -f examples/platform/`)."""
+    return kubectl("apply", "-f", str(EXAMPLES / "platform"))
 
 
 def kubectl_json(*args: str) -> dict:

@@ -17,7 +17,7 @@ import unittest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "e2e"))
 
-from edgefleet_lab import (AGENT_FILE, CHARTS, CRDS, EXAMPLES, KUBECONFIG, NS, all_ready, condition, enrol_devices,  # noqa: E402
+from edgefleet_lab import (AGENT_FILE, CHARTS, CRDS, EXAMPLES, KUBECONFIG, NS, all_ready, condition, enrol_devices, grant_examples,  # noqa: E402
                            edge_devices, helm, installed, joined, kubectl, kubectl_json, lab_info, lab_values, remove_agents,
                            rollout_progress, wait_for)
 
@@ -151,6 +151,7 @@ class LabInstall(unittest.TestCase):
 
         # GitOps: examples/ applied with kustomize rolls out to every device, and once the
         # controller has written its part, kubectl sees no drift. Server-side apply too.
+        grant_examples()
         kubectl("apply", "-k", str(EXAMPLES))
         wait_for("every example deployment Ready", all_ready, timeout=240, progress=rollout_progress)
         self.assertEqual(set(desired_modules("edge-1")), {"sensor", "filter", "ml-model"})

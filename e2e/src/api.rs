@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edgefleet_crds::identity::{AGENT_MANAGER, SYSTEM_NAMESPACE};
-use edgefleet_crds::{EdgeDeployment, EdgeDevice};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -99,9 +99,26 @@ async fn install_crds(client: &Client) {
     }
 }
 
-/// A test's own namespace, labelled `edgefleet.io/e2e`, empty: a leftover from an earlier
-/// run is deleted first.
+/// A test's own namespace, labelled `edgefleet.io/e2e`, empty, granted every device and
+/// every privilege: a leftover from an earlier run is deleted first.
 pub async fn fresh_namespace(client: &Client, name: &str) -> String {
+    let ns = ungranted_namespace(client, name).await;
+    grant(
+        client,
+        &ns,
+        json!({
+            "devices": {},
+            "priority": {"min": -1000000, "max": 1000000},
+            "hostNetwork": true,
+            "hostDevices": true,
+        }),
+    )
+    .await;
+    name.to_owned()
+}
+
+/// [`fresh_namespace`] without a grant: a team the platform team has not let in yet.
+pub async fn ungranted_namespace(client: &Client, name: &str) -> Namespace {
     let api: Api<Namespace> = Api::all(client.clone());
     if api.get_opt(name).await.ok().flatten().is_some() {
         let _ = api.delete(name, &DeleteParams::default()).await;
@@ -127,8 +144,34 @@ pub async fn fresh_namespace(client: &Client, name: &str) -> String {
     };
     api.create(&PostParams::default(), &ns)
         .await
-        .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
-    name.to_owned()
+        .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"))
+}
+
+/// Grants a test namespace what `spec` says (an EdgeGrant spec without `namespaces`), as
+/// the platform team does; named `e2e-<namespace>`, it goes with the namespace (its owner).
+pub async fn grant(client: &Client, ns: &Namespace, mut spec: serde_json::Value) {
+    let name = ns.metadata.name.clone().expect("a namespace has a name");
+    spec["namespaces"] = json!([name]);
+    let grant = json!({
+        "apiVersion": "edgefleet.io/v1alpha1",
+        "kind": "EdgeGrant",
+        "metadata": {
+            "name": format!("e2e-{name}"),
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Namespace", "name": name,
+                "uid": ns.metadata.uid.clone().expect("a created namespace has a uid"),
+            }],
+        },
+        "spec": spec,
+    });
+    Api::<EdgeGrant>::all(client.clone())
+        .patch(
+            &format!("e2e-{name}"),
+            &PatchParams::apply(ENROLMENT_MANAGER).force(),
+            &Patch::Apply(&grant),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot grant namespace {name}: {e}"));
 }
 
 /// Deletes every EdgeDeployment in the cluster: a test starts from a fleet nobody targets.

@@ -13,8 +13,8 @@ mod wait;
 
 pub use agents::RealAgents;
 pub use api::{
-    Agent, ENROLMENT_MANAGER, apply, enrol_lab_devices, fresh_namespace, install_and_enrol,
-    remove_every_deployment,
+    Agent, ENROLMENT_MANAGER, apply, enrol_lab_devices, fresh_namespace, grant, install_and_enrol,
+    remove_every_deployment, ungranted_namespace,
 };
 pub use containerd::Task;
 pub use lab::{Lab, NodeInfo, client_from};

@@ -1,0 +1,245 @@
+//! Teams sharing a fleet, tried as a careless or hostile team would, on the lab's real
+//! apiserver and devices: each test is named for the attack it stops. Run by `make e2e`.
+
+use std::time::Duration;
+
+use edgefleet_crds::condition;
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, TargetingOutcome};
+use edgefleet_e2e::{
+    ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace, grant,
+    install_and_enrol, remove_every_deployment, ungranted_namespace, wait_for,
+};
+use kube::{Api, Client};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+const BUSYBOX: &str = "localhost/edgefleet-lab/busybox:1";
+const DEVICES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
+
+async fn looping_module(client: &Client, ns: &str, name: &str, extra: serde_json::Value) {
+    let mut spec =
+        json!({"image": BUSYBOX, "command": ["sh", "-c", "while true; do sleep 1; done"]});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    apply(client, ns, "EdgeModule", name, spec).await;
+}
+
+/// Waits until deployment `ns/name` is Stalled for `reason` with a message containing
+/// `says`.
+async fn wait_stalled(client: &Client, ns: &str, name: &str, reason: &str, says: &str) {
+    let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("{ns}/{name} Stalled: {reason}"), WAIT, || async {
+        let d = api.get(name).await.map_err(|e| e.to_string())?;
+        let st = d.status.unwrap_or_default();
+        match condition::find(&st.conditions, "Stalled") {
+            Some(c) if c.is_true() && c.reason == reason && c.message.contains(says) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+/// Who owns each device's base module set, by the device's own desired state.
+async fn owners(client: &Client) -> Vec<Option<String>> {
+    let api: Api<EdgeDevice> = Api::all(client.clone());
+    let mut out = Vec::new();
+    for d in DEVICES {
+        let dev = api.get(d).await.expect("device");
+        out.push(dev.spec.desired.and_then(|s| {
+            s.targeting
+                .into_iter()
+                .find(|t| t.outcome == TargetingOutcome::Owner)
+                .map(|t| t.deployment)
+        }));
+    }
+    out
+}
+
+/// A team no grant names applies `selector: {}` at the highest priority to take every
+/// device: it reaches none, says why, and the team that owns the devices keeps them. Once
+/// granted a priority range, it still can't outrank beyond it.
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn an_ungranted_team_cannot_take_over_the_fleet() {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_and_enrol(&client).await;
+    remove_every_deployment(&client).await;
+    let owner = fresh_namespace(&client, "e2e-tenant-owner").await;
+    let rogue = ungranted_namespace(&client, "e2e-tenant-rogue").await;
+    let rogue_ns = rogue.metadata.name.clone().expect("named");
+    let _ctrl = ControllerProcess::start(
+        &controller_binary(),
+        &lab,
+        18130,
+        &["--leader-election", "false"],
+    );
+    looping_module(&client, &owner, "filter", json!({})).await;
+    apply(
+        &client,
+        &owner,
+        "EdgeDeployment",
+        "base",
+        json!({"selector": {}, "priority": 0, "modules": [{"name": "filter"}]}),
+    )
+    .await;
+    let base = format!("{owner}/base");
+    wait_for("the owner's base on every device", WAIT, || async {
+        let o = owners(&client).await;
+        o.iter()
+            .all(|x| x.as_deref() == Some(base.as_str()))
+            .then_some(())
+            .ok_or(format!("{o:?}"))
+    })
+    .await;
+
+    looping_module(&client, &rogue_ns, "filter", json!({})).await;
+    apply(
+        &client,
+        &rogue_ns,
+        "EdgeDeployment",
+        "takeover",
+        json!({"selector": {}, "priority": 1000000, "modules": [{"name": "filter"}]}),
+    )
+    .await;
+    wait_stalled(
+        &client,
+        &rogue_ns,
+        "takeover",
+        "NoGrant",
+        "no EdgeGrant names namespace",
+    )
+    .await;
+    assert_eq!(
+        owners(&client).await,
+        vec![Some(base.clone()); 3],
+        "no device changed hands"
+    );
+
+    // Granted, but only priorities 0 to 10: outranking the owner is still refused.
+    grant(
+        &client,
+        &rogue,
+        json!({"devices": {}, "priority": {"min": 0, "max": 10}}),
+    )
+    .await;
+    wait_stalled(
+        &client,
+        &rogue_ns,
+        "takeover",
+        "NotGranted",
+        "priority 1000000 is outside 0..10",
+    )
+    .await;
+    assert_eq!(owners(&client).await, vec![Some(base.clone()); 3]);
+    let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), &owner);
+    let st = deployments
+        .get("base")
+        .await
+        .expect("base")
+        .status
+        .unwrap_or_default();
+    assert_eq!((st.targeted, st.lost), (3, 0), "{st:?}");
+}
+
+/// A team asks for a host device to get a privileged container on every device: refused
+/// without a grant for host devices. What it may run, runs with no capabilities, no way
+/// to gain privileges, the runtime's syscall filter and its own network namespace, as the
+/// device's kernel reports for the running process.
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_team_cannot_get_root_on_a_device() {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_and_enrol(&client).await;
+    remove_every_deployment(&client).await;
+    let team = ungranted_namespace(&client, "e2e-tenant-root").await;
+    let ns = team.metadata.name.clone().expect("named");
+    grant(
+        &client,
+        &team,
+        json!({"devices": {"matchLabels": {"hardware": "jetson"}}}),
+    )
+    .await;
+    let _ctrl = ControllerProcess::start(
+        &controller_binary(),
+        &lab,
+        18131,
+        &["--leader-election", "false"],
+    );
+    let _agents = RealAgents::install(&lab, &client, &["edge-2"]).await;
+
+    looping_module(
+        &client,
+        &ns,
+        "rooty",
+        json!({"devices": [{"hostPath": "/dev/kmsg"}]}),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        "EdgeDeployment",
+        "root",
+        json!({"selector": {}, "modules": [{"name": "rooty"}]}),
+    )
+    .await;
+    wait_stalled(&client, &ns, "root", "NotGranted", "asks for host devices").await;
+    looping_module(&client, &ns, "netty", json!({"hostNetwork": true})).await;
+    apply(
+        &client,
+        &ns,
+        "EdgeDeployment",
+        "net",
+        json!({"selector": {}, "modules": [{"name": "netty"}]}),
+    )
+    .await;
+    wait_stalled(&client, &ns, "net", "NotGranted", "asks for hostNetwork").await;
+
+    looping_module(&client, &ns, "plain", json!({})).await;
+    apply(
+        &client,
+        &ns,
+        "EdgeDeployment",
+        "plain",
+        json!({"selector": {}, "modules": [{"name": "plain"}]}),
+    )
+    .await;
+    let task = wait_for("plain to run on edge-2", WAIT, || async {
+        lab.running_task("edge-2", "plain")
+            .ok_or_else(|| "not running".to_owned())
+    })
+    .await;
+    // The grant covers only the jetson (edge-2): `selector: {}` reaches no other device.
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    for other in ["edge-1", "edge-3"] {
+        let d = devices.get(other).await.expect("device");
+        let modules = d.spec.desired.map(|s| s.modules).unwrap_or_default();
+        assert!(
+            modules.iter().all(|m| !m.deployment.starts_with(&ns)),
+            "{other}: {modules:?}"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", task.pid)).expect("status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {k} in {status}"))
+            .to_owned()
+    };
+    assert_eq!(field("CapEff:"), "0000000000000000", "no capabilities");
+    assert_eq!(field("CapBnd:"), "0000000000000000", "none to regain");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2", "a seccomp filter");
+    let net = |path: &str| std::fs::read_link(path).expect("netns link");
+    let device_net = std::fs::metadata("/run/netns/efl-edge-2").expect("the lab's netns");
+    let module_net = net(&format!("/proc/{}/ns/net", task.pid));
+    assert_ne!(
+        module_net.to_string_lossy(),
+        format!("net:[{}]", std::os::unix::fs::MetadataExt::ino(&device_net)),
+        "the module has a network namespace of its own"
+    );
+}
