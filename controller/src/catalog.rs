@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use edgefleet_crds::limits;
 use edgefleet_crds::names::{NameError, check_dns_label, check_env_name, check_image};
 use edgefleet_crds::{
     DeploymentModule, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, OnUntarget, ResolvedModule,
@@ -34,6 +35,8 @@ pub enum SpecProblem {
     InvalidModuleName(NameError),
     #[error("module {module:?}: invalid override: {error}")]
     InvalidOverride { module: String, error: NameError },
+    #[error("module {module:?} can't run on a device: {why}")]
+    OverLimit { module: String, why: String },
     #[error(transparent)]
     Grant(#[from] GrantProblem),
 }
@@ -47,6 +50,7 @@ impl SpecProblem {
             SpecProblem::DuplicateModule(_) => "DuplicateModule",
             SpecProblem::InvalidModuleName(_) => "InvalidModuleName",
             SpecProblem::InvalidOverride { .. } => "InvalidOverride",
+            SpecProblem::OverLimit { .. } => "ModuleOverLimit",
             SpecProblem::Grant(GrantProblem::NoGrant(_)) => "NoGrant",
             SpecProblem::Grant(GrantProblem::NotGranted(_)) => "NotGranted",
         }
@@ -256,13 +260,29 @@ pub fn compile(
                 })
                 .collect();
             resolved.sort_by(|a, b| a.name.cmp(&b.name));
-            match grant::admit(namespace, d.spec.priority, &resolved, grants) {
-                Ok(granted) => Contribution::Fresh {
-                    selector,
-                    granted,
-                    modules: resolved,
-                },
-                Err(refused) => held(vec![refused.into()]),
+            // What a device would refuse is never shipped: refused there, it would fail
+            // every deployment on the device, other teams' too.
+            let over: Vec<SpecProblem> = resolved
+                .iter()
+                .filter_map(|m| {
+                    let why = limits::check_module(&m.spec).err()?;
+                    Some(SpecProblem::OverLimit {
+                        module: m.name.clone(),
+                        why,
+                    })
+                })
+                .collect();
+            if !over.is_empty() {
+                held(over)
+            } else {
+                match grant::admit(namespace, d.spec.priority, &resolved, grants) {
+                    Ok(granted) => Contribution::Fresh {
+                        selector,
+                        granted,
+                        modules: resolved,
+                    },
+                    Err(refused) => held(vec![refused.into()]),
+                }
             }
         }
         _ => held(problems),
@@ -330,6 +350,16 @@ mod tests {
                 "image: sensor:v1\nenv: [{name: RATE, value: '1'}, {name: UNIT, value: C}]",
             ),
             ("ns/filter", "image: filter:v1\nstartupOrder: 1"),
+            (
+                "ns/hoard",
+                &format!(
+                    "image: hoard:v1\nconfig: [{}]",
+                    (0..5)
+                        .map(|i| format!("{{name: f{i}, content: '{}'}}", "x".repeat(60 * 1024)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
         ])
     }
 
@@ -399,6 +429,10 @@ spec:
             (
                 "modules: [{name: sensor, overrides: {image: 'NOT VALID'}}]",
                 vec!["InvalidOverride"],
+            ),
+            (
+                "modules: [{name: sensor, overrides: {env: [{name: BIG, value: x}]}}, {name: hoard}]",
+                vec!["ModuleOverLimit"],
             ),
             (
                 "modules: [{name: x}, {name: x}]",

@@ -150,7 +150,7 @@ pub struct ModuleOverrides {
     #[schemars(length(max = 128))]
     pub env: Vec<EnvVar>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 0, max = crate::limits::MAX_STARTUP_ORDER))]
     pub startup_order: Option<u32>,
 }
 

@@ -9,6 +9,7 @@ pub mod device;
 pub mod duration;
 pub mod grant;
 pub mod identity;
+pub mod limits;
 pub mod module;
 pub mod names;
 pub mod rollout;

@@ -8,10 +8,6 @@ use serde::{Deserialize, Serialize};
 use crate::condition::{Condition, conditions_schema};
 use crate::names::{ENV_NAME_PATTERN, FILE_NAME_PATTERN, IMAGE_PATTERN};
 
-/// The largest config file edgefleet delivers (the schema's bound; the agent also bounds
-/// the total per device).
-pub const MAX_CONFIG_FILE_BYTES: usize = 64 * 1024;
-
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "edgefleet.io",
@@ -53,7 +49,7 @@ pub struct EdgeModuleSpec {
     /// Modules start in ascending order: one starts only when every module of a lower order
     /// runs.
     #[serde(default)]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 0, max = crate::limits::MAX_STARTUP_ORDER))]
     pub startup_order: u32,
     /// Host devices (for example a serial port) the module may use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -105,12 +101,18 @@ pub struct ConfigFile {
     /// The file's name under `/etc/edgefleet/config/`.
     #[schemars(length(min = 1, max = 128), pattern(FILE_NAME_PATTERN))]
     pub name: String,
-    #[schemars(length(max = 65536))]
+    /// At most 64 KiB (65,536 bytes; the schema can count only characters), and 256 KiB
+    /// for all of a module's files.
+    #[schemars(length(max = crate::limits::MAX_CONFIG_FILE_BYTES))]
     pub content: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[self.hostPath, has(self.containerPath) ? self.containerPath : '/dev/x'].all(p, !p.contains('/../') && !p.endsWith('/..'))",
+    "message": "a device path must stay under /dev: no '..' component"
+}]))]
 pub struct HostDevice {
     #[schemars(length(min = 6, max = 256), pattern("^/dev/[A-Za-z0-9._/-]+$"))]
     pub host_path: String,

@@ -4,15 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use edgefleet_crds::module::MAX_CONFIG_FILE_BYTES;
-use edgefleet_crds::names::{check_dns_label, check_env_name, check_file_name, check_image};
+use edgefleet_crds::limits;
+use edgefleet_crds::names::check_dns_label;
 use edgefleet_crds::{DesiredState, ResolvedModule};
 use serde_json::Value;
 use thiserror::Error;
-
-/// The most config one module may carry. Config files are written to the device's disk on
-/// every change; the CRD allows more than a small device should hold per module.
-pub const MAX_MODULE_CONFIG_BYTES: usize = 256 * 1024;
 
 /// Why a desired state was rejected. The text goes into status as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -118,45 +114,7 @@ fn check_module(m: &ResolvedModule) -> Result<(), String> {
     // The name becomes a file name in kubelet's manifest directory and a config directory:
     // a DNS label cannot contain a path separator or `..`.
     check_dns_label(&m.name).map_err(|e| format!("name: {e}"))?;
-    check_image(&m.spec.image).map_err(|e| format!("image: {e}"))?;
-    for e in &m.spec.env {
-        check_env_name(&e.name).map_err(|err| format!("env: {err}"))?;
-    }
-    let mut total = 0;
-    let mut files = BTreeSet::new();
-    for f in &m.spec.config {
-        check_file_name(&f.name).map_err(|e| format!("config file: {e}"))?;
-        if !files.insert(f.name.as_str()) {
-            return Err(format!("config file {:?} appears twice", f.name));
-        }
-        if f.content.len() > MAX_CONFIG_FILE_BYTES {
-            return Err(format!(
-                "config file {:?} is {} bytes, more than {MAX_CONFIG_FILE_BYTES}",
-                f.name,
-                f.content.len()
-            ));
-        }
-        total += f.content.len();
-    }
-    if total > MAX_MODULE_CONFIG_BYTES {
-        return Err(format!(
-            "config is {total} bytes in all, more than {MAX_MODULE_CONFIG_BYTES}"
-        ));
-    }
-    for d in &m.spec.devices {
-        for path in std::iter::once(&d.host_path).chain(&d.container_path) {
-            if !path.starts_with("/dev/") || path.split('/').any(|c| c == "..") {
-                return Err(format!("device path {path:?} is not under /dev"));
-            }
-        }
-    }
-    if m.spec.startup_order > 1000 {
-        return Err(format!(
-            "startupOrder {} is above 1000",
-            m.spec.startup_order
-        ));
-    }
-    Ok(())
+    limits::check_module(&m.spec)
 }
 
 #[cfg(test)]
