@@ -587,6 +587,26 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
         );
     }
 
+    // A device path that climbs out of /dev (the schema's pattern alone would take it).
+    let modules: Api<EdgeModule> = Api::namespaced(client.clone(), &ns);
+    let err = modules
+        .create(
+            &PostParams::default(),
+            &serde_yaml::from_str(&format!(
+                "apiVersion: edgefleet.io/v1alpha1\nkind: EdgeModule\nmetadata: {{name: shadow, namespace: {ns}}}\nspec:\n  image: app:1\n  devices: [{{hostPath: /dev/../etc/shadow}}]"
+            ))
+            .expect("yaml"),
+        )
+        .await
+        .expect_err("a device path with '..' is refused");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422)
+            && err
+                .to_string()
+                .contains("a device path must stay under /dev"),
+        "{err}"
+    );
+
     // Two deployments with equal priority over the same device: the loser says so.
     deployment(
         &deps,
