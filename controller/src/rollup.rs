@@ -51,6 +51,8 @@ pub struct Rollup {
     pub failures: Vec<FailureSample>,
     /// Deployments that tie with this one and win on some device.
     pub tied_with: BTreeSet<String>,
+    /// Deployments of other namespaces (other teams) that own some device this one selects.
+    pub outranked_by: BTreeSet<String>,
     /// For a staged deployment: every device it targets, as the rollout planner sees it.
     pub rollout: Vec<rollout::Device>,
 }
@@ -111,6 +113,11 @@ fn rejection(status: Option<&EdgeDeviceStatus>, desired: &DesiredState) -> Optio
     })
 }
 
+/// The namespace of a `namespace/name` key.
+fn namespace_of(key: &str) -> &str {
+    key.split_once('/').map_or("", |(ns, _)| ns)
+}
+
 /// Rolls `devices` up for deployment `d`, as of `now`.
 pub fn rollup<'a>(
     d: &CompiledDeployment,
@@ -162,9 +169,14 @@ pub fn rollup<'a>(
             if let Some(owner) = desired
                 .targeting
                 .iter()
-                .find(|t| t.outcome == TargetingOutcome::Owner && t.priority == d.priority)
+                .find(|t| t.outcome == TargetingOutcome::Owner)
             {
-                r.tied_with.insert(owner.deployment.clone());
+                if owner.priority == d.priority {
+                    r.tied_with.insert(owner.deployment.clone());
+                }
+                if namespace_of(&owner.deployment) != namespace_of(&d.key) {
+                    r.outranked_by.insert(owner.deployment.clone());
+                }
             }
             continue;
         }
@@ -320,6 +332,25 @@ pub fn status(
             false,
             true,
             format!("{progress}; {sample}"),
+        )
+    } else if !r.outranked_by.is_empty() {
+        // Within a namespace, losing devices to a higher priority is the team's own design;
+        // losing them to another team is news the team must see.
+        let winners = r
+            .outranked_by
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        (
+            "Outranked",
+            false,
+            false,
+            true,
+            format!(
+                "{progress}; {} matching devices run another deployment instead, from another namespace among them: {winners}",
+                r.lost
+            ),
         )
     } else if r.pending > 0 {
         let msg = format!(
@@ -684,6 +715,61 @@ mod tests {
                 conditions::CONFLICTED
             )
             .is_none()
+        );
+        assert_eq!(
+            condition::find(&s.conditions, conditions::READY).map(|c| c.is_true()),
+            Some(true),
+            "losing to one's own namespace is by design"
+        );
+    }
+
+    /// Another team's deployment takes a device: the loser is not Ready, and says who.
+    #[test]
+    fn losing_a_device_to_another_team_is_not_ready() {
+        let lib = modules(&[("ns/a", "image: a:v1"), ("team-b/a", "image: a:v1")]);
+        let grants = open_grants(&["ns", "team-b"]);
+        let winner = compile(
+            &deployment(
+                "metadata: {name: takeover, namespace: team-b}\nspec:\n  priority: 9\n  modules: [{name: a}]",
+            ),
+            &lib,
+            &grants,
+        );
+        let loser = compile(
+            &deployment(
+                "metadata: {name: base, namespace: ns}\nspec:\n  priority: 1\n  modules: [{name: a}]",
+            ),
+            &lib,
+            &grants,
+        );
+        let labels = BTreeMap::new();
+        let desired = resolve(&labels, &[winner, loser.clone()], None);
+        let view = DeviceView {
+            name: "d1",
+            labels: &labels,
+            desired: Some(&desired),
+            status: None,
+            online: true,
+            moved_to: &labels,
+        };
+        let r = rollup(&loser, std::iter::once(view), Timestamp::now());
+        assert_eq!(
+            r.outranked_by.iter().collect::<Vec<_>>(),
+            ["team-b/takeover"]
+        );
+        let s = status(None, &[], &r);
+        let ready = condition::find(&s.conditions, conditions::READY).expect("Ready");
+        assert!(!ready.is_true());
+        assert_eq!(ready.reason, "Outranked");
+        assert!(
+            ready.message.contains("team-b/takeover"),
+            "{}",
+            ready.message
+        );
+        let stalled = condition::find(&s.conditions, conditions::STALLED).expect("Stalled");
+        assert!(
+            stalled.is_true(),
+            "published as a Warning Event naming the winner"
         );
     }
 }

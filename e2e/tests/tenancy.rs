@@ -9,6 +9,7 @@ use edgefleet_e2e::{
     ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace, grant,
     install_and_enrol, remove_every_deployment, ungranted_namespace, wait_for,
 };
+use k8s_openapi::api::core::v1::Event;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -40,6 +41,22 @@ async fn wait_stalled(client: &Client, ns: &str, name: &str, reason: &str, says:
     .await;
 }
 
+/// The lab's admin client on a fleet nobody targets, with a controller of its own on
+/// `port` (stopped when dropped).
+async fn fleet_with_controller(port: u16) -> (Lab, Client, ControllerProcess) {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_and_enrol(&client).await;
+    remove_every_deployment(&client).await;
+    let ctrl = ControllerProcess::start(
+        &controller_binary(),
+        &lab,
+        port,
+        &["--leader-election", "false"],
+    );
+    (lab, client, ctrl)
+}
+
 /// Who owns each device's base module set, by the device's own desired state.
 async fn owners(client: &Client) -> Vec<Option<String>> {
     let api: Api<EdgeDevice> = Api::all(client.clone());
@@ -62,19 +79,10 @@ async fn owners(client: &Client) -> Vec<Option<String>> {
 #[tokio::test]
 #[ignore = "needs the lab: make e2e"]
 async fn an_ungranted_team_cannot_take_over_the_fleet() {
-    let lab = Lab::get();
-    let client = lab.client().await;
-    install_and_enrol(&client).await;
-    remove_every_deployment(&client).await;
+    let (_lab, client, _ctrl) = fleet_with_controller(18130).await;
     let owner = fresh_namespace(&client, "e2e-tenant-owner").await;
     let rogue = ungranted_namespace(&client, "e2e-tenant-rogue").await;
     let rogue_ns = rogue.metadata.name.clone().expect("named");
-    let _ctrl = ControllerProcess::start(
-        &controller_binary(),
-        &lab,
-        18130,
-        &["--leader-election", "false"],
-    );
     looping_module(&client, &owner, "filter", json!({})).await;
     apply(
         &client,
@@ -141,6 +149,52 @@ async fn an_ungranted_team_cannot_take_over_the_fleet() {
         .status
         .unwrap_or_default();
     assert_eq!((st.targeted, st.lost), (3, 0), "{st:?}");
+
+    // The platform team lets it outrank the owner after all: the owner loses every
+    // device, is not Ready, and a Warning Event names the winner.
+    grant(
+        &client,
+        &rogue,
+        json!({"devices": {}, "priority": {"min": 0, "max": 1000000}}),
+    )
+    .await;
+    let takeover = format!("{rogue_ns}/takeover");
+    wait_for("the owner to say it was outranked", WAIT, || async {
+        let st = deployments
+            .get("base")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        match condition::find(&st.conditions, "Ready") {
+            Some(c)
+                if !c.is_true()
+                    && c.reason == "Outranked"
+                    && c.message.contains(&takeover)
+                    && st.lost == 3 =>
+            {
+                Ok(())
+            }
+            other => Err(format!("lost {}: {other:?}", st.lost)),
+        }
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &owner);
+    wait_for("a Warning Event naming the winner", WAIT, || async {
+        let list = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Outranked")
+                    && e.message.as_deref().is_some_and(|n| n.contains(&takeover))
+            })
+            .then_some(())
+            .ok_or(format!("{} events", list.items.len()))
+    })
+    .await;
 }
 
 /// A team asks for a host device to get a privileged container on every device: refused
@@ -150,10 +204,7 @@ async fn an_ungranted_team_cannot_take_over_the_fleet() {
 #[tokio::test]
 #[ignore = "needs the lab: make e2e"]
 async fn a_team_cannot_get_root_on_a_device() {
-    let lab = Lab::get();
-    let client = lab.client().await;
-    install_and_enrol(&client).await;
-    remove_every_deployment(&client).await;
+    let (lab, client, _ctrl) = fleet_with_controller(18131).await;
     let team = ungranted_namespace(&client, "e2e-tenant-root").await;
     let ns = team.metadata.name.clone().expect("named");
     grant(
@@ -162,12 +213,6 @@ async fn a_team_cannot_get_root_on_a_device() {
         json!({"devices": {"matchLabels": {"hardware": "jetson"}}}),
     )
     .await;
-    let _ctrl = ControllerProcess::start(
-        &controller_binary(),
-        &lab,
-        18131,
-        &["--leader-election", "false"],
-    );
     let _agents = RealAgents::install(&lab, &client, &["edge-2"]).await;
 
     looping_module(
@@ -251,18 +296,9 @@ async fn a_team_cannot_get_root_on_a_device() {
 #[tokio::test]
 #[ignore = "needs the lab: make e2e"]
 async fn one_teams_oversized_module_never_reaches_a_device() {
-    let lab = Lab::get();
-    let client = lab.client().await;
-    install_and_enrol(&client).await;
-    remove_every_deployment(&client).await;
+    let (_lab, client, _ctrl) = fleet_with_controller(18132).await;
     let base_ns = fresh_namespace(&client, "e2e-tenant-base").await;
     let pill_ns = fresh_namespace(&client, "e2e-tenant-pill").await;
-    let _ctrl = ControllerProcess::start(
-        &controller_binary(),
-        &lab,
-        18132,
-        &["--leader-election", "false"],
-    );
     looping_module(&client, &base_ns, "beat", json!({})).await;
     apply(
         &client,
