@@ -75,11 +75,12 @@ pub enum Contribution {
     /// An invalid spec, or one no grant admits. Bad input must lose nothing, so every device
     /// keeps exactly what this deployment gave it before (read back from the device's own
     /// desired state), and no other device gains anything from it, until the spec is fixed.
-    /// Only within `reach`, the devices its namespace's grants cover: a revoked grant
-    /// takes the modules off the devices it no longer covers.
+    /// Only within `reach`, the grants naming its namespace: a revoked grant takes the
+    /// modules off the devices it no longer covers, and a narrowed one the modules it no
+    /// longer allows there.
     Held {
         problems: Vec<SpecProblem>,
-        reach: Vec<Selector>,
+        reach: Vec<Grant>,
     },
 }
 
@@ -114,7 +115,7 @@ impl CompiledDeployment {
                 selector, granted, ..
             } => selector.matches(labels) && granted.iter().any(|g| g.matches(labels)),
             Contribution::Held { reach, .. } => {
-                reach.iter().any(|g| g.matches(labels))
+                reach.iter().any(|g| g.covers(labels))
                     && decisions.is_some_and(|ds| {
                         ds.iter().any(|t| {
                             t.deployment == self.key
@@ -125,6 +126,17 @@ impl CompiledDeployment {
                         })
                     })
             }
+        }
+    }
+    /// The priority this deployment competes with on a device. A held one competes with
+    /// the priority it had there when it was last admitted, so a priority its grants
+    /// refuse (raised to outrank another team, say) outranks nobody.
+    pub fn priority_on(&self, decisions: Option<&[TargetingDecision]>) -> i32 {
+        match &self.contribution {
+            Contribution::Fresh { .. } => self.priority,
+            Contribution::Held { .. } => decisions
+                .and_then(|ds| ds.iter().find(|t| t.deployment == self.key))
+                .map_or(self.priority, |t| t.priority),
         }
     }
 }

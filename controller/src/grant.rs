@@ -7,6 +7,8 @@
 //! grant allows). Admitted, it reaches the devices of the grants that admit it; refused,
 //! it is held with every grant's reason.
 
+use std::collections::BTreeMap;
+
 use edgefleet_crds::{EdgeGrantSpec, ResolvedModule};
 use thiserror::Error;
 
@@ -34,6 +36,11 @@ impl Grant {
         self.spec.namespaces.iter().any(|n| n == namespace)
     }
 
+    /// Whether this grant covers a device with these labels.
+    pub fn covers(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.devices.as_ref().is_some_and(|s| s.matches(labels))
+    }
+
     /// Why this grant does not admit a deployment of `priority` running `modules`; `None`
     /// when it does.
     fn refusal(&self, priority: i32, modules: &[ResolvedModule]) -> Option<String> {
@@ -47,25 +54,49 @@ impl Grant {
                 g.priority.min, g.priority.max
             ));
         }
-        for m in modules {
-            let s = &m.spec;
-            if s.host_network && !g.host_network {
-                return Some(format!("module {:?} asks for hostNetwork", m.name));
-            }
-            if !s.devices.is_empty() && !g.host_devices {
-                return Some(format!("module {:?} asks for host devices", m.name));
-            }
-            if !g.images.is_empty() && !g.images.iter().any(|p| s.image.starts_with(p.as_str())) {
-                return Some(format!(
-                    "module {:?}: image {:?} is not under {}",
-                    m.name,
-                    s.image,
-                    g.images.join(", ")
-                ));
-            }
+        modules.iter().find_map(|m| self.module_refusal(m))
+    }
+
+    /// Why this grant does not let one module run; `None` when it does.
+    fn module_refusal(&self, m: &ResolvedModule) -> Option<String> {
+        let (g, s) = (&self.spec, &m.spec);
+        if s.host_network && !g.host_network {
+            return Some(format!("module {:?} asks for hostNetwork", m.name));
+        }
+        if !s.devices.is_empty() && !g.host_devices {
+            return Some(format!("module {:?} asks for host devices", m.name));
+        }
+        if !g.images.is_empty() && !g.images.iter().any(|p| image_under(&s.image, p)) {
+            return Some(format!(
+                "module {:?}: image {:?} is not under {}",
+                m.name,
+                s.image,
+                g.images.join(", ")
+            ));
         }
         None
     }
+
+    /// Whether this grant lets a module run on a device with these labels: what a held
+    /// deployment keeps is judged again, so narrowing a grant takes privileges away at once.
+    pub fn allows(&self, labels: &BTreeMap<String, String>, m: &ResolvedModule) -> bool {
+        self.covers(labels) && self.module_refusal(m).is_none()
+    }
+}
+
+/// Whether `image` is under the grant's image `prefix`, at a boundary of the reference:
+/// `lab/team-a` allows `lab/team-a/app:1` but not `lab/team-ab/app:1`, and a host alone
+/// (`registry`) does not allow another port of it (`registry:5000/app`). A prefix that
+/// names a repository (`lab/team-a/app`) allows its tags and digests.
+fn image_under(image: &str, prefix: &str) -> bool {
+    let Some(rest) = image.strip_prefix(prefix) else {
+        return false;
+    };
+    let names_a_path = prefix.contains('/');
+    rest.is_empty()
+        || prefix.ends_with('/')
+        || rest.starts_with('/')
+        || (names_a_path && (rest.starts_with(':') || rest.starts_with('@')))
 }
 
 /// What a deployment's namespace is granted.
@@ -79,12 +110,12 @@ pub enum GrantProblem {
     NotGranted(Vec<String>),
 }
 
-/// The devices a deployment in `namespace` may ever touch: those of every grant naming it.
-pub fn reach(namespace: &str, grants: &[Grant]) -> Vec<Selector> {
+/// The grants naming `namespace`: a deployment there never touches a device outside them.
+pub fn reach(namespace: &str, grants: &[Grant]) -> Vec<Grant> {
     grants
         .iter()
-        .filter(|g| g.names(namespace))
-        .filter_map(|g| g.devices.clone())
+        .filter(|g| g.names(namespace) && g.devices.is_some())
+        .cloned()
         .collect()
 }
 
@@ -125,8 +156,6 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::fixtures::grant;
     use super::*;
 
@@ -182,6 +211,33 @@ mod tests {
         );
         for (m, _) in cases {
             assert!(admit("team-a", 0, &[module(m)], std::slice::from_ref(&root)).is_ok());
+        }
+    }
+
+    /// An image prefix matches at a boundary of the reference, so a team granted
+    /// `lab/team-a` can't run `lab/team-ab`'s images, nor a host's other port.
+    #[test]
+    fn image_prefixes_end_at_a_boundary() {
+        let allowed = [
+            ("lab/team-a/app:1", "lab/team-a"),
+            ("lab/team-a/app:1", "lab/team-a/"),
+            ("lab/team-a/app:1", "lab/team-a/app"),
+            ("lab/team-a/app@sha256:00", "lab/team-a/app"),
+            ("lab/team-a", "lab/team-a"),
+            ("registry:5000/app", "registry:5000"),
+        ];
+        for (image, prefix) in allowed {
+            assert!(image_under(image, prefix), "{image} under {prefix}");
+        }
+        let refused = [
+            ("lab/team-ab/app:1", "lab/team-a"),
+            ("lab/team-a/application:1", "lab/team-a/app"),
+            ("registry:5000/app", "registry"),
+            ("registry.evil/app", "registry"),
+            ("other/lab/team-a/app", "lab/team-a"),
+        ];
+        for (image, prefix) in refused {
+            assert!(!image_under(image, prefix), "{image} not under {prefix}");
         }
     }
 

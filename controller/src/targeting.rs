@@ -22,6 +22,7 @@ impl CompiledDeployment {
     /// The modules this deployment gives the device, and the revision they are from.
     fn modules_for(
         &self,
+        labels: &BTreeMap<String, String>,
         current: Option<&DesiredState>,
         staging: &Staging,
     ) -> (Vec<ResolvedModule>, String) {
@@ -46,7 +47,11 @@ impl CompiledDeployment {
             (modules, revision)
         };
         match &self.contribution {
-            Contribution::Held { .. } => read_back(),
+            Contribution::Held { reach, .. } => {
+                let (mut kept, revision) = read_back();
+                kept.retain(|m| reach.iter().any(|g| g.allows(labels, m)));
+                (kept, revision)
+            }
             Contribution::Fresh { modules, .. } if !self.staged => {
                 (modules.clone(), self.revision.clone())
             }
@@ -117,51 +122,64 @@ pub fn resolve_staged(
     current: Option<&DesiredState>,
     staging: &Staging,
 ) -> DesiredState {
-    let mut base: Vec<&CompiledDeployment> = Vec::new();
-    let mut layers: Vec<&CompiledDeployment> = Vec::new();
+    let decisions = current.map(|c| c.targeting.as_slice());
+    let mut base: Vec<Ranked> = Vec::new();
+    let mut layers: Vec<Ranked> = Vec::new();
     let mut retained: Vec<&CompiledDeployment> = Vec::new();
     for d in catalog {
-        if d.selects(labels, current.map(|c| c.targeting.as_slice())) {
+        if d.selects(labels, decisions) {
+            let ranked = Ranked {
+                priority: d.priority_on(decisions),
+                d,
+            };
             if d.layered {
-                layers.push(d);
+                layers.push(ranked);
             } else {
-                base.push(d);
+                base.push(ranked);
             }
         } else if d.retain {
             retained.push(d);
         }
     }
-    base.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.key.cmp(&b.key)));
-    layers.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.key.cmp(&b.key)));
+    base.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| a.d.key.cmp(&b.d.key))
+    });
+    layers.sort_by(|a, b| {
+        a.priority
+            .cmp(&b.priority)
+            .then_with(|| a.d.key.cmp(&b.d.key))
+    });
 
     let mut modules: BTreeMap<String, ResolvedModule> = BTreeMap::new();
     let mut targeting = Vec::with_capacity(base.len() + layers.len());
     if let Some((winner, losers)) = base.split_first() {
-        let (given, revision) = winner.modules_for(current, staging);
+        let (given, revision) = winner.d.modules_for(labels, current, staging);
         for m in given {
             modules.insert(m.name.clone(), m);
         }
-        let reason = rollout_note(winner, &revision);
-        targeting.push(decision(winner, TargetingOutcome::Owner, reason, revision));
+        let reason = rollout_note(winner.d, &revision);
+        targeting.push(winner.decision(TargetingOutcome::Owner, reason, revision));
         for l in losers {
             let reason = if l.priority == winner.priority {
                 format!(
                     "tie at priority {} with {}, which wins because its namespace/name sorts first",
-                    l.priority, winner.key
+                    l.priority, winner.d.key
                 )
             } else {
                 format!(
                     "priority {} is lower than {}'s {}",
-                    l.priority, winner.key, winner.priority
+                    l.priority, winner.d.key, winner.priority
                 )
             };
-            targeting.push(decision(l, TargetingOutcome::Lost, reason, String::new()));
+            targeting.push(l.decision(TargetingOutcome::Lost, reason, String::new()));
         }
     }
     for layer in layers {
         let mut added = BTreeSet::new();
         let mut replaced = BTreeSet::new();
-        let (given, revision) = layer.modules_for(current, staging);
+        let (given, revision) = layer.d.modules_for(labels, current, staging);
         for m in given {
             let name = m.name.clone();
             if modules.insert(name.clone(), m).is_some() {
@@ -183,16 +201,11 @@ pub fn resolve_staged(
                 replaced.into_iter().collect::<Vec<_>>().join(", ")
             ));
         }
-        let note = rollout_note(layer, &revision);
+        let note = rollout_note(layer.d, &revision);
         if !note.is_empty() {
             reason.push(note);
         }
-        targeting.push(decision(
-            layer,
-            TargetingOutcome::Layered,
-            reason.join("; "),
-            revision,
-        ));
+        targeting.push(layer.decision(TargetingOutcome::Layered, reason.join("; "), revision));
     }
     // onUntarget: Retain. Modules a deployment gave the device before stay as they were,
     // unless a deployment that selects the device now runs a module of the same name.
@@ -205,13 +218,18 @@ pub fn resolve_staged(
         for m in c.modules.iter().filter(|m| m.deployment == d.key) {
             modules.entry(m.name.clone()).or_insert_with(|| m.clone());
         }
-        targeting.push(decision(
+        let ranked = Ranked {
+            priority: before.priority,
             d,
-            TargetingOutcome::Retained,
-            "no longer selects this device; its modules stay as they were (onUntarget: Retain)"
-                .to_owned(),
-            before.revision.clone(),
-        ));
+        };
+        targeting.push(
+            ranked.decision(
+                TargetingOutcome::Retained,
+                "no longer selects this device; its modules stay as they were (onUntarget: Retain)"
+                    .to_owned(),
+                before.revision.clone(),
+            ),
+        );
     }
     DesiredState::new(modules.into_values().collect(), targeting)
 }
@@ -229,19 +247,27 @@ fn rollout_note(d: &CompiledDeployment, revision: &str) -> String {
     format!("staged rollout: {at}, revision {} to come", d.revision)
 }
 
-fn decision(
-    d: &CompiledDeployment,
-    outcome: TargetingOutcome,
-    reason: String,
-    revision: String,
-) -> TargetingDecision {
-    TargetingDecision {
-        deployment: d.key.clone(),
-        priority: d.priority,
-        layered: d.layered,
-        outcome,
-        reason,
-        revision,
+/// A deployment with the priority it competes with on this device.
+struct Ranked<'a> {
+    priority: i32,
+    d: &'a CompiledDeployment,
+}
+
+impl Ranked<'_> {
+    fn decision(
+        &self,
+        outcome: TargetingOutcome,
+        reason: String,
+        revision: String,
+    ) -> TargetingDecision {
+        TargetingDecision {
+            deployment: self.d.key.clone(),
+            priority: self.priority,
+            layered: self.d.layered,
+            outcome,
+            reason,
+            revision,
+        }
     }
 }
 
@@ -518,6 +544,76 @@ mod tests {
         // A device it never targeted gets nothing from it.
         let other = resolve(&labels("site=berlin"), &[broken], None);
         assert!(other.modules.is_empty() && other.targeting.is_empty());
+    }
+
+    /// A held deployment keeps what its devices had, but only what its grants still allow
+    /// there: narrowing a grant takes a privilege away even from a broken spec.
+    #[test]
+    fn a_narrowed_grant_takes_privileges_from_a_held_deployment() {
+        let lib = modules(&[
+            (
+                "a/serial",
+                "image: serial:v1\ndevices: [{hostPath: /dev/ttyS0}]",
+            ),
+            ("a/plain", "image: plain:v1"),
+        ]);
+        let yaml = |mods: &str| {
+            deployment(&format!(
+                "metadata: {{name: d, namespace: a}}\nspec:\n  selector: {{}}\n  modules: {mods}"
+            ))
+        };
+        let root = crate::grant::fixtures::grant(
+            "root",
+            "{namespaces: [a], devices: {}, hostDevices: true}",
+        );
+        let plain = crate::grant::fixtures::grant("plain", "{namespaces: [a], devices: {}}");
+        let both = yaml("[{name: serial}, {name: plain}]");
+        let before = resolve(
+            &labels(""),
+            &[compile(&both, &lib, std::slice::from_ref(&root))],
+            None,
+        );
+        assert_eq!(before.modules.len(), 2);
+
+        // The spec breaks, and the grant loses hostDevices.
+        let broken = yaml("[{name: serial}, {name: plain}, {name: x, moduleRef: gone}]");
+        let held = compile(&broken, &lib, std::slice::from_ref(&plain));
+        assert!(matches!(held.contribution, Contribution::Held { .. }));
+        let after = resolve(&labels(""), &[held], Some(&before));
+        let names: Vec<&str> = after.modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["plain"],
+            "the privileged module is gone, the other kept"
+        );
+    }
+
+    /// A priority raised beyond the grant holds the deployment; held, it competes with the
+    /// priority it had, so the raise outranks nobody.
+    #[test]
+    fn a_refused_priority_outranks_nobody() {
+        let grants = [crate::grant::fixtures::grant(
+            "g",
+            "{namespaces: [a, b], devices: {}, priority: {min: 0, max: 10}}",
+        )];
+        let d = |ns: &str, priority: i32| {
+            compile(
+                &deployment(&format!(
+                    "metadata: {{name: base, namespace: {ns}}}\nspec:\n  priority: {priority}\n  selector: {{}}\n  modules: [{{name: sensor}}]"
+                )),
+                &lib(),
+                &grants,
+            )
+        };
+        let before = resolve(&labels(""), &[d("a", 5)], None);
+        let raised = d("a", 1000000);
+        assert!(matches!(raised.contribution, Contribution::Held { .. }));
+        let after = resolve(&labels(""), &[raised, d("b", 7)], Some(&before));
+        assert_eq!(
+            outcomes(&after),
+            [("b/base".to_owned(), Owner), ("a/base".to_owned(), Lost)]
+        );
+        assert_eq!(after.targeting[1].priority, 5, "it competed at 5");
     }
 
     #[test]

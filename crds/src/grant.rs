@@ -60,7 +60,8 @@ pub struct EdgeGrantSpec {
     #[serde(default)]
     pub host_devices: bool,
     /// Image reference prefixes modules may use (for example `registry.example:5000/team-a/`);
-    /// empty allows any image.
+    /// empty allows any image. A prefix ends at a boundary of the reference: `lab/team-a`
+    /// allows `lab/team-a/app:1`, not `lab/team-ab/app:1`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_GRANT_IMAGE_PREFIXES), inner(length(min = 1, max = 512)))]
     pub images: Vec<String>,
