@@ -182,6 +182,7 @@ def remove_agents():
         subprocess.run(["rm", "-rf", info["node_dir"] + "/agent-state"], check=True)
 
     def running():
+        # Modules' mirror pods are in their teams' namespaces.
         return [p["metadata"]["name"] for selector in ("app.kubernetes.io/name=edgefleet-agent", "edgefleet.io/module")
-                for p in kubectl_json("get", "pods", "-n", NS, "-l", selector)["items"]]
+                for p in kubectl_json("get", "pods", "-A", "-l", selector)["items"]]
     wait_for("the agents and their modules to stop", lambda: not running() or AssertionError(running()))

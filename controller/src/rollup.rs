@@ -69,7 +69,12 @@ fn module_health(
     status: Option<&EdgeDeviceStatus>,
     ready_since: Timestamp,
 ) -> ModuleHealth {
-    let reported = status.and_then(|s| s.modules.iter().find(|r| r.name == m.name));
+    // An agent older than module namespaces reports none: its names were unique.
+    let reported = status.and_then(|s| {
+        s.modules
+            .iter()
+            .find(|r| r.name == m.name && (r.namespace.is_empty() || r.namespace == m.namespace()))
+    });
     match (m.desired_status, reported) {
         (_, Some(r)) if r.runtime_status.is_failure() => {
             let mut reason = r.runtime_status.as_str().to_owned();
@@ -111,6 +116,14 @@ fn rejection(status: Option<&EdgeDeviceStatus>, desired: &DesiredState) -> Optio
             .map(|c| c.message.clone())
             .unwrap_or_else(|| "the agent rejected the desired state".to_owned())
     })
+}
+
+/// Whether the device's rejection is deployment `key`'s fault: the agent names the
+/// deployments that changed; one that names none leaves every deployment at fault.
+fn at_fault(status: Option<&EdgeDeviceStatus>, key: &str) -> bool {
+    status
+        .and_then(|s| s.rejected_deployments.as_ref())
+        .is_none_or(|changed| changed.iter().any(|k| k == key))
 }
 
 /// The namespace of a `namespace/name` key.
@@ -186,7 +199,7 @@ pub fn rollup<'a>(
             .iter()
             .filter(|m| m.deployment == d.key)
             .collect();
-        let verdict = device_health(dev, desired, &owned, ready_since);
+        let verdict = device_health(dev, &d.key, desired, &owned, ready_since);
         // The planner judges a device at the revision it was moved to, once its desired
         // state carries that revision.
         planner_view(match verdict {
@@ -248,8 +261,10 @@ enum DeviceHealth {
     Ready,
 }
 
+/// How a device does for deployment `key`, whose modules there are `owned`.
 fn device_health(
     dev: DeviceView,
+    key: &str,
     desired: &DesiredState,
     owned: &[&ResolvedModule],
     ready_since: Timestamp,
@@ -257,10 +272,13 @@ fn device_health(
     let applied =
         dev.status.and_then(|s| s.applied_revision.as_deref()) == Some(desired.revision.as_str());
     if !applied {
-        return match rejection(dev.status, desired) {
-            Some(reason) => DeviceHealth::Rejected(reason),
-            None => DeviceHealth::NotApplied,
-        };
+        match rejection(dev.status, desired) {
+            // A rejection is charged to the deployments whose change it was. For the others
+            // the device runs their modules as desired (they did not change): judge those.
+            Some(_) if !at_fault(dev.status, key) => {}
+            Some(reason) => return DeviceHealth::Rejected(reason),
+            None => return DeviceHealth::NotApplied,
+        }
     }
     let mut all_ready = true;
     let mut failed = Vec::new();
@@ -567,6 +585,26 @@ mod tests {
                     true,
                 )],
                 (1, 0, 0, 1, 0),
+            ),
+            (
+                "a rejection that names this deployment fails the device",
+                vec![(
+                    Some(
+                        "rejectedRevision: REV\nrejectedDeployments: [ns/d]\nappliedRevision: 0000000000000000",
+                    ),
+                    true,
+                )],
+                (1, 0, 0, 1, 0),
+            ),
+            (
+                "another deployment's rejection leaves this one running",
+                vec![(
+                    Some(
+                        "rejectedRevision: REV\nrejectedDeployments: [other/pill]\nappliedRevision: 0000000000000000\nmodules: [{namespace: ns, name: a, runtimeStatus: running}, {namespace: ns, name: b, runtimeStatus: running}]",
+                    ),
+                    true,
+                )],
+                (1, 1, 1, 0, 0),
             ),
         ];
         for (name, reports, want) in cases {

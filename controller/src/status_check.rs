@@ -14,14 +14,17 @@ pub fn problems(status: &EdgeDeviceStatus, desired: Option<&DesiredState>) -> Ve
     // that are on their way out; once it claims the revision, it may not.
     let claims_current =
         desired.filter(|d| status.applied_revision.as_deref() == Some(d.revision.as_str()));
+    // A module is `namespace/name` (an agent older than module namespaces reports none).
     for m in &status.modules {
-        if !seen.insert(m.name.as_str()) {
-            out.push(format!("module {:?} is reported more than once", m.name));
+        if !seen.insert(m.key()) {
+            out.push(format!("module {:?} is reported more than once", m.key()));
         }
         if let Some(d) = claims_current
-            && !d.modules.iter().any(|dm| dm.name == m.name)
+            && !d.modules.iter().any(|dm| {
+                dm.name == m.name && (m.namespace.is_empty() || dm.namespace() == m.namespace)
+            })
         {
-            out.push(format!("module {:?} is reported but not desired", m.name));
+            out.push(format!("module {:?} is reported but not desired", m.key()));
         }
     }
     for (field, rev) in [
@@ -72,7 +75,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "module \"a\" is reported more than once",
+                "module \"/a\" is reported more than once",
                 "appliedRevision \"lol\" is not a revision",
                 "modulesReady \"5/2\" is not ready/total",
             ]
@@ -95,7 +98,16 @@ mod tests {
         ));
         assert_eq!(
             problems(&claimed, Some(&desired)),
-            ["module \"old\" is reported but not desired"]
+            ["module \"/old\" is reported but not desired"]
         );
+    }
+
+    /// Two teams' modules of one name are two modules, not one reported twice.
+    #[test]
+    fn one_name_in_two_namespaces_is_two_modules() {
+        let s = status(
+            "modules: [{namespace: a, name: filter, runtimeStatus: running}, {namespace: b, name: filter, runtimeStatus: running}]",
+        );
+        assert!(problems(&s, None).is_empty());
     }
 }

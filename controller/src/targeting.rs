@@ -6,8 +6,10 @@
 //!   `namespace/name`, ascending: the first wins. The rule depends only on names, so
 //!   deleting and re-creating a deployment (as GitOps tools do) never changes the winner.
 //! - Layered deployments that select the device apply on top of the base, in ascending
-//!   priority (then `namespace/name`): each adds its modules, and a module with the same name
-//!   as one already there replaces it, so the highest-priority layer has the last word.
+//!   priority (then `namespace/name`): each adds its modules, and a module with the same
+//!   name *in the same namespace* as one already there replaces it, so the highest-priority
+//!   layer has the last word. A module's identity on a device is `namespace/name`: a team
+//!   layers over its own modules only, never another team's of the same name.
 //!   Layers apply even when no base deployment selects the device.
 //! - Every selecting deployment appears in the device's `targeting` list: the owner, each
 //!   layer, and each loser with the reason it lost.
@@ -157,7 +159,7 @@ pub fn resolve_staged(
     if let Some((winner, losers)) = base.split_first() {
         let (given, revision) = winner.d.modules_for(labels, current, staging);
         for m in given {
-            modules.insert(m.name.clone(), m);
+            modules.insert(m.key(), m);
         }
         let reason = rollout_note(winner.d, &revision);
         targeting.push(winner.decision(TargetingOutcome::Owner, reason, revision));
@@ -182,7 +184,7 @@ pub fn resolve_staged(
         let (given, revision) = layer.d.modules_for(labels, current, staging);
         for m in given {
             let name = m.name.clone();
-            if modules.insert(name.clone(), m).is_some() {
+            if modules.insert(m.key(), m).is_some() {
                 replaced.insert(name);
             } else {
                 added.insert(name);
@@ -216,7 +218,7 @@ pub fn resolve_staged(
             continue;
         };
         for m in c.modules.iter().filter(|m| m.deployment == d.key) {
-            modules.entry(m.name.clone()).or_insert_with(|| m.clone());
+            modules.entry(m.key()).or_insert_with(|| m.clone());
         }
         let ranked = Ranked {
             priority: before.priority,
@@ -544,6 +546,31 @@ mod tests {
         // A device it never targeted gets nothing from it.
         let other = resolve(&labels("site=berlin"), &[broken], None);
         assert!(other.modules.is_empty() && other.targeting.is_empty());
+    }
+
+    /// Attack 2 of issue 12: another team's layer naming its module like ours. It adds a
+    /// module of its own; ours stays, untouched.
+    #[test]
+    fn another_teams_layer_cannot_replace_a_module() {
+        let ours = dep("a", "base", 0, false, "{}", "[{name: sensor}]");
+        let theirs = dep("b", "hijack", 100, true, "{}", "[{name: sensor}]");
+        let state = resolve(&labels(""), &[ours, theirs], None);
+        assert_eq!(
+            owned(&state),
+            [
+                (
+                    "sensor".to_owned(),
+                    "a/base".to_owned(),
+                    "sensor:v1".to_owned()
+                ),
+                (
+                    "sensor".to_owned(),
+                    "b/hijack".to_owned(),
+                    "sensor:b".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(state.targeting[1].reason, "adds sensor");
     }
 
     /// A held deployment keeps what its devices had, but only what its grants still allow

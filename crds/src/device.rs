@@ -56,6 +56,9 @@ pub struct EdgeDeviceSpec {
     pub rollouts: BTreeMap<String, String>,
 }
 
+/// The most modules one device runs.
+pub const MAX_DESIRED_MODULES: usize = 256;
+
 /// A device's full desired module set, resolved from every deployment that targets it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -63,9 +66,9 @@ pub struct DesiredState {
     /// The hash of `modules` ([`DesiredState::revision_of`]).
     #[schemars(length(max = 64))]
     pub revision: String,
-    /// Sorted by name.
+    /// Sorted by namespace, then name.
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = MAX_DESIRED_MODULES))]
     pub modules: Vec<ResolvedModule>,
     /// Every deployment that selects this device and what became of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -106,6 +109,25 @@ pub struct ResolvedModule {
     pub desired_status: DesiredStatus,
     #[serde(flatten)]
     pub spec: EdgeModuleSpec,
+}
+
+/// A module's identity on a device, `namespace/name`: two teams' modules of one name are
+/// two modules, each in its team's namespace.
+pub fn module_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl ResolvedModule {
+    /// The namespace of the team that runs it: its deployment's, where its static pod's
+    /// mirror appears too.
+    pub fn namespace(&self) -> &str {
+        self.deployment.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    /// Its identity on the device, see [`module_key`].
+    pub fn key(&self) -> String {
+        module_key(self.namespace(), &self.name)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -159,6 +181,12 @@ pub struct EdgeDeviceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub rejected_revision: Option<String>,
+    /// The deployments (`namespace/name`) whose part of the rejected desired state differs
+    /// from the state the agent runs: the rejection is theirs, and only they count the
+    /// device as failed. Absent when the agent can't tell (all of them count it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_DESIRED_MODULES), inner(length(max = 317)))]
+    pub rejected_deployments: Option<Vec<String>>,
     /// `ready/total` of the desired modules, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
@@ -177,6 +205,10 @@ pub struct EdgeDeviceStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleStatus {
+    /// The module's namespace, its deployment's: with the name, its identity on the device.
+    #[serde(default)]
+    #[schemars(length(max = 63))]
+    pub namespace: String,
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
     pub runtime_status: RuntimeStatus,
@@ -195,6 +227,13 @@ pub struct ModuleStatus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = crate::bounds::MODULE_MESSAGE_MAX))]
     pub message: String,
+}
+
+impl ModuleStatus {
+    /// The module's identity on the device, see [`module_key`].
+    pub fn key(&self) -> String {
+        module_key(&self.namespace, &self.name)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -84,8 +84,6 @@ pub mod pods {
     pub const SPEC_HASH_LABEL: &str = "edgefleet.io/spec-hash";
     /// Where a module's config files appear inside its container.
     pub const CONFIG_MOUNT_PATH: &str = "/etc/edgefleet/config";
-    /// The namespace of module pods (their mirror pods show up there).
-    pub const MODULE_NAMESPACE: &str = super::SYSTEM_NAMESPACE;
 }
 
 #[cfg(test)]

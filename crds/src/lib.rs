@@ -22,7 +22,7 @@ pub use deployment::{
 };
 pub use device::{
     DesiredState, EdgeDevice, EdgeDeviceSpec, EdgeDeviceStatus, ModuleStatus, ResolvedModule,
-    RuntimeStatus, TargetingDecision, TargetingOutcome,
+    RuntimeStatus, TargetingDecision, TargetingOutcome, module_key,
 };
 pub use grant::{EdgeGrant, EdgeGrantSpec, PriorityRange};
 pub use module::{EdgeModule, EdgeModuleSpec, EdgeModuleStatus};

@@ -171,15 +171,17 @@ fn state_dir(node_dir: &Path) -> PathBuf {
 }
 
 /// Removes the module manifests an agent wrote and its state directory; returns the names
-/// of the modules whose manifests it removed.
+/// of the modules (their containers' names) whose manifests it removed.
 fn remove_files(manifests: &Path, state: &Path) -> Vec<String> {
     let module_prefix = format!("{AGENT_NAME}-module-");
     let mut modules = Vec::new();
     for e in std::fs::read_dir(manifests).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(module) = name
+        // `<prefix><namespace>.<name>.yaml`
+        if let Some((_, module)) = name
             .strip_prefix(&module_prefix)
             .and_then(|m| m.strip_suffix(".yaml"))
+            .and_then(|m| m.split_once('.'))
         {
             let _ = std::fs::remove_file(e.path());
             modules.push(module.to_owned());

@@ -282,7 +282,9 @@ impl Agent {
         let modules: Vec<_> = desired
             .modules
             .iter()
-            .map(|m| json!({"name": m.name, "runtimeStatus": "running", "restartCount": 0}))
+            .map(|m| {
+                json!({"namespace": m.namespace(), "name": m.name, "runtimeStatus": "running", "restartCount": 0})
+            })
             .collect();
         let n = modules.len();
         self.report(json!({

@@ -417,6 +417,7 @@ async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
         .expect("a desired state");
     let mut newer = desired["modules"][0].clone();
     newer["name"] = json!("newer");
+    newer["deployment"] = json!(format!("{ns}/other"));
     desired["modules"]
         .as_array_mut()
         .expect("modules")
@@ -449,6 +450,12 @@ async fn a_state_the_agent_cannot_apply_is_rejected_whole() {
         applied.message.contains("does not match its modules"),
         "{}",
         applied.message
+    );
+    // The rejection is charged to the deployment that changed, not to `beta`.
+    let st = devices.get("edge-3").await.expect("edge-3").status;
+    assert_eq!(
+        st.and_then(|s| s.rejected_deployments),
+        Some(vec![format!("{ns}/other")])
     );
     assert_eq!(
         lab.running_task("edge-3", "beat"),

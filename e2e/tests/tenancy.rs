@@ -9,13 +9,18 @@ use edgefleet_e2e::{
     ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace, grant,
     install_and_enrol, remove_every_deployment, ungranted_namespace, wait_for,
 };
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::{Api, Client};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 const BUSYBOX: &str = "localhost/edgefleet-lab/busybox:1";
 const DEVICES: [&str; 3] = ["edge-1", "edge-2", "edge-3"];
+
+/// The selector of edge-2 alone, by its sample label.
+fn jetson() -> serde_json::Value {
+    json!({"matchLabels": {"hardware": "jetson"}})
+}
 
 async fn looping_module(client: &Client, ns: &str, name: &str, extra: serde_json::Value) {
     let mut spec =
@@ -207,12 +212,7 @@ async fn a_team_cannot_get_root_on_a_device() {
     let (lab, client, _ctrl) = fleet_with_controller(18131).await;
     let team = ungranted_namespace(&client, "e2e-tenant-root").await;
     let ns = team.metadata.name.clone().expect("named");
-    grant(
-        &client,
-        &team,
-        json!({"devices": {"matchLabels": {"hardware": "jetson"}}}),
-    )
-    .await;
+    grant(&client, &team, json!({"devices": jetson()})).await;
     let _agents = RealAgents::install(&lab, &client, &["edge-2"]).await;
 
     looping_module(
@@ -360,4 +360,74 @@ async fn one_teams_oversized_module_never_reaches_a_device() {
         .status
         .unwrap_or_default();
     assert_eq!((st.targeted, st.failed), (3, 0), "{st:?}");
+}
+
+/// Hijacking by name: another team, granted a higher priority, layers a module named like
+/// ours over our device (edge-2, the one with an agent in this test). A module's identity on a device is `namespace/name`: both run,
+/// each as a pod in its own team's namespace, and ours stays Ready.
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn another_team_cannot_replace_our_module_by_its_name() {
+    let (lab, client, _ctrl) = fleet_with_controller(18133).await;
+    let ours = fresh_namespace(&client, "e2e-tenant-ours").await;
+    let theirs = fresh_namespace(&client, "e2e-tenant-theirs").await;
+    let _agents = RealAgents::install(&lab, &client, &["edge-2"]).await;
+    looping_module(&client, &ours, "filter", json!({})).await;
+    apply(
+        &client,
+        &ours,
+        "EdgeDeployment",
+        "base",
+        json!({"selector": jetson(), "modules": [{"name": "filter"}]}),
+    )
+    .await;
+    looping_module(&client, &theirs, "filter", json!({})).await;
+    apply(
+        &client,
+        &theirs,
+        "EdgeDeployment",
+        "hijack",
+        json!({"selector": jetson(), "layered": true, "priority": 1000, "modules": [{"name": "filter"}]}),
+    )
+    .await;
+
+    let mirror = "filter-edge-2";
+    wait_for("both teams' filter to run on edge-2", WAIT, || async {
+        for ns in [&ours, &theirs] {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let phase = pods
+                .get_opt(mirror)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|p| p.status)
+                .and_then(|s| s.phase);
+            if phase.as_deref() != Some("Running") {
+                return Err(format!("{ns}/{mirror}: {phase:?}"));
+            }
+        }
+        let ids = lab.containers_named("edge-2", "filter");
+        let running = lab
+            .tasks("edge-2")
+            .into_iter()
+            .filter(|t| t.running() && ids.contains(&t.id))
+            .count();
+        (running == 2)
+            .then_some(())
+            .ok_or(format!("{running} filter containers running"))
+    })
+    .await;
+    let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ours);
+    wait_for("our deployment Ready on edge-2", WAIT, || async {
+        let st = api
+            .get("base")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        let ready = condition::find(&st.conditions, "Ready").is_some_and(|c| c.is_true());
+        (ready && st.lost == 0)
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
 }

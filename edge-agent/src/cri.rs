@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use edgefleet_crds::identity::AGENT_NAME;
 use edgefleet_crds::identity::pods::{MANAGED_BY_LABEL, MODULE_LABEL, SPEC_HASH_LABEL};
+use edgefleet_crds::module_key;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -43,7 +44,7 @@ impl Cri {
         }
     }
 
-    /// The agent's module pods by module name, containers newest first.
+    /// The agent's module pods by module key (`namespace/name`), containers newest first.
     pub async fn observe(&self) -> Result<BTreeMap<String, PodSeen>> {
         let mut client = self.client.clone();
         let sandboxes = client
@@ -60,11 +61,12 @@ impl Cri {
             .map_err(|e| Error::Cri("listing pod sandboxes", e))?
             .into_inner()
             .items;
-        // Sandbox -> (module, the spec hash its pod carries).
+        // Sandbox -> (module key, the spec hash its pod carries).
         let module_of: HashMap<String, (String, String)> = sandboxes
             .into_iter()
             .filter_map(|s| {
-                let module = s.labels.get(MODULE_LABEL)?.clone();
+                let namespace = &s.metadata.as_ref()?.namespace;
+                let module = module_key(namespace, s.labels.get(MODULE_LABEL)?);
                 let hash = s.labels.get(SPEC_HASH_LABEL).cloned().unwrap_or_default();
                 Some((s.id, (module, hash)))
             })

@@ -21,11 +21,11 @@ const INVENTORY: &str = "manifests.json";
 pub struct Manifests {
     manifest_dir: PathBuf,
     state_dir: PathBuf,
-    /// Manifest file name -> module name, for every file the agent wrote.
+    /// Manifest file name -> module key (`namespace/name`), for every file the agent wrote.
     owned: BTreeMap<String, String>,
 }
 
-/// What a sync did not manage, by module: the reason goes into the module's status.
+/// What a sync did not manage, by module key: the reason goes into the module's status.
 pub type Blocked = BTreeMap<String, String>;
 
 impl Manifests {
@@ -50,7 +50,7 @@ impl Manifests {
         })
     }
 
-    /// Modules that have a manifest in place.
+    /// Modules (keys) that have a manifest in place.
     pub fn placed(&self) -> BTreeSet<String> {
         self.owned.values().cloned().collect()
     }
@@ -58,8 +58,7 @@ impl Manifests {
     /// Makes the manifest directory hold exactly `wanted` among the agent's files.
     pub fn sync(&mut self, wanted: &[&ResolvedModule]) -> Result<Blocked> {
         let mut blocked = Blocked::new();
-        let wanted_files: BTreeSet<String> =
-            wanted.iter().map(|m| manifest_file(&m.name)).collect();
+        let wanted_files: BTreeSet<String> = wanted.iter().map(|m| manifest_file(m)).collect();
         let stale: Vec<(String, String)> = self
             .owned
             .iter()
@@ -76,16 +75,20 @@ impl Manifests {
             let dir = config_dir(&self.state_dir, &module);
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+                // The namespace's directory too, once its last module is gone.
+                if let Some(parent) = dir.parent() {
+                    let _ = fs::remove_dir(parent);
+                }
             }
             self.owned.remove(&file);
             self.save()?;
         }
         for m in wanted {
-            let file = manifest_file(&m.name);
+            let file = manifest_file(m);
             let path = self.manifest_dir.join(&file);
             if !self.owned.contains_key(&file) && path.exists() {
                 blocked.insert(
-                    m.name.clone(),
+                    m.key(),
                     format!(
                         "{} exists and was not written by the agent; left alone",
                         path.display()
@@ -98,11 +101,11 @@ impl Manifests {
             if fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
                 continue;
             }
-            if self.owned.insert(file.clone(), m.name.clone()).is_none() {
+            if self.owned.insert(file.clone(), m.key()).is_none() {
                 self.save()?;
             }
             write_atomic(&self.manifest_dir, &file, content.as_bytes())?;
-            tracing::info!(module = m.name, "wrote the module's manifest");
+            tracing::info!(module = m.key(), "wrote the module's manifest");
         }
         Ok(blocked)
     }
@@ -110,7 +113,7 @@ impl Manifests {
     /// Writes a module's config files (only those that changed) and removes files that
     /// are no longer in its config.
     fn write_config(&self, m: &ResolvedModule) -> Result<()> {
-        let dir = config_dir(&self.state_dir, &m.name);
+        let dir = config_dir(&self.state_dir, &m.key());
         if m.spec.config.is_empty() {
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
@@ -146,8 +149,12 @@ mod tests {
     use serde_json::json;
 
     fn m(name: &str, image: &str, config: serde_json::Value) -> ResolvedModule {
+        in_ns("ns", name, image, config)
+    }
+
+    fn in_ns(ns: &str, name: &str, image: &str, config: serde_json::Value) -> ResolvedModule {
         serde_json::from_value(json!({
-            "name": name, "deployment": "ns/d", "moduleRef": format!("ns/{name}"),
+            "name": name, "deployment": format!("{ns}/d"), "moduleRef": format!("{ns}/{name}"),
             "image": image, "config": config,
         }))
         .expect("module")
@@ -170,32 +177,35 @@ mod tests {
         let mut ms = Manifests::open(&manifests, &state).expect("open");
         // Someone else's static pods: the agent's own, and one that collides by name.
         fs::write(manifests.join("edgefleet-agent.yaml"), "agent").expect("write");
-        fs::write(manifests.join(manifest_file("squatter")), "theirs").expect("write");
-
         let a = m("a", "app:1", json!([{"name": "a.conf", "content": "x=1"}]));
         let squatter = m("squatter", "app:1", json!([]));
+        fs::write(manifests.join(manifest_file(&squatter)), "theirs").expect("write");
         let blocked = ms.sync(&[&a, &squatter]).expect("sync");
-        assert!(blocked["squatter"].contains("not written by the agent"));
-        assert_eq!(ms.placed(), BTreeSet::from(["a".to_owned()]));
+        assert!(blocked["ns/squatter"].contains("not written by the agent"));
+        assert_eq!(ms.placed(), BTreeSet::from(["ns/a".to_owned()]));
         assert_eq!(
-            fs::read_to_string(config_dir(&state, "a").join("a.conf")).expect("config"),
+            fs::read_to_string(config_dir(&state, "ns/a").join("a.conf")).expect("config"),
             "x=1"
         );
-        let first = fs::metadata(manifests.join(manifest_file("a"))).and_then(|m| m.modified());
+        let first = fs::metadata(manifests.join(manifest_file(&a))).and_then(|m| m.modified());
 
         // Unchanged: not rewritten. A new agent process remembers what it owns.
         let mut ms = Manifests::open(&manifests, &state).expect("reopen");
         ms.sync(&[&a]).expect("sync");
-        let again = fs::metadata(manifests.join(manifest_file("a"))).and_then(|m| m.modified());
+        let again = fs::metadata(manifests.join(manifest_file(&a))).and_then(|m| m.modified());
         assert_eq!(first.ok(), again.ok());
 
         // Gone from the desired state: its manifest and config go, nothing else does.
         ms.sync(&[]).expect("sync");
         assert_eq!(
             files(&manifests),
-            [manifest_file("squatter").as_str(), "edgefleet-agent.yaml"]
+            [manifest_file(&squatter).as_str(), "edgefleet-agent.yaml"]
         );
-        assert!(!config_dir(&state, "a").exists());
+        assert!(!config_dir(&state, "ns/a").exists());
+        assert!(
+            !state.join("config/ns").exists(),
+            "nor its namespace's directory"
+        );
         assert!(ms.placed().is_empty());
     }
 
@@ -211,8 +221,42 @@ mod tests {
         ms.sync(&[&two]).expect("sync");
         let one = m("a", "app:1", json!([{"name": "2", "content": "c"}]));
         ms.sync(&[&one]).expect("sync");
-        let dir = config_dir(&tmp.path().join("s"), "a");
+        let dir = config_dir(&tmp.path().join("s"), "ns/a");
         assert_eq!(files(&dir), ["2"]);
         assert_eq!(fs::read_to_string(dir.join("2")).expect("read"), "c");
+    }
+
+    /// Two teams' modules of one name are two modules: two manifests, two config
+    /// directories, and removing one leaves the other.
+    #[test]
+    fn one_name_in_two_namespaces_is_two_modules() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (manifests, state) = (tmp.path().join("m"), tmp.path().join("s"));
+        let mut ms = Manifests::open(&manifests, &state).expect("open");
+        let ours = in_ns(
+            "team-a",
+            "filter",
+            "a:1",
+            json!([{"name": "f", "content": "a"}]),
+        );
+        let theirs = in_ns(
+            "team-b",
+            "filter",
+            "b:1",
+            json!([{"name": "f", "content": "b"}]),
+        );
+        ms.sync(&[&ours, &theirs]).expect("sync");
+        assert_eq!(ms.placed().len(), 2);
+        assert_eq!(
+            files(&manifests),
+            [
+                "edgefleet-agent-module-team-a.filter.yaml",
+                "edgefleet-agent-module-team-b.filter.yaml"
+            ]
+        );
+        ms.sync(&[&ours]).expect("sync");
+        let dir = config_dir(&state, "team-a/filter");
+        assert_eq!(fs::read_to_string(dir.join("f")).expect("read"), "a");
+        assert!(!config_dir(&state, "team-b/filter").exists());
     }
 }

@@ -68,6 +68,7 @@ pub fn module_status(
         .copied()
         .find(|c| c.state == State::Exited);
     let mut status = ModuleStatus {
+        namespace: m.namespace().to_owned(),
         name: m.name.clone(),
         runtime_status: RuntimeStatus::Pending,
         exit_code: last_exited.map(|c| c.exit_code),

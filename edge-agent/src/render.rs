@@ -10,8 +10,7 @@ use edgefleet_crds::EdgeModuleSpec;
 use edgefleet_crds::ResolvedModule;
 use edgefleet_crds::identity::AGENT_NAME;
 use edgefleet_crds::identity::pods::{
-    CONFIG_HASH_ANNOTATION, CONFIG_MOUNT_PATH, MANAGED_BY_LABEL, MODULE_LABEL, MODULE_NAMESPACE,
-    SPEC_HASH_LABEL,
+    CONFIG_HASH_ANNOTATION, CONFIG_MOUNT_PATH, MANAGED_BY_LABEL, MODULE_LABEL, SPEC_HASH_LABEL,
 };
 use edgefleet_crds::module::{DEFAULT_MEMORY_LIMIT, PullPolicy, Resources, RestartPolicy};
 use k8s_openapi::api::core::v1::{
@@ -24,14 +23,15 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// The manifest file of a module in kubelet's staticPodPath.
-pub fn manifest_file(module: &str) -> String {
-    format!("{AGENT_NAME}-module-{module}.yaml")
+/// The manifest file of a module in kubelet's staticPodPath: `<namespace>.<name>`, which
+/// no two modules share (a DNS label has no dot).
+pub fn manifest_file(m: &ResolvedModule) -> String {
+    format!("{AGENT_NAME}-module-{}.{}.yaml", m.namespace(), m.name)
 }
 
-/// The host directory holding a module's config files.
-pub fn config_dir(state_dir: &Path, module: &str) -> PathBuf {
-    state_dir.join("config").join(module)
+/// The host directory holding a module's config files, by its key (`namespace/name`).
+pub fn config_dir(state_dir: &Path, key: &str) -> PathBuf {
+    state_dir.join("config").join(key)
 }
 
 /// A module's static pod as YAML.
@@ -47,7 +47,7 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
     if !s.config.is_empty() {
         volumes.push(host_path(
             "config",
-            &config_dir(state_dir, &m.name),
+            &config_dir(state_dir, &m.key()),
             "Directory",
         ));
         mounts.push(VolumeMount {
@@ -94,7 +94,7 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some(m.name.clone()),
-            namespace: Some(MODULE_NAMESPACE.into()),
+            namespace: Some(m.namespace().to_owned()),
             labels: Some(BTreeMap::from([
                 (MODULE_LABEL.to_owned(), m.name.clone()),
                 (MANAGED_BY_LABEL.to_owned(), AGENT_NAME.to_owned()),
@@ -249,6 +249,7 @@ mod tests {
         let pod: serde_json::Value = serde_yaml::from_str(&yaml).expect("parse back");
         let spec = &pod["spec"];
         assert_eq!(pod["metadata"]["name"], "sensor");
+        assert_eq!(pod["metadata"]["namespace"], "ns", "its team's namespace");
         assert_eq!(pod["metadata"]["labels"][MODULE_LABEL], "sensor");
         assert_eq!(spec["hostNetwork"], false);
         assert_eq!(
@@ -295,7 +296,7 @@ mod tests {
             .iter()
             .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
             .collect();
-        assert_eq!(paths, ["/var/lib/agent/config/sensor", "/dev/ttyUSB0"]);
+        assert_eq!(paths, ["/var/lib/agent/config/ns/sensor", "/dev/ttyUSB0"]);
         let c = &spec.containers[0];
         let mounts: Vec<_> = c
             .volume_mounts
@@ -332,9 +333,6 @@ mod tests {
             manifest(&new_config, dir).ok(),
             "config change restarts"
         );
-        assert_eq!(
-            manifest_file("sensor"),
-            "edgefleet-agent-module-sensor.yaml"
-        );
+        assert_eq!(manifest_file(&a), "edgefleet-agent-module-ns.sensor.yaml");
     }
 }

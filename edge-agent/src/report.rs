@@ -4,11 +4,13 @@
 
 use edgefleet_crds::condition::{Condition, ConditionStatus, carry_transition_times};
 use edgefleet_crds::device::conditions::{APPLIED, READY};
-use edgefleet_crds::{DesiredState, DesiredStatus, EdgeDeviceStatus, ModuleStatus};
+use std::collections::BTreeSet;
+
+use edgefleet_crds::{DesiredState, DesiredStatus, EdgeDeviceStatus, ModuleStatus, ResolvedModule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::observe::is_up;
-use crate::validate::Rejection;
+use crate::validate::Refused;
 
 /// How many not-ready modules the Ready condition names.
 const NAMED: usize = 5;
@@ -18,7 +20,7 @@ pub struct Facts<'a> {
     /// The accepted desired state being applied, if any.
     pub accepted: Option<&'a DesiredState>,
     /// The newest desired state that was refused, and why.
-    pub rejected: Option<&'a (String, Rejection)>,
+    pub rejected: Option<&'a Refused>,
     pub modules: Vec<ModuleStatus>,
     /// The lowest startupOrder still waited for.
     pub waiting_for: Option<u32>,
@@ -27,29 +29,32 @@ pub struct Facts<'a> {
 }
 
 pub fn status(f: &Facts<'_>, previous: &[Condition], now: &Time) -> EdgeDeviceStatus {
-    let desired_running: Vec<&str> = f
+    let desired_running: BTreeSet<String> = f
         .accepted
         .map(|d| {
             d.modules
                 .iter()
                 .filter(|m| m.desired_status == DesiredStatus::Running)
-                .map(|m| m.name.as_str())
+                .map(ResolvedModule::key)
                 .collect()
         })
         .unwrap_or_default();
     let not_ready: Vec<&ModuleStatus> = f
         .modules
         .iter()
-        .filter(|m| desired_running.contains(&m.name.as_str()) && !is_up(m))
+        .filter(|m| desired_running.contains(&m.key()) && !is_up(m))
         .collect();
     let ready = desired_running.len() - not_ready.len();
 
     let applied = match (f.accepted, f.rejected) {
-        (_, Some((rev, why))) => Condition::new(
+        (_, Some(r)) => Condition::new(
             APPLIED,
             ConditionStatus::False,
             "Rejected",
-            format!("desired revision {rev} rejected, the last good state keeps running: {why}"),
+            format!(
+                "desired revision {} rejected, the last good state keeps running: {}",
+                r.revision, r.why
+            ),
         ),
         (None, None) => Condition::new(
             APPLIED,
@@ -89,7 +94,7 @@ pub fn status(f: &Facts<'_>, previous: &[Condition], now: &Time) -> EdgeDeviceSt
         let names: Vec<String> = not_ready
             .iter()
             .take(NAMED)
-            .map(|m| format!("{} {}", m.name, m.runtime_status.as_str()))
+            .map(|m| format!("{} {}", m.key(), m.runtime_status.as_str()))
             .collect();
         let more = not_ready.len().saturating_sub(NAMED);
         Condition::new(
@@ -119,7 +124,8 @@ pub fn status(f: &Facts<'_>, previous: &[Condition], now: &Time) -> EdgeDeviceSt
         os: Some(std::env::consts::OS.to_owned()),
         arch: Some(std::env::consts::ARCH.to_owned()),
         applied_revision: f.accepted.map(|d| d.revision.clone()),
-        rejected_revision: f.rejected.map(|(rev, _)| rev.clone()),
+        rejected_revision: f.rejected.map(|r| r.revision.clone()),
+        rejected_deployments: f.rejected.and_then(|r| r.at_fault.clone()),
         modules_ready: Some(format!("{ready}/{}", desired_running.len())),
         modules: f.modules.clone(),
         conditions,
@@ -129,6 +135,7 @@ pub fn status(f: &Facts<'_>, previous: &[Condition], now: &Time) -> EdgeDeviceSt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Rejection;
     use edgefleet_crds::{ResolvedModule, RuntimeStatus};
     use serde_json::json;
 
@@ -147,6 +154,7 @@ mod tests {
 
     fn ms(name: &str, s: RuntimeStatus) -> ModuleStatus {
         ModuleStatus {
+            namespace: "ns".into(),
             name: name.into(),
             runtime_status: s,
             exit_code: None,
@@ -192,7 +200,11 @@ mod tests {
     #[test]
     fn failing_and_rejected() {
         let d = desired(&["a", "b"]);
-        let rejected = ("abcd".to_owned(), Rejection::Duplicate("x".into()));
+        let rejected = Refused {
+            revision: "abcd".to_owned(),
+            why: Rejection::Duplicate("x".into()),
+            at_fault: Some(vec!["ns/d".to_owned()]),
+        };
         let f = Facts {
             accepted: Some(&d),
             rejected: Some(&rejected),
@@ -205,13 +217,14 @@ mod tests {
         };
         let s = status(&f, &[], &now());
         assert_eq!(s.rejected_revision.as_deref(), Some("abcd"));
+        assert_eq!(s.rejected_deployments, Some(vec!["ns/d".to_owned()]));
         assert_eq!(s.applied_revision.as_deref(), Some(d.revision.as_str()));
         let applied = cond(&s, APPLIED);
         assert_eq!(applied.reason, "Rejected");
         assert!(applied.message.contains("appears twice"));
         let ready = cond(&s, READY);
         assert_eq!(ready.reason, "ModulesFailing");
-        assert_eq!(ready.message, "a backoff");
+        assert_eq!(ready.message, "ns/a backoff");
         assert_eq!(s.modules_ready.as_deref(), Some("1/2"));
     }
 

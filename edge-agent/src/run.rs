@@ -21,7 +21,7 @@ use crate::journal::Journal;
 use crate::manifests::Manifests;
 use crate::observe::{Placement, PodSeen, is_up, module_status};
 use crate::report::{Facts, status};
-use crate::validate::{self, Rejection};
+use crate::validate::{self, Refused, Rejection};
 use crate::{desired, lease, startup, status_writer};
 
 /// The agent's memory between passes.
@@ -31,7 +31,7 @@ struct Agent {
     manifests: Manifests,
     cri: Cri,
     accepted: Option<DesiredState>,
-    rejected: Option<(String, Rejection)>,
+    rejected: Option<Refused>,
     /// The last runtime observation that succeeded: reused while the runtime is unreachable.
     seen: BTreeMap<String, PodSeen>,
     /// The conditions last reported: their transition times carry over.
@@ -138,7 +138,7 @@ impl Agent {
         if self
             .rejected
             .as_ref()
-            .is_some_and(|(rev, why)| rev == revision && !retry(why))
+            .is_some_and(|r| r.revision == revision && !retry(&r.why))
         {
             return;
         }
@@ -160,7 +160,11 @@ impl Agent {
             }
             Err(why) => {
                 tracing::warn!(revision, reason = %why, "rejected a desired state; the last good one keeps running");
-                self.rejected = Some((revision.to_owned(), why));
+                self.rejected = Some(Refused {
+                    revision: revision.to_owned(),
+                    at_fault: validate::at_fault(raw, self.accepted.as_ref()),
+                    why,
+                });
             }
         }
     }
@@ -179,13 +183,12 @@ impl Agent {
             .as_ref()
             .map(|d| d.modules.as_slice())
             .unwrap_or_default();
-        let observed: BTreeMap<&str, ModuleStatus> = modules
+        let observed: BTreeMap<String, ModuleStatus> = modules
             .iter()
             .map(|m| {
-                (
-                    m.name.as_str(),
-                    module_status(m, self.seen.get(&m.name), Placement::Placed),
-                )
+                let key = m.key();
+                let status = module_status(m, self.seen.get(&key), Placement::Placed);
+                (key, status)
             })
             .collect();
         let plan = startup::plan(modules, &self.manifests.placed(), |n| {
@@ -193,7 +196,7 @@ impl Agent {
         });
         let wanted: Vec<_> = modules
             .iter()
-            .filter(|m| plan.admitted.contains(&m.name))
+            .filter(|m| plan.admitted.contains(&m.key()))
             .collect();
         let blocked = match self.manifests.sync(&wanted) {
             Ok(b) => b,
@@ -206,17 +209,18 @@ impl Agent {
         let statuses = modules
             .iter()
             .map(|m| {
-                if let Some(why) = blocked.get(&m.name) {
+                let key = m.key();
+                if let Some(why) = blocked.get(&key) {
                     let mut s = module_status(m, None, Placement::Blocked);
                     s.runtime_status = RuntimeStatus::Failed;
                     s.message = why.clone();
                     return s;
                 }
                 let placement = match plan.waiting_for {
-                    Some(order) if !plan.admitted.contains(&m.name) => Placement::WaitingFor(order),
+                    Some(order) if !plan.admitted.contains(&key) => Placement::WaitingFor(order),
                     _ => Placement::Placed,
                 };
-                module_status(m, self.seen.get(&m.name), placement)
+                module_status(m, self.seen.get(&key), placement)
             })
             .collect();
         let facts = Facts {

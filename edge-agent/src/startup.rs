@@ -6,16 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_crds::{DesiredStatus, ResolvedModule};
 
-/// The plan for one pass: which modules may have a manifest now, and the lowest order
-/// still being waited for (if any).
+/// The plan for one pass: which modules (keys) may have a manifest now, and the lowest
+/// order still being waited for (if any).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     pub admitted: BTreeSet<String>,
     pub waiting_for: Option<u32>,
 }
 
-/// `placed` are the modules that have a manifest already; `up` says whether a module runs
-/// (or, for a run-to-completion module, finished successfully).
+/// `placed` are the modules (keys) that have a manifest already; `up` says whether a module
+/// runs (or, for a run-to-completion module, finished successfully), by key.
 pub fn plan(
     modules: &[ResolvedModule],
     placed: &BTreeSet<String>,
@@ -32,11 +32,11 @@ pub fn plan(
     for (order, group) in orders {
         let open = plan.waiting_for.is_none();
         for m in &group {
-            if open || placed.contains(&m.name) {
-                plan.admitted.insert(m.name.clone());
+            if open || placed.contains(&m.key()) {
+                plan.admitted.insert(m.key());
             }
         }
-        if open && !group.iter().all(|m| up(&m.name)) {
+        if open && !group.iter().all(|m| up(&m.key())) {
             plan.waiting_for = Some(order);
         }
     }
@@ -56,8 +56,12 @@ mod tests {
         .expect("module")
     }
 
+    /// The admitted modules' names (all in namespace `ns`).
     fn names(p: &Plan) -> Vec<&str> {
-        p.admitted.iter().map(String::as_str).collect()
+        p.admitted
+            .iter()
+            .filter_map(|k| k.strip_prefix("ns/"))
+            .collect()
     }
 
     #[test]
@@ -81,7 +85,9 @@ mod tests {
             ),
         ];
         for (up, admitted, waiting) in cases {
-            let p = plan(&modules, &none, |n| up.contains(&n));
+            let p = plan(&modules, &none, |k| {
+                up.iter().any(|n| k == format!("ns/{n}"))
+            });
             assert_eq!(names(&p), admitted, "up: {up:?}");
             assert_eq!(p.waiting_for, waiting, "up: {up:?}");
         }
@@ -94,8 +100,8 @@ mod tests {
             m("api", 10, "running"),
             m("ui", 20, "running"),
         ];
-        let placed: BTreeSet<String> = ["db", "api", "ui"].map(String::from).into();
-        let p = plan(&modules, &placed, |n| n != "db");
+        let placed: BTreeSet<String> = ["ns/db", "ns/api", "ns/ui"].map(String::from).into();
+        let p = plan(&modules, &placed, |k| k != "ns/db");
         assert_eq!(names(&p), ["api", "db", "ui"]);
         assert_eq!(p.waiting_for, Some(0));
     }

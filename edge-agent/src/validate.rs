@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use edgefleet_crds::device::MAX_DESIRED_MODULES;
 use edgefleet_crds::limits;
 use edgefleet_crds::names::check_dns_label;
 use edgefleet_crds::{DesiredState, ResolvedModule};
@@ -28,6 +29,15 @@ pub enum Rejection {
     Journal(String),
 }
 
+/// A desired state the agent refused: its revision, why, and whose change it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub revision: String,
+    pub why: Rejection,
+    /// See [`at_fault`].
+    pub at_fault: Option<Vec<String>>,
+}
+
 /// Parses and checks `spec.desired` as it came from the apiserver.
 pub fn check(raw: &Value) -> Result<DesiredState, Rejection> {
     // A field this agent does not know would be dropped silently by serde: a newer
@@ -45,17 +55,51 @@ pub fn check(raw: &Value) -> Result<DesiredState, Rejection> {
             computed,
         });
     }
-    let mut names = BTreeSet::new();
+    let mut keys = BTreeSet::new();
     for m in &desired.modules {
-        check_module(m).map_err(|why| Rejection::Module(m.name.clone(), why))?;
-        if !names.insert(m.name.as_str()) {
-            return Err(Rejection::Duplicate(m.name.clone()));
+        check_module(m).map_err(|why| Rejection::Module(m.key(), why))?;
+        if !keys.insert(m.key()) {
+            return Err(Rejection::Duplicate(m.key()));
         }
     }
     Ok(DesiredState {
         targeting: Vec::new(),
         ..desired
     })
+}
+
+/// The deployments a rejection of `raw` is charged to: those whose modules in it differ
+/// from the ones in `running` (the accepted state; none yet makes every deployment new).
+/// A module that doesn't parse, carries a field this agent doesn't know, or is a second
+/// module of one key is a change. `None` when the state is too broken to tell (no module
+/// list, a module without a deployment): then every deployment is charged. This is what
+/// keeps one team's bad module from failing another team's rollout.
+pub fn at_fault(raw: &Value, running: Option<&DesiredState>) -> Option<Vec<String>> {
+    let items = raw.get("modules")?.as_array()?;
+    let schema = schemars::schema_for!(ResolvedModule);
+    let before: Vec<&ResolvedModule> = running
+        .map(|d| d.modules.iter().collect())
+        .unwrap_or_default();
+    let mut changed = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    for item in items {
+        let deployment = item.get("deployment")?.as_str()?;
+        let parsed: Option<ResolvedModule> = serde_json::from_value(item.clone()).ok();
+        let unknown = unknown_field(item, schema.as_value(), schema.as_value(), "").is_some();
+        let same = parsed.as_ref().is_some_and(|m| {
+            seen.insert((m.deployment.clone(), m.key())) && before.contains(&m)
+        });
+        if unknown || !same {
+            changed.insert(deployment.to_owned());
+        }
+    }
+    // A module gone from a deployment changes that deployment too.
+    for b in before {
+        if !seen.contains(&(b.deployment.clone(), b.key())) {
+            changed.insert(b.deployment.clone());
+        }
+    }
+    (changed.len() <= MAX_DESIRED_MODULES).then(|| changed.into_iter().collect())
 }
 
 /// The path of the first key in `value` that `schema` does not describe.
@@ -111,9 +155,12 @@ fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
 }
 
 fn check_module(m: &ResolvedModule) -> Result<(), String> {
-    // The name becomes a file name in kubelet's manifest directory and a config directory:
-    // a DNS label cannot contain a path separator or `..`.
+    // Namespace and name become a file name in kubelet's manifest directory, a config
+    // directory and the namespace of the module's pod: a DNS label cannot contain a path
+    // separator or `..`.
     check_dns_label(&m.name).map_err(|e| format!("name: {e}"))?;
+    check_dns_label(m.namespace())
+        .map_err(|e| format!("namespace (of {:?}): {e}", m.deployment))?;
     limits::check_module(&m.spec)
 }
 
@@ -162,6 +209,10 @@ mod tests {
         bad_device["devices"] = json!([{"hostPath": "/dev/../etc/shadow"}]);
         let mut bad_file = module("f");
         bad_file["config"] = json!([{"name": "../x", "content": ""}]);
+        let mut bad_namespace = module("g");
+        bad_namespace["deployment"] = json!("../../etc/d");
+        let mut other_team = module("a");
+        other_team["deployment"] = json!("other/base");
         let cases = [
             (
                 desired(vec![module("ok"), unknown]),
@@ -173,6 +224,7 @@ mod tests {
             (desired(vec![bad_env]), "env"),
             (desired(vec![bad_device]), "not under /dev"),
             (desired(vec![bad_file]), "config file"),
+            (desired(vec![bad_namespace]), "namespace"),
             (desired(vec![module("a"), module("a")]), "appears twice"),
             (
                 json!({"revision": "0000000000000000", "modules": [module("a")]}),
@@ -187,5 +239,72 @@ mod tests {
                 "{err:?} should mention {expected:?}"
             );
         }
+        // One name in two namespaces is two modules.
+        assert!(check(&desired(vec![module("a"), other_team])).is_ok());
+    }
+
+    /// The poison pill of issue 12: team b's new module breaks the desired state. The
+    /// rejection is charged to b alone; team a's deployment, unchanged, is not at fault.
+    #[test]
+    fn a_rejection_is_charged_to_the_deployments_that_changed() {
+        let from = |ns: &str, d: &str, name: &str| {
+            let mut m = module(name);
+            m["deployment"] = json!(format!("{ns}/{d}"));
+            m["moduleRef"] = json!(format!("{ns}/{name}"));
+            m
+        };
+        let running = check(&desired(vec![
+            from("a", "base", "sensor"),
+            from("b", "extra", "x"),
+        ]))
+        .expect("accepted");
+        let mut poison = from("b", "extra", "x");
+        poison["image"] = json!("Not An Image!");
+        let raw = desired(vec![from("a", "base", "sensor"), poison.clone()]);
+        assert!(check(&raw).is_err());
+        assert_eq!(
+            at_fault(&raw, Some(&running)),
+            Some(vec!["b/extra".to_owned()])
+        );
+
+        // A field this agent doesn't know, in a new deployment's module.
+        let mut newer = from("c", "new", "y");
+        newer["hostPID"] = json!(true);
+        let raw = desired(vec![
+            from("a", "base", "sensor"),
+            from("b", "extra", "x"),
+            newer,
+        ]);
+        assert_eq!(
+            at_fault(&raw, Some(&running)),
+            Some(vec!["c/new".to_owned()])
+        );
+
+        // A module gone from a deployment, and a duplicate key: both are changes.
+        let raw = desired(vec![
+            from("a", "base", "sensor"),
+            from("a", "base", "sensor"),
+        ]);
+        assert_eq!(
+            at_fault(&raw, Some(&running)),
+            Some(vec!["a/base".to_owned(), "b/extra".to_owned()])
+        );
+        // Nothing running yet: every deployment is new.
+        let raw = desired(vec![from("a", "base", "sensor"), poison]);
+        assert_eq!(
+            at_fault(&raw, None),
+            Some(vec!["a/base".to_owned(), "b/extra".to_owned()])
+        );
+        // Too broken to tell.
+        assert_eq!(at_fault(&json!({"modules": "nope"}), Some(&running)), None);
+        let mut anonymous = module("z");
+        anonymous
+            .as_object_mut()
+            .expect("object")
+            .remove("deployment");
+        assert_eq!(
+            at_fault(&json!({"modules": [anonymous]}), Some(&running)),
+            None
+        );
     }
 }
