@@ -71,6 +71,8 @@ pub enum Contribution {
         selector: Selector,
         granted: Vec<Selector>,
         modules: Vec<ResolvedModule>,
+        /// What `modules` cost a device's budget, in bytes ([`limits::module_bytes`]).
+        bytes: usize,
     },
     /// An invalid spec, or one no grant admits. Bad input must lose nothing, so every device
     /// keeps exactly what this deployment gave it before (read back from the device's own
@@ -121,7 +123,9 @@ impl CompiledDeployment {
                             t.deployment == self.key
                                 && matches!(
                                     t.outcome,
-                                    TargetingOutcome::Owner | TargetingOutcome::Layered
+                                    TargetingOutcome::Owner
+                                        | TargetingOutcome::Layered
+                                        | TargetingOutcome::OverBudget
                                 )
                         })
                     })
@@ -291,6 +295,7 @@ pub fn compile(
                     Ok(granted) => Contribution::Fresh {
                         selector,
                         granted,
+                        bytes: resolved.iter().map(limits::module_bytes).sum(),
                         modules: resolved,
                     },
                     Err(refused) => held(vec![refused.into()]),

@@ -51,6 +51,8 @@ pub struct Rollup {
     pub failures: Vec<FailureSample>,
     /// Deployments that tie with this one and win on some device.
     pub tied_with: BTreeSet<String>,
+    /// Devices its modules would take over their budget (counted in `failed` too).
+    pub over_budget: u32,
     /// Deployments of other namespaces (other teams) that own some device this one selects.
     pub outranked_by: BTreeSet<String>,
     /// For a staged deployment: every device it targets, as the rollout planner sees it.
@@ -194,6 +196,17 @@ pub fn rollup<'a>(
             continue;
         }
         r.targeted += 1;
+        if decision.outcome == TargetingOutcome::OverBudget {
+            planner_view(Health::Failed);
+            r.over_budget += 1;
+            r.failed += 1;
+            failures.push(FailureSample {
+                device: dev.name.to_owned(),
+                module: String::new(),
+                reason: decision.reason.clone(),
+            });
+            continue;
+        }
         let owned: Vec<&ResolvedModule> = desired
             .modules
             .iter()
@@ -336,6 +349,23 @@ pub fn status(
             .join("; ");
         let held = format!("{msg}; devices keep what this deployment gave them before");
         (first.reason(), false, false, true, held)
+    } else if r.over_budget > 0 {
+        let sample = r
+            .failures
+            .iter()
+            .find(|f| f.module.is_empty())
+            .map(|f| format!("{}: {}", f.device, f.reason))
+            .unwrap_or_default();
+        (
+            "OverDeviceBudget",
+            false,
+            false,
+            true,
+            format!(
+                "{progress}; {} devices can't take its modules: {sample}",
+                r.over_budget
+            ),
+        )
     } else if r.failed > 0 {
         let sample = r
             .failures

@@ -18,7 +18,29 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_crds::{DesiredState, ResolvedModule, TargetingDecision, TargetingOutcome};
 
+use edgefleet_crds::limits;
+
 use crate::catalog::{CompiledDeployment, Contribution};
+
+/// What one deployment gives a device: its modules there, the revision they are from, and
+/// their cost to the device's budget (bytes, [`limits::module_bytes`]).
+#[derive(Debug, Default)]
+struct Given {
+    modules: Vec<ResolvedModule>,
+    revision: String,
+    bytes: usize,
+}
+
+impl Given {
+    fn new(modules: Vec<ResolvedModule>, revision: String) -> Self {
+        let bytes = modules.iter().map(limits::module_bytes).sum();
+        Given {
+            modules,
+            revision,
+            bytes,
+        }
+    }
+}
 
 impl CompiledDeployment {
     /// The modules this deployment gives the device, and the revision they are from.
@@ -27,45 +49,73 @@ impl CompiledDeployment {
         labels: &BTreeMap<String, String>,
         current: Option<&DesiredState>,
         staging: &Staging,
-    ) -> (Vec<ResolvedModule>, String) {
-        // What the device has from this deployment now: kept while a held spec waits to be
-        // fixed, or while a staged rollout has not reached the device yet.
-        let read_back = || {
-            let Some(c) = current else {
-                return (Vec::new(), String::new());
-            };
-            let modules = c
-                .modules
-                .iter()
-                .filter(|m| m.deployment == self.key)
-                .cloned()
-                .collect();
-            let revision = c
-                .targeting
-                .iter()
-                .find(|t| t.deployment == self.key)
-                .map(|t| t.revision.clone())
-                .unwrap_or_default();
-            (modules, revision)
-        };
+    ) -> Given {
         match &self.contribution {
             Contribution::Held { reach, .. } => {
-                let (mut kept, revision) = read_back();
-                kept.retain(|m| reach.iter().any(|g| g.allows(labels, m)));
-                (kept, revision)
+                let mut kept = self.read_back(current);
+                kept.modules
+                    .retain(|m| reach.iter().any(|g| g.allows(labels, m)));
+                Given::new(kept.modules, kept.revision)
             }
-            Contribution::Fresh { modules, .. } if !self.staged => {
-                (modules.clone(), self.revision.clone())
-            }
-            Contribution::Fresh { modules, .. } => match staging.moved_to.get(&self.key) {
-                Some(r) if *r == self.revision => (modules.clone(), r.clone()),
-                Some(r) => match staging.snapshots.modules(&self.key, r) {
-                    Some(snapshot) => (snapshot, r.clone()),
-                    None => read_back(),
+            Contribution::Fresh { modules, bytes, .. } if !self.staged => Given {
+                modules: modules.clone(),
+                revision: self.revision.clone(),
+                bytes: *bytes,
+            },
+            Contribution::Fresh { modules, bytes, .. } => match staging.moved_to.get(&self.key) {
+                Some(r) if *r == self.revision => Given {
+                    modules: modules.clone(),
+                    revision: r.clone(),
+                    bytes: *bytes,
                 },
-                None => read_back(),
+                Some(r) => match staging.snapshots.modules(&self.key, r) {
+                    Some(snapshot) => Given::new(snapshot, r.clone()),
+                    None => self.read_back(current),
+                },
+                None => self.read_back(current),
             },
         }
+    }
+
+    /// What the device has from this deployment now: kept while a held spec waits to be
+    /// fixed, while a staged rollout has not reached the device yet, or while a change
+    /// would take the device over its budget.
+    fn read_back(&self, current: Option<&DesiredState>) -> Given {
+        let Some(c) = current else {
+            return Given::default();
+        };
+        let modules = c
+            .modules
+            .iter()
+            .filter(|m| m.deployment == self.key)
+            .cloned()
+            .collect();
+        let revision = c
+            .targeting
+            .iter()
+            .find(|t| t.deployment == self.key)
+            .map(|t| t.revision.clone())
+            .unwrap_or_default();
+        Given::new(modules, revision)
+    }
+}
+
+/// What a device's desired state has taken so far of its budget (see [`limits`]).
+#[derive(Debug, Default)]
+struct Budget {
+    modules: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    /// Takes `g` if the device has room for it; why not otherwise.
+    fn take(&mut self, g: &Given) -> Result<(), String> {
+        let (modules, bytes) = (self.modules + g.modules.len(), self.bytes + g.bytes);
+        if let Some(why) = limits::over_device_budget(modules, bytes) {
+            return Err(why);
+        }
+        *self = Budget { modules, bytes };
+        Ok(())
     }
 }
 
@@ -154,15 +204,44 @@ pub fn resolve_staged(
             .then_with(|| a.d.key.cmp(&b.d.key))
     });
 
+    // The device's budget: the owner first, then layers from the highest priority down.
+    // A deployment whose modules would take the device over it keeps what it had here
+    // (or nothing, if even that no longer fits) and says why: the device is never sent
+    // a state it would refuse, and the deployment that pushes it over is the one held.
+    let mut budget = Budget::default();
+    let mut given: BTreeMap<&str, (Given, Option<String>)> = BTreeMap::new();
+    for r in base.first().into_iter().chain(layers.iter().rev()) {
+        let g = r.d.modules_for(labels, current, staging);
+        let entry = match budget.take(&g) {
+            Ok(()) => (g, None),
+            Err(why) => {
+                let kept = r.d.read_back(current);
+                let kept = if budget.take(&kept).is_ok() {
+                    kept
+                } else {
+                    Given::default()
+                };
+                (kept, Some(why))
+            }
+        };
+        given.insert(r.d.key.as_str(), entry);
+    }
+    let mut take = |r: &Ranked| given.remove(r.d.key.as_str()).unwrap_or_default();
+
     let mut modules: BTreeMap<String, ResolvedModule> = BTreeMap::new();
     let mut targeting = Vec::with_capacity(base.len() + layers.len());
     if let Some((winner, losers)) = base.split_first() {
-        let (given, revision) = winner.d.modules_for(labels, current, staging);
-        for m in given {
+        let (g, over) = take(winner);
+        for m in g.modules {
             modules.insert(m.key(), m);
         }
-        let reason = rollout_note(winner.d, &revision);
-        targeting.push(winner.decision(TargetingOutcome::Owner, reason, revision));
+        targeting.push(match over {
+            Some(why) => winner.over_budget(why, g.revision),
+            None => {
+                let reason = rollout_note(winner.d, &g.revision);
+                winner.decision(TargetingOutcome::Owner, reason, g.revision)
+            }
+        });
         for l in losers {
             let reason = if l.priority == winner.priority {
                 format!(
@@ -178,11 +257,12 @@ pub fn resolve_staged(
             targeting.push(l.decision(TargetingOutcome::Lost, reason, String::new()));
         }
     }
-    for layer in layers {
+    for layer in &layers {
+        let (g, over) = take(layer);
+        let revision = g.revision;
         let mut added = BTreeSet::new();
         let mut replaced = BTreeSet::new();
-        let (given, revision) = layer.d.modules_for(labels, current, staging);
-        for m in given {
+        for m in g.modules {
             let name = m.name.clone();
             if modules.insert(m.key(), m).is_some() {
                 replaced.insert(name);
@@ -202,6 +282,10 @@ pub fn resolve_staged(
                 "overrides {}",
                 replaced.into_iter().collect::<Vec<_>>().join(", ")
             ));
+        }
+        if let Some(why) = over {
+            targeting.push(layer.over_budget(why, revision));
+            continue;
         }
         let note = rollout_note(layer.d, &revision);
         if !note.is_empty() {
@@ -256,6 +340,14 @@ struct Ranked<'a> {
 }
 
 impl Ranked<'_> {
+    /// The decision for a deployment whose modules would take the device over its budget.
+    fn over_budget(&self, why: String, kept: String) -> TargetingDecision {
+        let reason = format!(
+            "its modules would take the device over its budget ({why}); it keeps what it had here"
+        );
+        self.decision(TargetingOutcome::OverBudget, reason, kept)
+    }
+
     fn decision(
         &self,
         outcome: TargetingOutcome,
@@ -571,6 +663,62 @@ mod tests {
             ]
         );
         assert_eq!(state.targeting[1].reason, "adds sensor");
+    }
+
+    /// Amplification and the poison pill at the device level: each module fits, together
+    /// they don't. The deployment that pushes the device over its budget is held there
+    /// (and says why); the owner's modules go on, and the device gets a state it takes.
+    #[test]
+    fn the_deployment_that_breaks_a_device_budget_is_held_there() {
+        let config = |kib: usize| {
+            format!(
+                "image: app:1\nconfig: [{{name: f, content: '{}'}}, {{name: g, content: '{}'}}, {{name: h, content: '{}'}}, {{name: i, content: '{}'}}]",
+                "x".repeat(kib * 256),
+                "x".repeat(kib * 256),
+                "x".repeat(kib * 256),
+                "x".repeat(kib * 256)
+            )
+        };
+        let lib = modules(&[
+            ("a/big", &config(200)),
+            ("a/big2", &config(200)),
+            ("b/big", &config(200)),
+        ]);
+        let d = |ns: &str, name: &str, layered: bool, mods: &str| {
+            compile(
+                &deployment(&format!(
+                    "metadata: {{name: {name}, namespace: {ns}}}\nspec:\n  layered: {layered}\n  selector: {{}}\n  modules: {mods}"
+                )),
+                &lib,
+                &open_grants(&["a", "b"]),
+            )
+        };
+        let base = d("a", "base", false, "[{name: big}, {name: big2}]");
+        let extra = d("b", "extra", true, "[{name: big}]");
+        let state = resolve(&labels(""), &[base, extra], None);
+        assert_eq!(
+            owned(&state)
+                .iter()
+                .map(|m| m.1.as_str())
+                .collect::<Vec<_>>(),
+            ["a/base", "a/base"]
+        );
+        assert_eq!(
+            outcomes(&state),
+            [
+                ("a/base".to_owned(), Owner),
+                ("b/extra".to_owned(), OverBudget)
+            ]
+        );
+        assert!(
+            state.targeting[1]
+                .reason
+                .contains("more than a device's 524288")
+        );
+        assert!(
+            limits::check_device(&state.modules).is_ok(),
+            "the device takes it"
+        );
     }
 
     /// A held deployment keeps what its devices had, but only what its grants still allow

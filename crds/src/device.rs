@@ -155,6 +155,9 @@ pub enum TargetingOutcome {
     Layered,
     /// Selected the device but another deployment won.
     Lost,
+    /// Selected the device, but its modules would take the device over its budget (the
+    /// reason says which): it keeps what it had there, and its status says so.
+    OverBudget,
     /// No longer selects the device; with `onUntarget: Retain` its modules stay there as
     /// they were, no longer updated by it nor counted in its status.
     Retained,

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::device::ResolvedModule;
 use crate::module::EdgeModuleSpec;
 use crate::names::{check_env_name, check_file_name, check_image};
 
@@ -19,6 +20,36 @@ pub const MAX_CONFIG_FILE_BYTES: usize = 64 * 1024;
 pub const MAX_MODULE_CONFIG_BYTES: usize = 256 * 1024;
 /// The highest `startupOrder`.
 pub const MAX_STARTUP_ORDER: u32 = 1000;
+/// The most desired state one device gets, in bytes of its modules as JSON (config
+/// included). Every device's desired state is a copy in etcd, whose objects stop at
+/// 1.5 MiB, and in the controller's cache: this keeps both bounded per device.
+pub const MAX_DEVICE_DESIRED_BYTES: usize = 512 * 1024;
+/// The most modules one device runs.
+pub use crate::device::MAX_DESIRED_MODULES;
+
+/// What one module costs a device's desired state, in bytes.
+pub fn module_bytes(m: &ResolvedModule) -> usize {
+    serde_json::to_vec(m).map_or(0, |v| v.len())
+}
+
+/// Why a device can't take these modules (its whole desired state) in words for a status;
+/// `Ok` when it can.
+pub fn check_device(modules: &[ResolvedModule]) -> Result<(), String> {
+    let bytes: usize = modules.iter().map(module_bytes).sum();
+    over_device_budget(modules.len(), bytes).map_or(Ok(()), Err)
+}
+
+/// Why `modules` modules of `bytes` in all are too much for one device, if they are.
+pub fn over_device_budget(modules: usize, bytes: usize) -> Option<String> {
+    if modules > MAX_DESIRED_MODULES {
+        return Some(format!(
+            "{modules} modules, more than a device's {MAX_DESIRED_MODULES}"
+        ));
+    }
+    (bytes > MAX_DEVICE_DESIRED_BYTES).then(|| {
+        format!("{bytes} bytes of desired state, more than a device's {MAX_DEVICE_DESIRED_BYTES}")
+    })
+}
 
 /// Why a module can't run on a device, in words for a status; `Ok` when it can.
 pub fn check_module(s: &EdgeModuleSpec) -> Result<(), String> {

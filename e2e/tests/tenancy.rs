@@ -431,3 +431,72 @@ async fn another_team_cannot_replace_our_module_by_its_name() {
     })
     .await;
 }
+
+/// Amplification: a team's layered modules fit one by one but would take every device
+/// over its desired-state budget (what etcd and the controller hold per device) on top of
+/// the owner's. That deployment is held on each device and says so; the owner's modules
+/// are all there and its status knows nothing of it.
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_team_cannot_fill_devices_past_their_budget() {
+    let (_lab, client, _ctrl) = fleet_with_controller(18134).await;
+    let owner = fresh_namespace(&client, "e2e-tenant-budget").await;
+    let filler = fresh_namespace(&client, "e2e-tenant-filler").await;
+    // 200 KiB of config per module, within every per-module limit.
+    let files: Vec<_> = (0..4)
+        .map(|i| json!({"name": format!("part-{i}.bin"), "content": "x".repeat(50 * 1024)}))
+        .collect();
+    for m in ["big", "big2"] {
+        looping_module(&client, &owner, m, json!({"config": files})).await;
+    }
+    apply(
+        &client,
+        &owner,
+        "EdgeDeployment",
+        "base",
+        json!({"selector": {}, "modules": [{"name": "big"}, {"name": "big2"}]}),
+    )
+    .await;
+    looping_module(&client, &filler, "more", json!({"config": files})).await;
+    apply(
+        &client,
+        &filler,
+        "EdgeDeployment",
+        "fill",
+        json!({"selector": {}, "layered": true, "modules": [{"name": "more"}]}),
+    )
+    .await;
+    wait_stalled(
+        &client,
+        &filler,
+        "fill",
+        "OverDeviceBudget",
+        "more than a device's 524288",
+    )
+    .await;
+    let base = format!("{owner}/base");
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    for d in DEVICES {
+        let desired = devices
+            .get(d)
+            .await
+            .expect("device")
+            .spec
+            .desired
+            .unwrap_or_default();
+        let from: Vec<&str> = desired
+            .modules
+            .iter()
+            .map(|m| m.deployment.as_str())
+            .collect();
+        assert_eq!(from, [base.as_str(), base.as_str()], "{d}");
+    }
+    let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), &owner);
+    let st = api
+        .get("base")
+        .await
+        .expect("base")
+        .status
+        .unwrap_or_default();
+    assert_eq!((st.targeted, st.failed), (3, 0), "{st:?}");
+}

@@ -24,6 +24,8 @@ pub enum Rejection {
     Module(String, String),
     #[error("module {0:?} appears twice")]
     Duplicate(String),
+    #[error("too much for this device: {0}")]
+    Device(String),
     /// Not the desired state's fault: it is tried again on the next pass.
     #[error("cannot journal it: {0}")]
     Journal(String),
@@ -55,6 +57,7 @@ pub fn check(raw: &Value) -> Result<DesiredState, Rejection> {
             computed,
         });
     }
+    limits::check_device(&desired.modules).map_err(Rejection::Device)?;
     let mut keys = BTreeSet::new();
     for m in &desired.modules {
         check_module(m).map_err(|why| Rejection::Module(m.key(), why))?;
@@ -86,9 +89,9 @@ pub fn at_fault(raw: &Value, running: Option<&DesiredState>) -> Option<Vec<Strin
         let deployment = item.get("deployment")?.as_str()?;
         let parsed: Option<ResolvedModule> = serde_json::from_value(item.clone()).ok();
         let unknown = unknown_field(item, schema.as_value(), schema.as_value(), "").is_some();
-        let same = parsed.as_ref().is_some_and(|m| {
-            seen.insert((m.deployment.clone(), m.key())) && before.contains(&m)
-        });
+        let same = parsed
+            .as_ref()
+            .is_some_and(|m| seen.insert((m.deployment.clone(), m.key())) && before.contains(&m));
         if unknown || !same {
             changed.insert(deployment.to_owned());
         }
