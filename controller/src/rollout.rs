@@ -98,6 +98,11 @@ impl Policy {
 pub struct Plan {
     /// Devices to move to `status.target_revision` now, in order.
     pub moves: Vec<String>,
+    /// Devices that have nothing from this deployment (new to it), to place at
+    /// `status.current_revision`, the last good one, now: whatever the rollout does
+    /// (stalled, paused, rolled back, or its turn not yet come), a targeted device never
+    /// runs nothing while a good revision exists. They move on to the target in turn.
+    pub placements: Vec<String>,
     pub status: RolloutStatus,
     /// When to look again even if nothing changes (the soak or the deadline ends).
     pub recheck_in: Option<Duration>,
@@ -106,6 +111,26 @@ pub struct Plan {
 /// Plans one step of the rollout of revision `update` over `devices` (every device the
 /// deployment targets now). `last` is the rollout's status as the API has it.
 pub fn plan(
+    policy: &Policy,
+    update: &str,
+    devices: &[Device],
+    last: &RolloutStatus,
+    now: Timestamp,
+) -> Plan {
+    let mut plan = plan_moves(policy, update, devices, last, now);
+    let good = &plan.status.current_revision;
+    if !good.is_empty() {
+        plan.placements = devices
+            .iter()
+            .filter(|d| d.at.is_none() && !plan.moves.contains(&d.name))
+            .map(|d| d.name.clone())
+            .collect();
+    }
+    plan
+}
+
+/// Which devices move to the target now, and the rollout's status.
+fn plan_moves(
     policy: &Policy,
     update: &str,
     devices: &[Device],
@@ -183,6 +208,7 @@ pub fn plan(
     let done = total > 0 && moved.len() == devices.len() && unavailable == 0;
     let mut plan = Plan {
         moves: Vec::new(),
+        placements: Vec::new(),
         status,
         recheck_in: None,
     };
@@ -234,7 +260,11 @@ pub fn plan(
             policy.failure_threshold,
             moved.len()
         );
-        if policy.on_failure == OnFailure::Rollback && !plan.status.current_revision.is_empty() {
+        // Rolling back needs an earlier revision: the current one failing (devices that ran
+        // it fine crash now) has nothing behind it to go back to.
+        let earlier =
+            !plan.status.current_revision.is_empty() && plan.status.current_revision != update;
+        if policy.on_failure == OnFailure::Rollback && earlier {
             // The next pass (this status saved) moves the devices back.
             plan.status.phase = RolloutPhase::RollingBack;
             plan.status.target_revision = plan.status.current_revision.clone();
@@ -502,11 +532,15 @@ mod tests {
         }
     }
 
-    /// Applies a plan's moves the way the controller does: the device takes the target.
+    /// Applies a plan's moves the way the controller does: the device takes the target,
+    /// or, placed, the current revision.
     fn apply(devices: &mut [Device], plan: &Plan) {
         for d in devices.iter_mut() {
             if plan.moves.contains(&d.name) {
                 d.at = Some(plan.status.target_revision.clone());
+                d.health = Health::Updating;
+            } else if plan.placements.contains(&d.name) {
+                d.at = Some(plan.status.current_revision.clone());
                 d.health = Health::Updating;
             }
         }
@@ -737,6 +771,38 @@ mod tests {
         assert_eq!(one.moves, ["b"]);
     }
 
+    /// Devices that ran the current revision fine crash now: there is nothing earlier to
+    /// roll back to, so the rollout stalls instead of "rolling back" to the same revision.
+    #[test]
+    fn a_failing_current_revision_stalls_instead_of_rolling_back_to_itself() {
+        let mut p = policy(1);
+        p.on_failure = OnFailure::Rollback;
+        let mut devices = fleet(&["a", "b"]);
+        set(&mut devices, "a", |d| d.health = Health::Failed);
+        let plan = plan(&p, S, &devices, &stable(), t0());
+        assert_eq!(plan.status.phase, RolloutPhase::Stalled);
+        assert!(plan.moves.is_empty() && plan.placements.is_empty());
+    }
+
+    /// A device new to a stalled, paused or rolled-back deployment gets the last good
+    /// revision at once instead of nothing.
+    #[test]
+    fn a_new_device_gets_the_good_revision_whatever_the_rollout_does() {
+        let mut p = policy(1);
+        p.paused = true;
+        let mut devices = fleet(&["a", "b"]);
+        devices.push(Device {
+            at: None,
+            health: Health::Updating,
+            ..fleet(&["new"]).remove(0)
+        });
+        let plan = plan(&p, U, &devices, &stable(), t0());
+        assert_eq!(plan.status.phase, RolloutPhase::Paused);
+        assert!(plan.moves.is_empty());
+        assert_eq!(plan.placements, ["new"]);
+        assert_eq!(plan.status.current_revision, S);
+    }
+
     /// Many random fleets, each through a whole rollout with devices going offline and
     /// coming back, updates finishing at random and some failing: the unavailable count
     /// never exceeds maxUnavailable, no device moves twice to the same revision, and with
@@ -836,6 +902,92 @@ mod tests {
                     last.message
                 );
                 assert!(devices.iter().all(|d| d.at.as_deref() == Some(U)));
+            }
+        }
+    }
+
+    /// Issue 12's starvation: random event sequences (devices entering and leaving the
+    /// selector, failures and rejections, links going down, pauses, rollbacks, new
+    /// revisions) never leave a targeted device without a revision of the deployment, once
+    /// one was good: after every step each targeted device is at some revision, and never
+    /// at one the rollout gave up on while it is rolled back.
+    #[test]
+    fn property_every_targeted_device_keeps_some_revision() {
+        let revisions = ["rev-u1", "rev-u2", "rev-u3"];
+        for seed in 0..300u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let universe: Vec<String> = (0..rng.usize(1..25))
+                .map(|i| format!("dev-{i:02}"))
+                .collect();
+            let mut devices = fleet(&universe.iter().map(String::as_str).collect::<Vec<_>>());
+            let mut p = policy(rng.u32(1..4));
+            p.on_failure = if rng.bool() {
+                OnFailure::Rollback
+            } else {
+                OnFailure::Pause
+            };
+            p.failure_threshold = Count::Devices(rng.u32(0..2));
+            let mut last = stable();
+            let mut update = revisions[0];
+            let mut now = t0();
+            for step in 0..600 {
+                let plan = plan(&p, update, &devices, &last, now);
+                apply(&mut devices, &plan);
+                last = plan.status;
+                for d in &devices {
+                    assert!(
+                        d.at.is_some(),
+                        "seed {seed} step {step}: {} runs nothing ({:?}: {})",
+                        d.name,
+                        last.phase,
+                        last.message
+                    );
+                    if last.phase == RolloutPhase::RolledBack {
+                        assert_ne!(
+                            d.at.as_deref(),
+                            Some(last.failed_revision.as_str()),
+                            "seed {seed} step {step} {}: {last:?}",
+                            d.name
+                        );
+                    }
+                }
+                // The world moves on.
+                for d in devices.iter_mut() {
+                    if d.health == Health::Updating && rng.u8(0..3) == 0 {
+                        d.health = if rng.u8(0..6) == 0 {
+                            Health::Failed
+                        } else {
+                            Health::Ready
+                        };
+                    }
+                    if rng.u8(0..15) == 0 {
+                        d.online = !d.online;
+                    }
+                }
+                match rng.u8(0..40) {
+                    // A device leaves the selector: its rollout entry is forgotten.
+                    0 if !devices.is_empty() => {
+                        devices.remove(rng.usize(0..devices.len()));
+                    }
+                    // A device (back) in the selector arrives with nothing.
+                    1 => {
+                        let name = &universe[rng.usize(0..universe.len())];
+                        if devices.iter().all(|d| &d.name != name) {
+                            devices.push(Device {
+                                name: name.clone(),
+                                labels: BTreeMap::new(),
+                                online: rng.bool(),
+                                at: None,
+                                health: Health::Updating,
+                            });
+                        }
+                    }
+                    2 => p.paused = !p.paused,
+                    // A new spec.
+                    3 => update = revisions[rng.usize(0..revisions.len())],
+                    _ => {}
+                }
+                now += jiff::SignedDuration::from_secs(1);
             }
         }
     }

@@ -94,10 +94,11 @@ pub async fn step(
     prune(ctx, &ns, &name, &plan.status).await;
     // Agents report only changes, and a module becoming ready by running long enough is no
     // change: while devices are on the move, look again soon.
-    let moving = matches!(
-        plan.status.phase,
-        RolloutPhase::Progressing | RolloutPhase::Canary | RolloutPhase::RollingBack
-    );
+    let moving = !plan.placements.is_empty()
+        || matches!(
+            plan.status.phase,
+            RolloutPhase::Progressing | RolloutPhase::Canary | RolloutPhase::RollingBack
+        );
     let recheck_in = match plan.recheck_in {
         Some(d) if moving => Some(d.min(WHILE_MOVING)),
         None if moving => Some(WHILE_MOVING),
@@ -143,13 +144,15 @@ async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
         field_manager: Some(ROLLOUT_MANAGER.to_owned()),
         ..Default::default()
     };
-    for device in &plan.moves {
-        let patch = json!({"spec": {"rollouts": {key: target}}});
+    let good = &plan.status.current_revision;
+    let placed = plan.placements.iter().map(|d| (d, good));
+    for (device, revision) in plan.moves.iter().map(|d| (d, target)).chain(placed) {
+        let patch = json!({"spec": {"rollouts": {key: revision}}});
         api.patch(device, &params, &Patch::Merge(&patch))
             .await
             .map_err(|e| Error::MoveDevice(device.clone(), e))?;
-        ctx.remember_move(key, target, device);
-        tracing::info!(deployment = key, device, revision = %target, wave = plan.status.wave, "moved");
+        ctx.remember_move(key, revision, device);
+        tracing::info!(deployment = key, device, %revision, wave = plan.status.wave, "moved");
     }
     Ok(())
 }

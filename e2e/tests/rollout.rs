@@ -411,3 +411,82 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
     );
     assert!(ctrl.running(), "the controller keeps running");
 }
+
+/// Sets (or with `None` removes) label `key` on the lab's devices.
+async fn label_devices(devices: &Api<EdgeDevice>, names: &[&str], key: &str, value: Option<&str>) {
+    for name in names {
+        devices
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"labels": {key: value}}})),
+            )
+            .await
+            .expect("an administrator labels the device");
+    }
+}
+
+/// A stalled deployment starves its devices (issue 12, attack 4): while a deployment is
+/// rolled back, and so stands still until its spec is fixed, a device that comes into its
+/// selector gets the last good revision at once, runs it and is counted, instead of
+/// running nothing from it.
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_rolled_back_deployment_never_starves_a_device() {
+    const LABEL: &str = "e2e-starve";
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_and_enrol(&client).await;
+    remove_every_deployment(&client).await;
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    label_devices(&devices, &DEVICES, LABEL, None).await;
+    label_devices(&devices, &["edge-1", "edge-3"], LABEL, Some("yes")).await;
+    let ns = fresh_namespace(&client, "e2e-starve").await;
+    let key = format!("{ns}/app");
+    let _ctrl = ControllerProcess::start(&controller_binary(), &lab, PORT + 1, &CONTROLLER_ARGS);
+    let _agents = RealAgents::install(&lab, &client, &DEVICES).await;
+    let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    let spec = json!({
+        "selector": {"matchLabels": {LABEL: "yes"}}, "modules": [{"name": "app"}],
+        "rollout": {"maxUnavailable": 1, "failureThreshold": 0, "onFailure": "Rollback"},
+    });
+    apply(&client, &ns, "EdgeModule", "app", module("v1")).await;
+    apply(&client, &ns, "EdgeDeployment", "app", spec).await;
+    let (_, v1) = follow(&devices, &deployments, &key, "", RolloutPhase::Complete, 1).await;
+    apply(&client, &ns, "EdgeModule", "app", broken_module("v2")).await;
+    let (_, v2) = follow(
+        &devices,
+        &deployments,
+        &key,
+        &v1.update_revision,
+        RolloutPhase::RolledBack,
+        1,
+    )
+    .await;
+    assert_eq!(v2.current_revision, v1.update_revision);
+
+    // edge-2 comes into the selector while the rollout stands still.
+    label_devices(&devices, &["edge-2"], LABEL, Some("yes")).await;
+    wait_for(
+        "edge-2 to run the good revision",
+        Duration::from_secs(90),
+        || async {
+            let l = look(&devices, &key).await;
+            let st = deployments
+                .get("app")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            (l.at["edge-2"].as_deref() == Some(v1.update_revision.as_str())
+                && l.running_version["edge-2"].as_deref() == Some("v1")
+                && st.targeted == 3)
+                .then_some(())
+                .ok_or(format!("targeted {}: {l:?}", st.targeted))
+        },
+    )
+    .await;
+    let st = rollout_status(&deployments).await;
+    assert_eq!(st.phase, RolloutPhase::RolledBack, "{st:?}");
+    label_devices(&devices, &DEVICES, LABEL, None).await;
+}
