@@ -2,6 +2,7 @@
 lint, render, the values schema, and the CRD chart against the generated CRDs.
 Run by `make chart-check` (part of `make lint`)."""
 
+import base64
 import pathlib
 import sys
 import unittest
@@ -60,7 +61,34 @@ class Controller(unittest.TestCase):
         self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
         self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
         self.assertEqual(len(self.kind(objs, "PodDisruptionBudget")), 1)
-        self.assertEqual(len(self.kind(objs, "Service")), 1)
+        self.assertEqual(len(self.kind(objs, "Service")), 2)
+
+    def test_admission_webhook(self):
+        objs = self.render()
+        (hook,) = self.kind(objs, "ValidatingWebhookConfiguration")
+        (w,) = hook["webhooks"]
+        self.assertEqual(w["clientConfig"]["service"]["name"], "edgefleet-controller-webhook")
+        self.assertEqual(w["clientConfig"]["service"]["path"], "/validate")
+        self.assertEqual(w["rules"][0]["resources"], ["edgedeployments", "edgemodules"])
+        self.assertEqual(w["failurePolicy"], "Ignore")
+        self.assertEqual(w["sideEffects"], "None")
+        # The configuration trusts the CA that signed the Secret's certificate, and the
+        # certificate names the Service.
+        (secret,) = self.kind(objs, "Secret")
+        ca = base64.b64decode(w["clientConfig"]["caBundle"])
+        self.assertEqual(base64.b64decode(secret["data"]["ca.crt"]), ca)
+        crt = base64.b64decode(secret["data"]["tls.crt"]).decode()
+        self.assertIn("BEGIN CERTIFICATE", crt)
+        (dep,) = self.kind(objs, "Deployment")
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        self.assertIn("--webhook-addr=0.0.0.0:9443", c["args"])
+        self.assertEqual(c["volumeMounts"][0]["mountPath"], "/etc/edgefleet/webhook")
+        # Off: none of it.
+        objs = self.render({"webhook": {"enabled": False}})
+        self.assertEqual(self.kind(objs, "ValidatingWebhookConfiguration"), [])
+        (dep,) = self.kind(objs, "Deployment")
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        self.assertFalse(any(a.startswith("--webhook") for a in c["args"]))
 
     def test_rbac_is_least_privilege(self):
         objs = self.render()
@@ -99,6 +127,7 @@ class Controller(unittest.TestCase):
             {"agent": {"paths": {"stateDir": "/a/{node}/{node}"}}},
             {"agent": {"server": "10.0.0.1:6443"}},
             {"bootstrap": {"enabled": "yes"}},
+            {"webhook": {"failurePolicy": "Sometimes"}},
         ]
         for values in bad:
             with self.subTest(values=values):

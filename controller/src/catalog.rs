@@ -242,6 +242,33 @@ pub fn problems(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<SpecProb
     out
 }
 
+/// A deployment's modules as devices get them (the EdgeModule's spec with the deployment's
+/// overrides), sorted by name; a module whose EdgeModule does not exist is left out.
+pub fn resolve_modules(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<ResolvedModule> {
+    let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
+    let deployment = key(namespace, d.metadata.name.as_deref().unwrap_or_default());
+    let mut resolved: Vec<ResolvedModule> = d
+        .spec
+        .modules
+        .iter()
+        .filter_map(|m| {
+            let mut spec = modules.module(namespace, m.module_name())?.clone();
+            if let Some(o) = &m.overrides {
+                apply_overrides(&mut spec, o);
+            }
+            Some(ResolvedModule {
+                name: m.name.clone(),
+                deployment: deployment.clone(),
+                module_ref: key(namespace, m.module_name()),
+                desired_status: m.desired_status,
+                spec,
+            })
+        })
+        .collect();
+    resolved.sort_by(|a, b| a.name.cmp(&b.name));
+    resolved
+}
+
 /// Compiles a deployment against the modules and grants as they are now.
 pub fn compile(
     d: &EdgeDeployment,
@@ -257,25 +284,7 @@ pub fn compile(
     };
     let contribution = match Selector::parse(&d.spec.selector) {
         Ok(selector) if problems.is_empty() => {
-            let mut resolved: Vec<ResolvedModule> = d
-                .spec
-                .modules
-                .iter()
-                .filter_map(|m| {
-                    let mut spec = modules.module(namespace, m.module_name())?.clone();
-                    if let Some(o) = &m.overrides {
-                        apply_overrides(&mut spec, o);
-                    }
-                    Some(ResolvedModule {
-                        name: m.name.clone(),
-                        deployment: key.clone(),
-                        module_ref: self::key(namespace, m.module_name()),
-                        desired_status: m.desired_status,
-                        spec,
-                    })
-                })
-                .collect();
-            resolved.sort_by(|a, b| a.name.cmp(&b.name));
+            let resolved = resolve_modules(d, modules);
             // What a device would refuse is never shipped: refused there, it would fail
             // every deployment on the device, other teams' too.
             let over: Vec<SpecProblem> = resolved

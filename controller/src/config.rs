@@ -45,6 +45,26 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
+    /// Where every replica serves the admission webhook (HTTPS); unset, it is not served.
+    #[arg(long, env = "EDGEFLEET_WEBHOOK_ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+
+    /// The webhook's certificate (PEM), the one its ValidatingWebhookConfiguration trusts.
+    #[arg(
+        long,
+        env = "EDGEFLEET_WEBHOOK_CERT",
+        default_value = "/etc/edgefleet/webhook/tls.crt"
+    )]
+    pub webhook_cert: std::path::PathBuf,
+
+    /// The webhook certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "EDGEFLEET_WEBHOOK_KEY",
+        default_value = "/etc/edgefleet/webhook/tls.key"
+    )]
+    pub webhook_key: std::path::PathBuf,
+
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,

@@ -143,6 +143,35 @@ pub fn admit(
     }
 }
 
+/// Whether some grant naming `namespace` lets module `m` run (its capabilities and image;
+/// which devices is the deployment's business): what admission asks of an EdgeModule.
+pub fn admit_module(
+    namespace: &str,
+    m: &ResolvedModule,
+    grants: &[Grant],
+) -> Result<(), GrantProblem> {
+    let naming: Vec<&Grant> = grants
+        .iter()
+        .filter(|g| g.names(namespace) && g.devices.is_some())
+        .collect();
+    if naming.is_empty() {
+        return Err(GrantProblem::NoGrant(namespace.to_owned()));
+    }
+    let refusals: Vec<String> = naming
+        .iter()
+        .map(|g| {
+            g.module_refusal(m)
+                .map(|why| format!("grant {}: {why}", g.name))
+        })
+        .collect::<Option<_>>()
+        .unwrap_or_default();
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(GrantProblem::NotGranted(refusals))
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;

@@ -2,6 +2,7 @@
 //! `presence`, `status_check`, `device_rbac`) carry most of the tests; the reconciles
 //! (`registry`, `device`, `deployment`, `module_status`) fetch, decide and apply.
 
+pub mod admission;
 pub mod apply;
 pub mod catalog;
 pub mod config;

@@ -29,7 +29,7 @@ use crate::context::{Cache, Context, Stores, Synced};
 use crate::http::{self, Health};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
-use crate::{csr_approval, deployment, device, module_status, registry, staging};
+use crate::{admission, csr_approval, deployment, device, module_status, registry, staging};
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -39,6 +39,8 @@ pub enum RunError {
     Http(std::net::SocketAddr, #[source] std::io::Error),
     #[error("lost leadership; stopping so that only one replica writes")]
     LostLeadership,
+    #[error(transparent)]
+    Admission(#[from] admission::AdmissionError),
 }
 
 const SHARED_BUFFER: usize = 1024;
@@ -54,6 +56,30 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let addr = config.http_addr;
     let listener = tokio::spawn(http::serve(addr, health));
+    // Every replica answers admission, leader or not; the webhook ends only on an error.
+    let webhook = {
+        let serving = config.webhook_addr.map(|a| {
+            admission::serve(
+                client.clone(),
+                a,
+                config.webhook_cert.clone(),
+                config.webhook_key.clone(),
+            )
+        });
+        let task = tokio::spawn(async move {
+            match serving {
+                Some(s) => s.await,
+                None => std::future::pending().await,
+            }
+        });
+        async move {
+            match task.await {
+                Ok(Err(e)) => e,
+                _ => std::future::pending().await,
+            }
+        }
+    };
+    tokio::pin!(webhook);
 
     let elector = config.leader_election.then(|| {
         Elector::new(
@@ -71,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             tokio::select! {
                 rx = e.lead() => Some(rx),
                 () = shutdown_signal() => return Ok(()),
+                e = &mut webhook => return Err(e.into()),
             }
         }
         None => None,
@@ -80,6 +107,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let controllers = controllers(client, config, metrics, ready_flag);
     let result = tokio::select! {
         () = controllers => Ok(()),
+        e = &mut webhook => Err(e.into()),
         r = listener => match r {
             Ok(Err(e)) => Err(RunError::Http(addr, e)),
             _ => Ok(()),

@@ -19,6 +19,9 @@ LAB_NET_PREFIX="10.77.0"
 LAB_NET_CIDR="$LAB_NET_PREFIX.0/24"
 CP_IP="$LAB_NET_PREFIX.1"
 CLOUD_IP="$LAB_NET_PREFIX.2"
+# Where a test serves an admission webhook on the host (127.0.0.1), for the apiserver to call
+# at the same address in its namespace (start_webhook_forwarder).
+WEBHOOK_PORT=18190
 SERVICE_CIDR="10.77.1.0/24"
 SERVICE_IP="10.77.1.1"
 API_PORT=6443

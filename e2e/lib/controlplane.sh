@@ -5,6 +5,7 @@
 
 CP_RUN="$RUN_DIR/control-plane"
 API_SOCK="$CP_RUN/apiserver.sock"
+WEBHOOK_SOCK="$CP_RUN/webhook.sock"
 
 start_etcd() {
   mkdir -p "$LAB_DIR/etcd"
@@ -22,6 +23,8 @@ start_etcd() {
 # the webhook and policy plugins, ...: see `kube-apiserver --help`).
 ADMISSION_PLUGINS=NodeRestriction
 
+# --enable-aggregator-routing: the lab has no kube-proxy, so the apiserver calls Services
+# (the chart's admission webhook) at their endpoints' addresses.
 start_apiserver() {
   start_daemon kube-apiserver "$CP_NS" "$LOG_DIR/kube-apiserver.log" "$CP_RUN/kube-apiserver.pid" \
     "$K8S_BIN_DIR/kube-apiserver" \
@@ -39,6 +42,7 @@ start_apiserver() {
     --service-account-issuer=https://kubernetes.default.svc \
     --api-audiences=https://kubernetes.default.svc \
     --authorization-mode=Node,RBAC \
+    --enable-aggregator-routing=true \
     --enable-admission-plugins="$ADMISSION_PLUGINS" \
     --allow-privileged=true \
     --service-cluster-ip-range="$SERVICE_CIDR" \
@@ -100,6 +104,21 @@ YAML
     --v=1
 }
 
+# The other way round, for admission webhooks a test serves on the host: the apiserver
+# calls https://127.0.0.1:$WEBHOOK_PORT in its namespace and reaches the host's
+# 127.0.0.1:$WEBHOOK_PORT, again over a unix socket and without a lab address for the host.
+start_webhook_forwarder() {
+  start_daemon webhook-forward-lab "$CP_NS" "$LOG_DIR/webhook-forward.log" "$CP_RUN/webhook-forward-lab.pid" \
+    socat "TCP-LISTEN:$WEBHOOK_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$WEBHOOK_SOCK"
+  if ! pidfile_alive "$CP_RUN/webhook-forward-host.pid"; then
+    mkdir -p "$CP_RUN"
+    printf -- '--- %s: starting webhook-forward-host\n' "$(date -Is)" >>"$LOG_DIR/webhook-forward.log"
+    setsid socat "UNIX-LISTEN:$WEBHOOK_SOCK,fork,unlink-early,mode=600" "TCP:127.0.0.1:$WEBHOOK_PORT" \
+      >>"$LOG_DIR/webhook-forward.log" 2>&1 </dev/null &
+    echo $! >"$CP_RUN/webhook-forward-host.pid"
+  fi
+}
+
 api_ready() {
   curl -sf --max-time 2 --cacert "$CA_CRT" --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" \
     "$HOST_SERVER/readyz" >/dev/null
@@ -112,17 +131,20 @@ start_control_plane() {
   start_etcd
   start_apiserver
   start_api_forwarder
+  start_webhook_forwarder
   wait_for "kube-apiserver to be ready" 60 api_ready ||
     die "kube-apiserver did not become ready in 60s (log: $LOG_DIR/kube-apiserver.log)"
   start_controller_manager
   start_scheduler
 }
 
-CP_COMPONENTS=(etcd kube-apiserver forward-lab forward-host kube-controller-manager kube-scheduler)
+CP_COMPONENTS=(etcd kube-apiserver forward-lab forward-host webhook-forward-lab webhook-forward-host
+  kube-controller-manager kube-scheduler)
 
 stop_control_plane() {
   local c
-  for c in kube-scheduler kube-controller-manager forward-host forward-lab kube-apiserver etcd; do
+  for c in kube-scheduler kube-controller-manager webhook-forward-host webhook-forward-lab \
+    forward-host forward-lab kube-apiserver etcd; do
     stop_pidfile "$CP_RUN/$c.pid"
   done
 }

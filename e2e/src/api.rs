@@ -306,6 +306,21 @@ impl Agent {
 /// Applies an edgefleet object (`kind` EdgeModule or EdgeDeployment) the way a user would:
 /// server-side apply under the field manager `e2e-user`.
 pub async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: serde_json::Value) {
+    try_apply(client, ns, kind, name, spec, false)
+        .await
+        .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
+}
+
+/// Server-side applies an edgefleet object as a team would (`dry_run`: as `kubectl apply
+/// --dry-run=server`, through admission but stored nowhere); the apiserver's refusal as text.
+pub async fn try_apply(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+    dry_run: bool,
+) -> Result<(), String> {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
     let obj = serde_json::json!({
         "apiVersion": "edgefleet.io/v1alpha1", "kind": kind,
@@ -313,11 +328,10 @@ pub async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: serd
     });
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("edgefleet.io", "v1alpha1", kind));
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-user").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
+    let mut params = PatchParams::apply("e2e-user").force();
+    params.dry_run = dry_run;
+    api.patch(name, &params, &Patch::Apply(&obj))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

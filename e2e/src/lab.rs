@@ -34,6 +34,9 @@ pub struct NodeInfo {
     /// The device's kubelet credential, reachable from the host shell: what a thief of the
     /// device holds (edge devices only).
     pub kubelet_kubeconfig: Option<PathBuf>,
+    /// The port a test serves an admission webhook on at 127.0.0.1: the apiserver reaches
+    /// it at the same address (the lab forwards it; lab-wide, the same for every node).
+    pub webhook_port: u16,
 }
 
 impl Lab {
@@ -129,6 +132,9 @@ impl Lab {
             kubeconfig: kv.get("kubeconfig").map(PathBuf::from),
             agent_kubeconfig: kv.get("agent_kubeconfig").map(PathBuf::from),
             kubelet_kubeconfig: kv.get("kubelet_kubeconfig").map(PathBuf::from),
+            webhook_port: field("webhook_port")
+                .parse()
+                .unwrap_or_else(|e| panic!("e2e/lab info {node}: webhook_port: {e}")),
         }
     }
 

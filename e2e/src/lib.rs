@@ -10,13 +10,15 @@ mod containerd;
 mod lab;
 mod process;
 mod wait;
+mod webhook;
 
 pub use agents::RealAgents;
 pub use api::{
     Agent, ENROLMENT_MANAGER, apply, enrol_lab_devices, fresh_namespace, grant, install_and_enrol,
-    remove_every_deployment, ungranted_namespace,
+    remove_every_deployment, try_apply, ungranted_namespace,
 };
 pub use containerd::Task;
 pub use lab::{Lab, NodeInfo, client_from};
 pub use process::{ControllerProcess, controller_binary};
 pub use wait::wait_for;
+pub use webhook::{WebhookCert, unregister_webhook};

@@ -6,8 +6,9 @@ use std::time::Duration;
 use edgefleet_crds::condition;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, TargetingOutcome};
 use edgefleet_e2e::{
-    ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace, grant,
-    install_and_enrol, remove_every_deployment, ungranted_namespace, wait_for,
+    ControllerProcess, Lab, RealAgents, WebhookCert, apply, controller_binary, fresh_namespace,
+    grant, install_and_enrol, remove_every_deployment, try_apply, ungranted_namespace,
+    unregister_webhook, wait_for,
 };
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::{Api, Client};
@@ -499,4 +500,98 @@ async fn a_team_cannot_fill_devices_past_their_budget() {
         .status
         .unwrap_or_default();
     assert_eq!((st.targeted, st.failed), (3, 0), "{st:?}");
+}
+
+/// The same attacks at the door: with the controller's admission webhook registered, the
+/// apiserver refuses to store what no grant allows (an outranking priority, a module
+/// asking for the host's network, one a device would refuse), with the grant's reason,
+/// and stores what a grant allows.
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn what_no_grant_allows_is_refused_at_admission() {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_and_enrol(&client).await;
+    let port = lab.info("edge-1").webhook_port;
+    let cert = WebhookCert::generate();
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "--leader-election",
+        "false",
+        "--webhook-addr",
+        &addr,
+        "--webhook-cert",
+        cert.cert.to_str().expect("path"),
+        "--webhook-key",
+        cert.key.to_str().expect("path"),
+    ];
+    let _ctrl = ControllerProcess::start(&controller_binary(), &lab, 18135, &args);
+    cert.register(&client, port).await;
+    let team = ungranted_namespace(&client, "e2e-tenant-door").await;
+    let ns = team.metadata.name.clone().expect("named");
+    grant(
+        &client,
+        &team,
+        json!({"devices": {}, "priority": {"min": 0, "max": 10}}),
+    )
+    .await;
+    looping_module(&client, &ns, "app", json!({})).await;
+    let takeover = json!({"selector": {}, "priority": 1000000, "modules": [{"name": "app"}]});
+    // Until its caches are in, the webhook answers 503 and the apiserver lets requests by.
+    let refused = wait_for("the webhook to refuse the takeover", WAIT, || async {
+        match try_apply(
+            &client,
+            &ns,
+            "EdgeDeployment",
+            "takeover",
+            takeover.clone(),
+            true,
+        )
+        .await
+        {
+            Err(e) => Ok(e),
+            Ok(()) => Err("admitted".to_owned()),
+        }
+    })
+    .await;
+    assert!(
+        refused.contains("priority 1000000 is outside 0..10"),
+        "{refused}"
+    );
+    let net = try_apply(
+        &client,
+        &ns,
+        "EdgeModule",
+        "netty",
+        json!({"image": BUSYBOX, "hostNetwork": true}),
+        false,
+    )
+    .await
+    .expect_err("hostNetwork is not granted");
+    assert!(net.contains("asks for hostNetwork"), "{net}");
+    let files: Vec<_> = (0..5)
+        .map(|i| json!({"name": format!("part-{i}.bin"), "content": "x".repeat(60 * 1024)}))
+        .collect();
+    let pill = try_apply(
+        &client,
+        &ns,
+        "EdgeModule",
+        "hoard",
+        json!({"image": BUSYBOX, "config": files}),
+        false,
+    )
+    .await
+    .expect_err("a device would refuse it");
+    assert!(pill.contains("can't run on a device"), "{pill}");
+    try_apply(
+        &client,
+        &ns,
+        "EdgeDeployment",
+        "within",
+        json!({"selector": {}, "priority": 5, "modules": [{"name": "app"}]}),
+        false,
+    )
+    .await
+    .expect("what the grant allows is stored");
+    unregister_webhook(&client).await;
 }

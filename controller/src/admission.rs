@@ -1,0 +1,384 @@
+//! Admission: the apiserver asks every replica (a validating webhook, `/validate`) before
+//! it stores an EdgeDeployment or an EdgeModule, and is refused what no EdgeGrant allows,
+//! with the words the deployment's Stalled condition would have. The judgement is the
+//! controller's own (`grant::admit`, `limits::check_module`), so admission and the
+//! controller never disagree; the controller still holds whatever gets past admission
+//! (created while the webhook was down, or before a grant was narrowed).
+//!
+//! What is refused:
+//! - an EdgeDeployment that no grant naming its namespace admits (priority, and the
+//!   capabilities and images of the modules it refers to that exist already);
+//! - an EdgeModule that a device would refuse (`limits`), or that no grant naming its
+//!   namespace lets run. A namespace no grant names may keep EdgeModules (they reach no
+//!   device), so that a team's repository can be applied before its grant.
+//!
+//! Every replica serves it, leader or not, from caches of its own (grants and modules).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use edgefleet_crds::{EdgeDeployment, EdgeGrant, EdgeModule, ResolvedModule, limits};
+use futures::StreamExt;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use thiserror::Error;
+
+use crate::catalog::{self, key};
+use crate::grant::{self, Grant, GrantProblem};
+
+/// The path the webhook is served at.
+pub const PATH: &str = "/validate";
+
+#[derive(Debug, Error)]
+pub enum AdmissionError {
+    #[error("cannot read the webhook's {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the webhook's certificate or key {0} is not usable: {1}")]
+    Tls(PathBuf, String),
+    #[error("cannot serve the webhook on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+}
+
+/// Why the apiserver should not store EdgeDeployment `d`; `None` when it may.
+pub fn deployment_refusal(
+    d: &EdgeDeployment,
+    modules: &impl catalog::ModuleLookup,
+    grants: &[Grant],
+) -> Option<String> {
+    let namespace = d.namespace().unwrap_or_default();
+    let resolved = catalog::resolve_modules(d, modules);
+    grant::admit(&namespace, d.spec.priority, &resolved, grants)
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// Why the apiserver should not store EdgeModule `m`; `None` when it may.
+pub fn module_refusal(m: &EdgeModule, grants: &[Grant]) -> Option<String> {
+    let namespace = m.namespace().unwrap_or_default();
+    if let Err(why) = limits::check_module(&m.spec) {
+        return Some(format!("it can't run on a device: {why}"));
+    }
+    let as_run = ResolvedModule {
+        name: m.name_any(),
+        deployment: String::new(),
+        module_ref: key(&namespace, &m.name_any()),
+        desired_status: Default::default(),
+        spec: m.spec.clone(),
+    };
+    match grant::admit_module(&namespace, &as_run, grants) {
+        Ok(()) | Err(GrantProblem::NoGrant(_)) => None,
+        Err(refused) => Some(refused.to_string()),
+    }
+}
+
+/// Answers one admission request, given the grants and a lookup of the modules of the
+/// request's namespace.
+pub fn answer(
+    req: &AdmissionRequest<DynamicObject>,
+    modules: &impl catalog::ModuleLookup,
+    grants: &[Grant],
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(req);
+    let Some(object) = &req.object else {
+        return response;
+    };
+    let value = serde_json::to_value(object).unwrap_or_default();
+    let refusal = match req.kind.kind.as_str() {
+        "EdgeDeployment" => match serde_json::from_value::<EdgeDeployment>(value) {
+            Ok(d) => deployment_refusal(&d, modules, grants),
+            Err(e) => Some(format!("not an EdgeDeployment: {e}")),
+        },
+        "EdgeModule" => match serde_json::from_value::<EdgeModule>(value) {
+            Ok(m) => module_refusal(&m, grants),
+            Err(e) => Some(format!("not an EdgeModule: {e}")),
+        },
+        _ => None,
+    };
+    match refusal {
+        Some(why) => response.deny(why),
+        None => response,
+    }
+}
+
+/// What the webhook reads: its own caches of grants and modules.
+#[derive(Clone)]
+struct Caches {
+    grants: Store<EdgeGrant>,
+    modules: Store<EdgeModule>,
+}
+
+impl Caches {
+    fn grants(&self) -> Vec<Grant> {
+        self.grants
+            .state()
+            .iter()
+            .map(|g| Grant::new(&g.name_any(), g.spec.clone()))
+            .collect()
+    }
+
+    /// The specs of `namespace`'s EdgeModules, by `namespace/name`.
+    fn modules_of(&self, namespace: &str) -> BTreeMap<String, edgefleet_crds::EdgeModuleSpec> {
+        self.modules
+            .state()
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(namespace))
+            .map(|m| (key(namespace, &m.name_any()), m.spec.clone()))
+            .collect()
+    }
+}
+
+async fn validate(
+    State(caches): State<Caches>,
+    axum::Json(review): axum::Json<AdmissionReview<DynamicObject>>,
+) -> Result<axum::Json<AdmissionReview<DynamicObject>>, (StatusCode, String)> {
+    let req: AdmissionRequest<DynamicObject> = review
+        .try_into()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let namespace = req.namespace.clone().unwrap_or_default();
+    let response = answer(&req, &caches.modules_of(&namespace), &caches.grants());
+    if !response.allowed {
+        tracing::info!(
+            kind = req.kind.kind,
+            namespace,
+            name = req.name,
+            reason = response.result.message,
+            "refused at admission"
+        );
+    }
+    Ok(axum::Json(response.into_review()))
+}
+
+/// A cache of every object of a kind, filled by a watch of its own.
+fn cache<K>(client: &Client) -> (Store<K>, impl std::future::Future<Output = ()> + use<K>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .for_each(|_| std::future::ready(()));
+    (reader, stream)
+}
+
+fn tls_config(cert: &Path, key_path: &Path) -> Result<rustls::ServerConfig, AdmissionError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|source| AdmissionError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let certs = CertificateDer::pem_slice_iter(&read("certificate", cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AdmissionError::Tls(cert.to_path_buf(), e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read("key", key_path)?)
+        .map_err(|e| AdmissionError::Tls(key_path.to_path_buf(), e.to_string()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AdmissionError::Tls(cert.to_path_buf(), e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| AdmissionError::Tls(cert.to_path_buf(), e.to_string()))
+}
+
+/// Serves the webhook over TLS on `addr` until the process ends. Answers 503 (the
+/// apiserver then applies the webhook's failurePolicy) until its caches have synced.
+pub async fn serve(
+    client: Client,
+    addr: SocketAddr,
+    cert: PathBuf,
+    key_path: PathBuf,
+) -> Result<(), AdmissionError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&cert, &key_path)?));
+    let (grants, watch_grants) = cache::<EdgeGrant>(&client);
+    let (modules, watch_modules) = cache::<EdgeModule>(&client);
+    tokio::spawn(watch_grants);
+    tokio::spawn(watch_modules);
+    let caches = Caches { grants, modules };
+    let synced = {
+        let c = caches.clone();
+        async move {
+            let _ = c.grants.wait_until_ready().await;
+            let _ = c.modules.wait_until_ready().await;
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| AdmissionError::Bind(addr, e))?;
+    let ready = Arc::new(tokio::sync::OnceCell::new());
+    {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            synced.await;
+            let _ = ready.set(());
+            tracing::info!(%addr, "admission webhook ready");
+        });
+    }
+    let app = Router::new()
+        .route(PATH, post(validate))
+        .with_state(caches)
+        .layer(axum::middleware::from_fn(
+            move |req, next: axum::middleware::Next| {
+                let ready = ready.initialized();
+                async move {
+                    if ready {
+                        next.run(req).await
+                    } else {
+                        axum::response::IntoResponse::into_response((
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "caches not synced",
+                        ))
+                    }
+                }
+            },
+        ));
+    tracing::info!(%addr, path = PATH, "serving the admission webhook");
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::fixtures::{deployment, modules};
+    use crate::grant::fixtures::grant;
+
+    fn module(ns: &str, name: &str, spec: &str) -> EdgeModule {
+        serde_yaml::from_str(&format!(
+            "apiVersion: edgefleet.io/v1alpha1\nkind: EdgeModule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}"
+        ))
+        .expect("module")
+    }
+
+    /// The refusals say what the controller's Stalled condition would.
+    #[test]
+    fn a_deployment_outside_its_grants_is_refused() {
+        let grants = [grant(
+            "team-a",
+            "{namespaces: [team-a], devices: {}, priority: {min: 0, max: 10}}",
+        )];
+        let lib = modules(&[
+            ("team-a/app", "image: app:1"),
+            ("team-a/net", "image: app:1\nhostNetwork: true"),
+        ]);
+        let d = |ns: &str, priority: i32, module: &str| {
+            deployment(&format!(
+                "metadata: {{name: d, namespace: {ns}}}\nspec:\n  priority: {priority}\n  selector: {{}}\n  modules: [{{name: {module}}}]"
+            ))
+        };
+        assert_eq!(
+            deployment_refusal(&d("team-a", 5, "app"), &lib, &grants),
+            None
+        );
+        let cases = [
+            (
+                d("team-a", 1000000, "app"),
+                "priority 1000000 is outside 0..10",
+            ),
+            (d("team-a", 0, "net"), "asks for hostNetwork"),
+            (
+                d("team-b", 0, "app"),
+                "no EdgeGrant names namespace \"team-b\"",
+            ),
+        ];
+        for (dep, why) in cases {
+            let refusal = deployment_refusal(&dep, &lib, &grants).expect(why);
+            assert!(refusal.contains(why), "{refusal}");
+        }
+        // A module not there yet is judged when it comes (GitOps applies in any order).
+        assert_eq!(
+            deployment_refusal(&d("team-a", 0, "later"), &lib, &grants),
+            None
+        );
+    }
+
+    #[test]
+    fn a_module_no_grant_lets_run_is_refused() {
+        let grants = [
+            grant("plain", "{namespaces: [team-a], devices: {}}"),
+            grant(
+                "net",
+                "{namespaces: [team-b], devices: {}, hostNetwork: true}",
+            ),
+        ];
+        let net = "{image: app:1, hostNetwork: true}";
+        let refusal = module_refusal(&module("team-a", "m", net), &grants).expect("refused");
+        assert!(
+            refusal.contains("grant plain: module \"m\" asks for hostNetwork"),
+            "{refusal}"
+        );
+        assert_eq!(module_refusal(&module("team-b", "m", net), &grants), None);
+        // Ungranted namespaces may keep modules: they reach no device.
+        assert_eq!(module_refusal(&module("team-c", "m", net), &grants), None);
+        // What a device would refuse, never.
+        let escape = "{image: app:1, devices: [{hostPath: /dev/../etc/shadow}]}";
+        let refusal = module_refusal(&module("team-c", "m", escape), &grants).expect("refused");
+        assert!(refusal.contains("not under /dev"), "{refusal}");
+    }
+
+    #[test]
+    fn an_admission_review_is_answered_by_kind() {
+        let grants = [grant("plain", "{namespaces: [team-a], devices: {}}")];
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "0d3c", "operation": "CREATE", "namespace": "team-a", "name": "m",
+                "kind": {"group": "edgefleet.io", "version": "v1alpha1", "kind": "EdgeModule"},
+                "resource": {"group": "edgefleet.io", "version": "v1alpha1", "resource": "edgemodules"},
+                "userInfo": {"username": "alice"},
+                "object": {"apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeModule",
+                           "metadata": {"name": "m", "namespace": "team-a"},
+                           "spec": {"image": "app:1", "hostNetwork": true}},
+            }
+        }))
+        .expect("review");
+        let req: AdmissionRequest<DynamicObject> = review.try_into().expect("request");
+        let none = BTreeMap::new();
+        let response = answer(&req, &none, &grants);
+        assert!(!response.allowed);
+        assert!(response.result.message.contains("asks for hostNetwork"));
+        assert!(
+            answer(&req, &none, &[]).allowed,
+            "no grant: a module may wait for one"
+        );
+    }
+}
