@@ -393,7 +393,22 @@ async fn another_team_cannot_replace_our_module_by_its_name() {
     .await;
 
     let mirror = "filter-edge-2";
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
     wait_for("both teams' filter to run on edge-2", WAIT, || async {
+        // Both in the state edge-2 applied, not only both running for a moment while the
+        // agent replaces one with the other.
+        let dev = devices.get("edge-2").await.map_err(|e| e.to_string())?;
+        let desired = dev.spec.desired.unwrap_or_default();
+        let applied = dev.status.and_then(|s| s.applied_revision);
+        let owners: Vec<&str> = desired
+            .modules
+            .iter()
+            .filter(|m| m.name == "filter")
+            .map(|m| m.deployment.as_str())
+            .collect();
+        if owners.len() != 2 || applied.as_deref() != Some(desired.revision.as_str()) {
+            return Err(format!("filter from {owners:?}, applied {applied:?}"));
+        }
         for ns in [&ours, &theirs] {
             let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
             let phase = pods
