@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
+use serde::Deserialize;
+
 use edgefleet_controller::catalog::{CompiledDeployment, compile};
 use edgefleet_controller::grant::Grant;
-use edgefleet_controller::targeting::resolve;
-use edgefleet_crds::{EdgeDeployment, EdgeModuleSpec};
+use edgefleet_controller::targeting::{Staging, resolve, resolve_staged};
+use edgefleet_crds::{EdgeDeployment, EdgeGrant, EdgeModule, EdgeModuleSpec, limits};
 
 const DEVICES: usize = 10_000;
 const DEPLOYMENTS: usize = 100;
@@ -86,7 +88,75 @@ fn device_labels() -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
+/// The objects of one of `examples/`'s files, of one kind, in the examples' namespace.
+fn example<K: serde::de::DeserializeOwned + kube::Resource<DynamicType = ()>>(
+    file: &str,
+) -> Vec<K> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("examples");
+    serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some(K::kind(&()).as_ref()))
+        .map(|v| {
+            let mut k: K = serde_yaml::from_value(v).expect("an example object");
+            k.meta_mut().namespace = Some("fleet-demo".to_owned());
+            k
+        })
+        .collect()
+}
+
+/// What one device's desired state costs with the examples (`examples/`, as `make demo`
+/// applies them), per device and for 10,000 such devices: the bytes each EdgeDevice holds
+/// in etcd and in the controller's cache for its modules. Devices sit at the current
+/// revision of every staged deployment, as after a rollout.
+fn example_bytes() {
+    let specs: BTreeMap<String, EdgeModuleSpec> = example::<EdgeModule>("modules.yaml")
+        .into_iter()
+        .map(|m| {
+            (
+                format!("fleet-demo/{}", m.metadata.name.unwrap_or_default()),
+                m.spec,
+            )
+        })
+        .collect();
+    let grants: Vec<Grant> = example::<EdgeGrant>("platform/grant.yaml")
+        .into_iter()
+        .map(|g| Grant::new(g.metadata.name.as_deref().unwrap_or_default(), g.spec))
+        .collect();
+    let catalog: Vec<CompiledDeployment> =
+        ["base.yaml", "site-berlin.yaml", "hardware-jetson.yaml"]
+            .iter()
+            .flat_map(|f| example::<EdgeDeployment>(f))
+            .map(|d| compile(&d, &specs, &grants))
+            .collect();
+    let moved_to: BTreeMap<String, String> = catalog
+        .iter()
+        .map(|d| (d.key.clone(), d.revision.clone()))
+        .collect();
+    let staging = Staging {
+        moved_to: &moved_to,
+        snapshots: &(),
+    };
+    for (site, hardware) in [("munich", "rpi4"), ("berlin", "nuc"), ("berlin", "jetson")] {
+        let labels = BTreeMap::from([
+            ("site".to_owned(), site.to_owned()),
+            ("hardware".to_owned(), hardware.to_owned()),
+        ]);
+        let desired = resolve_staged(&labels, &catalog, None, &staging);
+        let bytes = serde_json::to_vec(&desired).map_or(0, |v| v.len());
+        println!(
+            "bench resolve: the examples on a {site}/{hardware} device: {} modules, {bytes} bytes of desired state ({:.1} MiB for 10,000 such devices; the budget is {} KiB a device)",
+            desired.modules.len(),
+            bytes as f64 * 10_000.0 / (1024.0 * 1024.0),
+            limits::MAX_DEVICE_DESIRED_BYTES / 1024
+        );
+    }
+}
+
 fn main() {
+    example_bytes();
     let specs = modules();
     let deps = deployments();
     let labels = device_labels();
@@ -135,5 +205,14 @@ fn main() {
         "bench resolve: {:.1} us per device, {:.1} modules per device on average",
         median.as_secs_f64() * 1e6 / DEVICES as f64,
         modules_total as f64 / DEVICES as f64
+    );
+    let bytes: usize = labels
+        .iter()
+        .map(|l| serde_json::to_vec(&resolve(l, &catalog, None)).map_or(0, |v| v.len()))
+        .sum();
+    println!(
+        "bench resolve: desired state {:.0} bytes per device on average, {:.1} MiB for the {DEVICES}",
+        bytes as f64 / DEVICES as f64,
+        bytes as f64 / (1024.0 * 1024.0)
     );
 }

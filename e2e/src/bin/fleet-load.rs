@@ -52,6 +52,9 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         count: usize,
     },
+    /// Print what the simulated devices' EdgeDevices weigh per device, whole and their
+    /// desired state, as JSON (how etcd stores custom resources).
+    Bytes,
     /// Remove everything `up` and `csr-flood` created.
     Down,
 }
@@ -261,35 +264,63 @@ async fn up(client: Client, devices: usize, deployments: usize, concurrency: usi
     failed
 }
 
+/// Calls `f` with every simulated device, listed in pages of 2,000; false when a page
+/// could not be listed.
+async fn each_device(api: &Api<EdgeDevice>, mut f: impl FnMut(&EdgeDevice)) -> bool {
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default()
+            .labels(&format!("{LOAD_LABEL}=true"))
+            .limit(2000);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let Ok(page) = api.list(&lp).await else {
+            return false;
+        };
+        page.items.iter().for_each(&mut f);
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            return true;
+        }
+    }
+}
+
+async fn bytes(client: Client) -> bool {
+    let api: Api<EdgeDevice> = Api::all(client);
+    let (mut devices, mut whole, mut desired) = (0usize, 0usize, 0usize);
+    let listed = each_device(&api, |d| {
+        devices += 1;
+        whole += serde_json::to_vec(d).map_or(0, |v| v.len());
+        desired += serde_json::to_vec(&d.spec.desired).map_or(0, |v| v.len());
+    })
+    .await;
+    if !listed || devices == 0 {
+        return false;
+    }
+    println!(
+        "fleet-load: an EdgeDevice weighs {} bytes on average ({} of them its desired state), over {devices} devices",
+        whole / devices,
+        desired / devices
+    );
+    true
+}
+
 async fn wait(client: Client, devices: usize, timeout: Duration) -> bool {
     let api: Api<EdgeDevice> = Api::all(client);
     let start = Instant::now();
     while start.elapsed() < timeout {
         let mut ready = 0;
-        let mut token: Option<String> = None;
-        loop {
-            let mut lp = ListParams::default()
-                .labels(&format!("{LOAD_LABEL}=true"))
-                .limit(2000);
-            if let Some(t) = &token {
-                lp = lp.continue_token(t);
+        each_device(&api, |d| {
+            if d.spec
+                .desired
+                .as_ref()
+                .is_some_and(|d| !d.modules.is_empty())
+            {
+                ready += 1;
             }
-            let Ok(page) = api.list(&lp).await else { break };
-            ready += page
-                .items
-                .iter()
-                .filter(|d| {
-                    d.spec
-                        .desired
-                        .as_ref()
-                        .is_some_and(|d| !d.modules.is_empty())
-                })
-                .count();
-            token = page.metadata.continue_.filter(|t| !t.is_empty());
-            if token.is_none() {
-                break;
-            }
-        }
+        })
+        .await;
         eprintln!(
             "fleet-load: {ready}/{devices} devices have their desired state ({:.0}s)",
             start.elapsed().as_secs_f64()
@@ -382,6 +413,12 @@ async fn main() -> ExitCode {
         }
         Cmd::CsrFlood { count } => {
             if csr_flood(client, count, concurrency).await > 0 {
+                return ExitCode::FAILURE;
+            }
+        }
+        Cmd::Bytes => {
+            if !bytes(client).await {
+                eprintln!("fleet-load: no simulated device could be listed");
                 return ExitCode::FAILURE;
             }
         }
