@@ -175,7 +175,7 @@ async fn modules_run_where_targeted_and_report_health() {
         &[
             "cat",
             &format!(
-                "{}/agent-state/config/beat/beat.conf",
+                "{}/agent-state/config/{ns}/beat/beat.conf",
                 s.lab.info("edge-1").node_dir.display()
             ),
         ],
