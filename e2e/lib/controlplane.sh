@@ -50,18 +50,36 @@ start_apiserver() {
     --v=1
 }
 
-# The host end listens on 127.0.0.1 only; the lab end connects to the apiserver inside the
-# control plane's namespace. A unix socket crosses between the two namespaces.
-start_api_forwarder() {
-  start_daemon api-forward-lab "$CP_NS" "$LOG_DIR/api-forward.log" "$CP_RUN/forward-lab.pid" \
-    socat "UNIX-LISTEN:$API_SOCK,fork,unlink-early,mode=600" "TCP:127.0.0.1:$API_PORT"
-  if ! pidfile_alive "$CP_RUN/forward-host.pid"; then
+# start_socat_pair NAME LAB_FROM LAB_TO HOST_FROM HOST_TO: a socat in the control plane's
+# namespace and one on the host (pid files $CP_RUN/NAME-lab.pid and NAME-host.pid, log
+# $LOG_DIR/NAME.log), joined by a unix socket, which crosses between namespaces where no
+# address does.
+start_socat_pair() {
+  local name=$1 log="$LOG_DIR/$1.log"
+  start_daemon "$name-lab" "$CP_NS" "$log" "$CP_RUN/$name-lab.pid" socat "$2" "$3"
+  if ! pidfile_alive "$CP_RUN/$name-host.pid"; then
     mkdir -p "$CP_RUN"
-    printf -- '--- %s: starting api-forward-host\n' "$(date -Is)" >>"$LOG_DIR/api-forward.log"
-    setsid socat "TCP-LISTEN:$HOST_API_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$API_SOCK" \
-      >>"$LOG_DIR/api-forward.log" 2>&1 </dev/null &
-    echo $! >"$CP_RUN/forward-host.pid"
+    printf -- '--- %s: starting %s-host\n' "$(date -Is)" "$name" >>"$log"
+    setsid socat "$4" "$5" >>"$log" 2>&1 </dev/null &
+    echo $! >"$CP_RUN/$name-host.pid"
   fi
+}
+
+# The host end listens on 127.0.0.1 only; the lab end connects to the apiserver inside the
+# control plane's namespace.
+start_api_forwarder() {
+  start_socat_pair forward \
+    "UNIX-LISTEN:$API_SOCK,fork,unlink-early,mode=600" "TCP:127.0.0.1:$API_PORT" \
+    "TCP-LISTEN:$HOST_API_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$API_SOCK"
+}
+
+# The other way round, for admission webhooks a test serves on the host: the apiserver
+# calls https://127.0.0.1:$WEBHOOK_PORT in its namespace and reaches the host's
+# 127.0.0.1:$WEBHOOK_PORT, without a lab address for the host.
+start_webhook_forwarder() {
+  start_socat_pair webhook-forward \
+    "TCP-LISTEN:$WEBHOOK_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$WEBHOOK_SOCK" \
+    "UNIX-LISTEN:$WEBHOOK_SOCK,fork,unlink-early,mode=600" "TCP:127.0.0.1:$WEBHOOK_PORT"
 }
 
 start_controller_manager() {
@@ -102,21 +120,6 @@ YAML
     --authorization-kubeconfig="$KUBE_DIR/scheduler.kubeconfig" \
     --bind-address=127.0.0.1 \
     --v=1
-}
-
-# The other way round, for admission webhooks a test serves on the host: the apiserver
-# calls https://127.0.0.1:$WEBHOOK_PORT in its namespace and reaches the host's
-# 127.0.0.1:$WEBHOOK_PORT, again over a unix socket and without a lab address for the host.
-start_webhook_forwarder() {
-  start_daemon webhook-forward-lab "$CP_NS" "$LOG_DIR/webhook-forward.log" "$CP_RUN/webhook-forward-lab.pid" \
-    socat "TCP-LISTEN:$WEBHOOK_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$WEBHOOK_SOCK"
-  if ! pidfile_alive "$CP_RUN/webhook-forward-host.pid"; then
-    mkdir -p "$CP_RUN"
-    printf -- '--- %s: starting webhook-forward-host\n' "$(date -Is)" >>"$LOG_DIR/webhook-forward.log"
-    setsid socat "UNIX-LISTEN:$WEBHOOK_SOCK,fork,unlink-early,mode=600" "TCP:127.0.0.1:$WEBHOOK_PORT" \
-      >>"$LOG_DIR/webhook-forward.log" 2>&1 </dev/null &
-    echo $! >"$CP_RUN/webhook-forward-host.pid"
-  fi
 }
 
 api_ready() {

@@ -47,6 +47,44 @@ async fn wait_stalled(client: &Client, ns: &str, name: &str, reason: &str, says:
     .await;
 }
 
+/// Applies layered deployment `ns/name` running `module` on every device, and waits until
+/// it is held for `reason` with a message containing `says`.
+async fn layer_held(client: &Client, ns: &str, name: &str, module: &str, reason: &str, says: &str) {
+    apply(
+        client,
+        ns,
+        "EdgeDeployment",
+        name,
+        json!({"selector": {}, "layered": true, "modules": [{"name": module}]}),
+    )
+    .await;
+    wait_stalled(client, ns, name, reason, says).await;
+}
+
+/// For each device, the deployments its desired modules come from.
+async fn desired_from(client: &Client) -> Result<Vec<Vec<String>>, String> {
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let mut seen = Vec::new();
+    for d in DEVICES {
+        let dev = devices.get(d).await.map_err(|e| e.to_string())?;
+        let modules = dev.spec.desired.map(|s| s.modules).unwrap_or_default();
+        seen.push(modules.into_iter().map(|m| m.deployment).collect());
+    }
+    Ok(seen)
+}
+
+/// Deployment `ns/base`'s (targeted, failed) counts.
+async fn base_counts(client: &Client, ns: &str) -> (u32, u32) {
+    let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), ns);
+    let st = api
+        .get("base")
+        .await
+        .expect("base")
+        .status
+        .unwrap_or_default();
+    (st.targeted, st.failed)
+}
+
 /// The lab's admin client on a fleet nobody targets, with a controller of its own on
 /// `port` (stopped when dropped).
 async fn fleet_with_controller(port: u16) -> (Lab, Client, ControllerProcess) {
@@ -313,54 +351,29 @@ async fn one_teams_oversized_module_never_reaches_a_device() {
         .map(|i| json!({"name": format!("part-{i}.bin"), "content": "x".repeat(60 * 1024)}))
         .collect();
     looping_module(&client, &pill_ns, "hoard", json!({"config": files})).await;
-    apply(
-        &client,
-        &pill_ns,
-        "EdgeDeployment",
-        "pill",
-        json!({"selector": {}, "layered": true, "modules": [{"name": "hoard"}]}),
-    )
-    .await;
-    wait_stalled(
+    layer_held(
         &client,
         &pill_ns,
         "pill",
+        "hoard",
         "ModuleOverLimit",
         "more than 262144",
     )
     .await;
-    let base = format!("{base_ns}/base");
-    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    let base = vec![format!("{base_ns}/base")];
     wait_for(
         "every device to have base and nothing of pill",
         WAIT,
         || async {
-            let mut seen = Vec::new();
-            for d in DEVICES {
-                let dev = devices.get(d).await.map_err(|e| e.to_string())?;
-                let modules = dev.spec.desired.map(|s| s.modules).unwrap_or_default();
-                seen.push(
-                    modules
-                        .iter()
-                        .map(|m| m.deployment.clone())
-                        .collect::<Vec<_>>(),
-                );
-            }
+            let seen = desired_from(&client).await?;
             seen.iter()
-                .all(|m| m == std::slice::from_ref(&base))
+                .all(|m| *m == base)
                 .then_some(())
                 .ok_or(format!("{seen:?}"))
         },
     )
     .await;
-    let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), &base_ns);
-    let st = api
-        .get("base")
-        .await
-        .expect("base")
-        .status
-        .unwrap_or_default();
-    assert_eq!((st.targeted, st.failed), (3, 0), "{st:?}");
+    assert_eq!(base_counts(&client, &base_ns).await, (3, 0));
 }
 
 /// Hijacking by name: another team, granted a higher priority, layers a module named like
@@ -474,47 +487,21 @@ async fn a_team_cannot_fill_devices_past_their_budget() {
     )
     .await;
     looping_module(&client, &filler, "more", json!({"config": files})).await;
-    apply(
-        &client,
-        &filler,
-        "EdgeDeployment",
-        "fill",
-        json!({"selector": {}, "layered": true, "modules": [{"name": "more"}]}),
-    )
-    .await;
-    wait_stalled(
+    layer_held(
         &client,
         &filler,
         "fill",
+        "more",
         "OverDeviceBudget",
         "more than a device's 524288",
     )
     .await;
     let base = format!("{owner}/base");
-    let devices: Api<EdgeDevice> = Api::all(client.clone());
-    for d in DEVICES {
-        let desired = devices
-            .get(d)
-            .await
-            .expect("device")
-            .spec
-            .desired
-            .unwrap_or_default();
-        let from: Vec<&str> = desired
-            .modules
-            .iter()
-            .map(|m| m.deployment.as_str())
-            .collect();
-        assert_eq!(from, [base.as_str(), base.as_str()], "{d}");
-    }
-    let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), &owner);
-    let st = api
-        .get("base")
-        .await
-        .expect("base")
-        .status
-        .unwrap_or_default();
-    assert_eq!((st.targeted, st.failed), (3, 0), "{st:?}");
+    assert_eq!(
+        desired_from(&client).await.expect("devices"),
+        vec![vec![base.clone(), base]; 3]
+    );
+    assert_eq!(base_counts(&client, &owner).await, (3, 0));
 }
 
 /// The same attacks at the door: with the controller's admission webhook registered, the
