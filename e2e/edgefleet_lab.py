@@ -57,14 +57,15 @@ def kubectl_json(*args: str) -> dict:
 
 
 def wait_for(what: str, check, timeout: float = 120, progress=None):
-    """Polls `check` until it returns something true; fails with what it saw last.
+    """Polls `check` until it returns something true; fails with what it saw last. A
+    check may return (or raise) an AssertionError to say what it saw: that is not done.
     `progress`, if given, turns the last result into a line shown while waiting."""
     start, last, shown = time.monotonic(), None, 0.0
     tty = sys.stderr.isatty()
     while time.monotonic() - start < timeout:
         try:
             last = check()
-            if last:
+            if last and not isinstance(last, AssertionError):
                 if tty and progress:
                     print(file=sys.stderr)
                 print(f"{what}: after {time.monotonic() - start:.1f}s", file=sys.stderr)
