@@ -170,6 +170,7 @@ class LabInstall(unittest.TestCase):
         kubectl("apply", "--server-side", "-k", str(EXAMPLES))
         self.assert_no_drift()
         self.assertTrue(all_ready())
+        self.assert_the_webhook_refuses_what_no_grant_allows()
 
         # Upgrade: a changed setting rolls out.
         cfg.upgrade(
@@ -205,6 +206,21 @@ class LabInstall(unittest.TestCase):
         cfg.uninstall("edgefleet-crds", timeout=120)
         for crd in CRDS:
             kubectl("get", "crd", crd)
+
+    def assert_the_webhook_refuses_what_no_grant_allows(self):
+        """The chart's admission webhook, reached through its Service: fleet-demo's grant
+        allows the host's network but no host device, so the apiserver refuses a module
+        asking for one, with the grant's reason."""
+        module = json.dumps({"apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeModule",
+                             "metadata": {"name": "serial", "namespace": "fleet-demo"},
+                             "spec": {"image": "localhost/edgefleet/sensor:v1", "devices": [{"hostPath": "/dev/ttyS0"}]}})
+
+        def refused():
+            out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, "apply", "--dry-run=server", "-f", "-"],
+                                 input=module, capture_output=True, text=True)
+            return out.stderr if out.returncode != 0 else AssertionError(f"admitted: {out.stdout.strip()}")
+        why = wait_for("the chart's webhook to refuse a host device", refused, timeout=60)
+        self.assertIn("grant fleet-demo: module \"serial\" asks for host devices", why)
 
     def assert_a_second_pem_block_cannot_smuggle_another_identity(self, token: str, own: str, other: str):
         """Edge-1's bootstrap pod sends a request whose first block, badly closed, names its
