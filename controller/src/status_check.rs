@@ -75,7 +75,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "module \"/a\" is reported more than once",
+                "module \"a\" is reported more than once",
                 "appliedRevision \"lol\" is not a revision",
                 "modulesReady \"5/2\" is not ready/total",
             ]
@@ -98,7 +98,7 @@ mod tests {
         ));
         assert_eq!(
             problems(&claimed, Some(&desired)),
-            ["module \"/old\" is reported but not desired"]
+            ["module \"old\" is reported but not desired"]
         );
     }
 

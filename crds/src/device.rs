@@ -233,9 +233,14 @@ pub struct ModuleStatus {
 }
 
 impl ModuleStatus {
-    /// The module's identity on the device, see [`module_key`].
+    /// The module's identity on the device, see [`module_key`]; its name alone from an
+    /// agent older than module namespaces, which reports none (its names were unique).
     pub fn key(&self) -> String {
-        module_key(&self.namespace, &self.name)
+        if self.namespace.is_empty() {
+            self.name.clone()
+        } else {
+            module_key(&self.namespace, &self.name)
+        }
     }
 }
 
