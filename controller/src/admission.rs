@@ -27,7 +27,7 @@ use edgefleet_crds::{EdgeDeployment, EdgeGrant, EdgeModule, ResolvedModule, limi
 use futures::StreamExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
@@ -130,13 +130,34 @@ impl Caches {
             .collect()
     }
 
-    /// The specs of `namespace`'s EdgeModules, by `namespace/name`.
-    fn modules_of(&self, namespace: &str) -> BTreeMap<String, edgefleet_crds::EdgeModuleSpec> {
-        self.modules
-            .state()
-            .iter()
-            .filter(|m| m.namespace().as_deref() == Some(namespace))
-            .map(|m| (key(namespace, &m.name_any()), m.spec.clone()))
+    /// The specs of the EdgeModules the request refers to (a deployment's modules, by
+    /// `namespace/name`), looked up one by one: never a walk over every team's modules.
+    fn modules_for(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+    ) -> BTreeMap<String, edgefleet_crds::EdgeModuleSpec> {
+        let namespace = req.namespace.clone().unwrap_or_default();
+        let referenced: Vec<String> = req
+            .object
+            .as_ref()
+            .and_then(|o| serde_json::to_value(o).ok())
+            .and_then(|v| serde_json::from_value::<EdgeDeployment>(v).ok())
+            .map(|d| {
+                d.spec
+                    .modules
+                    .iter()
+                    .map(|m| m.module_name().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        referenced
+            .into_iter()
+            .filter_map(|name| {
+                let m = self
+                    .modules
+                    .get(&ObjectRef::new(&name).within(&namespace))?;
+                Some((key(&namespace, &name), m.spec.clone()))
+            })
             .collect()
     }
 }
@@ -149,7 +170,7 @@ async fn validate(
         .try_into()
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}")))?;
     let namespace = req.namespace.clone().unwrap_or_default();
-    let response = answer(&req, &caches.modules_of(&namespace), &caches.grants());
+    let response = answer(&req, &caches.modules_for(&req), &caches.grants());
     if !response.allowed {
         tracing::info!(
             kind = req.kind.kind,

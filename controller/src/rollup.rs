@@ -517,6 +517,21 @@ mod tests {
         )
     }
 
+    /// Device "d1", online, with this desired state and no report yet.
+    fn unreported<'a>(
+        labels: &'a BTreeMap<String, String>,
+        desired: &'a DesiredState,
+    ) -> DeviceView<'a> {
+        DeviceView {
+            name: "d1",
+            labels,
+            desired: Some(desired),
+            status: None,
+            online: true,
+            moved_to: labels,
+        }
+    }
+
     const RUNNING: &str = "appliedRevision: REV\nmodules: [{name: a, runtimeStatus: running}, {name: b, runtimeStatus: running}]";
 
     #[test]
@@ -757,14 +772,7 @@ mod tests {
         );
         let labels = BTreeMap::new();
         let desired = resolve(&labels, &[winner.clone(), loser.clone()], None);
-        let view = DeviceView {
-            name: "d1",
-            labels: &labels,
-            desired: Some(&desired),
-            status: None,
-            online: true,
-            moved_to: &labels,
-        };
+        let view = unreported(&labels, &desired);
         let r = rollup(&loser, std::iter::once(view), Timestamp::now());
         assert_eq!((r.lost, r.targeted), (1, 0));
         assert_eq!(r.tied_with.iter().collect::<Vec<_>>(), ["ns/a-first"]);
@@ -812,14 +820,7 @@ mod tests {
         );
         let labels = BTreeMap::new();
         let desired = resolve(&labels, &[winner, loser.clone()], None);
-        let view = DeviceView {
-            name: "d1",
-            labels: &labels,
-            desired: Some(&desired),
-            status: None,
-            online: true,
-            moved_to: &labels,
-        };
+        let view = unreported(&labels, &desired);
         let r = rollup(&loser, std::iter::once(view), Timestamp::now());
         assert_eq!(
             r.outranked_by.iter().collect::<Vec<_>>(),
