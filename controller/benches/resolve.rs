@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use edgefleet_controller::catalog::{CompiledDeployment, compile};
-use edgefleet_controller::grant::Grant;
-use edgefleet_controller::targeting::{Staging, resolve, resolve_staged};
+use edgefleet_controller::decide::catalog::{CompiledDeployment, compile};
+use edgefleet_controller::decide::grant::Grant;
+use edgefleet_controller::decide::targeting::{Staging, resolve, resolve_staged};
 use edgefleet_crds::{EdgeDeployment, EdgeGrant, EdgeModule, EdgeModuleSpec, limits};
 
 const DEVICES: usize = 10_000;

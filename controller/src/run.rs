@@ -25,11 +25,14 @@ use kube::{Api, Client, Resource, ResourceExt};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::context::{Cache, Context, Stores, Synced};
-use crate::http::{self, Health};
-use crate::leader::Elector;
+use crate::k8s::context::{Cache, Context, Stores, Synced};
+use crate::k8s::leader::Elector;
 use crate::metrics::Metrics;
-use crate::{admission, csr_approval, deployment, device, module_status, registry, staging};
+use crate::serve::http::{self, Health};
+use crate::{
+    reconcile::csr_approval, reconcile::deployment, reconcile::device, reconcile::module_status,
+    reconcile::registry, reconcile::rollout, serve::admission,
+};
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -314,7 +317,7 @@ async fn controllers(
         revision_writer,
         watcher(
             Api::<ControllerRevision>::all(client.clone()),
-            watcher::Config::default().labels(staging::DEPLOYMENT_LABEL),
+            watcher::Config::default().labels(rollout::DEPLOYMENT_LABEL),
         )
         .modify(drop_managed_fields),
     )

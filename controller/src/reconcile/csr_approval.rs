@@ -8,7 +8,7 @@
 //! administrator may approve them by hand); bad requests from the bootstrap account are
 //! denied with the reason, which the bootstrap pod logs.
 //!
-//! The request is read the way Kubernetes reads it ([`crate::csr_request`]), so the identity
+//! The request is read the way Kubernetes reads it ([`crate::decide::csr_request`]), so the identity
 //! approved is the identity signed; once the signer has issued the certificate, its subject
 //! is compared with the device approved all the same, and a difference raised as a Warning
 //! Event and counted.
@@ -35,9 +35,9 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::x509::X509Name;
 
-use crate::context::{Context, reference};
-use crate::csr_request;
+use crate::decide::csr_request;
 use crate::error::{Error, Result};
+use crate::k8s::context::{Context, reference};
 
 pub const CONTROLLER: &str = "csr-approval";
 

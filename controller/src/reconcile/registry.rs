@@ -15,9 +15,9 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::{apply, device_rbac};
+use crate::k8s::context::Context;
+use crate::{decide::device_rbac, k8s::apply};
 
 pub const CONTROLLER: &str = "registry";
 

@@ -20,7 +20,7 @@ use edgefleet_crds::{DesiredState, ResolvedModule, TargetingDecision, TargetingO
 
 use edgefleet_crds::limits;
 
-use crate::catalog::{CompiledDeployment, Contribution};
+use crate::decide::catalog::{CompiledDeployment, Contribution};
 
 /// What one deployment gives a device: its modules there, the revision they are from, and
 /// their cost to the device's budget (bytes, [`limits::module_bytes`]).
@@ -370,8 +370,8 @@ mod tests {
     use edgefleet_crds::TargetingOutcome::*;
 
     use super::*;
-    use crate::catalog::compile;
-    use crate::catalog::fixtures::{deployment, modules, open_grants};
+    use crate::decide::catalog::compile;
+    use crate::decide::catalog::fixtures::{deployment, modules, open_grants};
 
     fn lib() -> BTreeMap<String, edgefleet_crds::EdgeModuleSpec> {
         modules(&[
@@ -737,11 +737,12 @@ mod tests {
                 "metadata: {{name: d, namespace: a}}\nspec:\n  selector: {{}}\n  modules: {mods}"
             ))
         };
-        let root = crate::grant::fixtures::grant(
+        let root = crate::decide::grant::fixtures::grant(
             "root",
             "{namespaces: [a], devices: {}, hostDevices: true}",
         );
-        let plain = crate::grant::fixtures::grant("plain", "{namespaces: [a], devices: {}}");
+        let plain =
+            crate::decide::grant::fixtures::grant("plain", "{namespaces: [a], devices: {}}");
         let both = yaml("[{name: serial}, {name: plain}]");
         let before = resolve(
             &labels(""),
@@ -767,7 +768,7 @@ mod tests {
     /// priority it had, so the raise outranks nobody.
     #[test]
     fn a_refused_priority_outranks_nobody() {
-        let grants = [crate::grant::fixtures::grant(
+        let grants = [crate::decide::grant::fixtures::grant(
             "g",
             "{namespaces: [a, b], devices: {}, priority: {min: 0, max: 10}}",
         )];

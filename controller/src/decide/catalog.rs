@@ -14,8 +14,8 @@ use edgefleet_crds::{
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::grant::{self, Grant, GrantProblem};
-use crate::selector::{Selector, SelectorError};
+use crate::decide::grant::{self, Grant, GrantProblem};
+use crate::decide::selector::{Selector, SelectorError};
 
 /// What is wrong with a deployment's spec. Each one is reported on the deployment (Stalled
 /// condition and a Warning Event) and never stops other deployments.
@@ -344,7 +344,7 @@ pub(crate) mod fixtures {
     /// A grant that admits anything from these namespaces on every device: for tests about
     /// something other than tenancy.
     pub fn open_grants(namespaces: &[&str]) -> Vec<Grant> {
-        vec![crate::grant::fixtures::grant(
+        vec![crate::decide::grant::fixtures::grant(
             "open",
             &format!(
                 "{{namespaces: [{}], devices: {{}}, priority: {{min: -1000000, max: 1000000}}, hostNetwork: true, hostDevices: true}}",

@@ -16,9 +16,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use crate::catalog::{self, CompiledDeployment};
 use crate::config::Config;
-use crate::grant::Grant;
+use crate::decide::catalog::{self, CompiledDeployment};
+use crate::decide::grant::Grant;
 use crate::metrics::Metrics;
 
 /// The caches every reconcile reads. Nodes are kept as metadata only: a device needs a
@@ -205,7 +205,7 @@ impl Context {
     pub fn is_enrolled(&self, device: &EdgeDevice) -> bool {
         let name = device.metadata.name.as_deref().unwrap_or_default();
         device.metadata.deletion_timestamp.is_none()
-            && crate::registry::enrolment_problem(name).is_none()
+            && crate::reconcile::registry::enrolment_problem(name).is_none()
             && self.node(name).is_some()
     }
 

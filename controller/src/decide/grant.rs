@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use edgefleet_crds::{EdgeGrantSpec, ResolvedModule};
 use thiserror::Error;
 
-use crate::selector::Selector;
+use crate::decide::selector::Selector;
 
 /// A grant as targeting uses it: its name, spec and parsed device selector (`None` when
 /// the selector does not parse: such a grant covers no device).

@@ -21,12 +21,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::catalog::{CompiledDeployment, Contribution};
-use crate::context::{Context, reference};
+use crate::decide::catalog::{CompiledDeployment, Contribution};
+use crate::decide::rollout::{self, Health, Plan, Policy};
+use crate::decide::rollup::{Rollup, conditions};
+use crate::decide::targeting::Snapshots;
 use crate::error::{Error, Result};
-use crate::rollout::{self, Health, Plan, Policy};
-use crate::rollup::{Rollup, conditions};
-use crate::targeting::Snapshots;
+use crate::k8s::context::{Context, reference};
 
 /// Labels of a deployment's ControllerRevisions.
 pub const DEPLOYMENT_LABEL: &str = "edgefleet.io/deployment";
@@ -355,7 +355,7 @@ mod tests {
     use edgefleet_crds::condition::{Condition, ConditionStatus};
 
     use super::*;
-    use crate::rollout::PROGRESS_DEADLINE_EXCEEDED;
+    use crate::decide::rollout::PROGRESS_DEADLINE_EXCEEDED;
 
     fn status(phase: RolloutPhase, stall_reason: &str) -> EdgeDeploymentStatus {
         let c = |t: &str, on: bool| {

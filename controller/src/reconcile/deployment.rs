@@ -15,11 +15,11 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use crate::catalog::{self, Contribution};
-use crate::context::{Context, reference};
+use crate::decide::catalog::{self, Contribution};
+use crate::decide::rollup::{self, DeviceView, conditions};
 use crate::error::{Error, Result};
-use crate::rollup::{self, DeviceView, conditions};
-use crate::{apply, staging};
+use crate::k8s::context::{Context, reference};
+use crate::{k8s::apply, reconcile::rollout};
 
 pub const CONTROLLER: &str = "deployment";
 
@@ -53,7 +53,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
     let r = rollup::rollup(&compiled, views, jiff::Timestamp::now());
     let mut status = rollup::status(d.metadata.generation, &problems, &r);
     let old = d.status.clone().unwrap_or_default();
-    let (rollout, recheck_in) = match staging::step(&ctx, &d, &compiled, &r).await? {
+    let (rollout, recheck_in) = match rollout::step(&ctx, &d, &compiled, &r).await? {
         Some((rollout, recheck_in)) => (Some(rollout), recheck_in),
         None => (old.rollout.clone(), None),
     };
@@ -61,7 +61,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
     // only devices offline with a change they have not applied).
     status.deferred += rollout.as_ref().map_or(0, |r| r.deferred);
     status.rollout = rollout;
-    staging::conditions_of_rollout(&mut status, d.metadata.generation);
+    rollout::conditions_of_rollout(&mut status, d.metadata.generation);
     status.bound();
     let now = Time(jiff::Timestamp::now());
     condition::carry_transition_times(&mut status.conditions, &old.conditions, &now);
@@ -81,7 +81,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
         .map_err(|e| Error::ApplyDeploymentStatus(catalog::key(&ns, &name), e))?;
     publish_transitions(&ctx, &d, &old, &status).await;
     if let Some(rollout) = &status.rollout {
-        staging::publish_phase(&ctx, &d, old.rollout.as_ref(), rollout).await;
+        rollout::publish_phase(&ctx, &d, old.rollout.as_ref(), rollout).await;
     }
     Ok(requeue)
 }

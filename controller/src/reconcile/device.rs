@@ -27,10 +27,10 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::context::{Context, reference};
+use crate::decide::presence::presence;
 use crate::error::{Error, Result};
-use crate::presence::presence;
-use crate::{apply, registry, status_check, targeting};
+use crate::k8s::context::{Context, reference};
+use crate::{decide::status_check, decide::targeting, k8s::apply, reconcile::registry};
 
 pub const CONTROLLER: &str = "device";
 

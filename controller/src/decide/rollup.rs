@@ -14,8 +14,8 @@ use edgefleet_crds::{
 
 use jiff::Timestamp;
 
-use crate::catalog::{CompiledDeployment, Contribution, SpecProblem};
-use crate::rollout::{self, Health};
+use crate::decide::catalog::{CompiledDeployment, Contribution, SpecProblem};
+use crate::decide::rollout::{self, Health};
 
 /// Condition types on an EdgeDeployment.
 pub mod conditions {
@@ -460,9 +460,9 @@ mod tests {
     use edgefleet_crds::ConditionStatus;
 
     use super::*;
-    use crate::catalog::compile;
-    use crate::catalog::fixtures::{deployment, modules, open_grants};
-    use crate::targeting::resolve;
+    use crate::decide::catalog::compile;
+    use crate::decide::catalog::fixtures::{deployment, modules, open_grants};
+    use crate::decide::targeting::resolve;
 
     struct Dev {
         name: String,
@@ -542,12 +542,16 @@ mod tests {
         let moved_to = BTreeMap::from([("ns/d".to_owned(), d.revision.clone())]);
         let device = |name: &str, started: &str| {
             let labels = BTreeMap::from([("site".to_owned(), "x".to_owned())]);
-            let staging = crate::targeting::Staging {
+            let staging = crate::decide::targeting::Staging {
                 moved_to: &moved_to,
                 snapshots: &(),
             };
-            let desired =
-                crate::targeting::resolve_staged(&labels, std::slice::from_ref(&d), None, &staging);
+            let desired = crate::decide::targeting::resolve_staged(
+                &labels,
+                std::slice::from_ref(&d),
+                None,
+                &staging,
+            );
             let report = format!(
                 "appliedRevision: {}\nmodules: [{{name: a, runtimeStatus: running, lastStartTime: \"{started}\"}}]",
                 desired.revision

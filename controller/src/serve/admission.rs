@@ -32,8 +32,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 
-use crate::catalog::{self, key};
-use crate::grant::{self, Grant, GrantProblem};
+use crate::decide::catalog::{self, key};
+use crate::decide::grant::{self, Grant, GrantProblem};
 
 /// The path the webhook is served at.
 pub const PATH: &str = "/validate";
@@ -300,8 +300,8 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::fixtures::{deployment, modules};
-    use crate::grant::fixtures::grant;
+    use crate::decide::catalog::fixtures::{deployment, modules};
+    use crate::decide::grant::fixtures::grant;
 
     fn module(ns: &str, name: &str, spec: &str) -> EdgeModule {
         serde_yaml::from_str(&format!(

@@ -9,9 +9,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::{apply, catalog};
+use crate::k8s::context::Context;
+use crate::{decide::catalog, k8s::apply};
 
 pub const CONTROLLER: &str = "module";
 

@@ -29,7 +29,7 @@ use edgefleet_crds::{Count, OnFailure, RevisionCount, RolloutPhase, RolloutSpec,
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::selector::Selector;
+use crate::decide::selector::Selector;
 
 /// The stall reasons a plan gives (`RolloutStatus::stall_reason`).
 pub const FAILURE_THRESHOLD_EXCEEDED: &str = "FailureThresholdExceeded";
@@ -70,7 +70,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_spec(spec: &RolloutSpec) -> Result<Policy, crate::selector::SelectorError> {
+    pub fn from_spec(spec: &RolloutSpec) -> Result<Policy, crate::decide::selector::SelectorError> {
         let canary = match &spec.canary {
             Some(c) => {
                 let selector = c.selector.as_ref().map(Selector::parse).transpose()?;

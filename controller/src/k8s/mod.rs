@@ -1,0 +1,6 @@
+//! Kubernetes plumbing the reconciles share: the caches and the context around them,
+//! server-side apply, Events and leader election.
+
+pub mod apply;
+pub mod context;
+pub mod leader;

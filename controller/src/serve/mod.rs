@@ -1,0 +1,4 @@
+//! What every replica answers, leader or not: health, metrics and admission.
+
+pub mod admission;
+pub mod http;
