@@ -2,6 +2,7 @@
 //! carry most of the tests, and every reconcile is a thin shell around one of them.
 
 pub mod catalog;
+pub mod conditions;
 pub mod csr_request;
 pub mod device_rbac;
 pub mod grant;

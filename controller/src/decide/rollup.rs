@@ -4,27 +4,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_crds::condition::{self, Condition, ConditionStatus};
+use edgefleet_crds::condition;
 use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
 use edgefleet_crds::device::conditions as device_conditions;
 use edgefleet_crds::{
     DesiredState, DesiredStatus, EdgeDeploymentStatus, EdgeDeviceStatus, FailureSample,
-    ResolvedModule, RuntimeStatus, TargetingOutcome,
+    ResolvedModule, RolloutStatus, RuntimeStatus, TargetingOutcome,
 };
 
 use jiff::Timestamp;
 
 use crate::decide::catalog::{CompiledDeployment, Contribution, SpecProblem};
+use crate::decide::conditions;
 use crate::decide::rollout::{self, Health};
-
-/// Condition types on an EdgeDeployment.
-pub mod conditions {
-    pub const READY: &str = "Ready";
-    pub const RECONCILING: &str = "Reconciling";
-    pub const STALLED: &str = "Stalled";
-    /// Another deployment ties with this one at the same priority on some device.
-    pub const CONFLICTED: &str = "Conflicted";
-}
 
 /// What the rollup reads of one device.
 #[derive(Debug, Clone, Copy)]
@@ -315,143 +307,34 @@ fn device_health(
     }
 }
 
-fn cond(
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    let mut c = Condition::new(type_, ConditionStatus::from_bool(status), reason, message);
-    c.observed_generation = generation;
-    c
-}
-
-/// The status a deployment should have. Transition times are left for the caller to carry
-/// over from the current status.
+/// The status a deployment should have: the rollup's counts, the rollout status (`None`
+/// for a deployment without one yet) and the conditions both decide. Transition times are
+/// left for the caller to carry over from the current status.
 pub fn status(
     generation: Option<i64>,
     problems: &[SpecProblem],
     r: &Rollup,
+    rollout: Option<RolloutStatus>,
 ) -> EdgeDeploymentStatus {
-    use conditions::*;
-    let progress = format!(
-        "{} of {} targeted devices ready, {} applied, {} failed, {} deferred (offline)",
-        r.ready, r.targeted, r.applied, r.failed, r.deferred
-    );
-    // One verdict, three kstatus conditions: exactly one of Ready, Reconciling and Stalled
-    // is True, and each carries the same reason.
-    let (reason, ready, reconciling, stalled, message) = if let Some(first) = problems.first() {
-        let msg = problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        let held = format!("{msg}; devices keep what this deployment gave them before");
-        (first.reason(), false, false, true, held)
-    } else if r.over_budget > 0 {
-        let sample = r
-            .failures
-            .iter()
-            .find(|f| f.module.is_empty())
-            .map(|f| format!("{}: {}", f.device, f.reason))
-            .unwrap_or_default();
-        (
-            "OverDeviceBudget",
-            false,
-            false,
-            true,
-            format!(
-                "{progress}; {} devices can't take its modules: {sample}",
-                r.over_budget
-            ),
-        )
-    } else if r.failed > 0 {
-        let sample = r
-            .failures
-            .iter()
-            .take(3)
-            .map(|f| format!("{}/{}: {}", f.device, f.module, f.reason))
-            .collect::<Vec<_>>()
-            .join("; ");
-        (
-            "ModulesFailed",
-            false,
-            false,
-            true,
-            format!("{progress}; {sample}"),
-        )
-    } else if !r.outranked_by.is_empty() {
-        // Within a namespace, losing devices to a higher priority is the team's own design;
-        // losing them to another team is news the team must see.
-        let winners = r
-            .outranked_by
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        (
-            "Outranked",
-            false,
-            false,
-            true,
-            format!(
-                "{progress}; {} matching devices run another deployment instead, from another namespace among them: {winners}",
-                r.lost
-            ),
-        )
-    } else if r.pending > 0 {
-        let msg = format!(
-            "{progress}; {} devices not yet updated with the current spec",
-            r.pending
-        );
-        ("Progressing", false, true, false, msg)
-    } else if r.ready < r.targeted {
-        ("Progressing", false, true, false, progress)
-    } else if r.targeted == 0 {
-        (
-            "AllReady",
-            true,
-            false,
-            false,
-            "no device is targeted".to_owned(),
-        )
-    } else {
-        ("AllReady", true, false, false, progress)
+    let facts = conditions::Facts {
+        problems,
+        rollup: r,
+        rollout: rollout.as_ref(),
     };
-    let only_if = |b: bool| if b { message.clone() } else { String::new() };
-    let mut conds = vec![
-        cond(READY, ready, reason, message.clone(), generation),
-        cond(
-            RECONCILING,
-            reconciling,
-            reason,
-            only_if(reconciling),
-            generation,
-        ),
-        cond(STALLED, stalled, reason, only_if(stalled), generation),
-    ];
-    if !r.tied_with.is_empty() {
-        let winners = r.tied_with.iter().cloned().collect::<Vec<_>>().join(", ");
-        conds.push(cond(
-            CONFLICTED,
-            true,
-            "PriorityTie",
-            format!("ties at the same priority with {winners}, which win by namespace/name order on {} devices", r.lost),
-            generation,
-        ));
-    }
+    let conditions = conditions::conditions(generation, &facts);
     EdgeDeploymentStatus {
-        rollout: None,
+        // Devices a staged rollout skipped while offline are deferred too (the rollup
+        // counts only devices offline with a change they have not applied).
+        deferred: r.deferred + rollout.as_ref().map_or(0, |o| o.deferred),
+        rollout,
         observed_generation: generation,
         targeted: r.targeted,
         applied: r.applied,
         ready: r.ready,
         failed: r.failed,
-        deferred: r.deferred,
         lost: r.lost,
         failures: r.failures.clone(),
-        conditions: conds,
+        conditions,
     }
 }
 
@@ -698,63 +581,10 @@ mod tests {
         );
         let r = run(&new, &[stale]);
         assert_eq!((r.targeted, r.pending, r.ready), (1, 1, 0));
-        let s = status(Some(3), &[], &r);
+        let s = status(Some(3), &[], &r, None);
         let c = |t| condition::find(&s.conditions, t).map(|c| c.status);
         assert_eq!(c(conditions::READY), Some(ConditionStatus::False));
         assert_eq!(c(conditions::RECONCILING), Some(ConditionStatus::True));
-    }
-
-    #[test]
-    fn kstatus_conditions_table() {
-        use ConditionStatus::{False as F, True as T};
-        let r = |targeted, ready, failed| Rollup {
-            targeted,
-            applied: ready + failed,
-            ready,
-            failed,
-            ..Default::default()
-        };
-        let problem = vec![SpecProblem::DuplicateModule("a".into())];
-        let cases = [
-            ("all ready", vec![], r(3, 3, 0), (T, F, F), "AllReady"),
-            (
-                "nothing targeted is ready",
-                vec![],
-                r(0, 0, 0),
-                (T, F, F),
-                "AllReady",
-            ),
-            ("progressing", vec![], r(3, 1, 0), (F, T, F), "Progressing"),
-            ("failed", vec![], r(3, 2, 1), (F, F, T), "ModulesFailed"),
-            (
-                "bad spec",
-                problem,
-                r(3, 3, 0),
-                (F, F, T),
-                "DuplicateModule",
-            ),
-        ];
-        for (name, problems, rollup, (ready, reconciling, stalled), reason) in cases {
-            let s = status(Some(7), &problems, &rollup);
-            let get = |t| condition::find(&s.conditions, t).expect(t);
-            assert_eq!(
-                (
-                    get(conditions::READY).status,
-                    get(conditions::RECONCILING).status,
-                    get(conditions::STALLED).status
-                ),
-                (ready, reconciling, stalled),
-                "{name}"
-            );
-            assert_eq!(get(conditions::READY).reason, reason, "{name}");
-            assert!(
-                s.conditions
-                    .iter()
-                    .all(|c| c.observed_generation == Some(7)),
-                "{name}"
-            );
-            assert_eq!(s.observed_generation, Some(7));
-        }
     }
 
     #[test]
@@ -780,7 +610,7 @@ mod tests {
         let r = rollup(&loser, std::iter::once(view), Timestamp::now());
         assert_eq!((r.lost, r.targeted), (1, 0));
         assert_eq!(r.tied_with.iter().collect::<Vec<_>>(), ["ns/a-first"]);
-        let s = status(None, &[], &r);
+        let s = status(None, &[], &r, None);
         let c = condition::find(&s.conditions, conditions::CONFLICTED).expect("Conflicted");
         assert_eq!(c.reason, "PriorityTie");
         assert!(c.message.contains("ns/a-first"), "{}", c.message);
@@ -789,7 +619,8 @@ mod tests {
                 &status(
                     None,
                     &[],
-                    &rollup(&winner, std::iter::once(view), Timestamp::now())
+                    &rollup(&winner, std::iter::once(view), Timestamp::now()),
+                    None
                 )
                 .conditions,
                 conditions::CONFLICTED
@@ -830,7 +661,7 @@ mod tests {
             r.outranked_by.iter().collect::<Vec<_>>(),
             ["team-b/takeover"]
         );
-        let s = status(None, &[], &r);
+        let s = status(None, &[], &r, None);
         let ready = condition::find(&s.conditions, conditions::READY).expect("Ready");
         assert!(!ready.is_true());
         assert_eq!(ready.reason, "Outranked");

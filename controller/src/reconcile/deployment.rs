@@ -16,7 +16,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use crate::decide::catalog::{self, Contribution};
-use crate::decide::rollup::{self, DeviceView, conditions};
+use crate::decide::conditions;
+use crate::decide::rollup::{self, DeviceView};
 use crate::error::{Error, Result};
 use crate::k8s::context::{Context, reference};
 use crate::{k8s::apply, reconcile::rollout};
@@ -51,17 +52,12 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
             moved_to: &dev.spec.rollouts,
         });
     let r = rollup::rollup(&compiled, views, jiff::Timestamp::now());
-    let mut status = rollup::status(d.metadata.generation, &problems, &r);
     let old = d.status.clone().unwrap_or_default();
     let (rollout, recheck_in) = match rollout::step(&ctx, &d, &compiled, &r).await? {
         Some((rollout, recheck_in)) => (Some(rollout), recheck_in),
         None => (old.rollout.clone(), None),
     };
-    // Devices a staged rollout skipped while offline are deferred too (the rollup counts
-    // only devices offline with a change they have not applied).
-    status.deferred += rollout.as_ref().map_or(0, |r| r.deferred);
-    status.rollout = rollout;
-    rollout::conditions_of_rollout(&mut status, d.metadata.generation);
+    let mut status = rollup::status(d.metadata.generation, &problems, &r, rollout);
     status.bound();
     let now = Time(jiff::Timestamp::now());
     condition::carry_transition_times(&mut status.conditions, &old.conditions, &now);

@@ -10,9 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
-use edgefleet_crds::{
-    EdgeDeployment, EdgeDeploymentStatus, EdgeDevice, ResolvedModule, RolloutPhase, RolloutStatus,
-};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, RolloutPhase, RolloutStatus};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
@@ -23,7 +21,7 @@ use serde_json::json;
 
 use crate::decide::catalog::{CompiledDeployment, Contribution};
 use crate::decide::rollout::{self, Health, Plan, Policy};
-use crate::decide::rollup::{Rollup, conditions};
+use crate::decide::rollup::Rollup;
 use crate::decide::targeting::Snapshots;
 use crate::error::{Error, Result};
 use crate::k8s::context::{Context, reference};
@@ -254,46 +252,6 @@ async fn prune(ctx: &Context, ns: &str, name: &str, status: &RolloutStatus) {
     }
 }
 
-/// The deployment's conditions, told by its rollout: a staged rollout in progress is
-/// Reconciling (reason: the phase), a stopped or rolled-back one is Stalled.
-pub fn conditions_of_rollout(status: &mut EdgeDeploymentStatus, generation: Option<i64>) {
-    let Some(rollout) = &status.rollout else {
-        return;
-    };
-    let (reason, stalled) = match rollout.phase {
-        RolloutPhase::Complete => return,
-        RolloutPhase::Stalled => (rollout.stall_reason.as_str(), true),
-        RolloutPhase::RollingBack => ("RollingBack", true),
-        RolloutPhase::RolledBack => ("RolledBack", true),
-        other => (other.as_str(), false),
-    };
-    // A spec problem or failing modules already tell the more urgent story.
-    let already_stalled = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == conditions::STALLED && c.is_true());
-    if already_stalled && !stalled {
-        return;
-    }
-    let message = format!("rollout {}: {}", rollout.phase.as_str(), rollout.message);
-    for c in &mut status.conditions {
-        let on = match c.type_.as_str() {
-            conditions::READY => false,
-            conditions::RECONCILING => !stalled,
-            conditions::STALLED => stalled,
-            _ => continue,
-        };
-        c.status = edgefleet_crds::ConditionStatus::from_bool(on);
-        c.reason = reason.to_owned();
-        c.message = if on || c.type_ == conditions::READY {
-            message.clone()
-        } else {
-            String::new()
-        };
-        c.observed_generation = generation;
-    }
-}
-
 /// An Event for each phase the rollout enters.
 pub async fn publish_phase(
     ctx: &Context,
@@ -347,61 +305,5 @@ impl Context {
             *entry = (target.to_owned(), BTreeSet::new());
         }
         entry.1.insert(device.to_owned());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use edgefleet_crds::condition::{Condition, ConditionStatus};
-
-    use super::*;
-    use crate::decide::rollout::PROGRESS_DEADLINE_EXCEEDED;
-
-    fn status(phase: RolloutPhase, stall_reason: &str) -> EdgeDeploymentStatus {
-        let c = |t: &str, on: bool| {
-            Condition::new(t, ConditionStatus::from_bool(on), "AllReady", String::new())
-        };
-        EdgeDeploymentStatus {
-            rollout: Some(RolloutStatus {
-                phase,
-                stall_reason: stall_reason.to_owned(),
-                message: "waiting".to_owned(),
-                ..Default::default()
-            }),
-            conditions: vec![
-                c(conditions::READY, true),
-                c(conditions::RECONCILING, false),
-                c(conditions::STALLED, false),
-            ],
-            ..Default::default()
-        }
-    }
-
-    fn verdict(s: &EdgeDeploymentStatus) -> Vec<(String, bool, String)> {
-        s.conditions
-            .iter()
-            .map(|c| (c.type_.clone(), c.is_true(), c.reason.clone()))
-            .collect()
-    }
-
-    #[test]
-    fn the_conditions_follow_the_rollout_phase() {
-        let mut stalled = status(RolloutPhase::Stalled, PROGRESS_DEADLINE_EXCEEDED);
-        conditions_of_rollout(&mut stalled, Some(2));
-        let reason = PROGRESS_DEADLINE_EXCEEDED.to_owned();
-        assert_eq!(
-            verdict(&stalled),
-            [
-                ("Ready".to_owned(), false, reason.clone()),
-                ("Reconciling".to_owned(), false, reason.clone()),
-                ("Stalled".to_owned(), true, reason),
-            ]
-        );
-        let mut canary = status(RolloutPhase::Canary, "");
-        conditions_of_rollout(&mut canary, Some(2));
-        assert!(verdict(&canary).contains(&("Reconciling".to_owned(), true, "Canary".to_owned())));
-        let mut done = status(RolloutPhase::Complete, "");
-        conditions_of_rollout(&mut done, Some(2));
-        assert!(verdict(&done).contains(&("Ready".to_owned(), true, "AllReady".to_owned())));
     }
 }
