@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use edgefleet_controller::decide::catalog::{CompiledDeployment, compile};
 use edgefleet_controller::decide::grant::Grant;
-use edgefleet_controller::decide::targeting::{Staging, resolve, resolve_staged};
+use edgefleet_controller::decide::targeting::{StagedRevisions, resolve, resolve_staged};
 use edgefleet_crds::{EdgeDeployment, EdgeGrant, EdgeModule, EdgeModuleSpec, limits};
 
 const DEVICES: usize = 10_000;
@@ -131,12 +131,12 @@ fn example_bytes() {
             .flat_map(|f| example::<EdgeDeployment>(f))
             .map(|d| compile(&d, &specs, &grants))
             .collect();
-    let moved_to: BTreeMap<String, String> = catalog
+    let rollouts: BTreeMap<String, String> = catalog
         .iter()
         .map(|d| (d.key.clone(), d.revision.clone()))
         .collect();
-    let staging = Staging {
-        moved_to: &moved_to,
+    let staged = StagedRevisions {
+        rollouts: &rollouts,
         snapshots: &(),
     };
     for (site, hardware) in [("munich", "rpi4"), ("berlin", "nuc"), ("berlin", "jetson")] {
@@ -144,7 +144,7 @@ fn example_bytes() {
             ("site".to_owned(), site.to_owned()),
             ("hardware".to_owned(), hardware.to_owned()),
         ]);
-        let desired = resolve_staged(&labels, &catalog, None, &staging);
+        let desired = resolve_staged(&labels, &catalog, None, &staged);
         let bytes = serde_json::to_vec(&desired).map_or(0, |v| v.len());
         println!(
             "bench resolve: the examples on a {site}/{hardware} device: {} modules, {bytes} bytes of desired state ({:.1} MiB for 10,000 such devices; the budget is {} KiB a device)",

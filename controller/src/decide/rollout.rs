@@ -52,17 +52,28 @@ pub struct Device {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub online: bool,
-    /// The revision the device was moved to, if any.
-    pub at: Option<String>,
+    /// The deployment's entry in the device's `spec.rollouts`: the revision the device was
+    /// moved to, if any.
+    pub rollout: Option<String>,
     /// Its health at that revision.
     pub health: Health,
+}
+
+/// The canary policy: how many devices go first, which ones preferably, and how long
+/// they must all be ready before the waves.
+#[derive(Debug, Clone)]
+pub struct Canary {
+    pub count: Count,
+    /// Devices this selector matches are the canaries first.
+    pub prefer: Option<Selector>,
+    pub soak: Duration,
 }
 
 /// The rollout policy with its defaults, the canary selector parsed.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub max_unavailable: Count,
-    pub canary: Option<(Count, Option<Selector>, Duration)>,
+    pub canary: Option<Canary>,
     pub paused: bool,
     pub failure_threshold: Count,
     pub on_failure: OnFailure,
@@ -72,14 +83,11 @@ pub struct Policy {
 impl Policy {
     pub fn from_spec(spec: &RolloutSpec) -> Result<Policy, crate::decide::selector::SelectorError> {
         let canary = match &spec.canary {
-            Some(c) => {
-                let selector = c.selector.as_ref().map(Selector::parse).transpose()?;
-                Some((
-                    c.count.clone(),
-                    selector,
-                    Duration::from_secs(u64::from(c.soak_seconds)),
-                ))
-            }
+            Some(c) => Some(Canary {
+                count: c.count.clone(),
+                prefer: c.selector.as_ref().map(Selector::parse).transpose()?,
+                soak: Duration::from_secs(u64::from(c.soak_seconds)),
+            }),
             None => None,
         };
         Ok(Policy {
@@ -117,279 +125,362 @@ pub fn plan(
     last: &RolloutStatus,
     now: Timestamp,
 ) -> Plan {
-    let mut plan = plan_moves(policy, update, devices, last, now);
+    let t = Tally::new(policy, update, devices, last, now);
+    let mut plan = if t.rolling_back {
+        rolling_back(&t, update, devices)
+    } else if t.done {
+        complete(&t, update)
+    } else {
+        over_failure_threshold(&t, policy, update)
+            .or_else(|| paused(&t, policy, now))
+            .or_else(|| canary(&t, policy, now))
+            .unwrap_or_else(|| next_wave(&t, policy, now))
+    };
     let good = &plan.status.current_revision;
     if !good.is_empty() {
         plan.placements = devices
             .iter()
-            .filter(|d| d.at.is_none() && !plan.moves.contains(&d.name))
+            .filter(|d| d.rollout.is_none() && !plan.moves.contains(&d.name))
             .map(|d| d.name.clone())
             .collect();
     }
     plan
 }
 
-/// Which devices move to the target now, and the rollout's status.
-fn plan_moves(
-    policy: &Policy,
-    update: &str,
-    devices: &[Device],
-    last: &RolloutStatus,
-    now: Timestamp,
-) -> Plan {
-    let mut status = RolloutStatus {
-        current_revision: last.current_revision.clone(),
-        update_revision: update.to_owned(),
-        ..Default::default()
-    };
-    let same_update = last.update_revision == update;
-    // The progress clock and the soak start only carry over within one update.
-    let mut last_progress = last
-        .last_progress_time
-        .as_ref()
-        .filter(|_| same_update)
-        .map(|t| t.0)
-        .unwrap_or(now);
-    let canary_since = last
-        .canary_ready_since
-        .as_ref()
-        .filter(|_| same_update)
-        .map(|t| t.0);
-    let rolling_back = same_update
-        && matches!(
-            last.phase,
-            RolloutPhase::RollingBack | RolloutPhase::RolledBack
-        )
-        && !last.current_revision.is_empty();
-    let target = if rolling_back {
-        last.current_revision.clone()
-    } else {
-        update.to_owned()
-    };
-    status.target_revision.clone_from(&target);
-    if rolling_back {
-        status.failed_revision = update.to_owned();
-    }
+/// Where the rollout stands: the target, the devices in order, what they count to, and the
+/// status every phase starts from.
+struct Tally<'a> {
+    /// The revision devices move to: the update, or the current one while rolling back.
+    target: String,
+    rolling_back: bool,
+    /// Every targeted device at the target and none unavailable.
+    done: bool,
+    order: Vec<&'a Device>,
+    total: u32,
+    /// Devices at the target.
+    updated: u32,
+    failed: u32,
+    unavailable: u32,
+    deferred: u32,
+    max_unavailable: u32,
+    /// How many more devices may become unavailable now.
+    budget: usize,
+    canary_since: Option<Timestamp>,
+    last_progress: Timestamp,
+    status: RolloutStatus,
+}
 
-    let order = ordered(devices, policy);
-    let total = count_u32(devices.len());
-    let moved: Vec<&Device> = order
-        .iter()
-        .copied()
-        .filter(|d| is_at(d, &target))
-        .collect();
-    let ready = count_u32(moved.iter().filter(|d| d.health == Health::Ready).count());
-    let failed = count_u32(moved.iter().filter(|d| d.health == Health::Failed).count());
-    let unavailable = count_u32(moved.len()) - ready;
-    let deferred = count_u32(
-        order
-            .iter()
-            .filter(|d| !is_at(d, &target) && !d.online)
-            .count(),
-    );
-    let max_unavailable = policy.max_unavailable.of(total, false).max(1);
-    status.updated = count_u32(moved.len());
-    status.unavailable = unavailable;
-    status.deferred = deferred;
-    status.revisions = revision_counts(devices, &target);
-    status.waves = waves(total, max_unavailable, policy.canary.is_some());
-
-    // Progress: more devices moved or ready than the last status said.
-    let last_ready = last
-        .revisions
-        .iter()
-        .find(|r| r.revision == target)
-        .map_or(0, |r| r.ready);
-    if !same_update || status.updated > last.updated || ready > last_ready {
-        last_progress = now;
-    }
-    status.last_progress_time = Some(Time(last_progress));
-
-    let done = total > 0 && moved.len() == devices.len() && unavailable == 0;
-    let mut plan = Plan {
-        moves: Vec::new(),
-        placements: Vec::new(),
-        status,
-        recheck_in: None,
-    };
-    let budget = max_unavailable.saturating_sub(unavailable) as usize;
-    let candidates = order
-        .iter()
-        .filter(|d| !is_at(d, &target) && d.online)
-        .map(|d| d.name.clone());
-
-    if rolling_back {
-        if done || moved_away(devices, update) == 0 && unavailable == 0 {
-            plan.status.phase = RolloutPhase::RolledBack;
-            plan.status.message = format!(
-                "revision {update} exceeded the failure threshold; every device moved back to {target}"
-            );
+impl<'a> Tally<'a> {
+    fn new(
+        policy: &Policy,
+        update: &str,
+        devices: &'a [Device],
+        last: &RolloutStatus,
+        now: Timestamp,
+    ) -> Self {
+        let same_update = last.update_revision == update;
+        // The progress clock and the soak start only carry over within one update.
+        let carried = |t: &Option<Time>| t.as_ref().filter(|_| same_update).map(|t| t.0);
+        let rolling_back = same_update
+            && matches!(
+                last.phase,
+                RolloutPhase::RollingBack | RolloutPhase::RolledBack
+            )
+            && !last.current_revision.is_empty();
+        let target = if rolling_back {
+            last.current_revision.clone()
         } else {
-            plan.status.phase = RolloutPhase::RollingBack;
-            // Only the devices that left the target go back; a device that never ran the
-            // failed revision has nothing to roll back.
-            plan.moves = order
-                .iter()
-                .filter(|d| d.online && d.at.as_deref() == Some(update))
-                .take(budget)
-                .map(|d| d.name.clone())
-                .collect();
-            plan.status.message = format!(
-                "rolling back to {target}: {} devices back, {} to go{}",
-                plan.status.updated,
-                moved_away(devices, update),
-                deferred_note(deferred)
-            );
-        }
-        plan.status.wave = wave_of(plan.status.updated, max_unavailable, false);
-        return plan;
-    }
-
-    if done {
-        plan.status.phase = RolloutPhase::Complete;
-        plan.status.current_revision = update.to_owned();
-        plan.status.wave = plan.status.waves;
-        plan.status.message = format!("every device runs revision {update}");
-        return plan;
-    }
-
-    let threshold = policy.failure_threshold.of(count_u32(moved.len()), false);
-    if failed > threshold {
-        let why = format!(
-            "{failed} failed devices exceed the failure threshold of {} ({threshold} of {} moved)",
-            policy.failure_threshold,
-            moved.len()
-        );
-        // Rolling back needs an earlier revision: the current one failing (devices that ran
-        // it fine crash now) has nothing behind it to go back to.
-        let earlier =
-            !plan.status.current_revision.is_empty() && plan.status.current_revision != update;
-        if policy.on_failure == OnFailure::Rollback && earlier {
-            // The next pass (this status saved) moves the devices back.
-            plan.status.phase = RolloutPhase::RollingBack;
-            plan.status.target_revision = plan.status.current_revision.clone();
-            plan.status.failed_revision = update.to_owned();
-            plan.status.message =
-                format!("{why}; rolling back to {}", plan.status.current_revision);
-            plan.recheck_in = Some(Duration::ZERO);
-        } else {
-            plan.status.phase = RolloutPhase::Stalled;
-            plan.status.stall_reason = FAILURE_THRESHOLD_EXCEEDED.to_owned();
-            plan.status.message = if policy.on_failure == OnFailure::Rollback {
-                format!("{why}; no earlier revision was fully ready, nothing to roll back to")
-            } else {
-                why
-            };
-        }
-        plan.status.wave = wave_of(
-            plan.status.updated,
-            max_unavailable,
-            policy.canary.is_some(),
-        );
-        return plan;
-    }
-
-    if policy.paused {
-        plan.status.phase = RolloutPhase::Paused;
-        plan.status.message = format!(
-            "paused with {} of {total} devices at {target}",
-            plan.status.updated
-        );
-        plan.status.last_progress_time = Some(Time(now));
-        plan.status.wave = wave_of(
-            plan.status.updated,
-            max_unavailable,
-            policy.canary.is_some(),
-        );
-        return plan;
-    }
-
-    // The canary: the first K devices of the order that can take part (online or already
-    // moved), alone, then ready for the soak time.
-    let mut waves_from = 0;
-    if let Some((count, _, soak)) = &policy.canary {
-        let k = count.of(total, true).clamp(1, total.max(1)) as usize;
-        let canaries: Vec<&Device> = order
+            update.to_owned()
+        };
+        let order = ordered(devices, policy);
+        let total = count_u32(devices.len());
+        let moved: Vec<&Device> = order
             .iter()
             .copied()
-            .filter(|d| is_at(d, &target) || d.online)
-            .take(k)
+            .filter(|d| is_at(d, &target))
             .collect();
-        let canaries_ready = canaries
+        let ready = count_u32(moved.iter().filter(|d| d.health == Health::Ready).count());
+        let failed = count_u32(moved.iter().filter(|d| d.health == Health::Failed).count());
+        let updated = count_u32(moved.len());
+        let unavailable = updated - ready;
+        let deferred = count_u32(
+            order
+                .iter()
+                .filter(|d| !is_at(d, &target) && !d.online)
+                .count(),
+        );
+        let max_unavailable = policy.max_unavailable.of(total, false).max(1);
+        // Progress: more devices moved or ready than the last status said.
+        let last_ready = last
+            .revisions
             .iter()
-            .all(|d| is_at(d, &target) && d.health == Health::Ready);
-        let canaries_moved = canaries.iter().all(|d| is_at(d, &target));
-        if !canaries_moved || !canaries_ready {
-            plan.status.phase = RolloutPhase::Canary;
-            plan.moves = canaries
-                .iter()
-                .filter(|d| !is_at(d, &target))
-                .take(budget)
-                .map(|d| d.name.clone())
-                .collect();
-            let waiting: Vec<&str> = canaries
-                .iter()
-                .filter(|d| d.health != Health::Ready || !is_at(d, &target))
-                .map(|d| d.name.as_str())
-                .collect();
-            plan.status.message = format!(
-                "canary: waiting for {} to be ready at {target}",
-                list(&waiting)
-            );
-            plan.status.wave = 1;
-            return finish(plan, policy, now, last_progress);
+            .find(|r| r.revision == target)
+            .map_or(0, |r| r.ready);
+        let progressed = !same_update || updated > last.updated || ready > last_ready;
+        let last_progress = match carried(&last.last_progress_time) {
+            Some(t) if !progressed => t,
+            _ => now,
+        };
+        let status = RolloutStatus {
+            current_revision: last.current_revision.clone(),
+            update_revision: update.to_owned(),
+            target_revision: target.clone(),
+            failed_revision: if rolling_back {
+                update.to_owned()
+            } else {
+                String::new()
+            },
+            updated,
+            unavailable,
+            deferred,
+            revisions: revision_counts(devices, &target),
+            waves: waves(total, max_unavailable, policy.canary.is_some()),
+            last_progress_time: Some(Time(last_progress)),
+            ..Default::default()
+        };
+        Tally {
+            rolling_back,
+            done: total > 0 && moved.len() == devices.len() && unavailable == 0,
+            order,
+            total,
+            updated,
+            failed,
+            unavailable,
+            deferred,
+            max_unavailable,
+            budget: max_unavailable.saturating_sub(unavailable) as usize,
+            canary_since: carried(&last.canary_ready_since),
+            last_progress,
+            target,
+            status,
         }
-        let since = canary_since.unwrap_or(now);
-        plan.status.canary_ready_since = Some(Time(since));
-        let soaked = now.duration_since(since).unsigned_abs();
-        if soaked < *soak {
-            let left = *soak - soaked;
-            plan.status.phase = RolloutPhase::Soaking;
-            plan.status.message = format!(
-                "canary ready ({}); soaking {}s more",
-                list(&canaries.iter().map(|d| d.name.as_str()).collect::<Vec<_>>()),
-                left.as_secs()
-            );
-            plan.status.wave = 1;
-            plan.status.last_progress_time = Some(Time(now));
-            plan.recheck_in = Some(left);
-            return plan;
-        }
-        waves_from = 1;
     }
 
-    plan.moves = candidates.take(budget).collect();
-    plan.status.phase = RolloutPhase::Progressing;
-    let after_moves = plan.status.updated + count_u32(plan.moves.len());
-    plan.status.wave = wave_of(after_moves, max_unavailable, waves_from == 1);
-    plan.status.message = if plan.moves.is_empty() {
-        if unavailable > 0 {
-            format!(
-                "wave {} of {}: waiting for {unavailable} updating devices to be ready{}",
-                plan.status.wave,
-                plan.status.waves,
-                deferred_note(deferred)
-            )
-        } else {
-            format!(
-                "waiting for {deferred} offline devices (deferred; they update when they return)"
-            )
+    /// A plan that moves nothing yet, in `phase`, saying `message`.
+    fn plan(&self, phase: RolloutPhase, message: String) -> Plan {
+        Plan {
+            moves: Vec::new(),
+            placements: Vec::new(),
+            status: RolloutStatus {
+                phase,
+                message,
+                ..self.status.clone()
+            },
+            recheck_in: None,
         }
+    }
+
+    /// The wave `moved` devices at the target make.
+    fn wave_of(&self, moved: u32, canary: bool) -> u32 {
+        moved.div_ceil(self.max_unavailable.max(1)).max(1) + u32::from(canary)
+    }
+}
+
+/// Rolling back: the devices that ran the failed revision go back in waves; RolledBack
+/// once none is left there.
+fn rolling_back(t: &Tally, update: &str, devices: &[Device]) -> Plan {
+    let target = &t.target;
+    let left = still_at(devices, update);
+    let mut plan = if t.done || left == 0 && t.unavailable == 0 {
+        t.plan(
+            RolloutPhase::RolledBack,
+            format!(
+                "revision {update} exceeded the failure threshold; every device moved back to {target}"
+            ),
+        )
+    } else {
+        let mut plan = t.plan(
+            RolloutPhase::RollingBack,
+            format!(
+                "rolling back to {target}: {} devices back, {left} to go{}",
+                t.updated,
+                deferred_note(t.deferred)
+            ),
+        );
+        // Only the devices that left the target go back; a device that never ran the
+        // failed revision has nothing to roll back.
+        plan.moves = t
+            .order
+            .iter()
+            .filter(|d| d.online && d.rollout.as_deref() == Some(update))
+            .take(t.budget)
+            .map(|d| d.name.clone())
+            .collect();
+        plan
+    };
+    plan.status.wave = t.wave_of(t.updated, false);
+    plan
+}
+
+/// Every device runs the update, ready: it becomes the current revision.
+fn complete(t: &Tally, update: &str) -> Plan {
+    let mut plan = t.plan(
+        RolloutPhase::Complete,
+        format!("every device runs revision {update}"),
+    );
+    plan.status.current_revision = update.to_owned();
+    plan.status.wave = plan.status.waves;
+    plan
+}
+
+/// More failed devices than the threshold: roll back (when there is an earlier revision
+/// to go back to and the policy says so) or stall.
+fn over_failure_threshold(t: &Tally, policy: &Policy, update: &str) -> Option<Plan> {
+    let threshold = policy.failure_threshold.of(t.updated, false);
+    if t.failed <= threshold {
+        return None;
+    }
+    let why = format!(
+        "{} failed devices exceed the failure threshold of {} ({threshold} of {} moved)",
+        t.failed, policy.failure_threshold, t.updated
+    );
+    // Rolling back needs an earlier revision: the current one failing (devices that ran it
+    // fine crash now) has nothing behind it to go back to.
+    let current = &t.status.current_revision;
+    let earlier = !current.is_empty() && current != update;
+    let mut plan = if policy.on_failure == OnFailure::Rollback && earlier {
+        // The next pass (this status saved) moves the devices back.
+        let mut plan = t.plan(
+            RolloutPhase::RollingBack,
+            format!("{why}; rolling back to {current}"),
+        );
+        plan.status.target_revision.clone_from(current);
+        plan.status.failed_revision = update.to_owned();
+        plan.recheck_in = Some(Duration::ZERO);
+        plan
+    } else {
+        let message = if policy.on_failure == OnFailure::Rollback {
+            format!("{why}; no earlier revision was fully ready, nothing to roll back to")
+        } else {
+            why
+        };
+        let mut plan = t.plan(RolloutPhase::Stalled, message);
+        plan.status.stall_reason = FAILURE_THRESHOLD_EXCEEDED.to_owned();
+        plan
+    };
+    plan.status.wave = t.wave_of(t.updated, policy.canary.is_some());
+    Some(plan)
+}
+
+/// `paused: true` holds the rollout where it is; the progress clock stands still.
+fn paused(t: &Tally, policy: &Policy, now: Timestamp) -> Option<Plan> {
+    if !policy.paused {
+        return None;
+    }
+    let mut plan = t.plan(
+        RolloutPhase::Paused,
+        format!(
+            "paused with {} of {} devices at {}",
+            t.updated, t.total, t.target
+        ),
+    );
+    plan.status.last_progress_time = Some(Time(now));
+    plan.status.wave = t.wave_of(t.updated, policy.canary.is_some());
+    Some(plan)
+}
+
+/// The canary: the first K devices of the order that can take part (online or already
+/// moved) move alone, then must be ready for the soak time. `None` once they have soaked.
+fn canary(t: &Tally, policy: &Policy, now: Timestamp) -> Option<Plan> {
+    let canary = policy.canary.as_ref()?;
+    let target = &t.target;
+    let k = canary.count.of(t.total, true).clamp(1, t.total.max(1)) as usize;
+    let canaries: Vec<&Device> = t
+        .order
+        .iter()
+        .copied()
+        .filter(|d| is_at(d, target) || d.online)
+        .take(k)
+        .collect();
+    let waiting: Vec<&str> = canaries
+        .iter()
+        .filter(|d| d.health != Health::Ready || !is_at(d, target))
+        .map(|d| d.name.as_str())
+        .collect();
+    if !waiting.is_empty() {
+        let mut plan = t.plan(
+            RolloutPhase::Canary,
+            format!(
+                "canary: waiting for {} to be ready at {target}",
+                list(&waiting)
+            ),
+        );
+        plan.moves = canaries
+            .iter()
+            .filter(|d| !is_at(d, target))
+            .take(t.budget)
+            .map(|d| d.name.clone())
+            .collect();
+        plan.status.wave = 1;
+        return Some(deadline(plan, policy, now, t.last_progress));
+    }
+    let since = t.canary_since.unwrap_or(now);
+    let soaked = now.duration_since(since).unsigned_abs();
+    if soaked >= canary.soak {
+        return None;
+    }
+    let left = canary.soak - soaked;
+    let names: Vec<&str> = canaries.iter().map(|d| d.name.as_str()).collect();
+    let mut plan = t.plan(
+        RolloutPhase::Soaking,
+        format!(
+            "canary ready ({}); soaking {}s more",
+            list(&names),
+            left.as_secs()
+        ),
+    );
+    plan.status.canary_ready_since = Some(Time(since));
+    plan.status.wave = 1;
+    plan.status.last_progress_time = Some(Time(now));
+    plan.recheck_in = Some(left);
+    Some(plan)
+}
+
+/// The waves: the next devices in order, online, as many as the budget allows.
+fn next_wave(t: &Tally, policy: &Policy, now: Timestamp) -> Plan {
+    let target = &t.target;
+    let moves: Vec<String> = t
+        .order
+        .iter()
+        .filter(|d| !is_at(d, target) && d.online)
+        .take(t.budget)
+        .map(|d| d.name.clone())
+        .collect();
+    let after_moves = t.updated + count_u32(moves.len());
+    let wave = t.wave_of(after_moves, policy.canary.is_some());
+    let waves = t.status.waves;
+    let message = if !moves.is_empty() {
+        let names: Vec<&str> = moves.iter().map(String::as_str).collect();
+        format!(
+            "wave {wave} of {waves}: moving {} to {target}{}",
+            list(&names),
+            deferred_note(t.deferred)
+        )
+    } else if t.unavailable > 0 {
+        format!(
+            "wave {wave} of {waves}: waiting for {} updating devices to be ready{}",
+            t.unavailable,
+            deferred_note(t.deferred)
+        )
     } else {
         format!(
-            "wave {} of {}: moving {} to {target}{}",
-            plan.status.wave,
-            plan.status.waves,
-            list(&plan.moves.iter().map(String::as_str).collect::<Vec<_>>()),
-            deferred_note(deferred)
+            "waiting for {} offline devices (deferred; they update when they return)",
+            t.deferred
         )
     };
-    finish(plan, policy, now, last_progress)
+    let mut plan = t.plan(RolloutPhase::Progressing, message);
+    plan.moves = moves;
+    plan.status.wave = wave;
+    // Past the canary, the soak start stays on record.
+    if policy.canary.is_some() {
+        plan.status.canary_ready_since = Some(Time(t.canary_since.unwrap_or(now)));
+    }
+    deadline(plan, policy, now, t.last_progress)
 }
 
 /// The progress deadline: a rollout that cannot progress reports Stalled (and keeps
 /// moving devices whenever it can).
-fn finish(mut plan: Plan, policy: &Policy, now: Timestamp, last_progress: Timestamp) -> Plan {
+fn deadline(mut plan: Plan, policy: &Policy, now: Timestamp, last_progress: Timestamp) -> Plan {
     if !plan.moves.is_empty() {
         plan.status.last_progress_time = Some(Time(now));
         return plan;
@@ -411,23 +502,28 @@ fn finish(mut plan: Plan, policy: &Policy, now: Timestamp, last_progress: Timest
 }
 
 fn is_at(d: &Device, revision: &str) -> bool {
-    d.at.as_deref() == Some(revision)
+    d.rollout.as_deref() == Some(revision)
 }
 
-fn moved_away(devices: &[Device], revision: &str) -> u32 {
+/// How many devices are still at `revision`.
+fn still_at(devices: &[Device], revision: &str) -> u32 {
     count_u32(devices.iter().filter(|d| is_at(d, revision)).count())
 }
 
-/// Canaries (devices the canary selector matches) first, then by name.
+/// The order devices move in: those the canary selector prefers first, then by name.
 fn ordered<'a>(devices: &'a [Device], policy: &Policy) -> Vec<&'a Device> {
     let preferred = |d: &Device| match &policy.canary {
-        Some((_, Some(selector), _)) => !selector.matches(&d.labels),
+        Some(Canary {
+            prefer: Some(selector),
+            ..
+        }) => selector.matches(&d.labels),
         _ => false,
     };
     let mut order: Vec<&Device> = devices.iter().collect();
+    // `true` sorts after `false`: compare "not preferred" so the preferred come first.
     order.sort_by(|a, b| {
-        preferred(a)
-            .cmp(&preferred(b))
+        (!preferred(a))
+            .cmp(&!preferred(b))
             .then_with(|| a.name.cmp(&b.name))
     });
     order
@@ -436,7 +532,7 @@ fn ordered<'a>(devices: &'a [Device], policy: &Policy) -> Vec<&'a Device> {
 fn revision_counts(devices: &[Device], target: &str) -> Vec<RevisionCount> {
     let mut counts: BTreeMap<&str, RevisionCount> = BTreeMap::new();
     for d in devices {
-        let rev = d.at.as_deref().unwrap_or("");
+        let rev = d.rollout.as_deref().unwrap_or("");
         let c = counts.entry(rev).or_insert_with(|| RevisionCount {
             revision: rev.to_owned(),
             ..Default::default()
@@ -459,10 +555,6 @@ fn revision_counts(devices: &[Device], target: &str) -> Vec<RevisionCount> {
 
 fn waves(total: u32, per_wave: u32, canary: bool) -> u32 {
     total.div_ceil(per_wave.max(1)).max(1) + u32::from(canary)
-}
-
-fn wave_of(moved: u32, per_wave: u32, canary: bool) -> u32 {
-    moved.div_ceil(per_wave.max(1)).max(1) + u32::from(canary)
 }
 
 fn deferred_note(deferred: u32) -> String {
@@ -517,7 +609,7 @@ mod tests {
                 name: (*n).to_owned(),
                 labels: BTreeMap::from([("channel".to_owned(), "stable".to_owned())]),
                 online: true,
-                at: Some(S.to_owned()),
+                rollout: Some(S.to_owned()),
                 health: Health::Ready,
             })
             .collect()
@@ -537,10 +629,10 @@ mod tests {
     fn apply(devices: &mut [Device], plan: &Plan) {
         for d in devices.iter_mut() {
             if plan.moves.contains(&d.name) {
-                d.at = Some(plan.status.target_revision.clone());
+                d.rollout = Some(plan.status.target_revision.clone());
                 d.health = Health::Updating;
             } else if plan.placements.contains(&d.name) {
-                d.at = Some(plan.status.current_revision.clone());
+                d.rollout = Some(plan.status.current_revision.clone());
                 d.health = Health::Updating;
             }
         }
@@ -634,7 +726,11 @@ mod tests {
             match_expressions: vec![],
         })
         .expect("selector");
-        p.canary = Some((Count::Devices(1), Some(selector), Duration::from_secs(60)));
+        p.canary = Some(Canary {
+            count: Count::Devices(1),
+            prefer: Some(selector),
+            soak: Duration::from_secs(60),
+        });
         let first = plan(&p, U, &devices, &stable(), t0());
         assert_eq!(first.moves, ["c"], "the beta device is the canary");
         assert_eq!(first.status.phase, RolloutPhase::Canary);
@@ -660,7 +756,11 @@ mod tests {
     fn a_failing_canary_resets_the_soak() {
         let mut devices = fleet(&["a", "b"]);
         let mut p = policy(1);
-        p.canary = Some((Count::Devices(1), None, Duration::from_secs(60)));
+        p.canary = Some(Canary {
+            count: Count::Devices(1),
+            prefer: None,
+            soak: Duration::from_secs(60),
+        });
         p.failure_threshold = Count::Devices(1);
         let first = plan(&p, U, &devices, &stable(), t0());
         apply(&mut devices, &first);
@@ -701,7 +801,7 @@ mod tests {
         let done = plan(&p, U, &devices, &back.status, t0());
         assert_eq!(done.status.phase, RolloutPhase::RolledBack);
         assert_eq!(done.status.failed_revision, U);
-        assert!(devices.iter().all(|d| d.at.as_deref() == Some(S)));
+        assert!(devices.iter().all(|d| d.rollout.as_deref() == Some(S)));
         // It stays rolled back, and a new revision starts over.
         let stays = plan(&p, U, &devices, &done.status, t0());
         assert_eq!(stays.status.phase, RolloutPhase::RolledBack);
@@ -760,15 +860,30 @@ mod tests {
 
     #[test]
     fn a_restart_continues_from_the_status_and_the_devices() {
-        // Two passes from the same API state decide the same: nothing is kept in memory.
+        // A new controller knows only what the API holds: the devices' rollouts and the
+        // status as stored (through JSON). Mid-soak, it must not soak again, and it must
+        // not move the canary twice.
         let mut devices = fleet(&["a", "b", "c"]);
-        let first = plan(&policy(1), U, &devices, &stable(), t0());
+        let mut p = policy(1);
+        p.canary = Some(Canary {
+            count: Count::Devices(1),
+            prefer: None,
+            soak: Duration::from_secs(60),
+        });
+        let first = plan(&p, U, &devices, &stable(), t0());
+        assert_eq!(first.moves, ["a"]);
         apply(&mut devices, &first);
         set(&mut devices, "a", |d| d.health = Health::Ready);
-        let one = plan(&policy(1), U, &devices, &first.status, t0());
-        let other = plan(&policy(1), U, &devices, &first.status, t0());
-        assert_eq!(one, other);
-        assert_eq!(one.moves, ["b"]);
+        let ready_at = t0() + jiff::SignedDuration::from_secs(10);
+        let soaking = plan(&p, U, &devices, &first.status, ready_at);
+        assert_eq!(soaking.status.phase, RolloutPhase::Soaking);
+        let stored: RolloutStatus =
+            serde_json::from_value(serde_json::to_value(&soaking.status).expect("json"))
+                .expect("status");
+        let after_soak = ready_at + jiff::SignedDuration::from_secs(61);
+        let restarted = plan(&p, U, &devices, &stored, after_soak);
+        assert_eq!(restarted.status.phase, RolloutPhase::Progressing);
+        assert_eq!(restarted.moves, ["b"], "the soak is over, the canary stays");
     }
 
     /// Devices that ran the current revision fine crash now: there is nothing earlier to
@@ -792,7 +907,7 @@ mod tests {
         p.paused = true;
         let mut devices = fleet(&["a", "b"]);
         devices.push(Device {
-            at: None,
+            rollout: None,
             health: Health::Updating,
             ..fleet(&["new"]).remove(0)
         });
@@ -822,7 +937,7 @@ mod tests {
                         if rng.u8(0..4) == 0 { "beta" } else { "stable" }.to_owned(),
                     )]),
                     online: rng.u8(0..5) != 0,
-                    at: if rng.bool() { Some(S.to_owned()) } else { None },
+                    rollout: if rng.bool() { Some(S.to_owned()) } else { None },
                     health: Health::Ready,
                 })
                 .collect();
@@ -838,11 +953,11 @@ mod tests {
                     match_expressions: vec![],
                 })
                 .expect("selector");
-                p.canary = Some((
-                    Count::Devices(rng.u32(1..4)),
-                    Some(selector),
-                    Duration::from_secs(5),
-                ));
+                p.canary = Some(Canary {
+                    count: Count::Devices(rng.u32(1..4)),
+                    prefer: Some(selector),
+                    soak: Duration::from_secs(5),
+                });
             }
             let failures = rng.u8(0..3) == 0;
             p.failure_threshold = Count::Devices(n as u32);
@@ -863,7 +978,7 @@ mod tests {
                 apply(&mut devices, &plan);
                 let unavailable = devices
                     .iter()
-                    .filter(|d| d.at.as_deref() == Some(U) && d.health != Health::Ready)
+                    .filter(|d| d.rollout.as_deref() == Some(U) && d.health != Health::Ready)
                     .count() as u32;
                 assert!(
                     unavailable <= max,
@@ -876,7 +991,7 @@ mod tests {
                 // The world moves on: updates finish (some fail), links come and go; after
                 // step 1000 every device is back for good.
                 for d in devices.iter_mut() {
-                    if d.at.as_deref() == Some(U)
+                    if d.rollout.as_deref() == Some(U)
                         && d.health == Health::Updating
                         && rng.u8(0..3) == 0
                     {
@@ -901,7 +1016,7 @@ mod tests {
                     "seed {seed}: {}",
                     last.message
                 );
-                assert!(devices.iter().all(|d| d.at.as_deref() == Some(U)));
+                assert!(devices.iter().all(|d| d.rollout.as_deref() == Some(U)));
             }
         }
     }
@@ -936,7 +1051,7 @@ mod tests {
                 last = plan.status;
                 for d in &devices {
                     assert!(
-                        d.at.is_some(),
+                        d.rollout.is_some(),
                         "seed {seed} step {step}: {} runs nothing ({:?}: {})",
                         d.name,
                         last.phase,
@@ -944,7 +1059,7 @@ mod tests {
                     );
                     if last.phase == RolloutPhase::RolledBack {
                         assert_ne!(
-                            d.at.as_deref(),
+                            d.rollout.as_deref(),
                             Some(last.failed_revision.as_str()),
                             "seed {seed} step {step} {}: {last:?}",
                             d.name
@@ -977,7 +1092,7 @@ mod tests {
                                 name: name.clone(),
                                 labels: BTreeMap::new(),
                                 online: rng.bool(),
-                                at: None,
+                                rollout: None,
                                 health: Health::Updating,
                             });
                         }

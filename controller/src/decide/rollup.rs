@@ -27,7 +27,7 @@ pub struct DeviceView<'a> {
     pub status: Option<&'a EdgeDeviceStatus>,
     pub online: bool,
     /// The device's `spec.rollouts`: which revision each staged deployment moved it to.
-    pub moved_to: &'a BTreeMap<String, String>,
+    pub rollouts: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -145,14 +145,14 @@ pub fn rollup<'a>(
             .desired
             .and_then(|s| s.targeting.iter().find(|t| t.deployment == d.key));
         let selects_now = d.selects(dev.labels, dev.desired.map(|s| s.targeting.as_slice()));
-        let moved_to = dev.moved_to.get(&d.key);
+        let rollouts = dev.rollouts.get(&d.key);
         let mut planner_view = |health: Health| {
             if d.staged {
                 r.rollout.push(rollout::Device {
                     name: dev.name.to_owned(),
                     labels: dev.labels.clone(),
                     online: dev.online,
-                    at: moved_to.cloned(),
+                    rollout: rollouts.cloned(),
                     health,
                 });
             }
@@ -208,7 +208,7 @@ pub fn rollup<'a>(
         // The planner judges a device at the revision it was moved to, once its desired
         // state carries that revision.
         planner_view(match verdict {
-            _ if moved_to != Some(&decision.revision) => Health::Updating,
+            _ if rollouts != Some(&decision.revision) => Health::Updating,
             DeviceHealth::Ready => Health::Ready,
             DeviceHealth::Rejected(_) | DeviceHealth::Failed(_) => Health::Failed,
             DeviceHealth::NotApplied | DeviceHealth::Starting => Health::Updating,
@@ -353,7 +353,7 @@ mod tests {
         desired: DesiredState,
         status: Option<EdgeDeviceStatus>,
         online: bool,
-        moved_to: BTreeMap<String, String>,
+        rollouts: BTreeMap<String, String>,
     }
 
     fn compiled(yaml_spec: &str) -> CompiledDeployment {
@@ -381,7 +381,7 @@ mod tests {
             desired,
             status,
             online,
-            moved_to: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
         }
     }
 
@@ -394,10 +394,15 @@ mod tests {
                 desired: Some(&x.desired),
                 status: x.status.as_ref(),
                 online: x.online,
-                moved_to: &x.moved_to,
+                rollouts: &x.rollouts,
             }),
-            Timestamp::now(),
+            now(),
         )
+    }
+
+    /// The tests' clock: fixed, so that no test depends on the day it runs.
+    fn now() -> Timestamp {
+        "2026-06-01T00:00:00Z".parse().expect("time")
     }
 
     /// Device "d1", online, with this desired state and no report yet.
@@ -411,7 +416,7 @@ mod tests {
             desired: Some(desired),
             status: None,
             online: true,
-            moved_to: labels,
+            rollouts: labels,
         }
     }
 
@@ -422,18 +427,18 @@ mod tests {
         let d = compiled(
             "selector: {matchLabels: {site: x}}\n  modules: [{name: a}]\n  rollout: {minReadySeconds: 10}",
         );
-        let moved_to = BTreeMap::from([("ns/d".to_owned(), d.revision.clone())]);
+        let rollouts = BTreeMap::from([("ns/d".to_owned(), d.revision.clone())]);
         let device = |name: &str, started: &str| {
             let labels = BTreeMap::from([("site".to_owned(), "x".to_owned())]);
-            let staging = crate::decide::targeting::Staging {
-                moved_to: &moved_to,
+            let staged = crate::decide::targeting::StagedRevisions {
+                rollouts: &rollouts,
                 snapshots: &(),
             };
             let desired = crate::decide::targeting::resolve_staged(
                 &labels,
                 std::slice::from_ref(&d),
                 None,
-                &staging,
+                &staged,
             );
             let report = format!(
                 "appliedRevision: {}\nmodules: [{{name: a, runtimeStatus: running, lastStartTime: \"{started}\"}}]",
@@ -445,11 +450,13 @@ mod tests {
                 desired,
                 status: Some(serde_yaml::from_str(&report).expect("status")),
                 online: true,
-                moved_to: moved_to.clone(),
+                rollouts: rollouts.clone(),
             }
         };
-        let fresh = device("d1", "2030-01-01T00:00:00Z");
-        let settled = device("d2", "2020-01-01T00:00:00Z");
+        let started =
+            |secs_ago: i64| (now() - jiff::SignedDuration::from_secs(secs_ago)).to_string();
+        let fresh = device("d1", &started(9));
+        let settled = device("d2", &started(10));
         let r = run(&d, &[fresh, settled]);
         assert_eq!(r.ready, 1, "only the module that ran 10 s counts");
         let health: Vec<Health> = r.rollout.iter().map(|x| x.health).collect();
@@ -607,7 +614,7 @@ mod tests {
         let labels = BTreeMap::new();
         let desired = resolve(&labels, &[winner.clone(), loser.clone()], None);
         let view = unreported(&labels, &desired);
-        let r = rollup(&loser, std::iter::once(view), Timestamp::now());
+        let r = rollup(&loser, std::iter::once(view), now());
         assert_eq!((r.lost, r.targeted), (1, 0));
         assert_eq!(r.tied_with.iter().collect::<Vec<_>>(), ["ns/a-first"]);
         let s = status(None, &[], &r, None);
@@ -619,7 +626,7 @@ mod tests {
                 &status(
                     None,
                     &[],
-                    &rollup(&winner, std::iter::once(view), Timestamp::now()),
+                    &rollup(&winner, std::iter::once(view), now()),
                     None
                 )
                 .conditions,
@@ -656,7 +663,7 @@ mod tests {
         let labels = BTreeMap::new();
         let desired = resolve(&labels, &[winner, loser.clone()], None);
         let view = unreported(&labels, &desired);
-        let r = rollup(&loser, std::iter::once(view), Timestamp::now());
+        let r = rollup(&loser, std::iter::once(view), now());
         assert_eq!(
             r.outranked_by.iter().collect::<Vec<_>>(),
             ["team-b/takeover"]

@@ -48,7 +48,7 @@ impl CompiledDeployment {
         &self,
         labels: &BTreeMap<String, String>,
         current: Option<&DesiredState>,
-        staging: &Staging,
+        staged: &StagedRevisions,
     ) -> Given {
         match &self.contribution {
             Contribution::Held { reach, .. } => {
@@ -62,13 +62,13 @@ impl CompiledDeployment {
                 revision: self.revision.clone(),
                 bytes: *bytes,
             },
-            Contribution::Fresh { modules, bytes, .. } => match staging.moved_to.get(&self.key) {
+            Contribution::Fresh { modules, bytes, .. } => match staged.rollouts.get(&self.key) {
                 Some(r) if *r == self.revision => Given {
                     modules: modules.clone(),
                     revision: r.clone(),
                     bytes: *bytes,
                 },
-                Some(r) => match staging.snapshots.modules(&self.key, r) {
+                Some(r) => match staged.snapshots.modules(&self.key, r) {
                     Some(snapshot) => Given::new(snapshot, r.clone()),
                     None => self.read_back(current),
                 },
@@ -133,16 +133,16 @@ impl Snapshots for () {
 }
 
 /// Where staged deployments' modules come from on one device.
-pub struct Staging<'a> {
+pub struct StagedRevisions<'a> {
     /// The device's `spec.rollouts`: the revision each staged deployment moved it to.
-    pub moved_to: &'a BTreeMap<String, String>,
+    pub rollouts: &'a BTreeMap<String, String>,
     pub snapshots: &'a dyn Snapshots,
 }
 
-impl std::fmt::Debug for Staging<'_> {
+impl std::fmt::Debug for StagedRevisions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Staging")
-            .field("moved_to", self.moved_to)
+        f.debug_struct("StagedRevisions")
+            .field("rollouts", self.rollouts)
             .finish_non_exhaustive()
     }
 }
@@ -158,8 +158,8 @@ pub fn resolve(
         labels,
         catalog,
         current,
-        &Staging {
-            moved_to: &none,
+        &StagedRevisions {
+            rollouts: &none,
             snapshots: &(),
         },
     )
@@ -172,7 +172,7 @@ pub fn resolve_staged(
     labels: &BTreeMap<String, String>,
     catalog: &[CompiledDeployment],
     current: Option<&DesiredState>,
-    staging: &Staging,
+    staged: &StagedRevisions,
 ) -> DesiredState {
     let decisions = current.map(|c| c.targeting.as_slice());
     let mut base: Vec<Ranked> = Vec::new();
@@ -211,7 +211,7 @@ pub fn resolve_staged(
     let mut budget = Budget::default();
     let mut given: BTreeMap<&str, (Given, Option<String>)> = BTreeMap::new();
     for r in base.first().into_iter().chain(layers.iter().rev()) {
-        let g = r.d.modules_for(labels, current, staging);
+        let g = r.d.modules_for(labels, current, staged);
         let entry = match budget.take(&g) {
             Ok(()) => (g, None),
             Err(why) => {
@@ -867,15 +867,15 @@ mod tests {
         };
         let snapshots = OneSnapshot(v1.revision.clone(), v1_modules.clone());
         let at = |moved: Option<&str>, current: Option<&DesiredState>| {
-            let moved_to: BTreeMap<String, String> = moved
+            let rollouts: BTreeMap<String, String> = moved
                 .map(|r| [("a/app".to_owned(), r.to_owned())].into())
                 .unwrap_or_default();
             resolve_staged(
                 &BTreeMap::new(),
                 std::slice::from_ref(&v2),
                 current,
-                &Staging {
-                    moved_to: &moved_to,
+                &StagedRevisions {
+                    rollouts: &rollouts,
                     snapshots: &snapshots,
                 },
             )

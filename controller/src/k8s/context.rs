@@ -94,7 +94,7 @@ pub struct Context {
     /// (device, module) pairs seen failing, so "module failed" is an Event once per failure.
     pub failing: Mutex<HashSet<(String, String)>>,
     /// Per staged deployment: the target revision and the devices moved to it that the
-    /// cache may not show yet (see `staging`).
+    /// cache may not show yet (see `reconcile::rollout`).
     pub(crate) moves: Mutex<HashMap<String, (String, BTreeSet<String>)>>,
     synced: Arc<Synced>,
 }

@@ -49,7 +49,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
                 .as_ref()
                 .and_then(|s| condition::find(&s.conditions, ONLINE))
                 .is_some_and(|c| c.is_true()),
-            moved_to: &dev.spec.rollouts,
+            rollouts: &dev.spec.rollouts,
         });
     let r = rollup::rollup(&compiled, views, jiff::Timestamp::now());
     let old = d.status.clone().unwrap_or_default();

@@ -144,11 +144,11 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     // credentials can't write them (its RBAC reaches only its status).
     let current = device.spec.desired.as_ref();
     let desired = if registration == Registration::Enrolled {
-        let staging = targeting::Staging {
-            moved_to: &device.spec.rollouts,
+        let staged = targeting::StagedRevisions {
+            rollouts: &device.spec.rollouts,
             snapshots: ctx.as_ref(),
         };
-        targeting::resolve_staged(device.labels(), &ctx.catalog(), current, &staging)
+        targeting::resolve_staged(device.labels(), &ctx.catalog(), current, &staged)
     } else {
         DesiredState::new(vec![], vec![])
     };

@@ -287,10 +287,10 @@ impl Context {
             if !names.contains(&d.name) {
                 continue;
             }
-            if d.at.as_ref() == Some(target) {
+            if d.rollout.as_ref() == Some(target) {
                 names.remove(&d.name);
             } else {
-                d.at = Some(target.clone());
+                d.rollout = Some(target.clone());
                 d.health = Health::Updating;
             }
         }
