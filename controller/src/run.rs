@@ -2,7 +2,7 @@
 //! leads: the registry (enrolled EdgeDevices), devices, deployment status, module status and the approval
 //! of joining devices' certificates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,27 +12,28 @@ use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED};
 use edgefleet_crds::identity::{LEADER_LEASE, device_of_object};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
-use kube::runtime::{WatchStreamExt, reflector as reflect, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::k8s::context::{Cache, Context, Stores, Synced};
+use crate::k8s::context::{Context, Stores};
 use crate::k8s::leader::Elector;
-use crate::metrics::Metrics;
-use crate::serve::http::{self, Health};
-use crate::{
-    reconcile::csr_approval, reconcile::deployment, reconcile::device, reconcile::module_status,
-    reconcile::registry, reconcile::rollout, serve::admission,
+use crate::k8s::watches::{
+    Cache, Synced, cache, drop_managed_fields, enrolments, keep_renew_time, shared, spec_changes,
 };
+use crate::metrics::Metrics;
+use crate::reconcile::{self, csr_approval, deployment, device, module_status, registry, rollout};
+use crate::serve::admission;
+use crate::serve::http::{self, Health};
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -45,8 +46,6 @@ pub enum RunError {
     #[error(transparent)]
     Admission(#[from] admission::AdmissionError),
 }
-
-const SHARED_BUFFER: usize = 1024;
 
 /// Runs until SIGTERM or Ctrl-C (clean exit) or lost leadership (error exit).
 pub async fn run(config: Config) -> Result<(), RunError> {
@@ -145,82 +144,6 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// A shared reflector over all objects of a kind: one watch feeding the cache and `N`
-/// subscribers (controllers). The watch runs in its own task.
-fn shared<K, const N: usize>(
-    api: Api<K>,
-    synced: Arc<Synced>,
-    cache: Cache,
-) -> (reflector::Store<K>, [ReflectHandle<K>; N])
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store_shared(SHARED_BUFFER);
-    let subs = std::array::from_fn(|_| {
-        writer
-            .subscribe()
-            .expect("a shared store hands out subscriptions")
-    });
-    let watch = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(drop_managed_fields)
-        .reflect_shared(writer)
-        .for_each(move |e| {
-            synced.observe(cache, &e);
-            ready(())
-        });
-    tokio::spawn(watch);
-    (reader, subs)
-}
-
-/// The caches never read managedFields, which are often the largest part of an object.
-fn drop_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-}
-
-/// Presence needs only a Lease's renew time: at 10,000 devices the rest (managedFields of
-/// two writers, holder, durations) would be most of the cache.
-fn keep_renew_time(lease: &mut Lease) {
-    let renew_time = lease.spec.as_mut().and_then(|s| s.renew_time.take());
-    lease.spec = Some(LeaseSpec {
-        renew_time,
-        ..Default::default()
-    });
-    let meta = &mut lease.metadata;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.labels = None;
-    meta.annotations = None;
-}
-
-/// Passes on each object once (by uid): the registry acts when a device is enrolled, not
-/// on every status report its agent makes.
-fn enrolments<K: Resource + Send + Sync + 'static>(
-    s: impl Stream<Item = Arc<K>> + Send,
-) -> impl Stream<Item = Arc<K>> + Send {
-    let mut seen: HashSet<String> = HashSet::new();
-    s.filter(move |o| ready(seen.insert(o.meta().uid.clone().unwrap_or_default())))
-}
-
-/// Passes on only objects whose generation changed: our own status writes do not count as
-/// changes of what the user asked for.
-fn spec_changes<K: Resource + Send + Sync + 'static>(
-    s: impl Stream<Item = Arc<K>> + Send,
-) -> impl Stream<Item = Arc<K>> + Send {
-    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
-    s.filter(move |o| {
-        let uid = o.meta().uid.clone().unwrap_or_default();
-        let generation = o.meta().generation;
-        ready(seen.insert(uid, generation) != Some(generation))
-    })
-}
-
 async fn controllers(
     client: Client,
     config: Config,
@@ -240,61 +163,53 @@ async fn controllers(
         ],
     ) = shared(
         Api::<EdgeDevice>::all(client.clone()),
-        synced.clone(),
+        &synced,
         Cache::Devices,
     );
     let (deployments, [dep_main, dep_for_devices, dep_for_modules]) = shared(
         Api::<EdgeDeployment>::all(client.clone()),
-        synced.clone(),
+        &synced,
         Cache::Deployments,
     );
     let (modules, [mod_main, mod_for_devices, mod_for_deployments]) = shared(
         Api::<EdgeModule>::all(client.clone()),
-        synced.clone(),
+        &synced,
         Cache::Modules,
     );
-
     // Grants are few and change rarely; any change may widen or narrow any deployment.
     let (grants, [grant_for_devices, grant_for_deployments]) = shared(
         Api::<EdgeGrant>::all(client.clone()),
-        synced.clone(),
+        &synced,
         Cache::Grants,
     );
 
-    let (leases, lease_writer) = reflector::store();
-    let lease_synced = synced.clone();
-    let lease_stream = reflect(
-        lease_writer,
-        watcher(
-            Api::<Lease>::namespaced(client.clone(), &ns),
-            watcher::Config::default(),
-        )
-        .modify(keep_renew_time),
-    )
-    .default_backoff()
-    .inspect(move |e| lease_synced.observe(Cache::Leases, e))
-    .applied_objects();
+    let (leases, lease_events) = cache(
+        Api::<Lease>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+        keep_renew_time,
+        &synced,
+        Cache::Leases,
+    );
+    let lease_stream = lease_events.applied_objects();
 
     // Metadata only, and every Node: a device needs to know whether its Node exists, not
     // what its labels say (a kubelet may set its own Node's labels; enrolment and targeting
     // rest on the EdgeDevice, which only administrators write).
-    let nodes_api = Api::<PartialObjectMeta<Node>>::all(client.clone());
-    let (nodes, node_writer) = reflector::store();
-    let node_synced = synced.clone();
+    let (nodes, node_events) = cache(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default(),
+        drop_managed_fields,
+        &synced,
+        Cache::Nodes,
+    );
     // A Node's arrival or deletion reaches the device reconcile only after the store has
     // it: from a second watch it could arrive first, and a device whose Node is gone would
     // be judged against a store that still has the Node.
     let (node_tx, node_changes) = futures::channel::mpsc::unbounded();
-    let node_watch = reflect(
-        node_writer,
-        watcher(nodes_api, watcher::Config::default()).modify(drop_managed_fields),
-    )
-    .default_backoff()
-    .for_each({
+    tokio::spawn(node_events.for_each({
         // Only arrivals and departures matter: a Node's status changes every few seconds.
         let mut known: HashSet<String> = HashSet::new();
         move |e| {
-            node_synced.observe(Cache::Nodes, &e);
             let changed = match &e {
                 Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
                     known.insert(n.name_any()).then_some(n)
@@ -307,26 +222,17 @@ async fn controllers(
             }
             ready(())
         }
-    });
-    tokio::spawn(node_watch);
+    }));
 
     // The deployments' revisions, for moving devices back to one: a cache, no controller.
-    let (revisions, revision_writer) = reflector::store();
-    let revision_synced = synced.clone();
-    let revision_watch = reflect(
-        revision_writer,
-        watcher(
-            Api::<ControllerRevision>::all(client.clone()),
-            watcher::Config::default().labels(rollout::DEPLOYMENT_LABEL),
-        )
-        .modify(drop_managed_fields),
-    )
-    .default_backoff()
-    .for_each(move |e| {
-        revision_synced.observe(Cache::Revisions, &e);
-        ready(())
-    });
-    tokio::spawn(revision_watch);
+    let (revisions, revision_events) = cache(
+        Api::<ControllerRevision>::all(client.clone()),
+        watcher::Config::default().labels(rollout::DEPLOYMENT_LABEL),
+        drop_managed_fields,
+        &synced,
+        Cache::Revisions,
+    );
+    tokio::spawn(revision_events.for_each(|_| ready(())));
 
     let stores = Stores {
         revisions,
@@ -370,14 +276,22 @@ async fn controllers(
         })
         .reconcile_all_on(catalog_changes)
         .graceful_shutdown_on(shutdown_signal())
-        .run(device::reconcile, device::error_policy, ctx.clone())
+        .run(
+            device::reconcile,
+            reconcile::retry(device::CONTROLLER),
+            ctx.clone(),
+        )
         .for_each(|_| ready(()));
 
     let registry_ctrl =
         Controller::for_shared_stream(enrolments(dev_for_registry), devices.clone())
             .with_config(bounded.clone())
             .graceful_shutdown_on(shutdown_signal())
-            .run(registry::reconcile, registry::error_policy, ctx.clone())
+            .run(
+                registry::reconcile,
+                reconcile::retry(registry::CONTROLLER),
+                ctx.clone(),
+            )
             .for_each(|_| ready(()));
 
     let dep_store = deployments.clone();
@@ -407,7 +321,11 @@ async fn controllers(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown_signal())
-        .run(deployment::reconcile, deployment::error_policy, ctx.clone())
+        .run(
+            deployment::reconcile,
+            reconcile::retry(deployment::CONTROLLER),
+            ctx.clone(),
+        )
         .for_each(|_| ready(()));
 
     let module_ctrl = Controller::for_shared_stream(spec_changes(mod_main), modules)
@@ -426,7 +344,7 @@ async fn controllers(
         .graceful_shutdown_on(shutdown_signal())
         .run(
             module_status::reconcile,
-            module_status::error_policy,
+            reconcile::retry(module_status::CONTROLLER),
             ctx.clone(),
         )
         .for_each(|_| ready(()));
@@ -439,7 +357,7 @@ async fn controllers(
     .graceful_shutdown_on(shutdown_signal())
     .run(
         csr_approval::reconcile,
-        csr_approval::error_policy,
+        reconcile::retry(csr_approval::CONTROLLER),
         ctx.clone(),
     )
     .for_each(|_| ready(()));

@@ -1,7 +1,7 @@
 //! State shared by every reconcile: the client, the configuration, the caches (reflector
 //! stores) and the compiled deployment catalog.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -9,16 +9,18 @@ use edgefleet_crds::identity::CONTROLLER_NAME;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule, EdgeModuleSpec};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::api::core::v1::Node;
 use kube::Client;
+use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt};
 
 use crate::config::Config;
 use crate::decide::catalog::{self, CompiledDeployment};
 use crate::decide::grant::Grant;
+use crate::k8s::moves::Moves;
+use crate::k8s::watches::Synced;
 use crate::metrics::Metrics;
 
 /// The caches every reconcile reads. Nodes are kept as metadata only: a device needs a
@@ -35,67 +37,17 @@ pub struct Stores {
     pub grants: Store<EdgeGrant>,
 }
 
-/// The caches, for readiness tracking.
-#[derive(Debug, Clone, Copy)]
-pub enum Cache {
-    Devices = 1,
-    Deployments = 2,
-    Modules = 4,
-    Leases = 8,
-    Nodes = 16,
-    Revisions = 32,
-    Grants = 64,
-}
-
-/// Which caches have their initial list. kube's `Store::wait_until_ready` wakes only one
-/// waiter per store, and each controller already waits on its own store, so readiness is
-/// tracked here from the watch events themselves, for any number of waiters.
-#[derive(Debug)]
-pub struct Synced(tokio::sync::watch::Sender<u8>);
-
-impl Default for Synced {
-    fn default() -> Self {
-        Synced(tokio::sync::watch::channel(0).0)
-    }
-}
-
-impl Synced {
-    const ALL: u8 = Cache::Devices as u8
-        | Cache::Deployments as u8
-        | Cache::Modules as u8
-        | Cache::Leases as u8
-        | Cache::Nodes as u8
-        | Cache::Revisions as u8
-        | Cache::Grants as u8;
-
-    pub fn observe<K, E>(&self, cache: Cache, event: &Result<kube::runtime::watcher::Event<K>, E>) {
-        if let Ok(kube::runtime::watcher::Event::InitDone) = event {
-            self.0.send_if_modified(|bits| {
-                let before = *bits;
-                *bits |= cache as u8;
-                *bits != before
-            });
-        }
-    }
-
-    pub async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|bits| *bits == Self::ALL).await;
-    }
-}
-
 pub struct Context {
     pub client: Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
-    recorder: Recorder,
+    pub(super) recorder: Recorder,
     catalog: Mutex<Option<(u64, Arc<Vec<CompiledDeployment>>)>>,
     /// (device, module) pairs seen failing, so "module failed" is an Event once per failure.
     pub failing: Mutex<HashSet<(String, String)>>,
-    /// Per staged deployment: the target revision and the devices moved to it that the
-    /// cache may not show yet (see `reconcile::rollout`).
-    pub(crate) moves: Mutex<HashMap<String, (String, BTreeSet<String>)>>,
+    /// The rollout moves written that the device cache may not show yet.
+    pub moves: Moves,
     synced: Arc<Synced>,
 }
 
@@ -125,7 +77,7 @@ impl Context {
             stores,
             catalog: Mutex::new(None),
             failing: Mutex::new(HashSet::new()),
-            moves: Mutex::new(HashMap::new()),
+            moves: Moves::default(),
             synced,
         }
     }
@@ -208,96 +160,6 @@ impl Context {
             && crate::reconcile::registry::enrolment_problem(name).is_none()
             && self.node(name).is_some()
     }
-
-    /// Publishes an Event; a failure to do so is logged, never fatal to a reconcile.
-    pub async fn event(
-        &self,
-        regarding: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let ev = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(truncate(note, 1000)),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        let published = if regarding.namespace.is_some() {
-            self.recorder.publish(&ev, regarding).await
-        } else {
-            self.publish_cluster_scoped(&ev, regarding).await
-        };
-        if let Err(e) = published {
-            tracing::warn!(reason, error = %e, "cannot publish event");
-        }
-    }
-
-    /// Events about a cluster-scoped object (an EdgeDevice) go through core/v1 into the
-    /// `default` namespace: the events.k8s.io/v1 validation of Kubernetes before 1.22 rejects
-    /// them. They are published on transitions only, so no series aggregation is needed.
-    /// `action` has no place among the legacy fields and is dropped.
-    async fn publish_cluster_scoped(
-        &self,
-        ev: &Event,
-        regarding: &ObjectReference,
-    ) -> kube::Result<()> {
-        use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-        let now = jiff::Timestamp::now();
-        let event = CoreEvent {
-            metadata: ObjectMeta {
-                generate_name: Some(format!(
-                    "{}.",
-                    regarding.name.as_deref().unwrap_or("object")
-                )),
-                namespace: Some("default".to_owned()),
-                ..Default::default()
-            },
-            involved_object: regarding.clone(),
-            reason: Some(ev.reason.clone()),
-            message: ev.note.clone(),
-            type_: Some(
-                match ev.type_ {
-                    EventType::Normal => "Normal",
-                    EventType::Warning => "Warning",
-                }
-                .to_owned(),
-            ),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            count: Some(1),
-            // Only the legacy fields: with eventTime or reportingComponent set, Kubernetes
-            // before 1.22 validates strictly and refuses a cluster-scoped object again.
-            source: Some(EventSource {
-                component: Some(CONTROLLER_NAME.to_owned()),
-                host: Some(self.config.identity.clone()),
-            }),
-            ..Default::default()
-        };
-        kube::Api::<CoreEvent>::namespaced(self.client.clone(), "default")
-            .create(&Default::default(), &event)
-            .await
-            .map(|_| ())
-    }
-}
-
-/// An object reference for Events.
-pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
-    obj.object_ref(&())
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    s
 }
 
 fn stamp(

@@ -3,4 +3,7 @@
 
 pub mod apply;
 pub mod context;
+pub mod events;
 pub mod leader;
+pub mod moves;
+pub mod watches;

@@ -37,7 +37,8 @@ use x509_parser::x509::X509Name;
 
 use crate::decide::csr_request;
 use crate::error::{Error, Result};
-use crate::k8s::context::{Context, reference};
+use crate::k8s::context::Context;
+use crate::k8s::events::reference;
 
 pub const CONTROLLER: &str = "csr-approval";
 
@@ -354,12 +355,6 @@ async fn decide(csr: Arc<CertificateSigningRequest>, ctx: &Context) -> Result<Ac
     )
     .await;
     Ok(Action::await_change())
-}
-
-pub fn error_policy(_csr: Arc<CertificateSigningRequest>, e: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %e, "certificate request decision failed");
-    ctx.metrics.error(CONTROLLER, e.category());
-    Action::requeue(Duration::from_secs(5))
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use crate::decide::catalog::{self, Contribution};
 use crate::decide::conditions;
 use crate::decide::rollup::{self, DeviceView};
 use crate::error::{Error, Result};
-use crate::k8s::context::{Context, reference};
+use crate::k8s::context::Context;
+use crate::k8s::events::reference;
 use crate::{k8s::apply, reconcile::rollout};
 
 pub const CONTROLLER: &str = "deployment";
@@ -137,12 +138,6 @@ async fn publish_transitions(
         )
         .await;
     }
-}
-
-pub fn error_policy(_d: Arc<EdgeDeployment>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "deployment reconcile failed");
-    ctx.metrics.error(CONTROLLER, err.category());
-    Action::requeue(Duration::from_secs(5))
 }
 
 /// The deployments a device's state matters to: those named in its targeting decisions.

@@ -29,7 +29,8 @@ use serde_json::json;
 
 use crate::decide::presence::presence;
 use crate::error::{Error, Result};
-use crate::k8s::context::{Context, reference};
+use crate::k8s::context::Context;
+use crate::k8s::events::reference;
 use crate::{decide::status_check, decide::targeting, k8s::apply, reconcile::registry};
 
 pub const CONTROLLER: &str = "device";
@@ -328,12 +329,6 @@ async fn report_module_failures(ctx: &Context, device: &EdgeDevice, desired: &De
         )
         .await;
     }
-}
-
-pub fn error_policy(_d: Arc<EdgeDevice>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "device reconcile failed");
-    ctx.metrics.error(CONTROLLER, err.category());
-    Action::requeue(Duration::from_secs(5))
 }
 
 #[cfg(test)]

@@ -58,12 +58,6 @@ pub async fn reconcile(m: Arc<EdgeModule>, ctx: Arc<Context>) -> Result<Action> 
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-pub fn error_policy(_m: Arc<EdgeModule>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "module reconcile failed");
-    ctx.metrics.error(CONTROLLER, err.category());
-    Action::requeue(Duration::from_secs(5))
-}
-
 /// The modules a device runs, as references.
 pub fn modules_of_device(dev: &EdgeDevice) -> Vec<ObjectRef<EdgeModule>> {
     dev.spec

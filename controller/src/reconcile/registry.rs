@@ -6,7 +6,6 @@
 //! recreates them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use edgefleet_crds::EdgeDevice;
 use edgefleet_crds::names::check_dns_label;
@@ -80,12 +79,6 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     };
     futures::try_join!(lease, rbac)?;
     Ok(Action::await_change())
-}
-
-pub fn error_policy(_device: Arc<EdgeDevice>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "registry reconcile failed");
-    ctx.metrics.error(CONTROLLER, err.category());
-    Action::requeue(Duration::from_secs(5))
 }
 
 #[cfg(test)]

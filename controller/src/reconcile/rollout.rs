@@ -7,7 +7,7 @@
 //! second pass never moves more devices than the budget allows.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, RolloutPhase, RolloutStatus};
@@ -20,11 +20,12 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::decide::catalog::{CompiledDeployment, Contribution};
-use crate::decide::rollout::{self, Health, Plan, Policy};
+use crate::decide::rollout::{self, Plan, Policy};
 use crate::decide::rollup::Rollup;
 use crate::decide::targeting::Snapshots;
 use crate::error::{Error, Result};
-use crate::k8s::context::{Context, reference};
+use crate::k8s::context::Context;
+use crate::k8s::events::reference;
 
 /// Labels of a deployment's ControllerRevisions.
 pub const DEPLOYMENT_LABEL: &str = "edgefleet.io/deployment";
@@ -80,7 +81,8 @@ pub async fn step(
         return Ok(None);
     };
     let mut devices = r.rollout.clone();
-    ctx.recall_moves(&compiled.key, &mut devices);
+    ctx.moves
+        .recall(&compiled.key, &mut devices, Instant::now());
     let plan = rollout::plan(
         &policy,
         &compiled.revision,
@@ -149,7 +151,7 @@ async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
         api.patch(device, &params, &Patch::Merge(&patch))
             .await
             .map_err(|e| Error::MoveDevice(device.clone(), e))?;
-        ctx.remember_move(key, revision, device);
+        ctx.moves.remember(key, device, revision, Instant::now());
         tracing::info!(deployment = key, device, %revision, wave = plan.status.wave, "moved");
     }
     Ok(())
@@ -274,36 +276,4 @@ pub async fn publish_phase(
     let note = format!("revision {}: {}", new.update_revision, new.message);
     ctx.event(&reference(d), type_, &reason, "Rollout", note)
         .await;
-}
-
-impl Context {
-    /// Marks as moved the devices this controller moved but the cache does not show yet.
-    fn recall_moves(&self, key: &str, devices: &mut [rollout::Device]) {
-        let mut moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((target, names)) = moves.get_mut(key) else {
-            return;
-        };
-        for d in devices.iter_mut() {
-            if !names.contains(&d.name) {
-                continue;
-            }
-            if d.rollout.as_ref() == Some(target) {
-                names.remove(&d.name);
-            } else {
-                d.rollout = Some(target.clone());
-                d.health = Health::Updating;
-            }
-        }
-    }
-
-    fn remember_move(&self, key: &str, target: &str, device: &str) {
-        let mut moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = moves
-            .entry(key.to_owned())
-            .or_insert_with(|| (target.to_owned(), BTreeSet::new()));
-        if entry.0 != target {
-            *entry = (target.to_owned(), BTreeSet::new());
-        }
-        entry.1.insert(device.to_owned());
-    }
 }

@@ -1,0 +1,102 @@
+//! Events: what a person reads in `kubectl describe` and `kubectl get events`. Published
+//! on transitions only; a failure to publish is logged, never fatal to a reconcile.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType};
+
+use edgefleet_crds::identity::CONTROLLER_NAME;
+
+use crate::k8s::context::Context;
+
+impl Context {
+    /// Publishes an Event; a failure to do so is logged, never fatal to a reconcile.
+    pub async fn event(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(truncate(note, 1000)),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        let published = if regarding.namespace.is_some() {
+            self.recorder.publish(&ev, regarding).await
+        } else {
+            self.publish_cluster_scoped(&ev, regarding).await
+        };
+        if let Err(e) = published {
+            tracing::warn!(reason, error = %e, "cannot publish event");
+        }
+    }
+
+    /// Events about a cluster-scoped object (an EdgeDevice) go through core/v1 into the
+    /// `default` namespace: the events.k8s.io/v1 validation of Kubernetes before 1.22 rejects
+    /// them. They are published on transitions only, so no series aggregation is needed.
+    /// `action` has no place among the legacy fields and is dropped.
+    async fn publish_cluster_scoped(
+        &self,
+        ev: &Event,
+        regarding: &ObjectReference,
+    ) -> kube::Result<()> {
+        use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+        let now = jiff::Timestamp::now();
+        let event = CoreEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!(
+                    "{}.",
+                    regarding.name.as_deref().unwrap_or("object")
+                )),
+                namespace: Some("default".to_owned()),
+                ..Default::default()
+            },
+            involved_object: regarding.clone(),
+            reason: Some(ev.reason.clone()),
+            message: ev.note.clone(),
+            type_: Some(
+                match ev.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .to_owned(),
+            ),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            // Only the legacy fields: with eventTime or reportingComponent set, Kubernetes
+            // before 1.22 validates strictly and refuses a cluster-scoped object again.
+            source: Some(EventSource {
+                component: Some(CONTROLLER_NAME.to_owned()),
+                host: Some(self.config.identity.clone()),
+            }),
+            ..Default::default()
+        };
+        kube::Api::<CoreEvent>::namespaced(self.client.clone(), "default")
+            .create(&Default::default(), &event)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// An object reference for Events.
+pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    obj.object_ref(&())
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

@@ -1,0 +1,209 @@
+//! The watches that fill the caches, written once: every cache is a reflector over one
+//! watch that trims what no reconcile reads and reports when its initial list is in, so
+//! that reconciles start only once every cache is complete.
+
+use std::collections::{HashMap, HashSet};
+use std::future::ready;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+
+/// The caches, named for readiness tracking and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cache {
+    Devices,
+    Deployments,
+    Modules,
+    Leases,
+    Nodes,
+    Revisions,
+    Grants,
+}
+
+/// Which caches have their initial list. kube's `Store::wait_until_ready` wakes only one
+/// waiter per store, and each controller already waits on its own store, so readiness is
+/// tracked here from the watch events themselves, for any number of waiters. Every watch
+/// started through this module is expected ([`Synced::expect`]); synced means all of them
+/// have listed, so a cache added later can't be forgotten here.
+#[derive(Debug, Default)]
+pub struct Synced {
+    expected: std::sync::Mutex<HashSet<Cache>>,
+    listed: tokio::sync::watch::Sender<HashSet<Cache>>,
+}
+
+impl Synced {
+    /// Counts `cache` among those a complete view needs.
+    pub fn expect(&self, cache: Cache) {
+        self.expected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cache);
+        // A waiter compares against the expected set: wake it to compare again.
+        self.listed.send_modify(|_| {});
+    }
+
+    /// Notes that `cache` has its initial list, when `event` says so.
+    pub fn observe<K, E>(&self, cache: Cache, event: &Result<watcher::Event<K>, E>) {
+        if let Ok(watcher::Event::InitDone) = event {
+            self.listed.send_if_modified(|listed| listed.insert(cache));
+        }
+    }
+
+    /// Waits until every expected cache has its initial list.
+    pub async fn wait(&self) {
+        let mut rx = self.listed.subscribe();
+        let _ = rx
+            .wait_for(|listed| {
+                let expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+                !expected.is_empty() && expected.is_subset(listed)
+            })
+            .await;
+    }
+}
+
+/// The size of a shared reflector's buffer of events for its subscribers.
+const SHARED_BUFFER: usize = 1024;
+
+/// A cache over all objects of a kind that `N` controllers subscribe to: one watch feeding
+/// the store and each subscriber. The watch runs in its own task.
+pub fn shared<K, const N: usize>(
+    api: Api<K>,
+    synced: &Arc<Synced>,
+    cache: Cache,
+) -> (Store<K>, [ReflectHandle<K>; N])
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    synced.expect(cache);
+    let (reader, writer) = reflector::store_shared(SHARED_BUFFER);
+    let subs = std::array::from_fn(|_| {
+        writer
+            .subscribe()
+            .expect("a shared store hands out subscriptions")
+    });
+    let synced = synced.clone();
+    let watch = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(drop_managed_fields)
+        .reflect_shared(writer)
+        .for_each(move |e| {
+            synced.observe(cache, &e);
+            ready(())
+        });
+    tokio::spawn(watch);
+    (reader, subs)
+}
+
+/// A cache only its owner reads, over the objects `config` selects, each trimmed by `trim`
+/// before it is stored. Returns the store and the watch's events, which the caller must
+/// drive (to completion, or as a controller's trigger stream).
+pub fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    synced: &Arc<Synced>,
+    cache: Cache,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    synced.expect(cache);
+    let (reader, writer) = reflector::store();
+    let synced = synced.clone();
+    let events = watcher(api, config)
+        .modify(trim)
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |e| synced.observe(cache, e));
+    (reader, events)
+}
+
+/// The caches never read managedFields, which are often the largest part of an object.
+pub fn drop_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Presence needs only a Lease's renew time: at 10,000 devices the rest (managedFields of
+/// two writers, holder, durations) would be most of the cache.
+pub fn keep_renew_time(lease: &mut Lease) {
+    let renew_time = lease.spec.as_mut().and_then(|s| s.renew_time.take());
+    lease.spec = Some(LeaseSpec {
+        renew_time,
+        ..Default::default()
+    });
+    let meta = &mut lease.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.labels = None;
+    meta.annotations = None;
+}
+
+/// Passes on each object once (by uid): the registry acts when a device is enrolled, not
+/// on every status report its agent makes.
+pub fn enrolments<K: Resource + Send + Sync + 'static>(
+    s: impl Stream<Item = Arc<K>> + Send,
+) -> impl Stream<Item = Arc<K>> + Send {
+    let mut seen: HashSet<String> = HashSet::new();
+    s.filter(move |o| ready(seen.insert(o.meta().uid.clone().unwrap_or_default())))
+}
+
+/// Passes on only objects whose generation changed: our own status writes do not count as
+/// changes of what the user asked for.
+pub fn spec_changes<K: Resource + Send + Sync + 'static>(
+    s: impl Stream<Item = Arc<K>> + Send,
+) -> impl Stream<Item = Arc<K>> + Send {
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    s.filter(move |o| {
+        let uid = o.meta().uid.clone().unwrap_or_default();
+        let generation = o.meta().generation;
+        ready(seen.insert(uid, generation) != Some(generation))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init_done() -> Result<watcher::Event<Lease>, ()> {
+        Ok(watcher::Event::InitDone)
+    }
+
+    /// Synced waits for every cache that was started, whichever they are.
+    #[tokio::test]
+    async fn synced_waits_for_every_expected_cache() {
+        let synced = Arc::new(Synced::default());
+        synced.expect(Cache::Devices);
+        synced.expect(Cache::Grants);
+        synced.observe(Cache::Devices, &init_done());
+        let waiting = tokio::spawn({
+            let s = synced.clone();
+            async move { s.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "Grants has not listed yet");
+        synced.observe(Cache::Grants, &init_done());
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("synced once both listed")
+            .expect("task");
+    }
+}
