@@ -25,6 +25,7 @@ use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::decide::join;
 use crate::k8s::context::{Context, Stores};
 use crate::k8s::leader::Elector;
 use crate::k8s::watches::{
@@ -351,7 +352,7 @@ async fn controllers(
 
     let csr_ctrl = Controller::new(
         Api::<CertificateSigningRequest>::all(ctx.client.clone()),
-        csr_approval::watch_config(),
+        join::watch_config(),
     )
     .with_config(bounded)
     .graceful_shutdown_on(shutdown_signal())
