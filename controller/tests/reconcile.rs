@@ -8,12 +8,20 @@ mod fake;
 
 use std::sync::Arc;
 
+use edgefleet_controller::k8s::apply;
 use edgefleet_controller::reconcile::{deployment, device, registry};
+use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
+use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
 use edgefleet_crds::identity::CONTROLLER_MANAGER;
-use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
+use edgefleet_crds::{
+    EdgeDeployment, EdgeDeploymentStatus, EdgeDevice, EdgeGrant, EdgeModule, FailureSample,
+    RolloutStatus,
+};
 use fake::apiserver::{self, Request};
 use fake::world::{SYSTEM_NAMESPACE, World, parse, path_of};
 use http::{Method, StatusCode};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use kube::Api;
 use serde_json::{Value, json};
 
 const DEVICE: &str = "
@@ -340,4 +348,124 @@ async fn a_held_deployment_leaves_each_device_what_it_gave_before() {
     device::reconcile(dev, ctx).await.expect("second pass");
     let requests = world.log.take();
     assert!(writes(&requests).is_empty(), "{requests:#?}");
+}
+
+/// A device's own words, as long as its schema lets it report them (module messages are
+/// bounded at 1024 characters there); the Unicode makes characters and bytes differ.
+fn words() -> String {
+    "ü".repeat(1024)
+}
+
+fn chars(v: &Value) -> usize {
+    v.as_str().unwrap_or_default().chars().count()
+}
+
+/// Every string `apply::status` must cut in a deployment's status, within its bound.
+fn assert_within_bounds(status: &Value) {
+    let failures = status["failures"].as_array().cloned().unwrap_or_default();
+    assert!(failures.len() <= MAX_FAILURE_SAMPLES, "{}", failures.len());
+    for f in &failures {
+        assert!(
+            chars(&f["reason"]) <= FAILURE_REASON_MAX,
+            "{}",
+            chars(&f["reason"])
+        );
+    }
+    for c in status["conditions"].as_array().into_iter().flatten() {
+        assert!(chars(&c["message"]) <= CONDITION_MESSAGE_MAX, "{c}");
+    }
+    assert!(chars(&status["rollout"]["message"]) <= ROLLOUT_MESSAGE_MAX);
+}
+
+#[tokio::test]
+async fn apply_status_writes_a_status_cut_to_its_schema() {
+    let mut world = team_a(munich());
+    let ctx = world.context();
+    let oversized = EdgeDeploymentStatus {
+        failures: (0..20)
+            .map(|i| FailureSample {
+                device: format!("edge-{i}"),
+                module: "sensor".to_owned(),
+                reason: words().repeat(3),
+            })
+            .collect(),
+        rollout: Some(RolloutStatus {
+            message: words().repeat(3),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let api = Api::<EdgeDeployment>::namespaced(ctx.client.clone(), "team-a");
+    apply::status(&api, "munich", &oversized)
+        .await
+        .expect("status applied");
+    let requests = world.log.take();
+    let status = &to(
+        &writes(&requests),
+        "/apis/edgefleet.io/v1alpha1/namespaces/team-a/edgedeployments/munich/status",
+    )
+    .body["status"];
+    assert_within_bounds(status);
+    assert_eq!(
+        status["failures"].as_array().map(Vec::len),
+        Some(MAX_FAILURE_SAMPLES)
+    );
+    assert!(
+        status["failures"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.ends_with('…'))
+    );
+}
+
+#[tokio::test]
+async fn a_devices_oversized_words_reach_a_deployment_status_cut_and_only_once() {
+    // Three failing modules: their sample in the Stalled message alone exceeds its bound.
+    let d = deployment_with(
+        "{selector: {matchLabels: {site: munich}}, modules: [{name: sensor}, {name: sensor-2, moduleRef: sensor}, {name: sensor-3, moduleRef: sensor}]}",
+    );
+    let mut world = team_a(d.clone());
+    let ctx = world.context();
+    device::reconcile(edge_1(), ctx.clone())
+        .await
+        .expect("device reconcile");
+    let dev = world.update(&*edge_1());
+    let revision = dev
+        .spec
+        .desired
+        .as_ref()
+        .map(|d| d.revision.clone())
+        .expect("desired state");
+    let failed = |name: &str| json!({"namespace": "team-a", "name": name, "runtimeStatus": "failed", "exitCode": 1, "message": words()});
+    world.write(
+        &*dev,
+        &json!({"status": {"appliedRevision": revision, "modules": [failed("sensor"), failed("sensor-2"), failed("sensor-3")]}}),
+    );
+    world.log.take();
+
+    deployment::reconcile(Arc::new(d.clone()), ctx.clone())
+        .await
+        .expect("first pass");
+    let requests = world.log.take();
+    let writes = writes(&requests);
+    let path = path_of(&d);
+    let status = &to(&writes, &format!("{path}/status")).body["status"];
+    assert_within_bounds(status);
+    assert_eq!(condition(status, "Stalled")[..2], ["True", "ModulesFailed"]);
+    assert_eq!(status["failed"], 1);
+    assert_eq!(chars(&status["failures"][0]["reason"]), FAILURE_REASON_MAX);
+    let [_, _, message] = condition(status, "Stalled");
+    assert_eq!(message.chars().count(), CONDITION_MESSAGE_MAX, "cut to fit");
+
+    // The watch brings back the status as written (and the revision kept): the same status
+    // is computed again, cut alike, and not written a second time.
+    let revision = writes
+        .iter()
+        .find(|w| w.path.contains("/controllerrevisions/"))
+        .map(|w| parse::<ControllerRevision>(&w.body.to_string()))
+        .expect("the revision is kept");
+    world.update(&revision);
+    let d = world.update(&d);
+    deployment::reconcile(d, ctx).await.expect("second pass");
+    let again = world.log.take();
+    assert!(again.is_empty(), "{again:#?}");
 }
