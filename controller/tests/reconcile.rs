@@ -12,7 +12,7 @@ use edgefleet_controller::k8s::apply;
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
 use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
-use edgefleet_crds::identity::CONTROLLER_MANAGER;
+use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
 use edgefleet_crds::{
     EdgeDeployment, EdgeDeploymentStatus, EdgeDevice, EdgeGrant, EdgeModule, FailureSample,
     RolloutStatus,
@@ -21,14 +21,21 @@ use fake::apiserver::{self, Request};
 use fake::world::{SYSTEM_NAMESPACE, World, parse, path_of};
 use http::{Method, StatusCode};
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
 use serde_json::{Value, json};
 
-const DEVICE: &str = "
+/// Device `name` at the munich site.
+fn munich_device(name: &str) -> String {
+    format!(
+        "
 apiVersion: edgefleet.io/v1alpha1
 kind: EdgeDevice
-metadata: {name: edge-1, uid: uid-edge-1, labels: {site: munich}}
-spec: {}";
+metadata: {{name: {name}, uid: uid-{name}, labels: {{site: munich}}}}
+spec: {{}}"
+    )
+}
 
 const MODULE: &str = "
 apiVersion: edgefleet.io/v1alpha1
@@ -65,12 +72,12 @@ fn team_a(deployment: EdgeDeployment) -> World {
         .add(parse::<EdgeGrant>(GRANT))
         .add(parse::<EdgeModule>(MODULE))
         .add(deployment)
-        .device(DEVICE);
+        .device(&munich_device("edge-1"));
     world
 }
 
 fn edge_1() -> Arc<EdgeDevice> {
-    Arc::new(parse(DEVICE))
+    Arc::new(parse(&munich_device("edge-1")))
 }
 
 /// The requests other than Events, which every reconcile may publish besides its writes.
@@ -113,7 +120,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> [&'a str; 3] {
 #[tokio::test]
 async fn an_enrolled_device_gets_its_lease_and_rbac_owned_by_it() {
     let mut world = World::new();
-    world.device(DEVICE);
+    world.device(&munich_device("edge-1"));
     registry::reconcile(edge_1(), world.context())
         .await
         .expect("registry reconcile");
@@ -175,7 +182,7 @@ async fn a_role_is_bound_only_after_it_was_applied() {
             }
         })
     });
-    world.device(DEVICE);
+    world.device(&munich_device("edge-1"));
     let result = registry::reconcile(edge_1(), world.context()).await;
     assert!(result.is_err(), "a refused role is an error: {result:?}");
     let bindings: Vec<_> = world
@@ -305,7 +312,7 @@ async fn a_held_deployment_is_stalled_with_its_reason_and_writes_to_no_device() 
             .add(parse::<EdgeGrant>(grant))
             .add(parse::<EdgeModule>(MODULE))
             .add(d.clone())
-            .device(DEVICE);
+            .device(&munich_device("edge-1"));
         deployment::reconcile(Arc::new(d.clone()), world.context())
             .await
             .expect("deployment reconcile");
@@ -468,4 +475,88 @@ async fn a_devices_oversized_words_reach_a_deployment_status_cut_and_only_once()
     deployment::reconcile(d, ctx).await.expect("second pass");
     let again = world.log.take();
     assert!(again.is_empty(), "{again:#?}");
+}
+
+/// Device `name`'s Lease, renewed just now: the device is online.
+fn renewed_lease(name: &str) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(format!("edgefleet-device-{name}")),
+            namespace: Some(SYSTEM_NAMESPACE.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            renew_time: Some(MicroTime(jiff::Timestamp::now())),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The devices a pass moved, in order: patches of `spec.rollouts` by the rollout planner.
+fn moved(requests: &[Request]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.query.get("fieldManager").map(String::as_str) == Some(ROLLOUT_MANAGER))
+        .filter(|r| !r.body["spec"]["rollouts"]["team-a/munich"].is_null())
+        .filter_map(|r| {
+            r.path
+                .strip_prefix("/apis/edgefleet.io/v1alpha1/edgedevices/")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_staged_rollout_moves_one_device_at_a_time_even_before_the_cache_shows_a_move() {
+    let d = deployment_with(
+        "{selector: {matchLabels: {site: munich}}, modules: [{name: sensor}], rollout: {maxUnavailable: 1}}",
+    );
+    let mut world = team_a(d.clone());
+    let devices: Vec<EdgeDevice> = ["edge-1", "edge-2", "edge-3"]
+        .into_iter()
+        .map(|name| {
+            world.device(&munich_device(name)).add(renewed_lease(name));
+            parse(&munich_device(name))
+        })
+        .collect();
+    let ctx = world.context();
+    // Each device resolved once: the deployment owns it, and has given it nothing yet.
+    for dev in &devices {
+        device::reconcile(world.update(dev), ctx.clone())
+            .await
+            .expect("device reconcile");
+        world.update(dev);
+    }
+    world.log.take();
+
+    let d = Arc::new(d);
+    deployment::reconcile(d.clone(), ctx.clone())
+        .await
+        .expect("first pass");
+    assert_eq!(moved(&world.log.take()), ["edge-1"]);
+
+    // The watch has not shown edge-1's move yet: the controller remembers it (the move
+    // ledger), so edge-1 is not moved a second time, and as it is unavailable nothing else
+    // moves either.
+    deployment::reconcile(d.clone(), ctx.clone())
+        .await
+        .expect("second pass");
+    assert_eq!(moved(&world.log.take()), Vec::<String>::new());
+
+    // edge-1 takes the revision and its agent reports it running: the next device moves.
+    device::reconcile(world.update(&devices[0]), ctx.clone())
+        .await
+        .expect("edge-1 resolved");
+    let edge_1 = world.update(&devices[0]);
+    let revision = edge_1.spec.desired.as_ref().map(|s| s.revision.clone());
+    let running = json!({"namespace": "team-a", "name": "sensor", "runtimeStatus": "running"});
+    world.write(
+        &devices[0],
+        &json!({"status": {"appliedRevision": revision, "modules": [running]}}),
+    );
+    world.log.take();
+    deployment::reconcile(world.update(&*d), ctx)
+        .await
+        .expect("third pass");
+    assert_eq!(moved(&world.log.take()), ["edge-2"]);
 }
