@@ -8,7 +8,7 @@ mod fake;
 
 use std::sync::Arc;
 
-use edgefleet_controller::k8s::apply;
+use edgefleet_controller::k8s::{apply, context::Context};
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
 use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
@@ -78,6 +78,14 @@ fn team_a(deployment: EdgeDeployment) -> World {
 
 fn edge_1() -> Arc<EdgeDevice> {
     Arc::new(parse(&munich_device("edge-1")))
+}
+
+/// Runs the device reconcile on `dev` and returns the device as the watch then shows it.
+async fn resolve(world: &mut World, ctx: &Arc<Context>, dev: &EdgeDevice) -> Arc<EdgeDevice> {
+    device::reconcile(world.update(dev), ctx.clone())
+        .await
+        .expect("device reconcile");
+    world.update(dev)
 }
 
 /// The requests other than Events, which every reconcile may publish besides its writes.
@@ -238,9 +246,7 @@ async fn a_device_whose_name_is_no_dns_label_gets_no_rights_and_is_told_why() {
 async fn an_enrolled_device_selected_by_a_deployment_gets_its_modules_written_once() {
     let mut world = team_a(munich());
     let ctx = world.context();
-    device::reconcile(edge_1(), ctx.clone())
-        .await
-        .expect("first pass");
+    let dev = resolve(&mut world, &ctx, &edge_1()).await;
     let requests = world.log.take();
     let writes = writes(&requests);
     let spec = to(&writes, "/apis/edgefleet.io/v1alpha1/edgedevices/edge-1");
@@ -274,8 +280,7 @@ async fn an_enrolled_device_selected_by_a_deployment_gets_its_modules_written_on
     assert_eq!(modules.as_array().map(Vec::len), Some(1));
 
     // The watch brings the device back as written: nothing changed, nothing is written.
-    let written = world.update(&*edge_1());
-    device::reconcile(written, ctx).await.expect("second pass");
+    device::reconcile(dev, ctx).await.expect("second pass");
     let again = world.log.take();
     assert!(again.is_empty(), "{again:#?}");
 }
@@ -337,10 +342,7 @@ async fn a_held_deployment_is_stalled_with_its_reason_and_writes_to_no_device() 
 async fn a_held_deployment_leaves_each_device_what_it_gave_before() {
     let mut world = team_a(munich());
     let ctx = world.context();
-    device::reconcile(edge_1(), ctx.clone())
-        .await
-        .expect("first pass");
-    let dev = world.update(&*edge_1());
+    let dev = resolve(&mut world, &ctx, &edge_1()).await;
     let given = dev.spec.desired.clone().expect("desired state");
     assert_eq!(given.modules.len(), 1);
     // The deployment's module now refers to no EdgeModule: its spec is held.
@@ -432,10 +434,7 @@ async fn a_devices_oversized_words_reach_a_deployment_status_cut_and_only_once()
     );
     let mut world = team_a(d.clone());
     let ctx = world.context();
-    device::reconcile(edge_1(), ctx.clone())
-        .await
-        .expect("device reconcile");
-    let dev = world.update(&*edge_1());
+    let dev = resolve(&mut world, &ctx, &edge_1()).await;
     let revision = dev
         .spec
         .desired
@@ -522,10 +521,7 @@ async fn a_staged_rollout_moves_one_device_at_a_time_even_before_the_cache_shows
     let ctx = world.context();
     // Each device resolved once: the deployment owns it, and has given it nothing yet.
     for dev in &devices {
-        device::reconcile(world.update(dev), ctx.clone())
-            .await
-            .expect("device reconcile");
-        world.update(dev);
+        resolve(&mut world, &ctx, dev).await;
     }
     world.log.take();
 
@@ -544,10 +540,7 @@ async fn a_staged_rollout_moves_one_device_at_a_time_even_before_the_cache_shows
     assert_eq!(moved(&world.log.take()), Vec::<String>::new());
 
     // edge-1 takes the revision and its agent reports it running: the next device moves.
-    device::reconcile(world.update(&devices[0]), ctx.clone())
-        .await
-        .expect("edge-1 resolved");
-    let edge_1 = world.update(&devices[0]);
+    let edge_1 = resolve(&mut world, &ctx, &devices[0]).await;
     let revision = edge_1.spec.desired.as_ref().map(|s| s.revision.clone());
     let running = json!({"namespace": "team-a", "name": "sensor", "runtimeStatus": "running"});
     world.write(

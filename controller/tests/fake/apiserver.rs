@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 pub struct Request {
     pub method: Method,
     pub path: String,
-    /// The query string's parameters (`fieldManager`, `force`, ...).
+    /// The query string's parameters (`fieldManager`, `force`, ...), as sent: not URL-decoded.
     pub query: BTreeMap<String, String>,
     pub content_type: Option<String>,
     /// The body, `Null` when there is none.
