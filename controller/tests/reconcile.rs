@@ -1,0 +1,555 @@
+//! The reconciles against a fake apiserver (`fake/`): what each one writes, to which
+//! object, under which field manager, and what it leaves alone. The tier between the pure
+//! unit tests and the lab's `apiserver.rs`: every branch of the IO half in a second, no
+//! cluster. What the real apiserver does with the writes (RBAC, schema validation) stays
+//! the lab's to test.
+
+mod fake;
+
+use std::sync::Arc;
+
+use edgefleet_controller::k8s::{apply, context::Context};
+use edgefleet_controller::reconcile::{deployment, device, registry};
+use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
+use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
+use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
+use edgefleet_crds::{
+    EdgeDeployment, EdgeDeploymentStatus, EdgeDevice, EdgeGrant, EdgeModule, FailureSample,
+    RolloutStatus,
+};
+use fake::apiserver::{self, Request};
+use fake::world::{SYSTEM_NAMESPACE, World, parse, path_of};
+use http::{Method, StatusCode};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Api;
+use serde_json::{Value, json};
+
+/// Device `name` at the munich site.
+fn munich_device(name: &str) -> String {
+    format!(
+        "
+apiVersion: edgefleet.io/v1alpha1
+kind: EdgeDevice
+metadata: {{name: {name}, uid: uid-{name}, labels: {{site: munich}}}}
+spec: {{}}"
+    )
+}
+
+const MODULE: &str = "
+apiVersion: edgefleet.io/v1alpha1
+kind: EdgeModule
+metadata: {name: sensor, namespace: team-a, uid: uid-sensor, resourceVersion: '1'}
+spec: {image: localhost/sensor:v1}";
+
+const GRANT: &str = "
+apiVersion: edgefleet.io/v1alpha1
+kind: EdgeGrant
+metadata: {name: team-a, uid: uid-grant, resourceVersion: '1'}
+spec: {namespaces: [team-a], devices: {}, priority: {min: 0, max: 100}}";
+
+/// A deployment `team-a/munich` with `spec`.
+fn deployment_with(spec: &str) -> EdgeDeployment {
+    parse(&format!(
+        "
+apiVersion: edgefleet.io/v1alpha1
+kind: EdgeDeployment
+metadata: {{name: munich, namespace: team-a, uid: uid-munich, generation: 1, resourceVersion: '1'}}
+spec: {spec}"
+    ))
+}
+
+/// The munich site's sensor, on every device labelled `site: munich`.
+fn munich() -> EdgeDeployment {
+    deployment_with("{selector: {matchLabels: {site: munich}}, modules: [{name: sensor}]}")
+}
+
+/// Team A, granted every device, with its module and `deployment`; device edge-1 at munich.
+fn team_a(deployment: EdgeDeployment) -> World {
+    let mut world = World::new();
+    world
+        .add(parse::<EdgeGrant>(GRANT))
+        .add(parse::<EdgeModule>(MODULE))
+        .add(deployment)
+        .device(&munich_device("edge-1"));
+    world
+}
+
+fn edge_1() -> Arc<EdgeDevice> {
+    Arc::new(parse(&munich_device("edge-1")))
+}
+
+/// Runs the device reconcile on `dev` and returns the device as the watch then shows it.
+async fn resolve(world: &mut World, ctx: &Arc<Context>, dev: &EdgeDevice) -> Arc<EdgeDevice> {
+    device::reconcile(world.update(dev), ctx.clone())
+        .await
+        .expect("device reconcile");
+    world.update(dev)
+}
+
+/// The requests other than Events, which every reconcile may publish besides its writes.
+fn writes(requests: &[Request]) -> Vec<&Request> {
+    requests
+        .iter()
+        .filter(|r| !r.path.ends_with("/events"))
+        .collect()
+}
+
+/// The `(type, reason)` of every Event published.
+fn events(requests: &[Request]) -> Vec<(String, String)> {
+    let field = |r: &Request, k: &str| r.body[k].as_str().unwrap_or_default().to_owned();
+    requests
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path.ends_with("/events"))
+        .map(|r| (field(r, "type"), field(r, "reason")))
+        .collect()
+}
+
+/// The one request to `path`.
+fn to<'a>(requests: &[&'a Request], path: &str) -> &'a Request {
+    let mut found = requests.iter().filter(|r| r.path == path);
+    match (found.next(), found.next()) {
+        (Some(r), None) => r,
+        _ => panic!("not exactly one request to {path}: {requests:#?}"),
+    }
+}
+
+/// The condition of `type_` in a status body: [status, reason, message].
+fn condition<'a>(status: &'a Value, type_: &str) -> [&'a str; 3] {
+    let c = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"));
+    let s = |k: &str| c[k].as_str().unwrap_or_default();
+    [s("status"), s("reason"), s("message")]
+}
+
+#[tokio::test]
+async fn an_enrolled_device_gets_its_lease_and_rbac_owned_by_it() {
+    let mut world = World::new();
+    world.device(&munich_device("edge-1"));
+    registry::reconcile(edge_1(), world.context())
+        .await
+        .expect("registry reconcile");
+    let requests = world.log.take();
+    let writes = writes(&requests);
+    let object = "edgefleet-device-edge-1";
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    let lease_path =
+        format!("/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NAMESPACE}/leases/{object}");
+    let mut paths: Vec<_> = writes.iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    let mut expected = vec![
+        lease_path.clone(),
+        format!("{rbac}/clusterrolebindings/{object}"),
+        format!("{rbac}/clusterroles/{object}"),
+        format!("{rbac}/namespaces/{SYSTEM_NAMESPACE}/rolebindings/{object}"),
+        format!("{rbac}/namespaces/{SYSTEM_NAMESPACE}/roles/{object}"),
+    ];
+    expected.sort();
+    assert_eq!(paths, expected);
+    for w in &writes {
+        assert!(w.is_apply_by(CONTROLLER_MANAGER), "{w:#?}");
+        let owner = &w.body["metadata"]["ownerReferences"];
+        assert_eq!(
+            (&owner[0]["kind"], &owner[0]["uid"], &owner[0]["controller"]),
+            (&json!("EdgeDevice"), &json!("uid-edge-1"), &json!(true)),
+            "{}",
+            w.path
+        );
+    }
+    assert_eq!(
+        to(&writes, &lease_path).body["spec"]["leaseDurationSeconds"],
+        40,
+        "the Lease lasts the offline threshold"
+    );
+    for binding in [
+        "clusterrolebindings",
+        "namespaces/edgefleet-system/rolebindings",
+    ] {
+        let b = &to(&writes, &format!("{rbac}/{binding}/{object}")).body;
+        assert_eq!(b["roleRef"]["name"], object, "{binding}");
+        assert_eq!(
+            b["subjects"],
+            json!([{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "edgefleet:device:edge-1"}]),
+            "{binding}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_role_is_bound_only_after_it_was_applied() {
+    // Refusing both roles shows whether a binding went out before (or without) its role.
+    let mut world = World::answering(|objects| {
+        Arc::new(move |req| {
+            if req.path.contains("roles/") {
+                apiserver::failure(StatusCode::FORBIDDEN, "Forbidden")
+            } else {
+                objects.answer(req)
+            }
+        })
+    });
+    world.device(&munich_device("edge-1"));
+    let result = registry::reconcile(edge_1(), world.context()).await;
+    assert!(result.is_err(), "a refused role is an error: {result:?}");
+    let bindings: Vec<_> = world
+        .log
+        .take()
+        .into_iter()
+        .filter(|r| r.path.contains("bindings/"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(bindings, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_device_whose_name_is_no_dns_label_gets_no_rights_and_is_told_why() {
+    let dotted = "edge-9.example";
+    let yaml = format!(
+        "{{apiVersion: edgefleet.io/v1alpha1, kind: EdgeDevice, metadata: {{name: {dotted}, uid: uid-9}}, spec: {{}}}}"
+    );
+    let mut world = World::new();
+    world.device(&yaml);
+    let ctx = world.context();
+    let dev: Arc<EdgeDevice> = Arc::new(parse(&yaml));
+
+    registry::reconcile(dev.clone(), ctx.clone())
+        .await
+        .expect("registry reconcile");
+    let registry_requests = world.log.take();
+    assert!(registry_requests.is_empty(), "{registry_requests:#?}");
+
+    device::reconcile(dev, ctx).await.expect("device reconcile");
+    let requests = world.log.take();
+    let writes = writes(&requests);
+    let device_path = format!("/apis/edgefleet.io/v1alpha1/edgedevices/{dotted}");
+    assert!(
+        writes.iter().all(|w| w.object_path() == device_path),
+        "{writes:#?}"
+    );
+    let spec = to(&writes, &device_path);
+    assert!(spec.is_apply_by(CONTROLLER_MANAGER));
+    assert_eq!(spec.body["spec"]["desired"]["modules"], json!([]));
+    let status = to(&writes, &format!("{device_path}/status"));
+    assert!(status.is_apply_by(CONTROLLER_MANAGER));
+    let [registered, reason, why] = condition(&status.body["status"], "Registered");
+    assert_eq!([registered, reason], ["False", "InvalidName"]);
+    assert!(why.contains("DNS label"), "{why}");
+    assert_eq!(
+        events(&requests),
+        [("Warning".to_owned(), "DeviceUnregistered".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn an_enrolled_device_selected_by_a_deployment_gets_its_modules_written_once() {
+    let mut world = team_a(munich());
+    let ctx = world.context();
+    let dev = resolve(&mut world, &ctx, &edge_1()).await;
+    let requests = world.log.take();
+    let writes = writes(&requests);
+    let spec = to(&writes, "/apis/edgefleet.io/v1alpha1/edgedevices/edge-1");
+    assert!(spec.is_apply_by(CONTROLLER_MANAGER), "{spec:#?}");
+    let written: Vec<_> = spec.body["spec"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        written.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["desired"],
+        "the controller writes spec.desired and nothing else of the spec"
+    );
+    let modules = &spec.body["spec"]["desired"]["modules"];
+    assert_eq!(
+        (
+            &modules[0]["name"],
+            &modules[0]["deployment"],
+            &modules[0]["moduleRef"],
+            &modules[0]["image"]
+        ),
+        (
+            &json!("sensor"),
+            &json!("team-a/munich"),
+            &json!("team-a/sensor"),
+            &json!("localhost/sensor:v1")
+        ),
+        "{modules}"
+    );
+    assert_eq!(modules.as_array().map(Vec::len), Some(1));
+
+    // The watch brings the device back as written: nothing changed, nothing is written.
+    device::reconcile(dev, ctx).await.expect("second pass");
+    let again = world.log.take();
+    assert!(again.is_empty(), "{again:#?}");
+}
+
+#[tokio::test]
+async fn a_held_deployment_is_stalled_with_its_reason_and_writes_to_no_device() {
+    let team_b_only = GRANT.replace("[team-a]", "[team-b]");
+    let cases = [
+        (
+            "{selector: {matchExpressions: [{key: '-site-', operator: Exists}]}, modules: [{name: sensor}]}",
+            GRANT,
+            "InvalidSelector",
+        ),
+        (
+            "{selector: {matchLabels: {site: munich}}, modules: [{name: x, moduleRef: nope}]}",
+            GRANT,
+            "ModuleNotFound",
+        ),
+        (
+            "{selector: {matchLabels: {site: munich}}, modules: [{name: sensor}], priority: 1000}",
+            GRANT,
+            "NotGranted",
+        ),
+        (
+            "{selector: {matchLabels: {site: munich}}, modules: [{name: sensor}]}",
+            &team_b_only,
+            "NoGrant",
+        ),
+    ];
+    for (spec, grant, reason) in cases {
+        let d = deployment_with(spec);
+        let mut world = World::new();
+        world
+            .add(parse::<EdgeGrant>(grant))
+            .add(parse::<EdgeModule>(MODULE))
+            .add(d.clone())
+            .device(&munich_device("edge-1"));
+        deployment::reconcile(Arc::new(d.clone()), world.context())
+            .await
+            .expect("deployment reconcile");
+        let requests = world.log.take();
+        let writes = writes(&requests);
+        assert_eq!(writes.len(), 1, "{reason}: only the status: {writes:#?}");
+        let status = to(&writes, &format!("{}/status", path_of(&d)));
+        assert!(status.is_apply_by(CONTROLLER_MANAGER), "{reason}");
+        let status = &status.body["status"];
+        assert_eq!(condition(status, "Stalled")[..2], ["True", reason]);
+        assert_eq!(condition(status, "Ready")[..2], ["False", reason]);
+        assert_eq!(condition(status, "Reconciling")[..2], ["False", reason]);
+        assert_eq!(status["observedGeneration"], 1, "{reason}");
+        assert_eq!(
+            events(&requests),
+            [("Warning".to_owned(), reason.to_owned())]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_held_deployment_leaves_each_device_what_it_gave_before() {
+    let mut world = team_a(munich());
+    let ctx = world.context();
+    let dev = resolve(&mut world, &ctx, &edge_1()).await;
+    let given = dev.spec.desired.clone().expect("desired state");
+    assert_eq!(given.modules.len(), 1);
+    // The deployment's module now refers to no EdgeModule: its spec is held.
+    world.write(
+        &munich(),
+        &json!({
+            "metadata": {"generation": 2, "resourceVersion": "2"},
+            "spec": {"modules": [{"name": "sensor", "moduleRef": "nope"}]},
+        }),
+    );
+    world.log.take();
+    device::reconcile(dev, ctx).await.expect("second pass");
+    let requests = world.log.take();
+    assert!(writes(&requests).is_empty(), "{requests:#?}");
+}
+
+/// A device's own words, as long as its schema lets it report them (module messages are
+/// bounded at 1024 characters there); the Unicode makes characters and bytes differ.
+fn words() -> String {
+    "ü".repeat(1024)
+}
+
+fn chars(v: &Value) -> usize {
+    v.as_str().unwrap_or_default().chars().count()
+}
+
+/// Every string `apply::status` must cut in a deployment's status, within its bound.
+fn assert_within_bounds(status: &Value) {
+    let failures = status["failures"].as_array().cloned().unwrap_or_default();
+    assert!(failures.len() <= MAX_FAILURE_SAMPLES, "{}", failures.len());
+    for f in &failures {
+        assert!(
+            chars(&f["reason"]) <= FAILURE_REASON_MAX,
+            "{}",
+            chars(&f["reason"])
+        );
+    }
+    for c in status["conditions"].as_array().into_iter().flatten() {
+        assert!(chars(&c["message"]) <= CONDITION_MESSAGE_MAX, "{c}");
+    }
+    assert!(chars(&status["rollout"]["message"]) <= ROLLOUT_MESSAGE_MAX);
+}
+
+#[tokio::test]
+async fn apply_status_writes_a_status_cut_to_its_schema() {
+    let mut world = team_a(munich());
+    let ctx = world.context();
+    let oversized = EdgeDeploymentStatus {
+        failures: (0..20)
+            .map(|i| FailureSample {
+                device: format!("edge-{i}"),
+                module: "sensor".to_owned(),
+                reason: words().repeat(3),
+            })
+            .collect(),
+        rollout: Some(RolloutStatus {
+            message: words().repeat(3),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let api = Api::<EdgeDeployment>::namespaced(ctx.client.clone(), "team-a");
+    apply::status(&api, "munich", &oversized)
+        .await
+        .expect("status applied");
+    let requests = world.log.take();
+    let status = &to(
+        &writes(&requests),
+        "/apis/edgefleet.io/v1alpha1/namespaces/team-a/edgedeployments/munich/status",
+    )
+    .body["status"];
+    assert_within_bounds(status);
+    assert_eq!(
+        status["failures"].as_array().map(Vec::len),
+        Some(MAX_FAILURE_SAMPLES)
+    );
+    assert!(
+        status["failures"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.ends_with('…'))
+    );
+}
+
+#[tokio::test]
+async fn a_devices_oversized_words_reach_a_deployment_status_cut_and_only_once() {
+    // Three failing modules: their sample in the Stalled message alone exceeds its bound.
+    let d = deployment_with(
+        "{selector: {matchLabels: {site: munich}}, modules: [{name: sensor}, {name: sensor-2, moduleRef: sensor}, {name: sensor-3, moduleRef: sensor}]}",
+    );
+    let mut world = team_a(d.clone());
+    let ctx = world.context();
+    let dev = resolve(&mut world, &ctx, &edge_1()).await;
+    let revision = dev
+        .spec
+        .desired
+        .as_ref()
+        .map(|d| d.revision.clone())
+        .expect("desired state");
+    let failed = |name: &str| json!({"namespace": "team-a", "name": name, "runtimeStatus": "failed", "exitCode": 1, "message": words()});
+    world.write(
+        &*dev,
+        &json!({"status": {"appliedRevision": revision, "modules": [failed("sensor"), failed("sensor-2"), failed("sensor-3")]}}),
+    );
+    world.log.take();
+
+    deployment::reconcile(Arc::new(d.clone()), ctx.clone())
+        .await
+        .expect("first pass");
+    let requests = world.log.take();
+    let writes = writes(&requests);
+    let path = path_of(&d);
+    let status = &to(&writes, &format!("{path}/status")).body["status"];
+    assert_within_bounds(status);
+    assert_eq!(condition(status, "Stalled")[..2], ["True", "ModulesFailed"]);
+    assert_eq!(status["failed"], 1);
+    assert_eq!(chars(&status["failures"][0]["reason"]), FAILURE_REASON_MAX);
+    let [_, _, message] = condition(status, "Stalled");
+    assert_eq!(message.chars().count(), CONDITION_MESSAGE_MAX, "cut to fit");
+
+    // The watch brings back the status as written (and the revision kept): the same status
+    // is computed again, cut alike, and not written a second time.
+    let revision = writes
+        .iter()
+        .find(|w| w.path.contains("/controllerrevisions/"))
+        .map(|w| parse::<ControllerRevision>(&w.body.to_string()))
+        .expect("the revision is kept");
+    world.update(&revision);
+    let d = world.update(&d);
+    deployment::reconcile(d, ctx).await.expect("second pass");
+    let again = world.log.take();
+    assert!(again.is_empty(), "{again:#?}");
+}
+
+/// Device `name`'s Lease, renewed just now: the device is online.
+fn renewed_lease(name: &str) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(format!("edgefleet-device-{name}")),
+            namespace: Some(SYSTEM_NAMESPACE.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            renew_time: Some(MicroTime(jiff::Timestamp::now())),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The devices a pass moved, in order: patches of `spec.rollouts` by the rollout planner.
+fn moved(requests: &[Request]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.query.get("fieldManager").map(String::as_str) == Some(ROLLOUT_MANAGER))
+        .filter(|r| !r.body["spec"]["rollouts"]["team-a/munich"].is_null())
+        .filter_map(|r| {
+            r.path
+                .strip_prefix("/apis/edgefleet.io/v1alpha1/edgedevices/")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_staged_rollout_moves_one_device_at_a_time_even_before_the_cache_shows_a_move() {
+    let d = deployment_with(
+        "{selector: {matchLabels: {site: munich}}, modules: [{name: sensor}], rollout: {maxUnavailable: 1}}",
+    );
+    let mut world = team_a(d.clone());
+    let devices: Vec<EdgeDevice> = ["edge-1", "edge-2", "edge-3"]
+        .into_iter()
+        .map(|name| {
+            world.device(&munich_device(name)).add(renewed_lease(name));
+            parse(&munich_device(name))
+        })
+        .collect();
+    let ctx = world.context();
+    // Each device resolved once: the deployment owns it, and has given it nothing yet.
+    for dev in &devices {
+        resolve(&mut world, &ctx, dev).await;
+    }
+    world.log.take();
+
+    let d = Arc::new(d);
+    deployment::reconcile(d.clone(), ctx.clone())
+        .await
+        .expect("first pass");
+    assert_eq!(moved(&world.log.take()), ["edge-1"]);
+
+    // The watch has not shown edge-1's move yet: the controller remembers it (the move
+    // ledger), so edge-1 is not moved a second time, and as it is unavailable nothing else
+    // moves either.
+    deployment::reconcile(d.clone(), ctx.clone())
+        .await
+        .expect("second pass");
+    assert_eq!(moved(&world.log.take()), Vec::<String>::new());
+
+    // edge-1 takes the revision and its agent reports it running: the next device moves.
+    let edge_1 = resolve(&mut world, &ctx, &devices[0]).await;
+    let revision = edge_1.spec.desired.as_ref().map(|s| s.revision.clone());
+    let running = json!({"namespace": "team-a", "name": "sensor", "runtimeStatus": "running"});
+    world.write(
+        &devices[0],
+        &json!({"status": {"appliedRevision": revision, "modules": [running]}}),
+    );
+    world.log.take();
+    deployment::reconcile(world.update(&*d), ctx)
+        .await
+        .expect("third pass");
+    assert_eq!(moved(&world.log.take()), ["edge-2"]);
+}
