@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use edgefleet_controller::Config;
-use edgefleet_controller::k8s::context::{Cache, Context, Stores, Synced};
+use edgefleet_controller::k8s::context::{Context, Stores};
+use edgefleet_controller::k8s::watches::{Cache, Synced};
 use edgefleet_controller::metrics::Metrics;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -152,6 +153,7 @@ impl World {
             Cache::Revisions,
             Cache::Grants,
         ] {
+            synced.expect(cache);
             synced.observe(cache, &Ok::<_, ()>(Event::<()>::InitDone));
         }
         let config = Config::try_parse_from([
