@@ -65,6 +65,29 @@ impl Synced {
     }
 }
 
+/// What a cache can hold: any cluster-wide kind the watch can decode.
+pub trait Cached:
+    Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Cached for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The size of a shared reflector's buffer of events for its subscribers.
 const SHARED_BUFFER: usize = 1024;
 
@@ -76,13 +99,7 @@ pub fn shared<K, const N: usize>(
     cache: Cache,
 ) -> (Store<K>, [ReflectHandle<K>; N])
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     synced.expect(cache);
     let (reader, writer) = reflector::store_shared(SHARED_BUFFER);
@@ -118,13 +135,7 @@ pub fn cache<K>(
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     synced.expect(cache);
     let (reader, writer) = reflector::store();
