@@ -219,8 +219,8 @@ pub fn verdict(f: &Facts) -> Verdict {
 /// the caller to carry over from the current status.
 pub fn conditions(generation: Option<i64>, f: &Facts) -> Vec<Condition> {
     let v = verdict(f);
-    let cond = |type_: &str, on: bool, message: String| {
-        let mut c = Condition::new(type_, ConditionStatus::from_bool(on), &v.reason, message);
+    let cond = |type_: &str, on: bool, reason: &str, message: String| {
+        let mut c = Condition::new(type_, ConditionStatus::from_bool(on), reason, message);
         c.observed_generation = generation;
         c
     };
@@ -229,24 +229,22 @@ pub fn conditions(generation: Option<i64>, f: &Facts) -> Vec<Condition> {
     let reconciling = v.state == State::Reconciling;
     let stalled = v.state == State::Stalled;
     let mut conds = vec![
-        cond(READY, v.state == State::Ready, v.message.clone()),
-        cond(RECONCILING, reconciling, only_if(reconciling)),
-        cond(STALLED, stalled, only_if(stalled)),
+        cond(READY, v.state == State::Ready, &v.reason, v.message.clone()),
+        cond(RECONCILING, reconciling, &v.reason, only_if(reconciling)),
+        cond(STALLED, stalled, &v.reason, only_if(stalled)),
     ];
     let r = f.rollup;
     if !r.tied_with.is_empty() {
         let winners = r.tied_with.iter().cloned().collect::<Vec<_>>().join(", ");
-        let mut tie = Condition::new(
+        conds.push(cond(
             CONFLICTED,
-            ConditionStatus::True,
+            true,
             "PriorityTie",
             format!(
                 "ties at the same priority with {winners}, which win by namespace/name order on {} devices",
                 r.lost
             ),
-        );
-        tie.observed_generation = generation;
-        conds.push(tie);
+        ));
     }
     conds
 }
