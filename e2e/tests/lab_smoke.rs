@@ -294,6 +294,17 @@ async fn every_nodes_pods_keep_their_logs() {
 async fn lab_cli_refuses_bad_input_and_up_is_idempotent() {
     let lab = Lab::get();
     let devices = lab.device_count();
+    // edge-1's kubelet as `status` lists it (pid and state), taken before any refused
+    // command: none of them may stop or restart it.
+    let kubelet = |lab: &Lab| {
+        lab.run(&["status"])
+            .lines()
+            .find(|l| l.starts_with("edge-1/kubelet"))
+            .map(|l| l.split_whitespace().skip(1).take(2).collect::<Vec<_>>())
+            .map(|pid_and_state| pid_and_state.join(" "))
+            .expect("status lists edge-1's kubelet")
+    };
+    let before = kubelet(&lab);
     let expect_refusal = |args: &[&str], says: &str| {
         let out = lab.try_run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -331,23 +342,13 @@ async fn lab_cli_refuses_bad_input_and_up_is_idempotent() {
         "unexpected message: {stderr}"
     );
 
+    assert_eq!(kubelet(&lab), before, "the failed up disturbed the lab");
+
     // `up` again with the same size is harmless: nothing restarts, every node stays Ready.
-    let kubelet_pid = |lab: &Lab| {
-        lab.run(&["status"])
-            .lines()
-            .find(|l| l.starts_with("edge-1/kubelet"))
-            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .expect("status lists edge-1's kubelet")
-    };
-    let pid = kubelet_pid(&lab);
-    assert!(
-        lab.run(&["status"]).contains("edge-1/kubelet"),
-        "the failed up disturbed the lab"
-    );
     lab.run(&["up", "--devices", &devices.to_string()]);
     assert_eq!(
-        kubelet_pid(&lab),
-        pid,
+        kubelet(&lab),
+        before,
         "a second `up` restarted edge-1's kubelet"
     );
 }
