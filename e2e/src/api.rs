@@ -222,24 +222,10 @@ impl Agent {
         Api::all(self.client.clone())
     }
 
-    /// Renews the device's Lease, as the agent's heartbeat does.
+    /// Renews the device's Lease with the agent's own heartbeat request.
     pub async fn renew(&self) -> kube::Result<Lease> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-        let patch = json!({
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "spec": {
-                "holderIdentity": edgefleet_crds::identity::device_user(&self.device),
-                "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-            }
-        });
-        leases
-            .patch(
-                &edgefleet_crds::identity::device_object_name(&self.device),
-                &PatchParams::apply(AGENT_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await
+        edgefleet_agent::lease::renew(&leases, &self.device).await
     }
 
     /// Renews the Lease once the device's grants exist: a device enrolled a moment ago gets

@@ -28,6 +28,27 @@ pub async fn within_deadline<T>(
     }
 }
 
+/// Renews `device`'s Lease once: the agent's own field manager applies the holder and the
+/// renewal time, which the controller reads as the device's presence. Public so that the
+/// end-to-end tests' simulated agents renew exactly as the real one does.
+pub async fn renew(leases: &Api<Lease>, device: &str) -> kube::Result<Lease> {
+    let patch = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "spec": {
+            "holderIdentity": device_user(device),
+            "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        }
+    });
+    leases
+        .patch(
+            &device_object_name(device),
+            &PatchParams::apply(AGENT_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+}
+
 pub async fn heartbeat(
     client: Client,
     device: String,
@@ -37,23 +58,9 @@ pub async fn heartbeat(
     link_up: watch::Sender<bool>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client, &namespace);
-    let lease_name = device_object_name(&device);
     let mut backoff = Jittered::new(max_backoff);
     loop {
-        let patch = json!({
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "spec": {
-                "holderIdentity": device_user(&device),
-                "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-            }
-        });
-        let (params, patch) = (
-            PatchParams::apply(AGENT_MANAGER).force(),
-            Patch::Apply(patch),
-        );
-        let renewal = leases.patch(&lease_name, &params, &patch);
-        let pause = match within_deadline(renewal).await {
+        let pause = match within_deadline(renew(&leases, &device)).await {
             Ok(_) => {
                 if link_up.send_if_modified(|up| !std::mem::replace(up, true)) {
                     tracing::info!("the apiserver is reachable; lease renewed");
