@@ -200,24 +200,25 @@ fn read_credential(path: &Path, device: &str) -> Option<Credential> {
     )
 }
 
-async fn request_certificate(client: &Client, device: &str) -> Result<Credential, JoinError> {
-    let key = KeyPair::generate().map_err(JoinError::Key)?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(JoinError::Key)?;
+/// A PEM certificate request for `device`'s identity (user `edgefleet:device:<device>` in
+/// group `edgefleet:devices`), signed by `key`.
+pub fn certificate_request(device: &str, key: &KeyPair) -> Result<String, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut subject = DistinguishedName::new();
     subject.push(DnType::OrganizationName, DEVICES_GROUP);
     subject.push(DnType::CommonName, device_user(device));
     params.distinguished_name = subject;
-    let request = params
-        .serialize_request(&key)
-        .and_then(|r| r.pem())
-        .map_err(JoinError::Key)?;
-    let key_hash = Sha256::digest(key.der_bytes());
-    let suffix: String = key_hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-    let name = format!("edgefleet-{device}-{suffix}");
-    let api = Api::<CertificateSigningRequest>::all(client.clone());
-    let csr = CertificateSigningRequest {
+    params.serialize_request(key)?.pem()
+}
+
+/// The CertificateSigningRequest `name` the bootstrap sends for `device` with the PEM
+/// `request`: for the apiserver-client signer, and labelled as the bootstrap's, the only
+/// requests the controller watches. Public so that the end-to-end tests send a forged
+/// request exactly as a bootstrap pod would.
+pub fn signing_request(name: &str, device: &str, request: String) -> CertificateSigningRequest {
+    CertificateSigningRequest {
         metadata: ObjectMeta {
-            name: Some(name.clone()),
+            name: Some(name.to_owned()),
             labels: Some(
                 [
                     (APP_NAME_LABEL.to_owned(), BOOTSTRAP_NAME.to_owned()),
@@ -235,7 +236,17 @@ async fn request_certificate(client: &Client, device: &str) -> Result<Credential
             ..Default::default()
         },
         status: None,
-    };
+    }
+}
+
+async fn request_certificate(client: &Client, device: &str) -> Result<Credential, JoinError> {
+    let key = KeyPair::generate().map_err(JoinError::Key)?;
+    let request = certificate_request(device, &key).map_err(JoinError::Key)?;
+    let key_hash = Sha256::digest(key.der_bytes());
+    let suffix: String = key_hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("edgefleet-{device}-{suffix}");
+    let api = Api::<CertificateSigningRequest>::all(client.clone());
+    let csr = signing_request(&name, device, request);
     api.create(&PostParams::default(), &csr)
         .await
         .map_err(|e| JoinError::Api("create", name.clone(), e))?;
