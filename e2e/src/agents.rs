@@ -12,20 +12,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::{Lab, wait_for};
-
-/// The agent image `e2e/build-images` built and imported into the lab.
-pub fn agent_image() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images/agent.ref");
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|e| {
-            panic!(
-                "no agent image ({}: {e}); build and load it with `e2e/build-images --load`",
-                path.display()
-            )
-        })
-}
+use crate::lab::image_ref;
+use crate::{Lab, NodeInfo, wait_for};
 
 /// Agents running on some of the lab's devices. Dropping it stops them and removes every
 /// file they wrote, so the next test starts from bare devices; a failing test first gets
@@ -40,7 +28,7 @@ impl RealAgents {
     /// Installs the agent on `devices` and waits for each one's first report. What an
     /// earlier agent reported is cleared first, so that a test never reads a stale status.
     pub async fn install(lab: &Lab, client: &Client, devices: &[&str]) -> RealAgents {
-        let image = agent_image();
+        let image = image_ref("agent");
         let api: Api<EdgeDevice> = Api::all(client.clone());
         for d in devices {
             let clear = json!({"status": {"agentVersion": null, "os": null, "arch": null,
@@ -59,9 +47,10 @@ impl RealAgents {
             )
             .await;
             let info = lab.info(d);
-            remove_files(&info.manifests, &state_dir(&info.node_dir));
+            remove_files(&info.manifests, state_dir(&info));
             let kubeconfig = info
                 .agent_kubeconfig
+                .as_deref()
                 .unwrap_or_else(|| panic!("{d} is not an edge device"));
             let config = Config::try_parse_from([
                 "edgefleet-agent",
@@ -74,7 +63,7 @@ impl RealAgents {
                 "--cri-socket",
                 &info.containerd_socket.display().to_string(),
                 "--state-dir",
-                &state_dir(&info.node_dir).display().to_string(),
+                &state_dir(&info).display().to_string(),
                 "--log",
                 "info,kube=warn",
             ])
@@ -148,26 +137,38 @@ impl Drop for RealAgents {
                     eprintln!("{line}");
                 }
             }
-            let info = self.lab.info(d);
-            let _ = std::fs::remove_file(info.manifests.join(self_pod::FILE));
-            // The agent must be gone before its files go, or it would write them again.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while self.lab.running_task(d, AGENT_NAME).is_some() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            // And the modules gone too, so the next test finds no container of this one.
-            for module in remove_files(&info.manifests, &state_dir(&info.node_dir)) {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while self.lab.running_task(d, &module).is_some() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-            }
+            remove_agent(&self.lab, d);
         }
     }
 }
 
-fn state_dir(node_dir: &Path) -> PathBuf {
-    node_dir.join("agent-state")
+/// Takes the agent off `device` as an administrator does (charts/README.md): its static
+/// pod first, then, once it has stopped (or it would write them again), its modules'
+/// manifests and its state; returns when no container of theirs runs on the device. An
+/// agent the chart's bootstrap placed stays when the chart is uninstalled, so this is how
+/// a test leaves bare devices behind it, whoever installed the agent.
+pub fn remove_agent(lab: &Lab, device: &str) {
+    let info = lab.info(device);
+    let _ = std::fs::remove_file(info.manifests.join(self_pod::FILE));
+    wait_until_gone(lab, device, AGENT_NAME);
+    for module in remove_files(&info.manifests, state_dir(&info)) {
+        wait_until_gone(lab, device, &module);
+    }
+}
+
+/// Waits, a minute at most, until no task of the container `name` runs on `device`.
+fn wait_until_gone(lab: &Lab, device: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lab.running_task(device, name).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The agent's state directory on a lab device.
+fn state_dir(info: &NodeInfo) -> &Path {
+    info.agent_state
+        .as_deref()
+        .unwrap_or_else(|| panic!("{} is not an edge device", info.name))
 }
 
 /// Removes the module manifests an agent wrote and its state directory; returns the names

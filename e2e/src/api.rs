@@ -60,28 +60,8 @@ async fn install_crds(client: &Client) {
         )
         .await
         .unwrap_or_else(|e| panic!("cannot apply {file}: {e}"));
-        wait_for(
-            &format!("CRD {name} to be established"),
-            Duration::from_secs(30),
-            || {
-                let crds = crds.clone();
-                let name = name.clone();
-                async move {
-                    let c = crds.get(&name).await.map_err(|e| e.to_string())?;
-                    let established = c
-                        .status
-                        .and_then(|s| s.conditions)
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Established" && c.status == "True");
-                    established
-                        .then_some(())
-                        .ok_or("not established yet".to_owned())
-                }
-            },
-        )
-        .await;
     }
+    wait_established(client).await;
     let ns: Api<Namespace> = Api::all(client.clone());
     if ns.get_opt(SYSTEM_NAMESPACE).await.ok().flatten().is_none() {
         let _ = ns
@@ -96,6 +76,32 @@ async fn install_crds(client: &Client) {
                 },
             )
             .await;
+    }
+}
+
+/// Waits until the apiserver serves every one of edgefleet's CRDs (Established), however
+/// they were installed.
+pub async fn wait_established(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in edgefleet_crds::schema::crds() {
+        let name = crd.metadata.name.expect("CRDs have names");
+        wait_for(
+            &format!("CRD {name} to be established"),
+            Duration::from_secs(30),
+            || async {
+                let c = crds.get(&name).await.map_err(|e| e.to_string())?;
+                let established = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established
+                    .then_some(())
+                    .ok_or("not established yet".to_owned())
+            },
+        )
+        .await;
     }
 }
 

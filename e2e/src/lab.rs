@@ -34,6 +34,11 @@ pub struct NodeInfo {
     /// The device's kubelet credential, reachable from the host shell: what a thief of the
     /// device holds (edge devices only).
     pub kubelet_kubeconfig: Option<PathBuf>,
+    /// The agent's state directory on the device (edge devices only): the lab lays out the
+    /// device's disk, so every tool takes this path from it.
+    pub agent_state: Option<PathBuf>,
+    /// The apiserver's URL inside the lab, as nodes and in-cluster pods reach it.
+    pub apiserver: String,
     /// The port a test serves an admission webhook on at 127.0.0.1: the apiserver reaches
     /// it at the same address (the lab forwards it; lab-wide, the same for every node).
     pub webhook_port: u16,
@@ -77,15 +82,7 @@ impl Lab {
 
     /// Runs `e2e/lab ARGS...`, panicking with its stderr when it fails; returns stdout.
     pub fn run(&self, args: &[&str]) -> String {
-        let out = self.try_run(args);
-        assert!(
-            out.status.success(),
-            "e2e/lab {} failed ({}):\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of_success(&format!("e2e/lab {}", args.join(" ")), &self.try_run(args))
     }
 
     /// How many edge devices the lab runs (`edge-1` to `edge-N`).
@@ -101,6 +98,26 @@ impl Lab {
             .unwrap_or_else(|| {
                 panic!("cannot read the device count from e2e/lab status:\n{status}")
             })
+    }
+
+    /// Runs kubectl as the lab admin, as a person would, and returns what it did, successful
+    /// or not. `kubectl diff` prints a plain diff whatever the caller's environment says.
+    pub fn try_kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("KUBECTL_EXTERNAL_DIFF", "")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"))
+    }
+
+    /// Runs kubectl as the lab admin, panicking with its stderr when it fails; returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        stdout_of_success(
+            &format!("kubectl {}", args.join(" ")),
+            &self.try_kubectl(args),
+        )
     }
 
     /// Runs CMD in the node's network namespace with its containerd (`e2e/lab exec`).
@@ -132,6 +149,8 @@ impl Lab {
             kubeconfig: kv.get("kubeconfig").map(PathBuf::from),
             agent_kubeconfig: kv.get("agent_kubeconfig").map(PathBuf::from),
             kubelet_kubeconfig: kv.get("kubelet_kubeconfig").map(PathBuf::from),
+            agent_state: kv.get("agent_state").map(PathBuf::from),
+            apiserver: field("apiserver"),
             webhook_port: field("webhook_port")
                 .parse()
                 .unwrap_or_else(|e| panic!("e2e/lab info {node}: webhook_port: {e}")),
@@ -168,6 +187,32 @@ impl Lab {
             .into_iter()
             .find(|t| t.running() && ids.contains(&t.id))
     }
+}
+
+/// The stdout of a command that ran `what`, after panicking with its stderr if it failed:
+/// a test cannot go on when the lab, kubectl or Helm did not do what it was told.
+pub(crate) fn stdout_of_success(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The reference of an image `e2e/build-images` built and imported into the lab: `agent`,
+/// `controller`, or one of the sample modules.
+pub fn image_ref(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/images/{name}.ref"));
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|e| {
+            panic!(
+                "no {name} image ({}: {e}); build and load it with `e2e/build-images --load`",
+                path.display()
+            )
+        })
 }
 
 /// A client from a kubeconfig file: the lab admin's, or a device's agent identity.

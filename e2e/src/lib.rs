@@ -1,5 +1,6 @@
-//! Helpers for edgefleet's end-to-end tests: drive the lab (`e2e/lab`), talk to its real
-//! apiserver, and look at what really runs on a device's containerd.
+//! Helpers for edgefleet's end-to-end tests and `make demo`: drive the lab (`e2e/lab`), talk
+//! to its real apiserver, look at what really runs on a device's containerd, and install
+//! edgefleet's charts with Helm (`e2e/helm.py`, a thin driver of Helm's own engine).
 //!
 //! Tests that need the lab are `#[ignore]`d so that `cargo test` stays a unit-test run;
 //! `make e2e` starts the lab and runs them with `--ignored`.
@@ -7,18 +8,22 @@
 mod agents;
 mod api;
 mod containerd;
+mod fleet;
+mod helm;
 mod lab;
 mod process;
 mod wait;
 mod webhook;
 
-pub use agents::RealAgents;
+pub use agents::{RealAgents, remove_agent};
 pub use api::{
     Agent, ENROLMENT_MANAGER, apply, enrol_lab_devices, fresh_namespace, grant, install_and_enrol,
-    remove_every_deployment, try_apply, ungranted_namespace,
+    remove_every_deployment, try_apply, ungranted_namespace, wait_established,
 };
 pub use containerd::Task;
+pub use fleet::{all_joined, all_ready, edge_devices};
+pub use helm::{Helm, lab_values};
 pub use lab::{Lab, NodeInfo, client_from};
 pub use process::{ControllerProcess, controller_binary};
-pub use wait::wait_for;
+pub use wait::{wait_for, wait_showing};
 pub use webhook::{WebhookCert, unregister_webhook};

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use edgefleet_agent::render::config_dir;
 use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::{APPLIED, READY};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, FailureSample, ModuleStatus, RuntimeStatus};
@@ -170,16 +171,13 @@ async fn modules_run_where_targeted_and_report_health() {
         "nothing runs on edge-2"
     );
     // The config file reached the module.
-    let cat = s.lab.exec(
-        "edge-1",
-        &[
-            "cat",
-            &format!(
-                "{}/agent-state/config/{ns}/beat/beat.conf",
-                s.lab.info("edge-1").node_dir.display()
-            ),
-        ],
-    );
+    let state = s
+        .lab
+        .info("edge-1")
+        .agent_state
+        .expect("edge-1 is a device");
+    let conf = config_dir(&state, &format!("{ns}/beat")).join("beat.conf");
+    let cat = s.lab.exec("edge-1", &["cat", &conf.display().to_string()]);
     assert_eq!(cat.trim(), "interval = 1");
 
     // Killing the module's process: kubelet restarts it, the agent reports the restart.

@@ -1,0 +1,521 @@
+//! edgefleet's charts installed, upgraded and uninstalled on the lab's real cluster with
+//! Helm v4's own engine, the way a user installs them. The controller runs in the cluster
+//! under the chart's RBAC only, the chart's bootstrap joins every device (each agent then
+//! runs as a static pod with its device's own certificate), and examples/ is applied the
+//! GitOps way and checked for drift.
+//!
+//! `e2e/run-e2e` runs it last, after every other lab test, as it replaces the CRDs; it
+//! needs the images (`e2e/build-images --load`) and Helm (`HELM_PY`, which `make e2e` sets).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgefleet_agent::{join, self_pod};
+use edgefleet_crds::device::conditions::REGISTERED;
+use edgefleet_crds::identity::{
+    APP_NAME_LABEL, BOOTSTRAP_NAME, CONTROLLER_NAME, DEVICE_LABEL, SYSTEM_NAMESPACE,
+    bootstrap_user, device_object_name,
+};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, condition};
+use edgefleet_e2e::{
+    Helm, Lab, all_joined, all_ready, edge_devices, enrol_lab_devices, lab_values, remove_agent,
+    try_apply, wait_established, wait_for,
+};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestCondition,
+};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+const NS: &str = SYSTEM_NAMESPACE;
+
+#[tokio::test]
+#[ignore = "needs the lab and Helm: e2e/run-e2e runs it last"]
+async fn helm_install_join_gitops_upgrade_uninstall() {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    let helm = Helm::for_lab(&lab);
+    let devices = edge_devices(&client).await;
+    start_from_a_bare_cluster(&lab, &helm, &devices);
+
+    helm.install("edgefleet-crds", "edgefleet-crds", &serde_json::Value::Null);
+    wait_established(&client).await;
+    let release = helm.install("edgefleet", "edgefleet", &lab_values(&lab));
+    assert_eq!(release["status"], "deployed");
+    enrol_lab_devices(&client).await;
+
+    // The controller, under the chart's RBAC alone, registers every lab device and gives
+    // each its own RBAC.
+    let devices_api: Api<EdgeDevice> = Api::all(client.clone());
+    wait_for(
+        "the in-cluster controller to register the devices",
+        Duration::from_secs(120),
+        || async {
+            let registered: Vec<String> = devices_api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .iter()
+                .filter(|d| {
+                    d.status.as_ref().is_some_and(|s| {
+                        condition::find(&s.conditions, REGISTERED).is_some_and(|c| c.is_true())
+                    })
+                })
+                .map(ResourceExt::name_any)
+                .collect();
+            (registered == devices)
+                .then_some(())
+                .ok_or(format!("registered: {registered:?}"))
+        },
+    )
+    .await;
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    wait_for("per-device RBAC", Duration::from_secs(120), || async {
+        roles
+            .get(&device_object_name("edge-1"))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+
+    // The bootstrap joins every device: approved certificate requests, one per device,
+    // then each agent reports as its device, online.
+    wait_for(
+        "the bootstrap to join every device",
+        Duration::from_secs(240),
+        || all_joined(&client, &devices),
+    )
+    .await;
+    assert_one_approved_request_per_device(&client, &devices).await;
+    let info = lab.info("edge-1");
+    let state = info.agent_state.as_deref().expect("edge-1 is a device");
+    let kubeconfig = state.join(join::KUBECONFIG_FILE);
+    let mode = std::fs::metadata(&kubeconfig)
+        .unwrap_or_else(|e| panic!("{}: {e}", kubeconfig.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", kubeconfig.display());
+    assert!(info.manifests.join(self_pod::FILE).exists());
+
+    // A bootstrap pod may join its own device only.
+    let token = bootstrap_token(&client, "edge-1").await;
+    let as_pod = client_with_token(&lab, &token).await;
+    a_request_for_another_device_is_denied(&client, &as_pod, "edge-1", "edge-2").await;
+    a_second_pem_block_cannot_smuggle_another_identity(&client, &as_pod, "edge-1", "edge-2").await;
+
+    // GitOps: examples/ applied with kustomize rolls out to every device, and once the
+    // controller has written its part, kubectl sees no drift. Server-side apply too.
+    let examples = examples();
+    lab.kubectl(&[
+        "apply",
+        "-f",
+        &examples.join("platform").display().to_string(),
+    ]);
+    lab.kubectl(&["apply", "-k", &examples.display().to_string()]);
+    wait_for(
+        "every example deployment Ready",
+        Duration::from_secs(240),
+        || all_ready(&client),
+    )
+    .await;
+    the_examples_resolve_as_their_layers_say(&client, &devices).await;
+    assert_no_drift(&lab);
+    // Moving from client-side to server-side apply takes the fields over once (kubectl's
+    // documented migration); from then on server-side apply is conflict-free.
+    let kustomization = examples.display().to_string();
+    lab.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-k",
+        &kustomization,
+    ]);
+    assert_no_drift(&lab);
+    lab.kubectl(&["apply", "--server-side", "-k", &kustomization]);
+    assert_no_drift(&lab);
+    all_ready(&client).await.expect("still Ready");
+    the_webhook_refuses_what_no_grant_allows(&client).await;
+
+    // Upgrade: a changed setting rolls out.
+    let mut values = lab_values(&lab);
+    values["controller"] = json!({"offlineThreshold": "60s"});
+    helm.upgrade("edgefleet", "edgefleet", &values);
+    let deployment = lab.kubectl(&["get", "deployment", "-n", NS, CONTROLLER_NAME, "-o", "json"]);
+    let deployment: serde_json::Value = serde_json::from_str(&deployment).expect("JSON");
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .is_some_and(|a| a.contains(&json!("--offline-threshold=60s"))),
+        "{args}"
+    );
+    assert_eq!(helm.revisions("edgefleet"), [1, 2]);
+    let logs = lab.kubectl(&["logs", "-n", NS, &format!("deployment/{CONTROLLER_NAME}")]);
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "{}",
+        &logs[logs.len().saturating_sub(2000)..]
+    );
+
+    // The examples go away with kubectl, and the agents take their modules off.
+    lab.kubectl(&["delete", "-k", &kustomization, "--wait=true"]);
+    wait_for(
+        "the agents to remove the examples' modules",
+        Duration::from_secs(120),
+        || async {
+            let left: BTreeMap<String, usize> = devices_api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|d| {
+                    let modules = d.status.as_ref().map_or(0, |s| s.modules.len());
+                    (d.name_any(), modules)
+                })
+                .filter(|(_, modules)| *modules > 0)
+                .collect();
+            left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+        },
+    )
+    .await;
+
+    // Uninstall: the controller's and the bootstrap's objects go; the agents the bootstrap
+    // placed keep running (they are files on the devices); the CRDs stay (resource-policy
+    // keep), and with them every device and deployment.
+    helm.uninstall("edgefleet", true);
+    for app in [CONTROLLER_NAME, BOOTSTRAP_NAME] {
+        let selector = format!("{APP_NAME_LABEL}={app}");
+        wait_for(
+            &format!("the {app} objects to go"),
+            Duration::from_secs(120),
+            || async {
+                let kinds = "deployment,daemonset,serviceaccount,role,rolebinding";
+                let left = lab.kubectl(&["get", kinds, "-n", NS, "-l", &selector, "-o", "name"]);
+                left.is_empty().then_some(()).ok_or(left)
+            },
+        )
+        .await;
+        let roles = lab.kubectl(&["get", "clusterrole", "-l", &selector, "-o", "name"]);
+        assert!(roles.is_empty(), "{roles}");
+    }
+    assert!(info.manifests.join(self_pod::FILE).exists());
+    for d in &devices {
+        remove_agent(&lab, d);
+    }
+    helm.uninstall("edgefleet-crds", false);
+    for (_, crd) in edgefleet_crds::schema::crds() {
+        lab.kubectl(&["get", "crd", &crd.name_any()]);
+    }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A run cut short earlier may have left releases and agents behind, and earlier tests
+/// applied the CRDs themselves while Helm must own them: all of that goes first.
+fn start_from_a_bare_cluster(lab: &Lab, helm: &Helm, devices: &[String]) {
+    for release in ["edgefleet", "edgefleet-crds"] {
+        if helm.installed(release) {
+            helm.uninstall(release, true);
+        }
+    }
+    for d in devices {
+        remove_agent(lab, d);
+    }
+    let bootstrap = format!("{APP_NAME_LABEL}={BOOTSTRAP_NAME}");
+    lab.kubectl(&["delete", "csr", "-l", &bootstrap, "--ignore-not-found"]);
+    let crds: Vec<String> = edgefleet_crds::schema::crds()
+        .iter()
+        .map(|(_, crd)| crd.name_any())
+        .collect();
+    let mut delete = vec!["delete", "crd", "--ignore-not-found", "--wait=true"];
+    delete.extend(crds.iter().map(String::as_str));
+    lab.kubectl(&delete);
+    lab.kubectl(&[
+        "delete",
+        "clusterrole,clusterrolebinding",
+        "-l",
+        &format!("{APP_NAME_LABEL} in ({CONTROLLER_NAME},{BOOTSTRAP_NAME})"),
+        "--ignore-not-found",
+    ]);
+}
+
+async fn assert_one_approved_request_per_device(client: &Client, devices: &[String]) {
+    let csrs = Api::<CertificateSigningRequest>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{APP_NAME_LABEL}={BOOTSTRAP_NAME}")))
+        .await
+        .expect("list the bootstrap's requests");
+    let approved: Vec<&CertificateSigningRequest> = csrs
+        .iter()
+        .filter(|c| conditions(c).iter().any(|x| x.type_ == "Approved"))
+        .collect();
+    let mut named: Vec<String> = approved
+        .iter()
+        .map(|c| c.labels()[DEVICE_LABEL].clone())
+        .collect();
+    named.sort();
+    assert_eq!(named, devices);
+    for c in approved {
+        let [only] = conditions(c) else {
+            panic!("{}: {:?}", c.name_any(), conditions(c));
+        };
+        assert_eq!(only.reason.as_deref(), Some("EdgefleetDeviceJoin"));
+        assert_eq!(
+            c.spec.username.as_deref(),
+            Some(bootstrap_user(NS).as_str())
+        );
+    }
+}
+
+fn conditions(csr: &CertificateSigningRequest) -> &[CertificateSigningRequestCondition] {
+    csr.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+}
+
+/// A token of the bootstrap's service account bound to its pod on `node`, as that pod
+/// holds it.
+async fn bootstrap_token(client: &Client, node: &str) -> String {
+    let pods = Api::<Pod>::namespaced(client.clone(), NS)
+        .list(
+            &ListParams::default()
+                .labels(&format!("{APP_NAME_LABEL}={BOOTSTRAP_NAME}"))
+                .fields(&format!("spec.nodeName={node}")),
+        )
+        .await
+        .expect("list the bootstrap pods");
+    let pod = pods.items.first().expect("a bootstrap pod on the node");
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.uid(),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), NS)
+        .create_token_request(BOOTSTRAP_NAME, &PostParams::default(), &request)
+        .await
+        .expect("a token for the bootstrap pod")
+        .status
+        .expect("a token")
+        .token
+}
+
+/// A client of the lab's apiserver that presents `token` and nothing else.
+async fn client_with_token(lab: &Lab, token: &str) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(lab.kubeconfig()).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    config.auth_info = serde_json::from_value(json!({"token": token})).expect("auth info");
+    Client::try_from(config).expect("client")
+}
+
+/// A PEM certificate request naming `device`, as its bootstrap pod would make it.
+fn request_for(device: &str) -> String {
+    let key = rcgen::KeyPair::generate().expect("a P-256 key");
+    join::certificate_request(device, &key).expect("a certificate request")
+}
+
+/// Sends `pem` for `device` as the certificate request `name` with `as_pod`'s identity, as
+/// the bootstrap sends its own, and waits for the controller's decision: its Approved or
+/// Denied condition.
+async fn decided(
+    admin: &Client,
+    as_pod: &Client,
+    name: &str,
+    device: &str,
+    pem: String,
+) -> CertificateSigningRequestCondition {
+    Api::<CertificateSigningRequest>::all(as_pod.clone())
+        .create(
+            &PostParams::default(),
+            &join::signing_request(name, device, pem),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating the request {name} as the bootstrap pod: {e}"));
+    let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    wait_for(
+        &format!("the request {name} to be decided"),
+        Duration::from_secs(60),
+        || async {
+            let csr = csrs.get(name).await.map_err(|e| e.to_string())?;
+            conditions(&csr)
+                .iter()
+                .find(|c| c.type_ == "Approved" || c.type_ == "Denied")
+                .cloned()
+                .ok_or("undecided".to_owned())
+        },
+    )
+    .await
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", jiff::Timestamp::now().as_second())
+}
+
+/// A request for `other` with a token bound to `own`'s bootstrap pod: denied, with the
+/// reason.
+async fn a_request_for_another_device_is_denied(
+    admin: &Client,
+    as_pod: &Client,
+    own: &str,
+    other: &str,
+) {
+    let name = unique(&format!("forged-{other}"));
+    let verdict = decided(admin, as_pod, &name, other, request_for(other)).await;
+    assert_eq!(verdict.type_, "Denied", "{verdict:?}");
+    let says = format!("runs on node {own}, so it may join only that node, not {other}");
+    assert!(
+        verdict
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&says)),
+        "{verdict:?}"
+    );
+    delete_request(admin, &name).await;
+}
+
+/// The request that once joined any identity: a first PEM block naming `own` (the token's
+/// own node) closed by a wrong END line, then a second naming `other`. Go's PEM reader skips
+/// the badly closed block, so Kubernetes reads (and would sign) the second: denied, and no
+/// certificate is ever issued for it.
+async fn a_second_pem_block_cannot_smuggle_another_identity(
+    admin: &Client,
+    as_pod: &Client,
+    own: &str,
+    other: &str,
+) {
+    let first = request_for(own).replace("-----END CERTIFICATE REQUEST-----", "-----END X-----");
+    let name = unique(&format!("two-blocks-{other}"));
+    let verdict = decided(admin, as_pod, &name, other, first + &request_for(other)).await;
+    assert_eq!(verdict.type_, "Denied", "{verdict:?}");
+    assert!(
+        verdict
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("-----END X-----")),
+        "{verdict:?}"
+    );
+    // Nothing changes the verdict later: no certificate after a while, no second condition.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let csr = Api::<CertificateSigningRequest>::all(admin.clone())
+        .get(&name)
+        .await
+        .expect("the request");
+    let status = csr.status.clone().unwrap_or_default();
+    assert!(status.certificate.is_none(), "{status:?}");
+    let types: Vec<&str> = conditions(&csr).iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Denied"], "{status:?}");
+    delete_request(admin, &name).await;
+}
+
+async fn delete_request(admin: &Client, name: &str) {
+    Api::<CertificateSigningRequest>::all(admin.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete the request {name}: {e}"));
+}
+
+/// What the examples' layers resolve to: every module on edge-1 and edge-2, the Berlin
+/// layer's filter setting on edge-1, the Jetson deployment's model on edge-2, and the base
+/// deployment lost on the device the Jetson one outranks it on.
+async fn the_examples_resolve_as_their_layers_say(client: &Client, devices: &[String]) {
+    let desired = |device: &'static str| async move {
+        let dev = Api::<EdgeDevice>::all(client.clone())
+            .get(device)
+            .await
+            .expect("the device");
+        let modules = dev.spec.desired.map(|d| d.modules).unwrap_or_default();
+        modules
+            .into_iter()
+            .map(|m| (m.name.clone(), m))
+            .collect::<BTreeMap<String, ResolvedModule>>()
+    };
+    let env = |m: &ResolvedModule, name: &str| {
+        m.spec
+            .env
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.value.clone())
+    };
+    let (edge1, edge2) = (desired("edge-1").await, desired("edge-2").await);
+    for modules in [&edge1, &edge2] {
+        let names: Vec<&str> = modules.keys().map(String::as_str).collect();
+        assert_eq!(names, ["filter", "ml-model", "sensor"]);
+    }
+    assert_eq!(
+        env(&edge1["filter"], "FILTER_MAX_C").as_deref(),
+        Some("60"),
+        "the Berlin layer tunes the filter"
+    );
+    assert_eq!(
+        env(&edge2["ml-model"], "MODEL_THRESHOLD").as_deref(),
+        Some("2.5"),
+        "the Jetson deployment owns edge-2"
+    );
+    let base = Api::<EdgeDeployment>::namespaced(client.clone(), "fleet-demo")
+        .get("fleet-base")
+        .await
+        .expect("fleet-base")
+        .status
+        .expect("fleet-base's status");
+    let targeted = u32::try_from(devices.len() - 1).expect("a small fleet");
+    assert_eq!((base.targeted, base.lost), (targeted, 1), "{base:?}");
+}
+
+/// `kubectl diff -k examples/` is clean: edgefleet never writes what a user applies.
+fn assert_no_drift(lab: &Lab) {
+    let out = lab.try_kubectl(&["diff", "-k", &examples().display().to_string()]);
+    assert!(
+        out.status.success(),
+        "kubectl diff -k examples/ shows drift:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The chart's admission webhook, reached through its Service: fleet-demo's grant allows
+/// the host's network but no host device, so the apiserver refuses a module asking for one,
+/// with the grant's reason.
+async fn the_webhook_refuses_what_no_grant_allows(client: &Client) {
+    let spec =
+        json!({"image": "localhost/edgefleet/sensor:v1", "devices": [{"hostPath": "/dev/ttyS0"}]});
+    let why = wait_for(
+        "the chart's webhook to refuse a host device",
+        Duration::from_secs(60),
+        || async {
+            match try_apply(
+                client,
+                "fleet-demo",
+                "EdgeModule",
+                "serial",
+                spec.clone(),
+                true,
+            )
+            .await
+            {
+                Ok(()) => Err("admitted"),
+                Err(why) => Ok(why),
+            }
+        },
+    )
+    .await;
+    assert!(
+        why.contains("grant fleet-demo: module \"serial\" asks for host devices"),
+        "{why}"
+    );
+}
