@@ -31,7 +31,7 @@ help:
 demo: tools $(HELM_PY)/bin/python
 	$(LAB) up --devices $(DEVICES)
 	e2e/build-images --load
-	$(HELM_PY)/bin/python e2e/demo.py
+	HELM_PY=$(HELM_PY) $(CARGO) run --locked -p edgefleet-e2e --bin demo
 
 # Everything the demo made lives in the lab (its cluster and devices): taking it down
 # removes it all. The caches under ~/.cache/edgefleet stay.
