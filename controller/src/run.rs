@@ -2,7 +2,6 @@
 //! leads: the registry (enrolled EdgeDevices), devices, deployment status, module status and the approval
 //! of joining devices' certificates.
 
-use std::collections::HashSet;
 use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +28,8 @@ use crate::decide::join;
 use crate::k8s::context::{Context, Stores};
 use crate::k8s::leader::Elector;
 use crate::k8s::watches::{
-    Cache, Synced, cache, drop_managed_fields, enrolments, keep_renew_time, shared, spec_changes,
+    Cache, Synced, arrivals_and_departures, cache, drop_managed_fields, enrolments,
+    keep_renew_time, shared, spec_changes,
 };
 use crate::metrics::Metrics;
 use crate::reconcile::{self, csr_approval, deployment, device, module_status, registry, rollout};
@@ -206,24 +206,7 @@ async fn controllers(
     // A Node's arrival or deletion reaches the device reconcile only after the store has
     // it: from a second watch it could arrive first, and a device whose Node is gone would
     // be judged against a store that still has the Node.
-    let (node_tx, node_changes) = futures::channel::mpsc::unbounded();
-    tokio::spawn(node_events.for_each({
-        // Only arrivals and departures matter: a Node's status changes every few seconds.
-        let mut known: HashSet<String> = HashSet::new();
-        move |e| {
-            let changed = match &e {
-                Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
-                    known.insert(n.name_any()).then_some(n)
-                }
-                Ok(watcher::Event::Delete(n)) => known.remove(&n.name_any()).then_some(n),
-                _ => None,
-            };
-            if let Some(n) = changed {
-                let _ = node_tx.unbounded_send(Ok::<_, watcher::Error>(n.clone()));
-            }
-            ready(())
-        }
-    }));
+    let node_changes = arrivals_and_departures(node_events);
 
     // The deployments' revisions, for moving devices back to one: a cache, no controller.
     let (revisions, revision_events) = cache(
@@ -303,23 +286,10 @@ async fn controllers(
             deployment::deployments_of_device(&d)
         })
         .watches_shared_stream(mod_for_deployments, move |m: Arc<EdgeModule>| {
-            let ns = m.namespace();
-            let name = m.name_any();
-            dep_store
-                .state()
-                .into_iter()
-                .filter(|d| {
-                    d.namespace() == ns && d.spec.modules.iter().any(|dm| dm.module_name() == name)
-                })
-                .map(|d| ObjectRef::from(d.as_ref()))
-                .collect::<Vec<_>>()
+            deployment::deployments_using_module(&dep_store, &m)
         })
         .watches_shared_stream(spec_changes(grant_for_deployments), move |_| {
-            dep_store_for_grants
-                .state()
-                .iter()
-                .map(|d| ObjectRef::from(d.as_ref()))
-                .collect::<Vec<_>>()
+            deployment::every_deployment(&dep_store_for_grants)
         })
         .graceful_shutdown_on(shutdown_signal())
         .run(
@@ -335,12 +305,7 @@ async fn controllers(
             module_status::modules_of_device(&d)
         })
         .watches_shared_stream(dep_for_modules, |d: Arc<EdgeDeployment>| {
-            let ns = d.namespace().unwrap_or_default();
-            d.spec
-                .modules
-                .iter()
-                .map(|m| ObjectRef::<EdgeModule>::new(m.module_name()).within(&ns))
-                .collect::<Vec<_>>()
+            module_status::modules_of_deployment(&d)
         })
         .graceful_shutdown_on(shutdown_signal())
         .run(

@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource};
+use kube::{Api, Resource, ResourceExt};
 
 /// The caches, named for readiness tracking and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,6 +166,33 @@ pub fn keep_renew_time(lease: &mut Lease) {
     meta.owner_references = None;
     meta.labels = None;
     meta.annotations = None;
+}
+
+/// Passes on a watched object when it appears or disappears, not when it changes (a Node's
+/// status changes every few seconds; a device cares only whether its Node exists). The
+/// events come from the cache's own stream, so the store already has what they say.
+pub fn arrivals_and_departures<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource + Clone + Send + 'static,
+{
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let mut known: HashSet<String> = HashSet::new();
+    tokio::spawn(events.for_each(move |e| {
+        let changed = match &e {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                known.insert(o.name_any()).then_some(o)
+            }
+            Ok(watcher::Event::Delete(o)) => known.remove(&o.name_any()).then_some(o),
+            _ => None,
+        };
+        if let Some(o) = changed {
+            let _ = tx.unbounded_send(Ok(o.clone()));
+        }
+        ready(())
+    }));
+    rx
 }
 
 /// Passes on each object once (by uid): the registry acts when a device is enrolled, not

@@ -8,11 +8,11 @@ use std::time::Duration;
 use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::condition::{self, ConditionStatus};
 use edgefleet_crds::device::conditions::ONLINE;
-use edgefleet_crds::{EdgeDeployment, EdgeDeploymentStatus};
+use edgefleet_crds::{EdgeDeployment, EdgeDeploymentStatus, EdgeModule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 
 use crate::decide::catalog::{self, Contribution};
@@ -148,5 +148,29 @@ pub fn deployments_of_device(dev: &edgefleet_crds::EdgeDevice) -> Vec<ObjectRef<
         .flat_map(|d| d.targeting.iter())
         .filter_map(|t| t.deployment.split_once('/'))
         .map(|(ns, name)| ObjectRef::new(name).within(ns))
+        .collect()
+}
+
+/// The deployments of a module's namespace that name it: a module's change may change them.
+pub fn deployments_using_module(
+    deployments: &Store<EdgeDeployment>,
+    m: &EdgeModule,
+) -> Vec<ObjectRef<EdgeDeployment>> {
+    let ns = m.namespace();
+    let name = m.name_any();
+    deployments
+        .state()
+        .iter()
+        .filter(|d| d.namespace() == ns && d.spec.modules.iter().any(|dm| dm.module_name() == name))
+        .map(|d| ObjectRef::from(d.as_ref()))
+        .collect()
+}
+
+/// Every deployment: a grant's change may widen or narrow any of them.
+pub fn every_deployment(deployments: &Store<EdgeDeployment>) -> Vec<ObjectRef<EdgeDeployment>> {
+    deployments
+        .state()
+        .iter()
+        .map(|d| ObjectRef::from(d.as_ref()))
         .collect()
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgefleet_crds::{EdgeDevice, EdgeModule, EdgeModuleStatus};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, EdgeModuleStatus};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -66,5 +66,15 @@ pub fn modules_of_device(dev: &EdgeDevice) -> Vec<ObjectRef<EdgeModule>> {
         .flat_map(|d| d.modules.iter())
         .filter_map(|m| m.module_ref.split_once('/'))
         .map(|(ns, name)| ObjectRef::new(name).within(ns))
+        .collect()
+}
+
+/// The modules a deployment names, as references in its namespace.
+pub fn modules_of_deployment(d: &EdgeDeployment) -> Vec<ObjectRef<EdgeModule>> {
+    let ns = d.namespace().unwrap_or_default();
+    d.spec
+        .modules
+        .iter()
+        .map(|m| ObjectRef::<EdgeModule>::new(m.module_name()).within(&ns))
         .collect()
 }
