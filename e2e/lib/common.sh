@@ -9,6 +9,9 @@ RUN_DIR=${EDGEFLEET_LAB_RUN_DIR:-/run/edgefleet-lab}
 # Build caches outside the repo, keyed by version.
 CACHE_DIR=${EDGEFLEET_CACHE_DIR:-$HOME/.cache/edgefleet}
 LOG_DIR="$LAB_DIR/logs"
+# The least free disk `up` starts with: the lab's kubelets evict pods and delete images
+# when the disk is nearly full, which shows much later as modules that never start.
+MIN_FREE_MIB=${EDGEFLEET_LAB_MIN_FREE_MIB:-4096}
 PKI_DIR="$LAB_DIR/pki"
 KUBE_DIR="$LAB_DIR/kubeconfig"
 STATE_FILE="$LAB_DIR/lab.env"
@@ -185,4 +188,17 @@ kubectl_admin() {
   local k="$K8S_BIN_DIR/kubectl"
   [ -x "$k" ] || k=kubectl
   "$k" --kubeconfig "$KUBE_DIR/admin.kubeconfig" "$@"
+}
+
+# require_free_disk DIR...: dies, saying where and how much, unless each DIR's filesystem
+# has MIN_FREE_MIB free.
+require_free_disk() {
+  local dir free mount
+  for dir in "$@"; do
+    mkdir -p "$dir"
+    free=$(df --output=avail -BM "$dir" | tail -1 | tr -dc '0-9')
+    mount=$(df --output=target "$dir" | tail -1)
+    ((free >= MIN_FREE_MIB)) ||
+      die "only $free MiB free on $mount ($dir); the lab needs $MIN_FREE_MIB MiB, or its kubelets evict pods and delete images (free some space, or set EDGEFLEET_LAB_MIN_FREE_MIB)"
+  done
 }

@@ -326,6 +326,19 @@ async fn lab_cli_refuses_bad_input_and_up_is_idempotent() {
     );
     expect_refusal(&["frobnicate"], "unknown command");
 
+    // Too little free disk stops `up` before anything starts, saying so.
+    let out = std::process::Command::new(lab.script())
+        .args(["up", "--devices", &devices.to_string()])
+        .env("EDGEFLEET_LAB_MIN_FREE_MIB", "999999999")
+        .output()
+        .expect("run e2e/lab up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up on a too full disk succeeded");
+    assert!(
+        stderr.contains("the lab needs 999999999 MiB"),
+        "unexpected message: {stderr}"
+    );
+
     // A Debian package that cannot be installed stops `up` before anything starts.
     let out = std::process::Command::new(lab.script())
         .args(["up", "--devices", &devices.to_string()])
