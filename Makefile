@@ -39,7 +39,7 @@ demo-down: lab-down
 
 # Debian tools the build and checks use (protoc for the agent's CRI bindings, podman for
 # the images); the lab installs its own packages itself.
-TOOLS := shellcheck protobuf-compiler podman
+TOOLS := shellcheck protobuf-compiler podman mosquitto-clients
 tools:
 	@missing=$$(for p in $(TOOLS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -86,7 +86,8 @@ unit: tools
 e2e: tools $(HELM_PY)/bin/python
 	HELM_PY=$(HELM_PY) e2e/run-e2e --devices $(DEVICES)
 
-# The controller and agent images, built locally with podman (target/images/).
+# The controller, agent, hub and sample module images, built locally with podman
+# (target/images/); the hub from NATS's own Go module at a pinned release.
 images: tools
 	e2e/build-images
 
