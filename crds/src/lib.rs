@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod device;
 pub mod duration;
 pub mod grant;
+pub mod hub;
 pub mod identity;
 pub mod limits;
 pub mod module;

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use edgefleet_agent::{Config, self_pod};
+use edgefleet_agent::{Config, hub, self_pod};
 use edgefleet_crds::EdgeDevice;
+use edgefleet_crds::hub::HUB_NAME;
 use edgefleet_crds::identity::AGENT_NAME;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -29,6 +30,7 @@ impl RealAgents {
     /// earlier agent reported is cleared first, so that a test never reads a stale status.
     pub async fn install(lab: &Lab, client: &Client, devices: &[&str]) -> RealAgents {
         let image = image_ref("agent");
+        let hub_image = image_ref("hub");
         let api: Api<EdgeDevice> = Api::all(client.clone());
         for d in devices {
             let clear = json!({"status": {"agentVersion": null, "os": null, "arch": null,
@@ -64,6 +66,10 @@ impl RealAgents {
                 &info.containerd_socket.display().to_string(),
                 "--state-dir",
                 &state_dir(&info).display().to_string(),
+                "--hub-image",
+                &hub_image,
+                "--hub-store-mib",
+                "64",
                 "--log",
                 "info,kube=warn",
             ])
@@ -143,14 +149,16 @@ impl Drop for RealAgents {
 }
 
 /// Takes the agent off `device` as an administrator does (charts/README.md): its static
-/// pod first, then, once it has stopped (or it would write them again), its modules'
-/// manifests and its state; returns when no container of theirs runs on the device. An
+/// pod first, then, once it has stopped (or it would write them again), its hub's and its
+/// modules' manifests and its state (the hub's store with it); returns when no container of theirs runs on the device. An
 /// agent the chart's bootstrap placed stays when the chart is uninstalled, so this is how
 /// a test leaves bare devices behind it, whoever installed the agent.
 pub fn remove_agent(lab: &Lab, device: &str) {
     let info = lab.info(device);
     let _ = std::fs::remove_file(info.manifests.join(self_pod::FILE));
     wait_until_gone(lab, device, AGENT_NAME);
+    let _ = std::fs::remove_file(info.manifests.join(hub::MANIFEST_FILE));
+    wait_until_gone(lab, device, HUB_NAME);
     for module in remove_files(&info.manifests, state_dir(&info)) {
         wait_until_gone(lab, device, &module);
     }

@@ -124,6 +124,11 @@ pub fn lab_values(lab: &Lab) -> Value {
             .unwrap_or_else(|| panic!("image {reference} has no tag"));
         json!({"repository": repository, "tag": tag, "pullPolicy": "Never"})
     };
+    let hub_image = {
+        let mut i = image("hub");
+        i.as_object_mut().expect("an object").remove("pullPolicy");
+        i
+    };
     json!({
         "image": image("controller"),
         "replicas": 1,
@@ -133,6 +138,7 @@ pub fn lab_values(lab: &Lab) -> Value {
         "tolerations": [{"key": "edgefleet.io/role", "operator": "Equal", "value": "cloud",
                          "effect": "NoSchedule"}],
         "agent": {"image": image("agent"), "paths": device_paths(&info)},
+        "hub": {"enabled": true, "image": hub_image, "storeMiB": 256},
     })
 }
 

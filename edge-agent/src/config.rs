@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use edgefleet_crds::duration;
 use edgefleet_crds::identity::SYSTEM_NAMESPACE;
+use edgefleet_crds::{duration, hub};
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "edgefleet-agent", version, about = "edgefleet's device agent")]
@@ -67,12 +67,36 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..=100))]
     pub journal_keep: u16,
 
+    /// The message hub's image (nats-server). With it the agent runs the hub as a static pod
+    /// beside the modules; without it there is no hub and its pod is removed.
+    #[arg(long, env = "EDGEFLEET_HUB_IMAGE")]
+    pub hub_image: Option<String>,
+
+    /// The most the hub's store may hold on the device's disk, in MiB.
+    #[arg(long, env = "EDGEFLEET_HUB_STORE_MIB", default_value_t = hub::DEFAULT_STORE_MIB,
+          value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub hub_store_mib: u32,
+
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Config {
+    /// The hub's settings, when the hub is on.
+    pub fn hub(&self) -> Option<crate::hub::HubSettings> {
+        self.hub_image
+            .as_ref()
+            .map(|image| crate::hub::HubSettings {
+                device: self.device.clone(),
+                namespace: self.namespace.clone(),
+                image: image.clone(),
+                store_mib: self.hub_store_mib,
+            })
+    }
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -172,10 +172,12 @@ fn security_context(s: &EdgeModuleSpec) -> SecurityContext {
 /// that the containers of a previous spec are not taken for the current one.
 pub fn spec_hash(m: &ResolvedModule) -> String {
     let bytes = serde_json::to_vec(&m.spec).unwrap_or_default();
-    Sha256::digest(&bytes)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(&bytes)[..8])
+}
+
+/// Bytes as lowercase hex: the hashes in labels and annotations, the hub's password.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn config_hash(m: &ResolvedModule) -> String {
@@ -186,10 +188,7 @@ pub fn config_hash(m: &ResolvedModule) -> String {
         h.update(f.content.len().to_le_bytes());
         h.update(f.content.as_bytes());
     }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&h.finalize()[..8])
 }
 
 fn host_path(name: &str, path: &Path, type_: &str) -> Volume {

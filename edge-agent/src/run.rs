@@ -22,7 +22,7 @@ use crate::manifests::Manifests;
 use crate::observe::{Placement, PodSeen, is_up, module_status};
 use crate::report::{Facts, status};
 use crate::validate::{self, Refused, Rejection};
-use crate::{desired, lease, startup, status_writer};
+use crate::{desired, hub, lease, startup, status_writer};
 
 /// The agent's memory between passes.
 #[derive(Debug)]
@@ -52,6 +52,15 @@ pub async fn run(config: Config) -> Result<()> {
         seen: BTreeMap::new(),
         conditions: Vec::new(),
     };
+    // The hub runs beside the modules whatever the apiserver says: placed before anything
+    // waits for it. A hub that cannot be placed leaves the modules to run without it.
+    if let Err(e) = hub::place(
+        config.hub().as_ref(),
+        &config.state_dir,
+        &config.manifest_dir,
+    ) {
+        tracing::error!(error = %e, "cannot place the message hub");
+    }
     agent.accepted = agent.journal.latest();
     match &agent.accepted {
         Some(d) => tracing::info!(

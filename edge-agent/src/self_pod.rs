@@ -55,6 +55,10 @@ pub fn pod(c: &Config, image: &str) -> Pod {
     if let Some(kc) = &c.kubeconfig {
         args.push(format!("--kubeconfig={}", kc.display()));
     }
+    if let Some(image) = &c.hub_image {
+        args.push(format!("--hub-image={image}"));
+        args.push(format!("--hub-store-mib={}", c.hub_store_mib));
+    }
     let quantities = |cpu: &str, mem: &str| {
         BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.to_owned())),

@@ -1,0 +1,364 @@
+//! The device's message hub: `nats-server` with JetStream and an MQTT listener, run as a
+//! static pod beside the modules so that it keeps running offline and comes back after a
+//! reboot without an apiserver, like they do. Its store lives on the host, in the agent's
+//! state directory, never in the container's layer: what the hub has accepted survives the
+//! container, the pod and the device restarting.
+//!
+//! The agent writes the hub's config and manifest when it starts (`place`); turning the hub
+//! off (no image) removes the manifest and kubelet stops the hub, keeping its store.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use edgefleet_crds::hub::{AGENT_USER, HUB_NAME, MONITOR_PORT, MQTT_PORT, NATS_PORT};
+use edgefleet_crds::identity::pods::{CONFIG_HASH_ANNOTATION, MANAGED_BY_LABEL};
+use edgefleet_crds::identity::{AGENT_NAME, APP_NAME_LABEL};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, HTTPGetAction, HostPathVolumeSource, Pod, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result, io};
+use crate::journal::{write_atomic, write_atomic_mode};
+use crate::render::hex;
+
+/// The hub's manifest in kubelet's staticPodPath: no module's file is named like it
+/// (theirs are `edgefleet-agent-module-<namespace>.<name>.yaml`).
+pub const MANIFEST_FILE: &str = "edgefleet-agent-hub.yaml";
+
+/// Where the hub's files live in the container.
+const CONFIG_MOUNT: &str = "/etc/edgefleet-hub";
+const STORE_MOUNT: &str = "/var/lib/edgefleet-hub";
+const CONFIG_FILE: &str = "nats.conf";
+/// The agent's own password on the hub, generated once per device, readable by root only.
+const AGENT_SECRET: &str = "agent.secret";
+
+/// What the agent's settings say about the hub.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub device: String,
+    pub namespace: String,
+    pub image: String,
+    /// The most the store may hold on disk, in MiB.
+    pub store_mib: u32,
+}
+
+/// The hub's directories on the host, under the agent's state directory.
+#[derive(Debug, Clone)]
+pub struct HubDirs {
+    pub config: PathBuf,
+    pub store: PathBuf,
+}
+
+impl HubDirs {
+    pub fn under(state_dir: &Path) -> HubDirs {
+        let root = state_dir.join("hub");
+        HubDirs {
+            config: root.join("config"),
+            store: root.join("store"),
+        }
+    }
+}
+
+/// Writes the hub's config and static pod (when `settings` is given), or removes the pod
+/// (when it is not). The agent's password is made once and kept: the hub's users do not
+/// change when the agent restarts.
+pub fn place(settings: Option<&HubSettings>, state_dir: &Path, manifest_dir: &Path) -> Result<()> {
+    let Some(s) = settings else {
+        return match fs::remove_file(manifest_dir.join(MANIFEST_FILE)) {
+            Ok(()) => {
+                tracing::info!("hub turned off: its static pod is removed, its store kept");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &manifest_dir.join(MANIFEST_FILE))(e)),
+        };
+    };
+    let dirs = HubDirs::under(state_dir);
+    for dir in [&dirs.config, &dirs.store] {
+        fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
+    let secret = agent_secret(&dirs.config)?;
+    let config = config(s, &secret);
+    write_atomic_mode(&dirs.config, CONFIG_FILE, config.as_bytes(), 0o600)?;
+    let manifest = serde_yaml::to_string(&pod(s, &dirs, &config)).map_err(Error::Render)?;
+    write_atomic(manifest_dir, MANIFEST_FILE, manifest.as_bytes())?;
+    tracing::info!(image = %s.image, store = %dirs.store.display(), "hub placed");
+    Ok(())
+}
+
+/// The agent's password on the hub: read back if made before, else 32 random bytes, hex.
+fn agent_secret(config_dir: &Path) -> Result<String> {
+    let path = config_dir.join(AGENT_SECRET);
+    match fs::read_to_string(&path) {
+        Ok(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => return Ok(s),
+        Ok(_) => tracing::warn!(path = %path.display(), "replacing a damaged hub secret"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read", &path)(e)),
+    }
+    let mut bytes = [0u8; 32];
+    let urandom = Path::new("/dev/urandom");
+    fs::File::open(urandom)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io("read", urandom))?;
+    let secret = hex(&bytes);
+    write_atomic_mode(config_dir, AGENT_SECRET, secret.as_bytes(), 0o600)?;
+    Ok(secret)
+}
+
+/// The hub's config (NATS's config syntax). Every listener needs a user: nobody connects
+/// anonymously. The MQTT listener is on every address of the device, because modules in
+/// their own network namespace reach the host only through its addresses; the monitoring
+/// endpoint stays on the loopback.
+pub fn config(s: &HubSettings, agent_secret: &str) -> String {
+    let device = &s.device;
+    let store_mib = s.store_mib;
+    format!(
+        r#"# Written by {AGENT_NAME} when it starts; edits are overwritten.
+server_name: "{device}"
+listen: "0.0.0.0:{NATS_PORT}"
+http: "127.0.0.1:{MONITOR_PORT}"
+max_payload: 1MB
+
+jetstream {{
+  store_dir: "{STORE_MOUNT}"
+  domain: "{device}"
+  max_file_store: {store_mib}MB
+  max_memory_store: 16MB
+}}
+
+mqtt {{
+  listen: "0.0.0.0:{MQTT_PORT}"
+}}
+
+authorization {{
+  users: [
+    {{user: "{AGENT_USER}", password: "{agent_secret}"}}
+  ]
+}}
+"#
+    )
+}
+
+/// The hub's static pod, carrying a hash of its config so that kubelet restarts the hub
+/// when the config changes (a changed file alone would go unnoticed). Host network, because modules of every network namespace reach it
+/// through the host's addresses; root without any capability, because its store and config
+/// are root's directories on the host (the agent has no capability to hand them to another
+/// user); nothing writable but the store.
+pub fn pod(s: &HubSettings, dirs: &HubDirs, config: &str) -> Pod {
+    let mounts = [
+        ("config", &dirs.config, CONFIG_MOUNT, true),
+        ("store", &dirs.store, STORE_MOUNT, false),
+    ];
+    let quantities = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(mem.to_owned())),
+        ])
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(HUB_NAME.into()),
+            namespace: Some(s.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (APP_NAME_LABEL.to_owned(), HUB_NAME.to_owned()),
+                (MANAGED_BY_LABEL.to_owned(), AGENT_NAME.to_owned()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.to_owned(),
+                hex(&Sha256::digest(config.as_bytes())[..8]),
+            )])),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            host_network: Some(true),
+            restart_policy: Some("Always".into()),
+            termination_grace_period_seconds: Some(30),
+            containers: vec![Container {
+                name: HUB_NAME.into(),
+                image: Some(s.image.clone()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                args: Some(vec![
+                    "--config".into(),
+                    format!("{CONFIG_MOUNT}/{CONFIG_FILE}"),
+                ]),
+                // Go's collector keeps the hub under its limit instead of being killed at it.
+                env: Some(vec![EnvVar {
+                    name: "GOMEMLIMIT".into(),
+                    value: Some("96MiB".into()),
+                    ..Default::default()
+                }]),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities("20m", "32Mi")),
+                    limits: Some(quantities("500m", "128Mi")),
+                    ..Default::default()
+                }),
+                liveness_probe: Some(Probe {
+                    http_get: Some(HTTPGetAction {
+                        host: Some("127.0.0.1".into()),
+                        path: Some("/healthz".into()),
+                        port: IntOrString::Int(i32::from(MONITOR_PORT)),
+                        ..Default::default()
+                    }),
+                    initial_delay_seconds: Some(10),
+                    period_seconds: Some(10),
+                    failure_threshold: Some(6),
+                    ..Default::default()
+                }),
+                security_context: Some(SecurityContext {
+                    run_as_user: Some(0),
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        ..Default::default()
+                    }),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                volume_mounts: Some(
+                    mounts
+                        .iter()
+                        .map(|(name, _, at, ro)| VolumeMount {
+                            name: (*name).into(),
+                            mount_path: (*at).into(),
+                            read_only: ro.then_some(true),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }],
+            volumes: Some(
+                mounts
+                    .iter()
+                    .map(|(name, host, _, _)| Volume {
+                        name: (*name).into(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: host.display().to_string(),
+                            type_: Some("Directory".into()),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> HubSettings {
+        HubSettings {
+            device: "edge-1".into(),
+            namespace: "edgefleet-system".into(),
+            image: "localhost/edgefleet/hub:2.15.2".into(),
+            store_mib: 256,
+        }
+    }
+
+    /// The store is the host's: a new container, pod or boot finds what the last one
+    /// accepted. Nothing else the hub may write.
+    #[test]
+    fn the_store_is_on_the_host_and_nothing_else_is_writable() {
+        let dirs = HubDirs::under(Path::new("/var/lib/edgefleet-agent"));
+        let pod = pod(&settings(), &dirs, "config");
+        let spec = pod.spec.expect("in the test setup");
+        let c = &spec.containers[0];
+        let sc = c.security_context.as_ref().expect("in the test setup");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().expect("in the test setup").drop,
+            Some(vec!["ALL".into()])
+        );
+        let writable: Vec<_> = c
+            .volume_mounts
+            .as_ref()
+            .expect("in the test setup")
+            .iter()
+            .filter(|m| m.read_only != Some(true))
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(writable, [STORE_MOUNT]);
+        let store = spec
+            .volumes
+            .expect("in the test setup")
+            .into_iter()
+            .find(|v| v.name == "store")
+            .expect("in the test setup");
+        assert_eq!(
+            store.host_path.expect("in the test setup").path,
+            "/var/lib/edgefleet-agent/hub/store"
+        );
+    }
+
+    /// Nobody connects anonymously, the store is bounded, and JetStream's domain is the
+    /// device's own (the cloud tells devices' streams apart by it).
+    #[test]
+    fn the_config_names_the_device_bounds_the_store_and_admits_no_anonymous_client() {
+        let c = config(&settings(), "s3cret");
+        assert!(c.contains("server_name: \"edge-1\""));
+        assert!(c.contains("domain: \"edge-1\""));
+        assert!(c.contains("max_file_store: 256MB"));
+        assert!(c.contains(&format!("user: \"{AGENT_USER}\", password: \"s3cret\"")));
+        assert!(!c.contains("no_auth_user"));
+        assert!(c.contains(&format!("http: \"127.0.0.1:{MONITOR_PORT}\"")));
+    }
+
+    #[test]
+    fn placing_keeps_the_secret_and_turning_off_removes_only_the_pod() {
+        let state = tempfile::tempdir().expect("in the test setup");
+        let manifests = tempfile::tempdir().expect("in the test setup");
+        place(Some(&settings()), state.path(), manifests.path()).expect("in the test setup");
+        let dirs = HubDirs::under(state.path());
+        let secret = fs::read_to_string(dirs.config.join(AGENT_SECRET)).expect("in the test setup");
+        assert_eq!(secret.len(), 64);
+        place(Some(&settings()), state.path(), manifests.path()).expect("in the test setup");
+        assert_eq!(
+            fs::read_to_string(dirs.config.join(AGENT_SECRET)).expect("in the test setup"),
+            secret,
+            "a restart must not change the agent's password"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dirs.config.join(CONFIG_FILE))
+            .expect("in the test setup")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the config holds a password: root's only");
+        let manifest =
+            fs::read_to_string(manifests.path().join(MANIFEST_FILE)).expect("in the test setup");
+        let bigger = HubSettings {
+            store_mib: 512,
+            ..settings()
+        };
+        place(Some(&bigger), state.path(), manifests.path()).expect("in the test setup");
+        assert_ne!(
+            fs::read_to_string(manifests.path().join(MANIFEST_FILE)).expect("in the test setup"),
+            manifest,
+            "a changed config must change the pod, or kubelet keeps the old hub"
+        );
+
+        fs::write(dirs.store.join("kept"), "x").expect("in the test setup");
+        place(None, state.path(), manifests.path()).expect("in the test setup");
+        assert!(!manifests.path().join(MANIFEST_FILE).exists());
+        assert!(
+            dirs.store.join("kept").exists(),
+            "the store outlives the hub"
+        );
+        place(None, state.path(), manifests.path()).expect("in the test setup");
+    }
+}
