@@ -65,9 +65,23 @@ pub struct Config {
     )]
     pub webhook_key: std::path::PathBuf,
 
+    /// Keep the cloud hub's accounts (one user per enrolled device) in the Secret the hub
+    /// includes. The chart turns it on with the hub.
+    #[arg(long, env = "EDGEFLEET_CLOUD_HUB", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cloud_hub: bool,
+
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Run beside the cloud hub: reload it when the accounts file changes.
+    HubReloader(crate::hub_reloader::ReloaderArgs),
 }
 
 fn default_identity() -> String {

@@ -6,11 +6,13 @@
 //! - [`k8s`]: Kubernetes plumbing (context and caches, apply, Events, leader election).
 //! - [`serve`]: health, metrics and the admission webhook.
 //!
-//! [`run`] wires them together.
+//! [`run`] wires them together. [`hub_reloader`] is another mode of the same binary: the
+//! cloud hub's sidecar.
 
 pub mod config;
 pub mod decide;
 pub mod error;
+pub mod hub_reloader;
 pub mod k8s;
 pub mod metrics;
 pub mod reconcile;

@@ -32,7 +32,9 @@ use crate::k8s::watches::{
     keep_renew_time, shared, spec_changes,
 };
 use crate::metrics::Metrics;
-use crate::reconcile::{self, csr_approval, deployment, device, module_status, registry, rollout};
+use crate::reconcile::{
+    self, csr_approval, deployment, device, hub_accounts, module_status, registry, rollout,
+};
 use crate::serve::admission;
 use crate::serve::http::{self, Health};
 
@@ -129,7 +131,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     result
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -161,6 +163,7 @@ async fn controllers(
             dev_for_deployments,
             dev_for_modules,
             dev_for_registry,
+            dev_for_hub,
         ],
     ) = shared(
         Api::<EdgeDevice>::all(client.clone()),
@@ -328,7 +331,17 @@ async fn controllers(
     )
     .for_each(|_| ready(()));
 
+    // The cloud hub's accounts follow the enrolled devices (when the chart runs a hub).
+    // Without a hub the subscription goes: an unread one would hold up the devices' watch.
+    let hub_accounts = if ctx.config.cloud_hub {
+        futures::future::Either::Left(hub_accounts::run(ctx.clone(), dev_for_hub.map(|_| ())))
+    } else {
+        drop(dev_for_hub);
+        futures::future::Either::Right(ready(()))
+    };
+
     futures::join!(
+        hub_accounts,
         device_ctrl,
         registry_ctrl,
         deployment_ctrl,

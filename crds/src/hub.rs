@@ -20,3 +20,117 @@ pub const AGENT_USER: &str = "edgefleet-agent";
 /// How much of the device's disk the hub's store may take by default (MiB): the upstream
 /// backlog of a device offline for hours, at a few messages a second.
 pub const DEFAULT_STORE_MIB: u32 = 1024;
+
+/// The cloud hub's port for devices' leaf connections (NATS's default for leaf nodes).
+pub const LEAF_PORT: u16 = 7422;
+
+/// The Secret the controller writes the cloud hub's accounts into (one user per enrolled
+/// device), in the system namespace, and its key.
+pub const ACCOUNTS_SECRET: &str = "edgefleet-hub-accounts";
+pub const ACCOUNTS_KEY: &str = "accounts.conf";
+
+/// The cloud hub's account of devices (and of those who read what they send).
+pub const FLEET_ACCOUNT: &str = "FLEET";
+
+/// The cloud hub's user for reading what devices send; its password comes from the hub's
+/// environment (a Secret the chart makes), never from the accounts the controller writes.
+pub const READER_USER: &str = "edgefleet-reader";
+pub const READER_PASSWORD_ENV: &str = "EDGEFLEET_READER_PASSWORD";
+
+/// The first tokens of every subject a device's messages carry: `edgefleet.dev.<device>`.
+/// MQTT clients write it with `/` (`edgefleet/dev/<device>/...`).
+pub fn device_subject(device: &str) -> String {
+    format!("edgefleet.dev.{device}")
+}
+
+/// The subjects of messages a device sends to the cloud: `edgefleet.dev.<device>.up.>`.
+pub fn upstream_subjects(device: &str) -> String {
+    format!("{}.up.>", device_subject(device))
+}
+
+/// The subjects of messages the cloud sends to a device: `edgefleet.dev.<device>.down.>`.
+pub fn downstream_subjects(device: &str) -> String {
+    format!("{}.down.>", device_subject(device))
+}
+
+/// The user a device's leaf connection maps to on the cloud hub: its client certificate's
+/// subject (the one the join gets signed), as NATS matches a distinguished name.
+pub fn leaf_user(device: &str) -> String {
+    format!(
+        "CN={}{device},O={}",
+        crate::identity::DEVICE_USER_PREFIX,
+        crate::identity::DEVICES_GROUP
+    )
+}
+
+/// The longest upstream URL accepted.
+pub const MAX_UPSTREAM_URL: usize = 263;
+
+/// Checks the cloud hub's address a device dials: `tls://HOST:PORT`, with a host of
+/// letters, digits, `.`, `-` (or an IPv6 address in brackets). It is written into the
+/// hub's config, so nothing else may get through (no quote, no newline, no second URL).
+pub fn check_upstream_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("tls://")
+        .ok_or_else(|| format!("{url:?}: the cloud hub's URL must start with tls://"))?;
+    if url.len() > MAX_UPSTREAM_URL {
+        return Err(format!(
+            "the cloud hub's URL is longer than {MAX_UPSTREAM_URL} characters"
+        ));
+    }
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?}: the cloud hub's URL needs a port"))?;
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    if !host_ok {
+        return Err(format!("{url:?}: not a host name or address"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{url:?}: not a port number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_leaf_user_is_its_certificate_subject() {
+        assert_eq!(
+            leaf_user("edge-1"),
+            "CN=edgefleet:device:edge-1,O=edgefleet:devices"
+        );
+        assert_eq!(upstream_subjects("edge-1"), "edgefleet.dev.edge-1.up.>");
+    }
+
+    /// The URL lands in the hub's config file: a quote or a newline would let whoever sets
+    /// it write config of their own.
+    #[test]
+    fn an_upstream_url_cannot_smuggle_config() {
+        for good in [
+            "tls://10.77.0.2:7422",
+            "tls://hub.example.com:443",
+            "tls://[fd00::1]:7422",
+        ] {
+            assert_eq!(check_upstream_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "nats://hub:4222",
+            "tls://hub",
+            "tls://:7422",
+            "tls://hub:0",
+            "tls://hub:99999",
+            "tls://hub\"\nlisten: 0.0.0.0:1:7422",
+            "tls://hub 7422:7422",
+            "tls://a,tls://b:7422",
+        ] {
+            assert!(check_upstream_url(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("tls://{}:7422", "a".repeat(300));
+        assert!(check_upstream_url(&long).is_err());
+    }
+}

@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod csr_request;
 pub mod device_rbac;
 pub mod grant;
+pub mod hub_accounts;
 pub mod join;
 pub mod presence;
 pub mod rollout;

@@ -4,6 +4,7 @@
 pub mod csr_approval;
 pub mod deployment;
 pub mod device;
+pub mod hub_accounts;
 pub mod module_status;
 pub mod registry;
 pub mod rollout;
