@@ -61,7 +61,7 @@ class Controller(unittest.TestCase):
         self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
         self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
         self.assertEqual(len(self.kind(objs, "PodDisruptionBudget")), 1)
-        self.assertEqual(len(self.kind(objs, "Service")), 2)
+        self.assertEqual(len(self.kind(objs, "Service")), 3)
 
     def test_admission_webhook(self):
         objs = self.render()
@@ -74,7 +74,7 @@ class Controller(unittest.TestCase):
         self.assertEqual(w["sideEffects"], "None")
         # The configuration trusts the CA that signed the Secret's certificate, and the
         # certificate names the Service.
-        (secret,) = self.kind(objs, "Secret")
+        (secret,) = [o for o in self.kind(objs, "Secret") if o["metadata"]["name"] == "edgefleet-controller-webhook"]
         ca = base64.b64decode(w["clientConfig"]["caBundle"])
         self.assertEqual(base64.b64decode(secret["data"]["ca.crt"]), ca)
         crt = base64.b64decode(secret["data"]["tls.crt"]).decode()
@@ -90,6 +90,56 @@ class Controller(unittest.TestCase):
         (c,) = dep["spec"]["template"]["spec"]["containers"]
         self.assertFalse(any(a.startswith("--webhook") for a in c["args"]))
 
+    def test_cloud_hub(self):
+        objs = self.render({"hub": {"cloud": {"url": "tls://hub.example.com:7422",
+                                               "dnsNames": ["hub.example.com"]}}})
+        (sts,) = self.kind(objs, "StatefulSet")
+        pod = sts["spec"]["template"]["spec"]
+        self.assertTrue(pod["shareProcessNamespace"])
+        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        hub, reloader = pod["containers"]
+        self.assertEqual(hub["image"], "localhost/edgefleet/hub:2.15.2-r1")
+        self.assertEqual(reloader["args"][0], "hub-reloader")
+        for c in (hub, reloader):
+            self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
+            self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+        self.assertEqual(sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "data")
+        (config,) = [o for o in self.kind(objs, "ConfigMap") if o["metadata"]["name"] == "edgefleet-hub"]
+        conf = config["data"]["nats.conf"]
+        self.assertIn("verify_and_map: true", conf)
+        self.assertIn('include "../accounts/accounts.conf"', conf)
+        # Before the controller writes the accounts the hub still has a user (a nats-server
+        # without any user admits anyone), and it is exactly what the controller writes
+        # for a fleet of no device.
+        (accounts,) = [o for o in self.kind(objs, "Secret") if o["metadata"]["name"] == "edgefleet-hub-accounts"]
+        initial = base64.b64decode(accounts["data"]["accounts.conf"]).decode()
+        self.assertEqual(initial, (ROOT / "controller/tests/data/hub-accounts-empty.conf").read_text())
+        # The serving certificate names the URL's host; devices get the CA that signed it.
+        (tls,) = [o for o in self.kind(objs, "Secret") if o["metadata"]["name"] == "edgefleet-hub-tls"]
+        (ca,) = [o for o in self.kind(objs, "ConfigMap") if o["metadata"]["name"] == "edgefleet-hub-ca"]
+        self.assertEqual(base64.b64decode(tls["data"]["ca.crt"]).decode(), ca["data"]["ca.crt"])
+        # The bootstrap hands each agent the hub's image, the URL and the CA.
+        (ds,) = self.kind(objs, "DaemonSet")
+        (join,) = ds["spec"]["template"]["spec"]["containers"]
+        self.assertIn("--hub-upstream=tls://hub.example.com:7422", join["args"])
+        self.assertIn("--hub-upstream-ca-file=/etc/edgefleet-hub-ca/ca.crt", join["args"])
+        self.assertTrue(any(a.startswith("--hub-image=") for a in join["args"]))
+        (dep,) = self.kind(objs, "Deployment")
+        self.assertIn("--cloud-hub=true", dep["spec"]["template"]["spec"]["containers"][0]["args"])
+        # The controller may write the accounts Secret and no other.
+        (role,) = self.kind(objs, "Role")
+        secrets = [r for r in role["rules"] if "secrets" in r["resources"]]
+        self.assertEqual(secrets, [{"apiGroups": [""], "resources": ["secrets"],
+                                    "resourceNames": ["edgefleet-hub-accounts"], "verbs": ["get", "patch"]}])
+        # Without a URL devices dial nothing; off, there is no hub at all.
+        objs = self.render()
+        (ds,) = self.kind(objs, "DaemonSet")
+        self.assertFalse(any(a.startswith("--hub-upstream=") for a in ds["spec"]["template"]["spec"]["containers"][0]["args"]))
+        objs = self.render({"hub": {"enabled": False}})
+        self.assertEqual(self.kind(objs, "StatefulSet"), [])
+        (ds,) = self.kind(objs, "DaemonSet")
+        self.assertFalse(any(a.startswith("--hub") for a in ds["spec"]["template"]["spec"]["containers"][0]["args"]))
+
     def test_rbac_is_least_privilege(self):
         objs = self.render()
         (cr,) = [o for o in self.kind(objs, "ClusterRole") if o["metadata"]["name"] == "edgefleet-controller"]
@@ -101,7 +151,7 @@ class Controller(unittest.TestCase):
         self.assertNotIn("escalate", verbs)
         self.assertNotIn("bind", verbs)
         resources = {res for r in cr["rules"] for res in r["resources"]}
-        self.assertNotIn("secrets", resources)
+        self.assertNotIn("secrets", resources, "no Secret cluster-wide")
         self.assertNotIn("leases", resources, "leases only in the system namespace")
         (role,) = self.kind(objs, "Role")
         self.assertEqual(role["metadata"]["namespace"], "edgefleet-system")
@@ -128,6 +178,11 @@ class Controller(unittest.TestCase):
             {"agent": {"server": "10.0.0.1:6443"}},
             {"bootstrap": {"enabled": "yes"}},
             {"webhook": {"failurePolicy": "Sometimes"}},
+            # The URL is written into every device hub's config: no second line, no quote.
+            {"hub": {"cloud": {"url": "tls://hub:7422\"\nlisten: 0.0.0.0:1"}}},
+            {"hub": {"cloud": {"url": "nats://hub:4222"}}},
+            {"hub": {"storeMiB": 1}},
+            {"hub": {"cloud": {"dnsNames": ["bad name"]}}},
         ]
         for values in bad:
             with self.subTest(values=values):

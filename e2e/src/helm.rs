@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::lab::{image_ref, stdout_of_success};
 use crate::{Lab, NodeInfo};
+use edgefleet_crds::hub::LEAF_PORT;
 
 /// Helm on the lab's cluster, as the lab admin, releases in the system namespace.
 #[derive(Debug)]
@@ -117,6 +118,7 @@ fn chart_dir(chart: &str) -> String {
 /// talking to the apiserver's address, with the agent's paths on the lab's devices.
 pub fn lab_values(lab: &Lab) -> Value {
     let info = lab.info("edge-1");
+    let cloud = lab.info("cloud-1");
     let image = |name: &str| {
         let reference = image_ref(name);
         let (repository, tag) = reference
@@ -138,7 +140,17 @@ pub fn lab_values(lab: &Lab) -> Value {
         "tolerations": [{"key": "edgefleet.io/role", "operator": "Equal", "value": "cloud",
                          "effect": "NoSchedule"}],
         "agent": {"image": image("agent"), "paths": device_paths(&info)},
-        "hub": {"enabled": true, "image": hub_image, "storeMiB": 256},
+        "hub": {"enabled": true, "image": hub_image, "storeMiB": 256, "cloud": {
+            // On cloud-1's own address: the lab has no kube-proxy and no load balancer.
+            "url": format!("tls://{}:{LEAF_PORT}", cloud.ip),
+            "ips": [cloud.ip],
+            "hostNetwork": true,
+            "nodeSelector": {"edgefleet.io/role": "cloud"},
+            "tolerations": [{"key": "edgefleet.io/role", "operator": "Equal", "value": "cloud",
+                             "effect": "NoSchedule"}],
+            "persistence": {"enabled": false},
+            "storeMiB": 256,
+        }},
     })
 }
 

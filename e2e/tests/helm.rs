@@ -20,8 +20,8 @@ use edgefleet_crds::identity::{
 };
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, condition};
 use edgefleet_e2e::{
-    Helm, Lab, all_joined, all_ready, edge_devices, enrol_lab_devices, lab_values, remove_agent,
-    try_apply, wait_established, wait_for,
+    CloudReader, Helm, Lab, all_joined, all_ready, edge_devices, enrol_lab_devices, lab_values,
+    mqtt, remove_agent, try_apply, wait_established, wait_for,
 };
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::certificates::v1::{
@@ -102,6 +102,11 @@ async fn helm_install_join_gitops_upgrade_uninstall() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{}", kubeconfig.display());
     assert!(info.manifests.join(self_pod::FILE).exists());
+
+    // Messaging: every device's hub joins the cloud hub as a leaf node with the device's
+    // own certificate; what a device sends upstream arrives there, and nothing it sends
+    // in another device's name does.
+    every_device_reaches_the_cloud_and_none_speaks_for_another(&lab, &client, &devices).await;
 
     // A bootstrap pod may join its own device only.
     let token = bootstrap_token(&client, "edge-1").await;
@@ -211,6 +216,117 @@ async fn helm_install_join_gitops_upgrade_uninstall() {
     for (_, crd) in edgefleet_crds::schema::crds() {
         lab.kubectl(&["get", "crd", &crd.name_any()]);
     }
+}
+
+/// Publishes over MQTT on each device (as its modules will) and reads what arrives in the
+/// cloud hub as its reader (over MQTT too: the messages crossed NATS's leaf connection). Then edge-1 publishes as edge-2 and then as itself: its own
+/// message arrives and the one in edge-2's name never does (the cloud hub maps edge-1's
+/// certificate to a user that may publish only under `edgefleet.dev.edge-1.up`).
+async fn every_device_reaches_the_cloud_and_none_speaks_for_another(
+    lab: &Lab,
+    client: &Client,
+    devices: &[String],
+) {
+    wait_for("the cloud hub Ready", Duration::from_secs(180), || async {
+        let ready = lab.try_kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            NS,
+            "edgefleet-hub-0",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+        ]);
+        let ready = String::from_utf8_lossy(&ready.stdout).into_owned();
+        (ready == "True").then_some(()).ok_or(ready)
+    })
+    .await;
+    let mut reader = CloudReader::subscribe(lab, client).await;
+    // The cloud hub admits no anonymous client either.
+    let anonymous = lab.try_run(&[
+        "exec",
+        "cloud-1",
+        "--",
+        "mosquitto_pub",
+        "-h",
+        "127.0.0.1",
+        "-t",
+        "x",
+        "-m",
+        "x",
+    ]);
+    assert!(
+        !anonymous.status.success(),
+        "the cloud hub admitted an anonymous client"
+    );
+    // Whether the device's hub took the message (it may not run yet).
+    let send = |device: &str, as_device: &str, body: &str| {
+        let topic = format!("edgefleet/dev/{as_device}/up/e2e");
+        mqtt(
+            lab,
+            device,
+            "mosquitto_pub",
+            &["-t", &topic, "-m", body, "-q", "1"],
+            false,
+        )
+        .status
+        .success()
+    };
+    // Every message that arrives within `wait`, until one carries `body`; None if none did.
+    async fn arrived(
+        reader: &mut CloudReader,
+        body: &str,
+        wait: Duration,
+    ) -> Option<Vec<(String, String)>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut seen = Vec::new();
+        while let Ok(Some((topic, payload))) =
+            tokio::time::timeout_at(deadline, reader.messages.recv()).await
+        {
+            let done = payload == body;
+            seen.push((topic, payload));
+            if done {
+                return Some(seen);
+            }
+        }
+        None
+    }
+    for d in devices {
+        // The device's hub starts after its agent, and its leaf connection is accepted once
+        // the controller's accounts reach the cloud hub (kubelet updates a Secret volume
+        // within a minute or two): until then what a device publishes stays on the device
+        // (nothing is stored yet), so send again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let body = format!("hello from {d} at {}", jiff::Timestamp::now());
+            let sent = send(d, d, &body);
+            if !sent {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            } else if let Some(seen) = arrived(&mut reader, &body, Duration::from_secs(3)).await {
+                let (subject, _) = seen.last().expect("the message");
+                assert_eq!(subject, &format!("edgefleet/dev/{d}/up/e2e"));
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing from {d}'s hub reached the cloud hub in 180 s"
+            );
+        }
+    }
+    let spoof = format!("edge-1 as edge-2 at {}", jiff::Timestamp::now());
+    assert!(
+        send("edge-1", "edge-2", &spoof),
+        "edge-1's hub took nothing"
+    );
+    let own = format!("edge-1 as itself at {}", jiff::Timestamp::now());
+    assert!(send("edge-1", "edge-1", &own), "edge-1's hub took nothing");
+    let seen = arrived(&mut reader, &own, Duration::from_secs(30))
+        .await
+        .expect("edge-1's own message arrives");
+    assert!(
+        seen.iter().all(|(_, body)| body != &spoof),
+        "edge-1 published in edge-2's name: {seen:?}"
+    );
 }
 
 fn examples() -> PathBuf {

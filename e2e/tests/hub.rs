@@ -6,22 +6,14 @@
 use std::time::Duration;
 
 use edgefleet_agent::hub::HubDirs;
-use edgefleet_crds::hub::{AGENT_USER, HUB_NAME, MQTT_PORT};
+use edgefleet_crds::hub::{AGENT_USER, HUB_NAME};
 use edgefleet_e2e::{
-    ControllerProcess, Lab, RealAgents, controller_binary, install_and_enrol, wait_for,
+    ControllerProcess, Lab, RealAgents, controller_binary, install_and_enrol, mqtt, wait_for,
 };
 
 const DEVICE: &str = "edge-3";
 const WAIT: Duration = Duration::from_secs(90);
 const TOPIC: &str = "edgefleet/e2e/retained";
-
-/// mosquitto_pub or mosquitto_sub on the device, against its hub; the exit status and output.
-fn mqtt(lab: &Lab, tool: &str, args: &[&str]) -> std::process::Output {
-    let port = MQTT_PORT.to_string();
-    let mut cmd = vec!["exec", DEVICE, "--", tool, "-h", "127.0.0.1", "-p", &port];
-    cmd.extend_from_slice(args);
-    lab.try_run(&cmd)
-}
 
 #[tokio::test]
 #[ignore = "needs the lab and the images (make e2e)"]
@@ -43,31 +35,26 @@ async fn the_hub_admits_no_stranger_and_keeps_its_store_across_an_offline_reboot
 
     let state = lab.info(DEVICE).agent_state.expect("a device");
     let dirs = HubDirs::under(&state);
-    let password = std::fs::read_to_string(dirs.config.join("agent.secret"))
-        .expect("the agent's hub password");
-    let user = ["-u", AGENT_USER, "-P", password.trim()];
 
     // No credentials, or wrong ones: refused (CONNACK "not authorised").
-    let anonymous = mqtt(&lab, "mosquitto_pub", &["-t", TOPIC, "-m", "x", "-q", "1"]);
+    let pub_ = |args: &[&str], anonymous| mqtt(&lab, DEVICE, "mosquitto_pub", args, anonymous);
+    let anonymous = pub_(&["-t", TOPIC, "-m", "x", "-q", "1"], true);
     assert!(
         !anonymous.status.success(),
         "an anonymous client was admitted"
     );
-    let wrong = mqtt(
-        &lab,
-        "mosquitto_pub",
+    let wrong = pub_(
         &[
             "-u", AGENT_USER, "-P", "guess", "-t", TOPIC, "-m", "x", "-q", "1",
         ],
+        true,
     );
     assert!(!wrong.status.success(), "a wrong password was admitted");
 
     // A retained message at QoS 1: the hub keeps it in JetStream's file store, on the host.
     let sent = format!("kept-{}", jiff::Timestamp::now().as_millisecond());
     wait_for("the hub to take a retained message", WAIT, || async {
-        let mut args = user.to_vec();
-        args.extend(["-t", TOPIC, "-m", &sent, "-q", "1", "-r"]);
-        let out = mqtt(&lab, "mosquitto_pub", &args);
+        let out = pub_(&["-t", TOPIC, "-m", &sent, "-q", "1", "-r"], false);
         out.status
             .success()
             .then_some(())
@@ -99,9 +86,13 @@ async fn the_hub_admits_no_stranger_and_keeps_its_store_across_an_offline_reboot
     })
     .await;
     let received = wait_for("the retained message from the new hub", WAIT, || async {
-        let mut args = user.to_vec();
-        args.extend(["-t", TOPIC, "-C", "1", "-W", "5"]);
-        let out = mqtt(&lab, "mosquitto_sub", &args);
+        let out = mqtt(
+            &lab,
+            DEVICE,
+            "mosquitto_sub",
+            &["-t", TOPIC, "-C", "1", "-W", "5"],
+            false,
+        );
         let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if out.status.success() && !got.is_empty() {
             Ok(got)

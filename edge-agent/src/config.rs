@@ -72,6 +72,12 @@ pub struct Config {
     #[arg(long, env = "EDGEFLEET_HUB_IMAGE")]
     pub hub_image: Option<String>,
 
+    /// The cloud hub the device's hub joins as a leaf node (`tls://HOST:PORT`), with the
+    /// device's own client certificate; it trusts the CA the join leaves in the state
+    /// directory. Without it the hub runs on its own.
+    #[arg(long, env = "EDGEFLEET_HUB_UPSTREAM", value_parser = upstream_url)]
+    pub hub_upstream: Option<String>,
+
     /// The most the hub's store may hold on the device's disk, in MiB.
     #[arg(long, env = "EDGEFLEET_HUB_STORE_MIB", default_value_t = hub::DEFAULT_STORE_MIB,
           value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
@@ -95,6 +101,8 @@ impl Config {
                 namespace: self.namespace.clone(),
                 image: image.clone(),
                 store_mib: self.hub_store_mib,
+                upstream: self.hub_upstream.clone(),
+                kubeconfig: self.kubeconfig.clone(),
             })
     }
 }
@@ -129,9 +137,17 @@ pub struct JoinArgs {
     /// Where the host's state directory is mounted in this pod.
     #[arg(long, default_value = "/host/state")]
     pub write_state_dir: PathBuf,
+    /// The cloud hub's CA (PEM), mounted into the bootstrap pod; copied into the state
+    /// directory for the device's hub to trust.
+    #[arg(long)]
+    pub hub_upstream_ca_file: Option<PathBuf>,
     /// How often the certificate and the agent's pod are checked.
     #[arg(long, default_value = "1h", value_parser = duration::parse)]
     pub check_interval: Duration,
+}
+
+fn upstream_url(s: &str) -> Result<String, String> {
+    edgefleet_crds::hub::check_upstream_url(s).map(|()| s.to_owned())
 }
 
 fn device_name(s: &str) -> Result<String, String> {

@@ -16,6 +16,8 @@ pub enum Error {
     Cri(&'static str, #[source] tonic::Status),
     #[error("cannot render a manifest: {0}")]
     Render(#[source] serde_yaml::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

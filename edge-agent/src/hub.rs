@@ -38,6 +38,13 @@ const STORE_MOUNT: &str = "/var/lib/edgefleet-hub";
 const CONFIG_FILE: &str = "nats.conf";
 /// The agent's own password on the hub, generated once per device, readable by root only.
 const AGENT_SECRET: &str = "agent.secret";
+/// The cloud hub's CA, as the join leaves it in the hub's directory.
+const UPSTREAM_CA: &str = "upstream-ca.crt";
+/// The largest CA file taken (a bundle of a few certificates).
+const MAX_CA_BYTES: u64 = 64 * 1024;
+/// The leaf connection's files in the config directory: the CA, the device's certificate
+/// and key (a copy of the agent's credential, readable by root only).
+const UPSTREAM_DIR: &str = "upstream";
 
 /// What the agent's settings say about the hub.
 #[derive(Debug, Clone)]
@@ -47,6 +54,10 @@ pub struct HubSettings {
     pub image: String,
     /// The most the store may hold on disk, in MiB.
     pub store_mib: u32,
+    /// The cloud hub to join as a leaf node (`tls://HOST:PORT`, checked).
+    pub upstream: Option<String>,
+    /// The agent's kubeconfig, whose client certificate is the device's identity upstream.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The hub's directories on the host, under the agent's state directory.
@@ -63,6 +74,72 @@ impl HubDirs {
             config: root.join("config"),
             store: root.join("store"),
         }
+    }
+
+    fn upstream_ca(&self) -> PathBuf {
+        self.config
+            .parent()
+            .unwrap_or(&self.config)
+            .join(UPSTREAM_CA)
+    }
+}
+
+/// Copies the cloud hub's CA (from the bootstrap pod's mount) into the hub's directory on
+/// the device, when it is a PEM certificate of a sane size and differs from the copy there.
+/// The agent's hub trusts it for its leaf connection.
+pub fn keep_upstream_ca(src: &Path, state_dir: &Path) -> Result<()> {
+    let size = fs::metadata(src).map_err(io("read", src))?.len();
+    let pem = fs::read_to_string(src).map_err(io("read", src))?;
+    if size > MAX_CA_BYTES || !is_certificate(&pem) {
+        return Err(Error::Invalid(format!(
+            "{}: not a PEM certificate of at most {MAX_CA_BYTES} bytes",
+            src.display()
+        )));
+    }
+    let dirs = HubDirs::under(state_dir);
+    let dest = dirs.upstream_ca();
+    if fs::read_to_string(&dest).is_ok_and(|old| old == pem) {
+        return Ok(());
+    }
+    let dir = dest.parent().unwrap_or(state_dir);
+    fs::create_dir_all(dir).map_err(io("create", dir))?;
+    write_atomic(dir, UPSTREAM_CA, pem.as_bytes())?;
+    tracing::info!(path = %dest.display(), "the cloud hub's CA is in place");
+    Ok(())
+}
+
+fn is_certificate(pem: &str) -> bool {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .is_ok_and(|(_, p)| p.label == "CERTIFICATE" && p.parse_x509().is_ok())
+}
+
+/// What the leaf connection needs, when all of it is there: the URL, the cloud hub's CA
+/// and the device's credential.
+struct Upstream<'a> {
+    url: &'a str,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl Upstream<'_> {
+    /// Reads the CA and the credential; says why there is no leaf connection otherwise.
+    fn read<'a>(s: &'a HubSettings, dirs: &HubDirs) -> std::result::Result<Upstream<'a>, String> {
+        let url = s.upstream.as_deref().ok_or("no cloud hub is set")?;
+        let ca = fs::read_to_string(dirs.upstream_ca())
+            .map_err(|e| format!("no cloud hub CA ({}): {e}", dirs.upstream_ca().display()))?;
+        let kubeconfig = s
+            .kubeconfig
+            .as_deref()
+            .ok_or("no device kubeconfig, so no device certificate")?;
+        let credential = crate::join::read_credential(kubeconfig, &s.device)
+            .ok_or_else(|| format!("no certificate of {} in {}", s.device, kubeconfig.display()))?;
+        Ok(Upstream {
+            url,
+            ca,
+            cert: credential.cert_pem,
+            key: credential.key_pem,
+        })
     }
 }
 
@@ -85,9 +162,31 @@ pub fn place(settings: Option<&HubSettings>, state_dir: &Path, manifest_dir: &Pa
         fs::create_dir_all(dir).map_err(io("create", dir))?;
     }
     let secret = agent_secret(&dirs.config)?;
-    let config = config(s, &secret);
+    let upstream = match Upstream::read(s, &dirs) {
+        Ok(u) => {
+            let dir = dirs.config.join(UPSTREAM_DIR);
+            fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+            for (name, pem) in [("ca.crt", &u.ca), ("tls.crt", &u.cert), ("tls.key", &u.key)] {
+                write_atomic_mode(&dir, name, pem.as_bytes(), 0o600)?;
+            }
+            Some(u)
+        }
+        Err(why) => {
+            if s.upstream.is_some() {
+                tracing::warn!(%why, "the hub runs on its own: nothing goes upstream");
+            }
+            None
+        }
+    };
+    let config = config(s, &secret, upstream.as_ref().map(|u| u.url));
     write_atomic_mode(&dirs.config, CONFIG_FILE, config.as_bytes(), 0o600)?;
-    let manifest = serde_yaml::to_string(&pod(s, &dirs, &config)).map_err(Error::Render)?;
+    // A renewed certificate or a new CA restarts the hub, as a new config does.
+    let identity = upstream
+        .as_ref()
+        .map(|u| format!("{}{}", u.ca, u.cert))
+        .unwrap_or_default();
+    let manifest = serde_yaml::to_string(&pod(s, &dirs, &format!("{config}{identity}")))
+        .map_err(Error::Render)?;
     write_atomic(manifest_dir, MANIFEST_FILE, manifest.as_bytes())?;
     tracing::info!(image = %s.image, store = %dirs.store.display(), "hub placed");
     Ok(())
@@ -116,9 +215,10 @@ fn agent_secret(config_dir: &Path) -> Result<String> {
 /// anonymously. The MQTT listener is on every address of the device, because modules in
 /// their own network namespace reach the host only through its addresses; the monitoring
 /// endpoint stays on the loopback.
-pub fn config(s: &HubSettings, agent_secret: &str) -> String {
+pub fn config(s: &HubSettings, agent_secret: &str, upstream: Option<&str>) -> String {
     let device = &s.device;
     let store_mib = s.store_mib;
+    let leaf = upstream.map(leaf_remote).unwrap_or_default();
     format!(
         r#"# Written by {AGENT_NAME} when it starts; edits are overwritten.
 server_name: "{device}"
@@ -140,6 +240,29 @@ mqtt {{
 authorization {{
   users: [
     {{user: "{AGENT_USER}", password: "{agent_secret}"}}
+  ]
+}}
+{leaf}"#
+    )
+}
+
+/// The leaf connection to the cloud hub: TLS both ways, the device's certificate as its
+/// identity (the cloud hub maps it to the device's user and its subjects).
+fn leaf_remote(url: &str) -> String {
+    let dir = format!("{CONFIG_MOUNT}/{UPSTREAM_DIR}");
+    format!(
+        r#"
+leafnodes {{
+  remotes: [
+    {{
+      url: "{url}"
+      tls {{
+        cert_file: "{dir}/tls.crt"
+        key_file: "{dir}/tls.key"
+        ca_file: "{dir}/ca.crt"
+        timeout: 5
+      }}
+    }}
   ]
 }}
 "#
@@ -267,6 +390,8 @@ mod tests {
             namespace: "edgefleet-system".into(),
             image: "localhost/edgefleet/hub:2.15.2".into(),
             store_mib: 256,
+            upstream: None,
+            kubeconfig: None,
         }
     }
 
@@ -310,13 +435,45 @@ mod tests {
     /// device's own (the cloud tells devices' streams apart by it).
     #[test]
     fn the_config_names_the_device_bounds_the_store_and_admits_no_anonymous_client() {
-        let c = config(&settings(), "s3cret");
+        let c = config(&settings(), "s3cret", None);
         assert!(c.contains("server_name: \"edge-1\""));
         assert!(c.contains("domain: \"edge-1\""));
         assert!(c.contains("max_file_store: 256MB"));
         assert!(c.contains(&format!("user: \"{AGENT_USER}\", password: \"s3cret\"")));
         assert!(!c.contains("no_auth_user"));
         assert!(c.contains(&format!("http: \"127.0.0.1:{MONITOR_PORT}\"")));
+        assert!(!c.contains("leafnodes"), "no cloud hub, no leaf connection");
+        let leaf = config(&settings(), "s3cret", Some("tls://10.77.0.2:7422"));
+        assert!(leaf.contains("url: \"tls://10.77.0.2:7422\""));
+        assert!(leaf.contains("cert_file: \"/etc/edgefleet-hub/upstream/tls.crt\""));
+    }
+
+    /// The CA comes from a mounted ConfigMap: only a PEM certificate of a sane size is
+    /// taken, and only then is anything written.
+    #[test]
+    fn only_a_certificate_becomes_the_upstream_ca() {
+        let state = tempfile::tempdir().expect("in the test setup");
+        let src = state.path().join("ca.crt");
+        for bad in [
+            "",
+            "not pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ] {
+            fs::write(&src, bad).expect("in the test setup");
+            assert!(keep_upstream_ca(&src, state.path()).is_err(), "{bad:?}");
+        }
+        let key = rcgen::KeyPair::generate().expect("in the test setup");
+        let ca = rcgen::CertificateParams::new(vec![])
+            .expect("in the test setup")
+            .self_signed(&key)
+            .expect("in the test setup")
+            .pem();
+        fs::write(&src, format!("{ca}{}", "#".repeat(70_000))).expect("in the test setup");
+        assert!(keep_upstream_ca(&src, state.path()).is_err(), "too big");
+        fs::write(&src, &ca).expect("in the test setup");
+        keep_upstream_ca(&src, state.path()).expect("a certificate is taken");
+        let dirs = HubDirs::under(state.path());
+        assert_eq!(fs::read_to_string(dirs.upstream_ca()).expect("copied"), ca);
     }
 
     #[test]

@@ -103,8 +103,7 @@ impl Credential {
 
     /// A short, stable name of the certificate.
     pub fn fingerprint(&self) -> String {
-        let hash = Sha256::digest(self.cert_pem.as_bytes());
-        hash[..8].iter().map(|b| format!("{b:02x}")).collect()
+        crate::render::hex(&Sha256::digest(self.cert_pem.as_bytes())[..8])
     }
 }
 
@@ -151,6 +150,9 @@ pub async fn join(config: &Config, args: &JoinArgs) -> Result<(), JoinError> {
                 c
             }
         };
+        if let Some(ca) = &args.hub_upstream_ca_file {
+            crate::hub::keep_upstream_ca(ca, &args.write_state_dir)?;
+        }
         place_agent(&agent, args, &credential)?;
         tokio::select! {
             () = tokio::time::sleep(args.check_interval) => {}
@@ -186,7 +188,7 @@ fn place_agent(agent: &Config, args: &JoinArgs, credential: &Credential) -> Resu
 }
 
 /// The credential in the kubeconfig written earlier, if it is this device's.
-fn read_credential(path: &Path, device: &str) -> Option<Credential> {
+pub fn read_credential(path: &Path, device: &str) -> Option<Credential> {
     let text = std::fs::read_to_string(path).ok()?;
     let kc: serde_json::Value = serde_yaml::from_str(&text).ok()?;
     let user = &kc["users"][0]["user"];

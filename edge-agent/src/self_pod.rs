@@ -58,6 +58,9 @@ pub fn pod(c: &Config, image: &str) -> Pod {
     if let Some(image) = &c.hub_image {
         args.push(format!("--hub-image={image}"));
         args.push(format!("--hub-store-mib={}", c.hub_store_mib));
+        if let Some(url) = &c.hub_upstream {
+            args.push(format!("--hub-upstream={url}"));
+        }
     }
     let quantities = |cpu: &str, mem: &str| {
         BTreeMap::from([

@@ -40,3 +40,49 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $parts := splitList "/{node}" . }}
 {{- if gt (len $parts) 1 }}$(EDGEFLEET_DEVICE){{ index $parts 1 }}{{ end }}
 {{- end }}
+
+{{/* The cloud hub's config (NATS's syntax). Devices' leaf connections must present a client
+certificate of the devices' CA, mapped to a user by its subject; the users are the accounts
+the controller writes. */}}
+{{- define "edgefleet.hubConfig" -}}
+server_name: $POD_NAME
+listen: "0.0.0.0:4222"
+http: "0.0.0.0:8222"
+pid_file: "/var/run/nats/nats.pid"
+max_payload: 1MB
+jetstream {
+  store_dir: "/data"
+  domain: "cloud"
+  max_file_store: {{ .Values.hub.cloud.storeMiB }}MB
+  max_memory_store: 64MB
+}
+# For readers of what devices send (MQTT is what most telemetry tools speak).
+mqtt {
+  port: 1883
+}
+leafnodes {
+  port: 7422
+  tls {
+    cert_file: "/etc/edgefleet-hub/tls/tls.crt"
+    key_file: "/etc/edgefleet-hub/tls/tls.key"
+    ca_file: "/etc/edgefleet-hub/device-ca/ca.crt"
+    verify_and_map: true
+    timeout: 5
+  }
+}
+include "../accounts/accounts.conf"
+{{- end }}
+
+{{/* The cloud hub's accounts before the controller writes them: only the reader, as the
+controller's controller/src/decide/hub_accounts.rs writes them for no device. */}}
+{{- define "edgefleet.hubAccounts" -}}
+# Written by edgefleet-controller from the enrolled EdgeDevices; edits are overwritten.
+accounts {
+  FLEET {
+    jetstream: enabled
+    users: [
+      {user: "edgefleet-reader", password: $EDGEFLEET_READER_PASSWORD, allowed_connection_types: ["STANDARD", "MQTT"], permissions: {publish: {deny: ["edgefleet.>"]}, subscribe: {allow: ["edgefleet.dev.*.up.>", "edgefleet.dev.*.up"]}}}
+    ]
+  }
+}
+{{ end }}
