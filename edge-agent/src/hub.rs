@@ -16,15 +16,14 @@ use edgefleet_crds::hub::{AGENT_USER, HUB_NAME, MONITOR_PORT, MQTT_PORT, NATS_PO
 use edgefleet_crds::identity::pods::{CONFIG_HASH_ANNOTATION, MANAGED_BY_LABEL};
 use edgefleet_crds::identity::{AGENT_NAME, APP_NAME_LABEL};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, HTTPGetAction, HostPathVolumeSource, Pod, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Container, EnvVar, HTTPGetAction, Pod, PodSpec, Probe, ResourceRequirements,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, io};
+use crate::host_pod::{self, HostMount};
 use crate::journal::{write_atomic, write_atomic_mode};
 use crate::render::hex;
 
@@ -275,16 +274,22 @@ leafnodes {{
 /// are root's directories on the host (the agent has no capability to hand them to another
 /// user); nothing writable but the store.
 pub fn pod(s: &HubSettings, dirs: &HubDirs, config: &str) -> Pod {
-    let mounts = [
-        ("config", &dirs.config, CONFIG_MOUNT, true),
-        ("store", &dirs.store, STORE_MOUNT, false),
-    ];
-    let quantities = |cpu: &str, mem: &str| {
-        BTreeMap::from([
-            ("cpu".to_owned(), Quantity(cpu.to_owned())),
-            ("memory".to_owned(), Quantity(mem.to_owned())),
-        ])
-    };
+    let (volumes, volume_mounts) = host_pod::volumes(&[
+        HostMount {
+            name: "config",
+            host: &dirs.config,
+            at: Path::new(CONFIG_MOUNT),
+            type_: "Directory",
+            read_only: true,
+        },
+        HostMount {
+            name: "store",
+            host: &dirs.store,
+            at: Path::new(STORE_MOUNT),
+            type_: "Directory",
+            read_only: false,
+        },
+    ]);
     Pod {
         metadata: ObjectMeta {
             name: Some(HUB_NAME.into()),
@@ -318,8 +323,8 @@ pub fn pod(s: &HubSettings, dirs: &HubDirs, config: &str) -> Pod {
                     ..Default::default()
                 }]),
                 resources: Some(ResourceRequirements {
-                    requests: Some(quantities("20m", "32Mi")),
-                    limits: Some(quantities("500m", "128Mi")),
+                    requests: Some(host_pod::quantities("20m", "32Mi")),
+                    limits: Some(host_pod::quantities("500m", "128Mi")),
                     ..Default::default()
                 }),
                 liveness_probe: Some(Probe {
@@ -334,46 +339,11 @@ pub fn pod(s: &HubSettings, dirs: &HubDirs, config: &str) -> Pod {
                     failure_threshold: Some(6),
                     ..Default::default()
                 }),
-                security_context: Some(SecurityContext {
-                    run_as_user: Some(0),
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        ..Default::default()
-                    }),
-                    seccomp_profile: Some(SeccompProfile {
-                        type_: "RuntimeDefault".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                volume_mounts: Some(
-                    mounts
-                        .iter()
-                        .map(|(name, _, at, ro)| VolumeMount {
-                            name: (*name).into(),
-                            mount_path: (*at).into(),
-                            read_only: ro.then_some(true),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
+                security_context: Some(host_pod::root_without_capabilities()),
+                volume_mounts: Some(volume_mounts),
                 ..Default::default()
             }],
-            volumes: Some(
-                mounts
-                    .iter()
-                    .map(|(name, host, _, _)| Volume {
-                        name: (*name).into(),
-                        host_path: Some(HostPathVolumeSource {
-                            path: host.display().to_string(),
-                            type_: Some("Directory".into()),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
+            volumes: Some(volumes),
             ..Default::default()
         }),
         status: None,

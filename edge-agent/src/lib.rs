@@ -11,6 +11,7 @@ pub mod config;
 pub mod cri;
 pub mod desired;
 pub mod error;
+pub mod host_pod;
 pub mod hub;
 pub mod join;
 pub mod journal;

@@ -7,15 +7,12 @@ use std::path::Path;
 
 use edgefleet_crds::identity::pods::MANAGED_BY_LABEL;
 use edgefleet_crds::identity::{AGENT_NAME, APP_NAME_LABEL};
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements,
-    SecurityContext, Volume, VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 use kube::api::ObjectMeta;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::host_pod::{self, HostMount};
 
 /// The agent's own manifest file name in the staticPodPath.
 pub const FILE: &str = "edgefleet-agent.yaml";
@@ -28,19 +25,27 @@ pub fn print(config: &Config, image: &str) -> Result<()> {
 
 pub fn pod(c: &Config, image: &str) -> Pod {
     let socket_dir = c.cri_socket.parent().unwrap_or(Path::new("/"));
+    let at_same_path = |name, path, type_, read_only| HostMount {
+        name,
+        host: path,
+        at: path,
+        type_,
+        read_only,
+    };
     let mut mounts = vec![
-        (
+        at_same_path(
             "manifests",
             c.manifest_dir.as_path(),
             "DirectoryOrCreate",
             false,
         ),
-        ("state", c.state_dir.as_path(), "DirectoryOrCreate", false),
-        ("cri", socket_dir, "Directory", false),
+        at_same_path("state", c.state_dir.as_path(), "DirectoryOrCreate", false),
+        at_same_path("cri", socket_dir, "Directory", false),
     ];
     if let Some(kc) = &c.kubeconfig {
-        mounts.push(("kubeconfig", kc.as_path(), "File", true));
+        mounts.push(at_same_path("kubeconfig", kc.as_path(), "File", true));
     }
+    let (volumes, volume_mounts) = host_pod::volumes(&mounts);
     let mut args = vec![
         format!("--device={}", c.device),
         format!("--manifest-dir={}", c.manifest_dir.display()),
@@ -62,12 +67,6 @@ pub fn pod(c: &Config, image: &str) -> Pod {
             args.push(format!("--hub-upstream={url}"));
         }
     }
-    let quantities = |cpu: &str, mem: &str| {
-        BTreeMap::from([
-            ("cpu".to_owned(), Quantity(cpu.to_owned())),
-            ("memory".to_owned(), Quantity(mem.to_owned())),
-        ])
-    };
     Pod {
         metadata: ObjectMeta {
             name: Some(AGENT_NAME.into()),
@@ -96,48 +95,17 @@ pub fn pod(c: &Config, image: &str) -> Pod {
                     ..Default::default()
                 }]),
                 resources: Some(ResourceRequirements {
-                    requests: Some(quantities("10m", "16Mi")),
-                    limits: Some(quantities("200m", "64Mi")),
+                    requests: Some(host_pod::quantities("10m", "16Mi")),
+                    limits: Some(host_pod::quantities("200m", "64Mi")),
                     ..Default::default()
                 }),
                 // Root, because kubelet's manifest directory and the CRI socket are root's;
                 // no capabilities beyond that, and nothing else writable.
-                security_context: Some(SecurityContext {
-                    run_as_user: Some(0),
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                volume_mounts: Some(
-                    mounts
-                        .iter()
-                        .map(|(name, path, _, ro)| VolumeMount {
-                            name: (*name).into(),
-                            mount_path: path.display().to_string(),
-                            read_only: ro.then_some(true),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
+                security_context: Some(host_pod::root_without_capabilities()),
+                volume_mounts: Some(volume_mounts),
                 ..Default::default()
             }],
-            volumes: Some(
-                mounts
-                    .iter()
-                    .map(|(name, path, type_, _)| Volume {
-                        name: (*name).into(),
-                        host_path: Some(HostPathVolumeSource {
-                            path: path.display().to_string(),
-                            type_: Some((*type_).into()),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
+            volumes: Some(volumes),
             ..Default::default()
         }),
         status: None,
