@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use edgefleet_agent::{join, self_pod};
 use edgefleet_crds::device::conditions::REGISTERED;
+use edgefleet_crds::hub::HUB_NAME;
 use edgefleet_crds::identity::{
     APP_NAME_LABEL, BOOTSTRAP_NAME, CONTROLLER_NAME, DEVICE_LABEL, SYSTEM_NAMESPACE,
     bootstrap_user, device_object_name,
@@ -193,13 +194,14 @@ async fn helm_install_join_gitops_upgrade_uninstall() {
     // placed keep running (they are files on the devices); the CRDs stay (resource-policy
     // keep), and with them every device and deployment.
     helm.uninstall("edgefleet", true);
-    for app in [CONTROLLER_NAME, BOOTSTRAP_NAME] {
+    for app in [CONTROLLER_NAME, BOOTSTRAP_NAME, HUB_NAME] {
         let selector = format!("{APP_NAME_LABEL}={app}");
         wait_for(
             &format!("the {app} objects to go"),
             Duration::from_secs(120),
             || async {
-                let kinds = "deployment,daemonset,serviceaccount,role,rolebinding";
+                let kinds = "deployment,daemonset,statefulset,serviceaccount,role,rolebinding,\
+                             secret,configmap,service";
                 let left = lab.kubectl(&["get", kinds, "-n", NS, "-l", &selector, "-o", "name"]);
                 left.is_empty().then_some(()).ok_or(left)
             },

@@ -17,6 +17,13 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{- define "edgefleet.hubLabels" -}}
+app.kubernetes.io/name: edgefleet-hub
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
 {{- define "edgefleet.apiServerEnv" -}}
 {{- with .Values.apiServer }}
 {{- $hostPort := splitList ":" . }}
