@@ -27,7 +27,9 @@ pub struct ReloaderArgs {
 /// Runs until SIGTERM: reloads the hub after each change of the watched file. A reload
 /// that fails (the hub restarting, no pid yet) is tried again at the next look.
 pub async fn run(args: ReloaderArgs) {
-    let mut seen = fingerprint(&args.watch);
+    // Nothing counts as seen at first: kubelet may have updated the file after the hub read
+    // it and before this sidecar started, so the first look reloads the hub once.
+    let mut seen = None;
     tracing::info!(watch = %args.watch.display(), "watching the hub's accounts");
     let shutdown = crate::run::shutdown_signal();
     tokio::pin!(shutdown);

@@ -87,9 +87,12 @@ impl HubDirs {
 /// the device, when it is a PEM certificate of a sane size and differs from the copy there.
 /// The agent's hub trusts it for its leaf connection.
 pub fn keep_upstream_ca(src: &Path, state_dir: &Path) -> Result<()> {
-    let size = fs::metadata(src).map_err(io("read", src))?.len();
-    let pem = fs::read_to_string(src).map_err(io("read", src))?;
-    if size > MAX_CA_BYTES || !is_certificate(&pem) {
+    // Read no more than one byte past the bound, whatever the file's size.
+    let mut pem = String::new();
+    fs::File::open(src)
+        .and_then(|f| f.take(MAX_CA_BYTES + 1).read_to_string(&mut pem))
+        .map_err(io("read", src))?;
+    if pem.len() as u64 > MAX_CA_BYTES || !is_certificate(&pem) {
         return Err(Error::Invalid(format!(
             "{}: not a PEM certificate of at most {MAX_CA_BYTES} bytes",
             src.display()
