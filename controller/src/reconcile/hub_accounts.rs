@@ -30,11 +30,20 @@ const RESYNC: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(5);
 
 /// Runs until `changes` ends: writes the accounts now, then whenever they differ from what
-/// was written last, after any device change or every `RESYNC`.
-pub async fn run(ctx: Arc<Context>, changes: impl Stream<Item = ()> + Send) {
+/// was written last, after any device change or every `RESYNC`. `changes` is drained
+/// without pause into one pending flag: it is a subscription of the shared device watch,
+/// and one left unread while this waits or writes would hold up every other subscriber.
+pub async fn run(ctx: Arc<Context>, changes: impl Stream<Item = ()> + Send + 'static) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let drain = tokio::spawn({
+        let changed = changed.clone();
+        changes.for_each(move |()| {
+            changed.notify_one();
+            std::future::ready(())
+        })
+    });
     ctx.synced().await;
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let mut changes = std::pin::pin!(changes.ready_chunks(4096));
     let mut written: Option<String> = None;
     loop {
         let devices = ctx.stores.devices.state();
@@ -58,8 +67,11 @@ pub async fn run(ctx: Arc<Context>, changes: impl Stream<Item = ()> + Send) {
                 }
             }
         }
+        if drain.is_finished() {
+            return;
+        }
         tokio::select! {
-            next = changes.next() => if next.is_none() { return },
+            () = changed.notified() => {}
             () = tokio::time::sleep(RESYNC) => {}
         }
         tokio::time::sleep(GATHER).await;
