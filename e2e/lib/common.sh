@@ -10,8 +10,13 @@ RUN_DIR=${EDGEFLEET_LAB_RUN_DIR:-/run/edgefleet-lab}
 CACHE_DIR=${EDGEFLEET_CACHE_DIR:-$HOME/.cache/edgefleet}
 LOG_DIR="$LAB_DIR/logs"
 # The least free disk `up` starts with: the lab's kubelets evict pods and delete images
-# when the disk is nearly full, which shows much later as modules that never start.
-MIN_FREE_MIB=${EDGEFLEET_LAB_MIN_FREE_MIB:-4096}
+# when less than EVICTION_FREE is left (lib/node.sh), which shows much later as modules
+# that never start. The rest is room for what the lab writes: images unpacked on every
+# node, etcd, logs.
+MIN_FREE_MIB=${EDGEFLEET_LAB_MIN_FREE_MIB:-2048}
+# What the kubelets keep free, an absolute figure: a percentage of a large shared disk
+# would be gigabytes the lab never uses.
+EVICTION_FREE=512Mi
 PKI_DIR="$LAB_DIR/pki"
 KUBE_DIR="$LAB_DIR/kubeconfig"
 STATE_FILE="$LAB_DIR/lab.env"

@@ -111,8 +111,8 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 1%
-  imagefs.available: 1%
+  nodefs.available: $EVICTION_FREE
+  imagefs.available: $EVICTION_FREE
 YAML
 }
 
