@@ -12,6 +12,7 @@ use crate::condition::{Condition, conditions_schema};
 use crate::module::EnvVar;
 use crate::names::{DNS_LABEL_PATTERN, IMAGE_PATTERN};
 use crate::rollout::{RolloutSpec, RolloutStatus};
+use crate::route::Route;
 
 /// The most failing devices a deployment's status lists: enough to act on, small at any
 /// fleet size.
@@ -117,6 +118,11 @@ pub struct DeploymentModule {
     pub desired_status: DesiredStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<ModuleOverrides>,
+    /// Where this module's outputs go on the device's hub: to inputs of modules of this
+    /// deployment, or upstream (see the route module for the mapping from IoT Edge).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::route::MAX_ROUTES_PER_MODULE))]
+    pub routes: Vec<Route>,
 }
 
 impl DeploymentModule {

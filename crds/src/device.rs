@@ -14,6 +14,7 @@ use crate::condition::{Condition, conditions_schema};
 use crate::deployment::DesiredStatus;
 use crate::module::EdgeModuleSpec;
 use crate::names::DNS_LABEL_PATTERN;
+use crate::route::Route;
 
 /// Condition types on an EdgeDevice.
 pub mod conditions {
@@ -107,6 +108,10 @@ pub struct ResolvedModule {
     pub module_ref: String,
     #[serde(default)]
     pub desired_status: DesiredStatus,
+    /// Where its outputs go on the device's hub.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::route::MAX_ROUTES_PER_MODULE))]
+    pub routes: Vec<Route>,
     #[serde(flatten)]
     pub spec: EdgeModuleSpec,
 }
@@ -282,6 +287,7 @@ mod tests {
             deployment: "ns/base".into(),
             module_ref: format!("ns/{name}"),
             desired_status: DesiredStatus::Running,
+            routes: vec![],
             spec: EdgeModuleSpec {
                 image: image.into(),
                 image_pull_policy: PullPolicy::IfNotPresent,

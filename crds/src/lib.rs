@@ -14,6 +14,7 @@ pub mod limits;
 pub mod module;
 pub mod names;
 pub mod rollout;
+pub mod route;
 pub mod schema;
 
 pub use condition::{Condition, ConditionStatus};

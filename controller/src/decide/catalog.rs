@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_crds::limits;
 use edgefleet_crds::names::{NameError, check_dns_label, check_env_name, check_image};
+use edgefleet_crds::route::Destination;
 use edgefleet_crds::{
     DeploymentModule, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, OnUntarget, ResolvedModule,
     TargetingDecision, TargetingOutcome,
@@ -37,6 +38,8 @@ pub enum SpecProblem {
     InvalidOverride { module: String, error: NameError },
     #[error("module {module:?} can't run on a device: {why}")]
     OverLimit { module: String, why: String },
+    #[error("module {module:?}: {why}")]
+    InvalidRoute { module: String, why: String },
     #[error(transparent)]
     Grant(#[from] GrantProblem),
 }
@@ -51,6 +54,7 @@ impl SpecProblem {
             SpecProblem::InvalidModuleName(_) => "InvalidModuleName",
             SpecProblem::InvalidOverride { .. } => "InvalidOverride",
             SpecProblem::OverLimit { .. } => "ModuleOverLimit",
+            SpecProblem::InvalidRoute { .. } => "InvalidRoute",
             SpecProblem::Grant(GrantProblem::NoGrant(_)) => "NoGrant",
             SpecProblem::Grant(GrantProblem::NotGranted(_)) => "NotGranted",
         }
@@ -239,7 +243,33 @@ pub fn problems(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<SpecProb
             out.push(p);
         }
     }
+    out.extend(route_problems(d));
     out
+}
+
+/// Routes that do not parse, or that go to a module this deployment does not run: a route
+/// connects modules of one deployment, so what it names is always on the device with it.
+pub fn route_problems(d: &EdgeDeployment) -> Vec<SpecProblem> {
+    let names: BTreeSet<&str> = d.spec.modules.iter().map(|m| m.name.as_str()).collect();
+    d.spec
+        .modules
+        .iter()
+        .flat_map(|m| m.routes.iter().map(move |r| (m, r)))
+        .filter_map(|(m, r)| {
+            let why = match r.check() {
+                Err(why) => why,
+                Ok(Destination::Input { module, .. }) if !names.contains(module) => format!(
+                    "route from output {:?} goes to module {module:?}, which this deployment does not run",
+                    r.output
+                ),
+                Ok(_) => return None,
+            };
+            Some(SpecProblem::InvalidRoute {
+                module: m.name.clone(),
+                why,
+            })
+        })
+        .collect()
 }
 
 /// A deployment's modules as devices get them (the EdgeModule's spec with the deployment's
@@ -261,6 +291,7 @@ pub fn resolve_modules(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<R
                 deployment: deployment.clone(),
                 module_ref: key(namespace, m.module_name()),
                 desired_status: m.desired_status,
+                routes: m.routes.clone(),
                 spec,
             })
         })
@@ -387,6 +418,51 @@ mod tests {
                 ),
             ),
         ])
+    }
+
+    /// A route is tenant input the device acts on: one to a module the deployment does not
+    /// run (perhaps another team's) or with a condition that does not parse holds the
+    /// deployment with the reason; good routes reach the device with their module.
+    #[test]
+    fn a_route_outside_its_deployment_or_with_a_bad_condition_holds_it() {
+        let spec = |routes: &str| {
+            deployment(&format!(
+                "metadata: {{name: d, namespace: ns}}\nspec:\n  modules:\n  - name: sensor\n    routes: {routes}\n  - name: filter"
+            ))
+        };
+        let good = spec(
+            "[{output: out, to: {module: filter, input: in}}, {output: out, when: '$body.t > 30', to: {upstream: alerts}}]",
+        );
+        let c = compile(&good, &lib(), &open_grants(&["ns"]));
+        let Contribution::Fresh { modules, .. } = c.contribution else {
+            panic!("should compile: {:?}", c.contribution)
+        };
+        let sensor = modules
+            .iter()
+            .find(|m| m.name == "sensor")
+            .expect("resolved");
+        assert_eq!(sensor.routes.len(), 2, "routes travel with their module");
+        for (routes, says) in [
+            (
+                "[{output: out, to: {module: other-team, input: in}}]",
+                "does not run",
+            ),
+            (
+                "[{output: out, when: '$body.t >', to: {upstream: x}}]",
+                "value",
+            ),
+            ("[{output: out, to: {module: filter}}]", "nothing else"),
+        ] {
+            let p = problems(&spec(routes), &lib());
+            assert_eq!(p.len(), 1, "{routes}: {p:?}");
+            assert_eq!(p[0].reason(), "InvalidRoute");
+            assert!(p[0].to_string().contains(says), "{routes}: {}", p[0]);
+            let c = compile(&spec(routes), &lib(), &open_grants(&["ns"]));
+            assert!(
+                matches!(c.contribution, Contribution::Held { .. }),
+                "{routes}"
+            );
+        }
     }
 
     #[test]

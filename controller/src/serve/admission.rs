@@ -7,7 +7,8 @@
 //!
 //! What is refused:
 //! - an EdgeDeployment that no grant naming its namespace admits (priority, and the
-//!   capabilities and images of the modules it refers to that exist already);
+//!   capabilities and images of the modules it refers to that exist already), or with a
+//!   route that does not parse or goes to a module the deployment does not run;
 //! - an EdgeModule that a device would refuse (`limits`), or that no grant naming its
 //!   namespace lets run. A namespace no grant names may keep EdgeModules (they reach no
 //!   device), so that a team's repository can be applied before its grant.
@@ -61,6 +62,9 @@ pub fn deployment_refusal(
     modules: &impl catalog::ModuleLookup,
     grants: &[Grant],
 ) -> Option<String> {
+    if let Some(bad) = catalog::route_problems(d).first() {
+        return Some(bad.to_string());
+    }
     let namespace = d.namespace().unwrap_or_default();
     let resolved = catalog::resolve_modules(d, modules);
     grant::admit(&namespace, d.spec.priority, &resolved, grants)
@@ -79,6 +83,7 @@ pub fn module_refusal(m: &EdgeModule, grants: &[Grant]) -> Option<String> {
         deployment: String::new(),
         module_ref: key(&namespace, &m.name_any()),
         desired_status: Default::default(),
+        routes: vec![],
         spec: m.spec.clone(),
     };
     match grant::admit_module(&namespace, &as_run, grants) {
@@ -487,6 +492,17 @@ mod tests {
             deployment_refusal(&d("team-a", 0, "later"), &lib, &grants),
             None
         );
+    }
+
+    #[test]
+    fn a_deployment_with_a_route_to_a_module_it_does_not_run_is_refused() {
+        let grants = [grant("open", "{namespaces: [team-a], devices: {}}")];
+        let lib = modules(&[("team-a/app", "image: app:1")]);
+        let d = deployment(
+            "metadata: {name: d, namespace: team-a}\nspec:\n  modules:\n  - name: app\n    routes: [{output: out, to: {module: theirs, input: in}}]",
+        );
+        let refusal = deployment_refusal(&d, &lib, &grants).expect("refused");
+        assert!(refusal.contains("module \"theirs\""), "{refusal}");
     }
 
     #[test]
