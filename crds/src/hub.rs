@@ -14,8 +14,61 @@ pub const NATS_PORT: u16 = 4222;
 /// The hub's monitoring endpoint (`/healthz`, `/jsz`), on the device's loopback only.
 pub const MONITOR_PORT: u16 = 8222;
 
-/// The hub's user for the agent itself; modules get users of their own.
+/// The hub's user for the agent itself (its router); modules get users of their own.
 pub const AGENT_USER: &str = "edgefleet-agent";
+
+/// The agent's user in the hub's system account, for asking the hub to reload its users.
+pub const AGENT_SYSTEM_USER: &str = "edgefleet-agent-system";
+
+/// A module's user on its device's hub: its key, `namespace/name`.
+pub fn module_user(namespace: &str, module: &str) -> String {
+    crate::device::module_key(namespace, module)
+}
+
+/// The subjects a module publishes its outputs on: `edgefleet.mod.<ns>.<module>.out.<output>`
+/// (MQTT: `edgefleet/mod/<ns>/<module>/out/<output>`). Only that module may publish there.
+pub fn module_outputs(namespace: &str, module: &str) -> String {
+    format!("edgefleet.mod.{namespace}.{module}.out")
+}
+
+/// The subjects a module reads its inputs from: `edgefleet.mod.<ns>.<module>.in.<input>`.
+/// Only that module may subscribe there; only the device's router publishes there.
+pub fn module_inputs(namespace: &str, module: &str) -> String {
+    format!("edgefleet.mod.{namespace}.{module}.in")
+}
+
+/// Where a route `to: {upstream: <name>}` of a module in `namespace` publishes:
+/// `edgefleet.dev.<device>.up.<namespace>.<name>`, so two teams' streams never mix.
+pub fn upstream_subject(device: &str, namespace: &str, name: &str) -> String {
+    format!("{}.up.{namespace}.{name}", device_subject(device))
+}
+
+/// What a module finds in its environment about the hub; the credentials are a directory
+/// mounted read-only (files `username` and `password`), never a variable: a mirror pod
+/// shows its env to anyone who may read pods.
+pub mod env {
+    /// The device's address, where the hub listens (the module's own network namespace
+    /// reaches the host only through it).
+    pub const HOST: &str = "EDGEFLEET_HUB_HOST";
+    pub const MQTT_PORT: &str = "EDGEFLEET_HUB_MQTT_PORT";
+    pub const NATS_PORT: &str = "EDGEFLEET_HUB_NATS_PORT";
+    pub const CREDENTIALS: &str = "EDGEFLEET_HUB_CREDENTIALS";
+    /// The MQTT topic prefix of the module's outputs (`.../out`; append `/<output>`).
+    pub const OUTPUTS: &str = "EDGEFLEET_HUB_OUTPUTS";
+    /// The MQTT topic prefix of the module's inputs (`.../in`; append `/<input>`).
+    pub const INPUTS: &str = "EDGEFLEET_HUB_INPUTS";
+    pub const DEVICE: &str = "EDGEFLEET_DEVICE";
+    pub const NAMESPACE: &str = "EDGEFLEET_NAMESPACE";
+    pub const MODULE: &str = "EDGEFLEET_MODULE";
+}
+
+/// Where a module's hub credentials are mounted in its container.
+pub const CREDENTIALS_MOUNT: &str = "/var/run/edgefleet/hub";
+
+/// MQTT's spelling of a NATS subject.
+pub fn mqtt_topic(subject: &str) -> String {
+    subject.replace('.', "/")
+}
 
 /// How much of the device's disk the hub's store may take by default (MiB): the upstream
 /// backlog of a device offline for hours, at a few messages a second.

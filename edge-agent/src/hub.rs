@@ -12,7 +12,9 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use edgefleet_crds::hub::{AGENT_USER, HUB_NAME, MONITOR_PORT, MQTT_PORT, NATS_PORT};
+use edgefleet_crds::hub::{
+    AGENT_SYSTEM_USER, AGENT_USER, HUB_NAME, MONITOR_PORT, MQTT_PORT, NATS_PORT,
+};
 use edgefleet_crds::identity::pods::{CONFIG_HASH_ANNOTATION, MANAGED_BY_LABEL};
 use edgefleet_crds::identity::{AGENT_NAME, APP_NAME_LABEL};
 use k8s_openapi::api::core::v1::{
@@ -24,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, io};
 use crate::host_pod::{self, HostMount};
+use crate::hub_users::ModuleUser;
 use crate::journal::{write_atomic, write_atomic_mode};
 use crate::render::hex;
 
@@ -41,6 +44,9 @@ const AGENT_SECRET: &str = "agent.secret";
 const UPSTREAM_CA: &str = "upstream-ca.crt";
 /// The largest CA file taken (a bundle of a few certificates).
 const MAX_CA_BYTES: u64 = 64 * 1024;
+/// The hub's account of the agent and the modules, and its system account.
+const DEVICE_ACCOUNT: &str = "DEVICE";
+const SYSTEM_ACCOUNT: &str = "SYS";
 /// The leaf connection's files in the config directory: the CA, the device's certificate
 /// and key (a copy of the agent's credential, readable by root only).
 const UPSTREAM_DIR: &str = "upstream";
@@ -64,6 +70,8 @@ pub struct HubSettings {
 pub struct HubDirs {
     pub config: PathBuf,
     pub store: PathBuf,
+    /// One directory of credentials per module (see `hub_users`).
+    pub modules: PathBuf,
 }
 
 impl HubDirs {
@@ -72,6 +80,7 @@ impl HubDirs {
         HubDirs {
             config: root.join("config"),
             store: root.join("store"),
+            modules: root.join("modules"),
         }
     }
 
@@ -145,10 +154,16 @@ impl Upstream<'_> {
     }
 }
 
-/// Writes the hub's config and static pod (when `settings` is given), or removes the pod
-/// (when it is not). The agent's password is made once and kept: the hub's users do not
-/// change when the agent restarts.
-pub fn place(settings: Option<&HubSettings>, state_dir: &Path, manifest_dir: &Path) -> Result<()> {
+/// Writes the hub's config with the modules' `users` and its static pod (when `settings`
+/// is given), or removes the pod (when it is not). The agent's password is made once and
+/// kept: the hub's users do not change when the agent restarts. The pod carries a hash of
+/// the config without the modules' users: they change by a reload, not a restart.
+pub fn place(
+    settings: Option<&HubSettings>,
+    state_dir: &Path,
+    manifest_dir: &Path,
+    users: &[ModuleUser],
+) -> Result<()> {
     let Some(s) = settings else {
         return match fs::remove_file(manifest_dir.join(MANIFEST_FILE)) {
             Ok(()) => {
@@ -180,8 +195,10 @@ pub fn place(settings: Option<&HubSettings>, state_dir: &Path, manifest_dir: &Pa
             None
         }
     };
-    let config = config(s, &secret, upstream.as_ref().map(|u| u.url));
-    write_atomic_mode(&dirs.config, CONFIG_FILE, config.as_bytes(), 0o600)?;
+    let url = upstream.as_ref().map(|u| u.url);
+    let config_now = config(s, &secret, url, users);
+    write_atomic_mode(&dirs.config, CONFIG_FILE, config_now.as_bytes(), 0o600)?;
+    let config = config(s, &secret, url, &[]);
     // A renewed certificate or a new CA restarts the hub, as a new config does.
     let identity = upstream
         .as_ref()
@@ -194,9 +211,15 @@ pub fn place(settings: Option<&HubSettings>, state_dir: &Path, manifest_dir: &Pa
     Ok(())
 }
 
-/// The agent's password on the hub: read back if made before, else 32 random bytes, hex.
-fn agent_secret(config_dir: &Path) -> Result<String> {
-    let path = config_dir.join(AGENT_SECRET);
+/// The agent's password on the hub (for both its users), made once.
+pub fn agent_secret(config_dir: &Path) -> Result<String> {
+    kept_secret(config_dir, AGENT_SECRET, 0o600)
+}
+
+/// A password kept in `dir/file`: read back if made before, else 32 random bytes, hex,
+/// written with `mode`.
+pub fn kept_secret(dir: &Path, file: &str, mode: u32) -> Result<String> {
+    let path = dir.join(file);
     match fs::read_to_string(&path) {
         Ok(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => return Ok(s),
         Ok(_) => tracing::warn!(path = %path.display(), "replacing a damaged hub secret"),
@@ -209,18 +232,29 @@ fn agent_secret(config_dir: &Path) -> Result<String> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(io("read", urandom))?;
     let secret = hex(&bytes);
-    write_atomic_mode(config_dir, AGENT_SECRET, secret.as_bytes(), 0o600)?;
+    write_atomic_mode(dir, file, secret.as_bytes(), mode)?;
     Ok(secret)
 }
 
 /// The hub's config (NATS's config syntax). Every listener needs a user: nobody connects
 /// anonymously. The MQTT listener is on every address of the device, because modules in
 /// their own network namespace reach the host only through its addresses; the monitoring
-/// endpoint stays on the loopback.
-pub fn config(s: &HubSettings, agent_secret: &str, upstream: Option<&str>) -> String {
+/// endpoint stays on the loopback. The agent and the modules share the account DEVICE
+/// (with JetStream, which MQTT needs); the agent alone is in the system account, from
+/// which it asks for reloads.
+pub fn config(
+    s: &HubSettings,
+    agent_secret: &str,
+    upstream: Option<&str>,
+    users: &[ModuleUser],
+) -> String {
     let device = &s.device;
     let store_mib = s.store_mib;
     let leaf = upstream.map(leaf_remote).unwrap_or_default();
+    let modules: String = users
+        .iter()
+        .map(|u| format!("\n      {}", u.config_entry()))
+        .collect();
     format!(
         r#"# Written by {AGENT_NAME} when it starts; edits are overwritten.
 server_name: "{device}"
@@ -239,11 +273,20 @@ mqtt {{
   listen: "0.0.0.0:{MQTT_PORT}"
 }}
 
-authorization {{
-  users: [
-    {{user: "{AGENT_USER}", password: "{agent_secret}"}}
-  ]
+accounts {{
+  {DEVICE_ACCOUNT}: {{
+    jetstream: enabled
+    users: [
+      {{user: "{AGENT_USER}", password: "{agent_secret}"}}{modules}
+    ]
+  }}
+  {SYSTEM_ACCOUNT}: {{
+    users: [
+      {{user: "{AGENT_SYSTEM_USER}", password: "{agent_secret}"}}
+    ]
+  }}
 }}
+system_account: {SYSTEM_ACCOUNT}
 {leaf}"#
     )
 }
@@ -258,6 +301,7 @@ leafnodes {{
   remotes: [
     {{
       url: "{url}"
+      account: {DEVICE_ACCOUNT}
       tls {{
         cert_file: "{dir}/tls.crt"
         key_file: "{dir}/tls.key"
@@ -408,7 +452,7 @@ mod tests {
     /// device's own (the cloud tells devices' streams apart by it).
     #[test]
     fn the_config_names_the_device_bounds_the_store_and_admits_no_anonymous_client() {
-        let c = config(&settings(), "s3cret", None);
+        let c = config(&settings(), "s3cret", None, &[]);
         assert!(c.contains("server_name: \"edge-1\""));
         assert!(c.contains("domain: \"edge-1\""));
         assert!(c.contains("max_file_store: 256MB"));
@@ -416,7 +460,7 @@ mod tests {
         assert!(!c.contains("no_auth_user"));
         assert!(c.contains(&format!("http: \"127.0.0.1:{MONITOR_PORT}\"")));
         assert!(!c.contains("leafnodes"), "no cloud hub, no leaf connection");
-        let leaf = config(&settings(), "s3cret", Some("tls://10.77.0.2:7422"));
+        let leaf = config(&settings(), "s3cret", Some("tls://10.77.0.2:7422"), &[]);
         assert!(leaf.contains("url: \"tls://10.77.0.2:7422\""));
         assert!(leaf.contains("cert_file: \"/etc/edgefleet-hub/upstream/tls.crt\""));
     }
@@ -453,11 +497,11 @@ mod tests {
     fn placing_keeps_the_secret_and_turning_off_removes_only_the_pod() {
         let state = tempfile::tempdir().expect("in the test setup");
         let manifests = tempfile::tempdir().expect("in the test setup");
-        place(Some(&settings()), state.path(), manifests.path()).expect("in the test setup");
+        place(Some(&settings()), state.path(), manifests.path(), &[]).expect("in the test setup");
         let dirs = HubDirs::under(state.path());
         let secret = fs::read_to_string(dirs.config.join(AGENT_SECRET)).expect("in the test setup");
         assert_eq!(secret.len(), 64);
-        place(Some(&settings()), state.path(), manifests.path()).expect("in the test setup");
+        place(Some(&settings()), state.path(), manifests.path(), &[]).expect("in the test setup");
         assert_eq!(
             fs::read_to_string(dirs.config.join(AGENT_SECRET)).expect("in the test setup"),
             secret,
@@ -475,7 +519,7 @@ mod tests {
             store_mib: 512,
             ..settings()
         };
-        place(Some(&bigger), state.path(), manifests.path()).expect("in the test setup");
+        place(Some(&bigger), state.path(), manifests.path(), &[]).expect("in the test setup");
         assert_ne!(
             fs::read_to_string(manifests.path().join(MANIFEST_FILE)).expect("in the test setup"),
             manifest,
@@ -483,12 +527,12 @@ mod tests {
         );
 
         fs::write(dirs.store.join("kept"), "x").expect("in the test setup");
-        place(None, state.path(), manifests.path()).expect("in the test setup");
+        place(None, state.path(), manifests.path(), &[]).expect("in the test setup");
         assert!(!manifests.path().join(MANIFEST_FILE).exists());
         assert!(
             dirs.store.join("kept").exists(),
             "the store outlives the hub"
         );
-        place(None, state.path(), manifests.path()).expect("in the test setup");
+        place(None, state.path(), manifests.path(), &[]).expect("in the test setup");
     }
 }

@@ -23,13 +23,15 @@ pub struct Manifests {
     state_dir: PathBuf,
     /// Manifest file name -> module key (`namespace/name`), for every file the agent wrote.
     owned: BTreeMap<String, String>,
+    /// Whether the device runs a hub: modules then get its address and their credentials.
+    hub: bool,
 }
 
 /// What a sync did not manage, by module key: the reason goes into the module's status.
 pub type Blocked = BTreeMap<String, String>;
 
 impl Manifests {
-    pub fn open(manifest_dir: &Path, state_dir: &Path) -> Result<Manifests> {
+    pub fn open(manifest_dir: &Path, state_dir: &Path, hub: bool) -> Result<Manifests> {
         fs::create_dir_all(manifest_dir).map_err(io("create", manifest_dir))?;
         fs::create_dir_all(state_dir).map_err(io("create", state_dir))?;
         let path = state_dir.join(INVENTORY);
@@ -47,6 +49,7 @@ impl Manifests {
             manifest_dir: manifest_dir.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
             owned,
+            hub,
         })
     }
 
@@ -97,7 +100,7 @@ impl Manifests {
                 continue;
             }
             self.write_config(m)?;
-            let content = manifest(m, &self.state_dir)?;
+            let content = manifest(m, &self.state_dir, self.hub)?;
             if fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
                 continue;
             }
@@ -174,7 +177,7 @@ mod tests {
     fn writes_rewrites_and_removes_only_its_own_files() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (manifests, state) = (tmp.path().join("manifests"), tmp.path().join("state"));
-        let mut ms = Manifests::open(&manifests, &state).expect("open");
+        let mut ms = Manifests::open(&manifests, &state, false).expect("open");
         // Someone else's static pods: the agent's own, and one that collides by name.
         fs::write(manifests.join("edgefleet-agent.yaml"), "agent").expect("write");
         let a = m("a", "app:1", json!([{"name": "a.conf", "content": "x=1"}]));
@@ -190,7 +193,7 @@ mod tests {
         let first = fs::metadata(manifests.join(manifest_file(&a))).and_then(|m| m.modified());
 
         // Unchanged: not rewritten. A new agent process remembers what it owns.
-        let mut ms = Manifests::open(&manifests, &state).expect("reopen");
+        let mut ms = Manifests::open(&manifests, &state, false).expect("reopen");
         ms.sync(&[&a]).expect("sync");
         let again = fs::metadata(manifests.join(manifest_file(&a))).and_then(|m| m.modified());
         assert_eq!(first.ok(), again.ok());
@@ -212,7 +215,8 @@ mod tests {
     #[test]
     fn config_files_follow_the_module() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut ms = Manifests::open(&tmp.path().join("m"), &tmp.path().join("s")).expect("open");
+        let mut ms =
+            Manifests::open(&tmp.path().join("m"), &tmp.path().join("s"), false).expect("open");
         let two = m(
             "a",
             "app:1",
@@ -232,7 +236,7 @@ mod tests {
     fn one_name_in_two_namespaces_is_two_modules() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (manifests, state) = (tmp.path().join("m"), tmp.path().join("s"));
-        let mut ms = Manifests::open(&manifests, &state).expect("open");
+        let mut ms = Manifests::open(&manifests, &state, false).expect("open");
         let ours = in_ns(
             "team-a",
             "filter",

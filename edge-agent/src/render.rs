@@ -8,20 +8,25 @@ use std::path::{Path, PathBuf};
 
 use edgefleet_crds::EdgeModuleSpec;
 use edgefleet_crds::ResolvedModule;
+use edgefleet_crds::hub::{
+    CREDENTIALS_MOUNT, MQTT_PORT, NATS_PORT, env, module_inputs, module_outputs, mqtt_topic,
+};
 use edgefleet_crds::identity::AGENT_NAME;
 use edgefleet_crds::identity::pods::{
     CONFIG_HASH_ANNOTATION, CONFIG_MOUNT_PATH, MANAGED_BY_LABEL, MODULE_LABEL, SPEC_HASH_LABEL,
 };
 use edgefleet_crds::module::{DEFAULT_MEMORY_LIMIT, PullPolicy, Resources, RestartPolicy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, HostPathVolumeSource, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, Pod,
+    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::hub_users::credentials_dir;
 
 /// The manifest file of a module in kubelet's staticPodPath: `<namespace>.<name>`, which
 /// no two modules share (a DNS label has no dot).
@@ -34,16 +39,31 @@ pub fn config_dir(state_dir: &Path, key: &str) -> PathBuf {
     state_dir.join("config").join(key)
 }
 
-/// A module's static pod as YAML.
-pub fn manifest(m: &ResolvedModule, state_dir: &Path) -> Result<String> {
-    serde_yaml::to_string(&pod(m, state_dir)).map_err(Error::Render)
+/// A module's static pod as YAML; with `hub`, the module finds the device's hub.
+pub fn manifest(m: &ResolvedModule, state_dir: &Path, hub: bool) -> Result<String> {
+    serde_yaml::to_string(&pod(m, state_dir, hub)).map_err(Error::Render)
 }
 
-pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
+pub fn pod(m: &ResolvedModule, state_dir: &Path, hub: bool) -> Pod {
     let s = &m.spec;
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
+    let mut env = Vec::new();
     let mut annotations = BTreeMap::new();
+    if hub {
+        volumes.push(host_path(
+            "hub-credentials",
+            &credentials_dir(state_dir, m.namespace(), &m.name),
+            "Directory",
+        ));
+        mounts.push(VolumeMount {
+            name: "hub-credentials".into(),
+            mount_path: CREDENTIALS_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        env = hub_env(m);
+    }
     if !s.config.is_empty() {
         volumes.push(host_path(
             "config",
@@ -77,13 +97,8 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
         command: non_empty(s.command.clone()),
         args: non_empty(s.args.clone()),
         env: non_empty(
-            s.env
-                .iter()
-                .map(|e| EnvVar {
-                    name: e.name.clone(),
-                    value: Some(e.value.clone()),
-                    ..Default::default()
-                })
+            env.into_iter()
+                .chain(s.env.iter().map(|e| value(&e.name, &e.value)))
                 .collect(),
         ),
         resources: Some(resources(s.resources.as_ref())),
@@ -121,6 +136,42 @@ pub fn pod(m: &ResolvedModule, state_dir: &Path) -> Pod {
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// Where the hub is and who the module is on it. The device's address comes from kubelet
+/// (the module's own network namespace reaches the hub only through it).
+fn hub_env(m: &ResolvedModule) -> Vec<EnvVar> {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ns = m.namespace();
+    vec![
+        field(env::HOST, "status.hostIP"),
+        value(env::MQTT_PORT, &MQTT_PORT.to_string()),
+        value(env::NATS_PORT, &NATS_PORT.to_string()),
+        value(env::CREDENTIALS, CREDENTIALS_MOUNT),
+        value(env::OUTPUTS, &mqtt_topic(&module_outputs(ns, &m.name))),
+        value(env::INPUTS, &mqtt_topic(&module_inputs(ns, &m.name))),
+        field(env::DEVICE, "spec.nodeName"),
+        value(env::NAMESPACE, ns),
+        value(env::MODULE, &m.name),
+    ]
+}
+
+fn value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..Default::default()
     }
 }
 
@@ -244,7 +295,7 @@ mod tests {
     /// limit. Static pods bypass PodSecurity admission: this is what stands in for it.
     #[test]
     fn an_ungranted_module_runs_unprivileged() {
-        let yaml = manifest(&module(json!({})), Path::new("/var/lib/agent")).expect("yaml");
+        let yaml = manifest(&module(json!({})), Path::new("/var/lib/agent"), false).expect("yaml");
         let pod: serde_json::Value = serde_yaml::from_str(&yaml).expect("parse back");
         let spec = &pod["spec"];
         assert_eq!(pod["metadata"]["name"], "sensor");
@@ -273,7 +324,7 @@ mod tests {
     #[test]
     fn host_network_and_a_read_only_root_are_the_modules_choice() {
         let m = module(json!({"hostNetwork": true, "readOnlyRootFilesystem": true}));
-        let pod = pod(&m, Path::new("/var/lib/agent"));
+        let pod = pod(&m, Path::new("/var/lib/agent"), false);
         let spec = pod.spec.expect("spec");
         assert_eq!(spec.host_network, Some(true));
         let sc = spec.containers[0].security_context.clone().expect("set");
@@ -288,7 +339,7 @@ mod tests {
             "devices": [{"hostPath": "/dev/ttyUSB0", "containerPath": "/dev/serial"}],
             "resources": {"cpu": "250m", "memory": "64Mi"},
         }));
-        let pod = pod(&m, Path::new("/var/lib/agent"));
+        let pod = pod(&m, Path::new("/var/lib/agent"), false);
         let spec = pod.spec.expect("spec");
         let vols = spec.volumes.expect("volumes");
         let paths: Vec<_> = vols
@@ -323,13 +374,16 @@ mod tests {
         let a = module(json!({}));
         let mut moved = a.clone();
         moved.deployment = "ns/other".into();
-        assert_eq!(manifest(&a, dir).ok(), manifest(&moved, dir).ok());
+        assert_eq!(
+            manifest(&a, dir, false).ok(),
+            manifest(&moved, dir, false).ok()
+        );
         let mut new_config = module(json!({"config": [{"name": "a", "content": "1"}]}));
-        let before = manifest(&new_config, dir).ok();
+        let before = manifest(&new_config, dir, false).ok();
         new_config.spec.config[0].content = "2".into();
         assert_ne!(
             before,
-            manifest(&new_config, dir).ok(),
+            manifest(&new_config, dir, false).ok(),
             "config change restarts"
         );
         assert_eq!(manifest_file(&a), "edgefleet-agent-module-ns.sensor.yaml");

@@ -17,12 +17,13 @@ use tokio::time::MissedTickBehavior;
 use crate::config::Config;
 use crate::cri::Cri;
 use crate::error::{Error, Result};
+use crate::hub_users::{HubUsers, sync_credentials};
 use crate::journal::Journal;
 use crate::manifests::Manifests;
 use crate::observe::{Placement, PodSeen, is_up, module_status};
 use crate::report::{Facts, status};
 use crate::validate::{self, Refused, Rejection};
-use crate::{desired, hub, lease, startup, status_writer};
+use crate::{desired, hub, lease, router, startup, status_writer};
 
 /// The agent's memory between passes.
 #[derive(Debug)]
@@ -40,28 +41,41 @@ struct Agent {
 
 pub async fn run(config: Config) -> Result<()> {
     let client = client(&config).await?;
+    let hub = config.hub();
     let mut agent = Agent {
         journal: Journal::open(
             &config.state_dir.join("journal"),
             usize::from(config.journal_keep),
         )?,
-        manifests: Manifests::open(&config.manifest_dir, &config.state_dir)?,
+        manifests: Manifests::open(&config.manifest_dir, &config.state_dir, hub.is_some())?,
         cri: Cri::new(&config.cri_socket),
         accepted: None,
         rejected: None,
         seen: BTreeMap::new(),
         conditions: Vec::new(),
     };
+    agent.accepted = agent.journal.latest();
     // The hub runs beside the modules whatever the apiserver says: placed before anything
-    // waits for it. A hub that cannot be placed leaves the modules to run without it.
+    // waits for it, with the users of the modules the journal says run. A hub that cannot
+    // be placed leaves the modules to run without it.
+    let journaled = agent.modules().to_vec();
+    let users = match &hub {
+        Some(_) => sync_credentials(&config.state_dir, &journaled).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot keep the modules' hub credentials");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     if let Err(e) = hub::place(
-        config.hub().as_ref(),
+        hub.as_ref(),
         &config.state_dir,
         &config.manifest_dir,
+        &users,
     ) {
         tracing::error!(error = %e, "cannot place the message hub");
     }
-    agent.accepted = agent.journal.latest();
+    let mut hub_users = HubUsers::starting_with(users);
+    let (routes_tx, routes_rx) = watch::channel(router::plan(&config.device, &journaled));
     match &agent.accepted {
         Some(d) => tracing::info!(
             revision = d.revision,
@@ -74,6 +88,14 @@ pub async fn run(config: Config) -> Result<()> {
     let (desired_tx, mut desired_rx) = watch::channel(None);
     let (status_tx, status_rx) = watch::channel(None);
     let (link_tx, link_rx) = watch::channel(false);
+    if hub.is_some() {
+        match hub::agent_secret(&hub::HubDirs::under(&config.state_dir).config) {
+            Ok(secret) => drop(tokio::spawn(router::run(secret, routes_rx))),
+            Err(e) => {
+                tracing::error!(error = %e, "no router: the agent's hub secret is unreadable")
+            }
+        }
+    }
     let tasks = [
         tokio::spawn(desired::watch(
             client.clone(),
@@ -113,6 +135,19 @@ pub async fn run(config: Config) -> Result<()> {
         if let Some(raw) = raw {
             agent.consider(&raw);
         }
+        // Credentials first: a module's pod mounts them.
+        if let Some(h) = &hub {
+            let modules = agent.modules();
+            hub_users
+                .update(h, &config.state_dir, &config.manifest_dir, modules)
+                .await;
+            let hops = router::plan(&config.device, modules);
+            routes_tx.send_if_modified(|current| {
+                let changed = *current != hops;
+                *current = hops;
+                changed
+            });
+        }
         let report = agent.sync().await;
         status_tx.send_if_modified(|current| {
             let changed = current.as_ref() != Some(&report);
@@ -128,6 +163,14 @@ pub async fn run(config: Config) -> Result<()> {
 }
 
 impl Agent {
+    /// The modules of the desired state the agent runs.
+    fn modules(&self) -> &[edgefleet_crds::ResolvedModule] {
+        self.accepted
+            .as_ref()
+            .map(|d| d.modules.as_slice())
+            .unwrap_or_default()
+    }
+
     /// Takes a new desired state, or rejects it as a whole.
     fn consider(&mut self, raw: &Value) {
         let revision = raw

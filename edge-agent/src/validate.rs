@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use edgefleet_crds::device::MAX_DESIRED_MODULES;
 use edgefleet_crds::limits;
 use edgefleet_crds::names::check_dns_label;
-use edgefleet_crds::{DesiredState, ResolvedModule};
+use edgefleet_crds::route::Destination;
+use edgefleet_crds::{DesiredState, ResolvedModule, module_key};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -63,6 +64,23 @@ pub fn check(raw: &Value) -> Result<DesiredState, Rejection> {
         check_module(m).map_err(|why| Rejection::Module(m.key(), why))?;
         if !keys.insert(m.key()) {
             return Err(Rejection::Duplicate(m.key()));
+        }
+    }
+    // A route reaches only a module of its own namespace, and one that runs here.
+    for m in &desired.modules {
+        for r in &m.routes {
+            let dest = r.check().map_err(|why| Rejection::Module(m.key(), why))?;
+            if let Destination::Input { module, .. } = dest
+                && !keys.contains(&module_key(m.namespace(), module))
+            {
+                return Err(Rejection::Module(
+                    m.key(),
+                    format!(
+                        "route from output {:?} goes to module {module:?}, which this device does not run",
+                        r.output
+                    ),
+                ));
+            }
         }
     }
     Ok(DesiredState {
@@ -192,6 +210,26 @@ mod tests {
         let d = check(&desired(vec![module("a"), module("b")])).expect("accepted");
         assert_eq!(d.modules.len(), 2);
         assert!(d.targeting.is_empty());
+    }
+
+    /// What the controller holds back must not get through a forged or stale desired
+    /// state either: a route into another namespace's module, or a condition that does not
+    /// parse, rejects the state.
+    #[test]
+    fn a_route_into_another_namespace_or_a_bad_condition_is_rejected() {
+        let with_route = |route: Value| {
+            let mut m = module("sensor");
+            m["routes"] = json!([route]);
+            m
+        };
+        let mut theirs = module("filter");
+        theirs["deployment"] = json!("other/base");
+        let good = with_route(json!({"output": "o", "to": {"module": "filter", "input": "i"}}));
+        check(&desired(vec![good.clone(), module("filter")])).expect("a route in one namespace");
+        let err = check(&desired(vec![good, theirs])).expect_err("another namespace's module");
+        assert!(err.to_string().contains("does not run"), "{err}");
+        let bad = with_route(json!({"output": "o", "when": "$body.t >>", "to": {"upstream": "u"}}));
+        assert!(check(&desired(vec![bad])).is_err());
     }
 
     #[test]
