@@ -3,11 +3,23 @@
 //! accounts Secret as devices are enrolled and retired; kubelet updates the mounted file a
 //! little later, and nats-server reads it again only when told (SIGHUP). The sidecar shares
 //! the hub pod's process namespace and runs as the hub's user, so it may signal it.
+//!
+//! It also keeps the cloud's stream of devices' upstream messages in place (NATS's config
+//! cannot declare streams): devices' forwarders remove a message from the device only when
+//! this stream has acknowledged it, and its message ids keep each message once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use async_nats::jetstream::{
+    self,
+    stream::{self, DiscardPolicy, StorageType},
+};
 use clap::Args;
+use edgefleet_crds::hub::{
+    DUPLICATE_WINDOW_SECS, FLEET_UPSTREAM_SUBJECTS, NATS_PORT, READER_PASSWORD_ENV, READER_USER,
+    UPSTREAM_STREAM,
+};
 use rustix::process::{Pid, Signal, kill_process};
 use sha2::{Digest, Sha256};
 
@@ -22,6 +34,56 @@ pub struct ReloaderArgs {
     /// How often the file is read.
     #[arg(long, default_value = "2s", value_parser = edgefleet_crds::duration::parse)]
     pub interval: Duration,
+    /// How long the cloud stream keeps devices' upstream messages.
+    #[arg(long, default_value = "168h", value_parser = edgefleet_crds::duration::parse)]
+    pub upstream_retention: Duration,
+    /// The most the cloud stream holds, in MiB; the oldest messages go first beyond it.
+    #[arg(long, default_value_t = 8192)]
+    pub upstream_max_mib: u32,
+    /// The reader's password, with which the stream is made.
+    #[arg(long, env = READER_PASSWORD_ENV, hide_env_values = true)]
+    pub reader_password: Option<String>,
+}
+
+/// The cloud stream's config.
+pub fn cloud_stream(args: &ReloaderArgs) -> stream::Config {
+    stream::Config {
+        name: UPSTREAM_STREAM.into(),
+        subjects: vec![FLEET_UPSTREAM_SUBJECTS.into()],
+        storage: StorageType::File,
+        max_age: args.upstream_retention,
+        max_bytes: i64::from(args.upstream_max_mib) * 1024 * 1024,
+        discard: DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(DUPLICATE_WINDOW_SECS),
+        ..Default::default()
+    }
+}
+
+/// Makes the cloud stream exist, or brings its limits in line.
+async fn ensure_stream(args: &ReloaderArgs) -> Result<(), String> {
+    let password = args
+        .reader_password
+        .clone()
+        .ok_or("no reader password: the cloud stream cannot be made")?;
+    let client = async_nats::ConnectOptions::with_user_and_password(READER_USER.into(), password)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(format!("127.0.0.1:{NATS_PORT}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client);
+    let wanted = cloud_stream(args);
+    let mut s = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let c = s.info().await.map_err(|e| e.to_string())?.config.clone();
+    if c.max_age != wanted.max_age
+        || c.max_bytes != wanted.max_bytes
+        || c.duplicate_window != wanted.duplicate_window
+    {
+        js.update_stream(wanted).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Runs until SIGTERM: reloads the hub after each change of the watched file. A reload
@@ -30,6 +92,7 @@ pub async fn run(args: ReloaderArgs) {
     // Nothing counts as seen at first: kubelet may have updated the file after the hub read
     // it and before this sidecar started, so the first look reloads the hub once.
     let mut seen = None;
+    let mut stream_ready = false;
     tracing::info!(watch = %args.watch.display(), "watching the hub's accounts");
     let shutdown = crate::run::shutdown_signal();
     tokio::pin!(shutdown);
@@ -37,6 +100,20 @@ pub async fn run(args: ReloaderArgs) {
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(args.interval) => {}
+        }
+        if !stream_ready {
+            match ensure_stream(&args).await {
+                Ok(()) => {
+                    tracing::info!(
+                        stream = UPSTREAM_STREAM,
+                        "the cloud's upstream stream is in place"
+                    );
+                    stream_ready = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the cloud's upstream stream is not in place yet")
+                }
+            }
         }
         let now = fingerprint(&args.watch);
         if now.is_none() || now == seen {

@@ -25,16 +25,22 @@ pub fn module_user(namespace: &str, module: &str) -> String {
     crate::device::module_key(namespace, module)
 }
 
+/// The first tokens of every module's subjects on its device's hub.
+pub const MODULE_SUBJECTS: &str = "edgefleet.mod";
+
+/// The device stream that keeps modules' outputs until their routes have carried them.
+pub const OUTPUTS_STREAM: &str = "OUTPUTS";
+
 /// The subjects a module publishes its outputs on: `edgefleet.mod.<ns>.<module>.out.<output>`
 /// (MQTT: `edgefleet/mod/<ns>/<module>/out/<output>`). Only that module may publish there.
 pub fn module_outputs(namespace: &str, module: &str) -> String {
-    format!("edgefleet.mod.{namespace}.{module}.out")
+    format!("{MODULE_SUBJECTS}.{namespace}.{module}.out")
 }
 
 /// The subjects a module reads its inputs from: `edgefleet.mod.<ns>.<module>.in.<input>`.
 /// Only that module may subscribe there; only the device's router publishes there.
 pub fn module_inputs(namespace: &str, module: &str) -> String {
-    format!("edgefleet.mod.{namespace}.{module}.in")
+    format!("{MODULE_SUBJECTS}.{namespace}.{module}.in")
 }
 
 /// Where a route `to: {upstream: <name>}` of a module in `namespace` publishes:
@@ -42,6 +48,48 @@ pub fn module_inputs(namespace: &str, module: &str) -> String {
 pub fn upstream_subject(device: &str, namespace: &str, name: &str) -> String {
     format!("{}.up.{namespace}.{name}", device_subject(device))
 }
+
+/// The stream that keeps upstream messages: on a device, those not yet in the cloud; in the
+/// cloud, every device's (with their message ids, so nothing is kept twice).
+pub const UPSTREAM_STREAM: &str = "UPSTREAM";
+
+/// The subjects of the cloud's stream: every device's upstream messages.
+pub const FLEET_UPSTREAM_SUBJECTS: &str = "edgefleet.dev.*.up.>";
+
+/// Where the device's router stores an upstream route's messages until the cloud has them:
+/// `edgefleet.up.<namespace>.<name>`, local to the device (nothing crosses the leaf on it).
+pub fn stored_upstream(namespace: &str, name: &str) -> String {
+    format!("{STORED_UPSTREAM_PREFIX}.{namespace}.{name}")
+}
+
+/// The device stream's subjects are this prefix and a `>`.
+pub const STORED_UPSTREAM_PREFIX: &str = "edgefleet.up";
+
+/// The cloud subject of a message stored under `stored` on `device`: the `edgefleet.up`
+/// prefix becomes `edgefleet.dev.<device>.up`. `None` for anything else.
+pub fn forwarded_subject(device: &str, stored: &str) -> Option<String> {
+    let rest = stored
+        .strip_prefix(STORED_UPSTREAM_PREFIX)?
+        .strip_prefix('.')?;
+    Some(format!("{}.up.{rest}", device_subject(device)))
+}
+
+/// The reply subjects of a device's forwarder (`edgefleet.dev.<device>.inbox.>`): the
+/// cloud's acknowledgements come back under them, and a device receives no one else's.
+pub fn device_inbox(device: &str) -> String {
+    format!("{}.inbox", device_subject(device))
+}
+
+/// How long a device keeps an upstream message the cloud has not taken, by default (IoT
+/// Edge's default too).
+pub const DEFAULT_UPSTREAM_TTL_SECS: u64 = 7200;
+
+/// The most a device's upstream store holds by default (MiB), within the hub's store.
+pub const DEFAULT_UPSTREAM_MIB: u32 = 512;
+
+/// How long the cloud remembers a message id: a message the device sends again after a lost
+/// acknowledgement (at most the device's TTL later) is not kept twice.
+pub const DUPLICATE_WINDOW_SECS: u64 = DEFAULT_UPSTREAM_TTL_SECS;
 
 /// What a module finds in its environment about the hub; the credentials are a directory
 /// mounted read-only (files `username` and `password`), never a variable: a mirror pod

@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 
 use edgefleet_agent::hub::HubDirs;
-use edgefleet_crds::hub::{AGENT_USER, MQTT_PORT, READER_USER};
+use edgefleet_crds::hub::{AGENT_USER, MQTT_PORT, READER_PASSWORD_ENV, READER_USER};
 use edgefleet_crds::identity::SYSTEM_NAMESPACE;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
@@ -44,6 +44,42 @@ pub fn agent_password(lab: &Lab, device: &str) -> String {
         .to_owned()
 }
 
+/// The cloud hub reader's password, from the Secret the chart keeps it in.
+pub async fn reader_password(admin: &Client) -> String {
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let secret = secrets
+        .get("edgefleet-hub-reader")
+        .await
+        .expect("the reader's Secret");
+    secret
+        .data
+        .and_then(|d| d.get("password").cloned())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .expect("a password")
+}
+
+/// What the cloud hub's stream UPSTREAM holds under `subject`: (messages, distinct
+/// payloads), read by the `cloud-stream` probe (`probe`, the binary's path, which only a
+/// test knows) in the cloud node's network namespace.
+pub fn cloud_stream(
+    lab: &Lab,
+    probe: &str,
+    password: &str,
+    subject: &str,
+) -> Result<(u64, u64), String> {
+    let env = format!("{READER_PASSWORD_ENV}={password}");
+    let out = lab.try_run(&["exec", "cloud-1", "--", "env", &env, probe, subject]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.parse::<u64>().ok())
+    };
+    match (out.status.success(), field("messages="), field("distinct=")) {
+        (true, Some(m), Some(d)) => Ok((m, d)),
+        _ => Err(format!("{text} {}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
 /// What devices send, as the cloud hub's reader sees it: `mosquitto_sub` on the cloud hub's
 /// MQTT listener, in the cloud node's network namespace, for as long as this lives.
 #[derive(Debug)]
@@ -59,16 +95,7 @@ impl CloudReader {
     /// (a fresh hub creates its MQTT streams, and one reloading its accounts may stall a
     /// connection); the caller waits for messages, not for the subscription.
     pub async fn subscribe(lab: &Lab, admin: &Client) -> CloudReader {
-        let secrets: Api<Secret> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
-        let secret = secrets
-            .get("edgefleet-hub-reader")
-            .await
-            .expect("the reader's Secret");
-        let password = secret
-            .data
-            .and_then(|d| d.get("password").cloned())
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .expect("a password");
+        let password = reader_password(admin).await;
         let port = MQTT_PORT.to_string();
         let mut sub = Command::new(lab.script())
             // Line-buffered: through a pipe, stdio would hold the lines back.

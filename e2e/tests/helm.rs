@@ -12,17 +12,19 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edgefleet_agent::hub_users::{PASSWORD_FILE, USERNAME_FILE, credentials_dir};
 use edgefleet_agent::{join, self_pod};
 use edgefleet_crds::device::conditions::REGISTERED;
-use edgefleet_crds::hub::HUB_NAME;
+use edgefleet_crds::hub::{HUB_NAME, MQTT_PORT, module_outputs, mqtt_topic};
 use edgefleet_crds::identity::{
     APP_NAME_LABEL, BOOTSTRAP_NAME, CONTROLLER_NAME, DEVICE_LABEL, SYSTEM_NAMESPACE,
     bootstrap_user, device_object_name,
 };
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, condition};
 use edgefleet_e2e::{
-    CloudReader, Helm, Lab, all_joined, all_ready, edge_devices, enrol_lab_devices, lab_values,
-    mqtt, remove_agent, try_apply, wait_established, wait_for,
+    CloudReader, Helm, Lab, all_joined, all_ready, apply, cloud_stream, edge_devices,
+    enrol_lab_devices, fresh_namespace, lab_values, mqtt, reader_password, remove_agent, try_apply,
+    wait_established, wait_for,
 };
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::certificates::v1::{
@@ -108,6 +110,7 @@ async fn helm_install_join_gitops_upgrade_uninstall() {
     // own certificate; what a device sends upstream arrives there, and nothing it sends
     // in another device's name does.
     every_device_reaches_the_cloud_and_none_speaks_for_another(&lab, &client, &devices).await;
+    upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(&lab, &client).await;
 
     // A bootstrap pod may join its own device only.
     let token = bootstrap_token(&client, "edge-1").await;
@@ -329,6 +332,115 @@ async fn every_device_reaches_the_cloud_and_none_speaks_for_another(
         seen.iter().all(|(_, body)| body != &spoof),
         "edge-1 published in edge-2's name: {seen:?}"
     );
+}
+
+/// Store-and-forward: a module on edge-1 sends readings upstream through a route while
+/// edge-1 is offline, before and after a reboot there; once edge-1 is back, the cloud
+/// hub's stream holds every reading exactly once (the device kept them on its disk until
+/// the cloud acknowledged each, and message ids keep a resent one from counting twice).
+async fn upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(
+    lab: &Lab,
+    client: &Client,
+) {
+    const DEVICE: &str = "edge-1";
+    const TEAM: &str = "e2e-upstream";
+    const EACH: usize = 150;
+    fresh_namespace(client, TEAM).await;
+    let spec = json!({"image": "localhost/edgefleet-lab/busybox:1",
+                      "command": ["sh", "-c", "while true; do sleep 1; done"]});
+    apply(client, TEAM, "EdgeModule", "sensor", spec).await;
+    // Layered: it adds its module beside whatever the devices run, competing with nothing.
+    apply(
+        client,
+        TEAM,
+        "EdgeDeployment",
+        "telemetry",
+        json!({"layered": true, "selector": {}, "modules": [{"name": "sensor", "routes": [
+            {"output": "readings", "to": {"upstream": "readings"}}]}]}),
+    )
+    .await;
+    let state = lab.info(DEVICE).agent_state.expect("a device");
+    let creds = credentials_dir(&state, TEAM, "sensor");
+    let read = |f: &str| std::fs::read_to_string(creds.join(f));
+    wait_for(
+        "the sensor's hub credentials on edge-1",
+        Duration::from_secs(120),
+        || async { read(PASSWORD_FILE).map(drop).map_err(|e| e.to_string()) },
+    )
+    .await;
+    let (user, password) = (
+        read(USERNAME_FILE).expect("user"),
+        read(PASSWORD_FILE).expect("pw"),
+    );
+    let run = jiff::Timestamp::now().as_millisecond().to_string();
+    let topic = format!("{}/readings", mqtt_topic(&module_outputs(TEAM, "sensor")));
+    // Sends readings `from..from + count` as the sensor, one MQTT QoS 1 message per line.
+    let send = |from: usize, count: usize| {
+        let lines: String = (from..from + count)
+            .map(|i| format!("{{\"run\":{run},\"i\":{i}}}\n"))
+            .collect();
+        let script = format!(
+            "printf '%s' '{lines}' | mosquitto_pub -h 127.0.0.1 -p {MQTT_PORT} -u '{user}' -P '{password}' -q 1 -t '{topic}' -l"
+        );
+        lab.try_run(&["exec", DEVICE, "--", "sh", "-c", &script])
+            .status
+            .success()
+    };
+    let reader = reader_password(client).await;
+    let probe = env!("CARGO_BIN_EXE_cloud-stream");
+    let subject = format!("edgefleet.dev.{DEVICE}.up.{TEAM}.readings");
+    // Routed and forwarded once the agent has the route: a first reading shows it.
+    let attempt = std::sync::atomic::AtomicUsize::new(100_000);
+    wait_for(
+        "a first reading in the cloud stream",
+        Duration::from_secs(180),
+        || async {
+            send(
+                attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                1,
+            );
+            cloud_stream(lab, probe, &reader, &subject)
+                .and_then(|(m, _)| (m > 0).then_some(()).ok_or("none yet".into()))
+        },
+    )
+    .await;
+    // Whatever of the first readings is still on its way arrives before the count.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (before, _) = cloud_stream(lab, probe, &reader, &subject).expect("the stream");
+
+    lab.run(&["offline", DEVICE]);
+    assert!(send(0, EACH), "edge-1's hub took no reading while offline");
+    lab.run(&["reboot", DEVICE]);
+    wait_for(
+        "edge-1's hub to take readings again after the reboot",
+        Duration::from_secs(180),
+        || async { send(EACH, EACH).then_some(()).ok_or("not yet") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (offline, _) = cloud_stream(lab, probe, &reader, &subject).expect("the stream");
+    assert_eq!(
+        offline, before,
+        "readings reached the cloud while edge-1 was offline"
+    );
+    lab.run(&["online", DEVICE]);
+    let ours = format!("edgefleet.dev.{DEVICE}.up.{TEAM}.readings");
+    wait_for(
+        "every reading in the cloud stream, once",
+        Duration::from_secs(180),
+        || async {
+            let (messages, distinct) = cloud_stream(lab, probe, &reader, &ours)?;
+            let expected = before + 2 * EACH as u64;
+            (messages == expected && distinct == expected)
+                .then_some(())
+                .ok_or(format!(
+                    "{messages} messages, {distinct} distinct, want {expected}"
+                ))
+        },
+    )
+    .await;
+    let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), TEAM);
+    let _ = api.delete("telemetry", &DeleteParams::default()).await;
 }
 
 fn examples() -> PathBuf {

@@ -83,6 +83,26 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub hub_store_mib: u32,
 
+    /// How long an upstream message waits on the device for the cloud before it expires.
+    #[arg(long, env = "EDGEFLEET_HUB_UPSTREAM_TTL",
+          default_value = "7200s", value_parser = edgefleet_crds::duration::parse)]
+    pub hub_upstream_ttl: std::time::Duration,
+
+    /// The most the upstream messages waiting on the device may take, in MiB (within the
+    /// hub's store).
+    #[arg(long, env = "EDGEFLEET_HUB_UPSTREAM_MIB", default_value_t = hub::DEFAULT_UPSTREAM_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub hub_upstream_mib: u32,
+
+    /// What a full upstream store does with a new message.
+    #[arg(
+        long,
+        env = "EDGEFLEET_HUB_UPSTREAM_WHEN_FULL",
+        value_enum,
+        default_value = "drop-oldest"
+    )]
+    pub hub_upstream_when_full: crate::upstream::WhenFull,
+
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -104,6 +124,16 @@ impl Config {
                 upstream: self.hub_upstream.clone(),
                 kubeconfig: self.kubeconfig.clone(),
             })
+    }
+
+    /// The device's upstream store.
+    pub fn upstream_store(&self) -> crate::upstream::StoreSettings {
+        crate::upstream::StoreSettings {
+            device: self.device.clone(),
+            ttl: self.hub_upstream_ttl,
+            max_mib: self.hub_upstream_mib,
+            when_full: self.hub_upstream_when_full,
+        }
     }
 }
 

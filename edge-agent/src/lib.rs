@@ -26,6 +26,7 @@ pub mod run;
 pub mod self_pod;
 pub mod startup;
 pub mod status_writer;
+pub mod upstream;
 pub mod validate;
 
 pub use config::{Command, Config, JoinArgs};

@@ -3,15 +3,31 @@
 //! device's hub (the agent's own user, which alone may publish into modules' inputs), so
 //! routing keeps working offline, and a module can only ever reach the inputs a route
 //! gives it.
+//!
+//! Modules' outputs are kept in a stream on the device (`OUTPUTS`) until every route that
+//! reads them has carried them: a message the hub acknowledged to a module survives the
+//! agent and the device restarting before it was routed.
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, AckKind, Context};
 use edgefleet_crds::ResolvedModule;
-use edgefleet_crds::hub::{AGENT_USER, NATS_PORT, module_inputs, module_outputs, upstream_subject};
+use edgefleet_crds::hub::{
+    MODULE_SUBJECTS, OUTPUTS_STREAM, module_inputs, module_outputs, stored_upstream,
+};
 use edgefleet_crds::route::{Condition, Destination};
 use futures::StreamExt;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use crate::render::hex;
+use crate::upstream::StoreSettings;
+
+/// How long a message that could not be routed waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(2);
 
 /// One route as the router runs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,22 +36,44 @@ pub struct Hop {
     pub from: String,
     /// Where matching messages go.
     pub to: String,
+    /// Whether `to` is the device's upstream store: the message is routed once the store
+    /// has it (its acknowledgement), and the forwarder takes it to the cloud from there.
+    pub store: bool,
     pub when: Option<Condition>,
+    /// The condition as written: with `from` and `to`, the route's identity.
+    pub when_text: Option<String>,
 }
 
-/// The hops of every route of `modules` on `device`. A route the agent's validation would
+impl Hop {
+    /// The name of the route's durable consumer: a hash of what the route is, so that an
+    /// unchanged route keeps its place in the stream across restarts and plan changes.
+    pub fn consumer_name(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            &self.from,
+            &self.to,
+            self.when_text.as_deref().unwrap_or(""),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        format!("route-{}", hex(&h.finalize()[..8]))
+    }
+}
+
+/// The hops of every route of `modules`. A route the agent's validation would
 /// have refused (it never gets here) is skipped, not guessed at.
-pub fn plan(device: &str, modules: &[ResolvedModule]) -> Vec<Hop> {
+pub fn plan(modules: &[ResolvedModule]) -> Vec<Hop> {
     let mut hops = Vec::new();
     for m in modules {
         let ns = m.namespace();
         for r in &m.routes {
             let Ok(dest) = r.check() else { continue };
-            let to = match dest {
+            let (to, store) = match dest {
                 Destination::Input { module, input } => {
-                    format!("{}.{input}", module_inputs(ns, module))
+                    (format!("{}.{input}", module_inputs(ns, module)), false)
                 }
-                Destination::Upstream(name) => upstream_subject(device, ns, name),
+                Destination::Upstream(name) => (stored_upstream(ns, name), true),
             };
             let when = match r.when.as_deref().map(Condition::parse) {
                 None => None,
@@ -45,37 +83,40 @@ pub fn plan(device: &str, modules: &[ResolvedModule]) -> Vec<Hop> {
             hops.push(Hop {
                 from: format!("{}.{}", module_outputs(ns, &m.name), r.output),
                 to,
+                store,
                 when,
+                when_text: r.when.clone(),
             });
         }
     }
     hops
 }
 
-/// Runs the hops `plan` sends, replacing them whenever the plan changes. Connects to the
-/// hub with the agent's user, and keeps reconnecting for as long as the agent runs.
-pub async fn run(password: String, mut plan: watch::Receiver<Vec<Hop>>) {
-    let client = loop {
-        let connected =
-            async_nats::ConnectOptions::with_user_and_password(AGENT_USER.into(), password.clone())
-                .retry_on_initial_connect()
-                .connect(format!("127.0.0.1:{NATS_PORT}"))
-                .await;
-        match connected {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "the router cannot reach the hub yet");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    };
+/// Runs the hops `plan` sends, replacing them whenever the plan changes, on the agent's
+/// connection to the hub (which reconnects by itself).
+pub async fn run(
+    client: async_nats::Client,
+    store: StoreSettings,
+    mut plan: watch::Receiver<Vec<Hop>>,
+) {
+    let js = jetstream::new(client.clone());
     loop {
         let hops = plan.borrow_and_update().clone();
         let mut tasks = JoinSet::new();
-        for hop in hops {
-            tasks.spawn(forward(client.clone(), hop));
+        match consumers(&js, &store, &hops).await {
+            Ok(consumers) => {
+                for (hop, consumer) in hops.into_iter().zip(consumers) {
+                    tasks.spawn(forward(client.clone(), hop, consumer));
+                }
+                tracing::info!(routes = tasks.len(), "routing");
+            }
+            // Tried again at the next change, or in a moment.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot route yet");
+                tokio::time::sleep(RETRY).await;
+                plan.mark_changed();
+            }
         }
-        tracing::info!(routes = tasks.len(), "routing");
         if plan.changed().await.is_err() {
             return;
         }
@@ -83,16 +124,80 @@ pub async fn run(password: String, mut plan: watch::Receiver<Vec<Hop>>) {
     }
 }
 
-/// Forwards one route's matching messages, headers and all.
-async fn forward(client: async_nats::Client, hop: Hop) {
-    let mut sub = match client.subscribe(hop.from.clone()).await {
-        Ok(s) => s,
+/// Makes the outputs stream and one durable consumer per hop, and removes the consumers of
+/// routes that are gone (with interest retention, what only they wanted goes with them).
+async fn consumers(
+    js: &Context,
+    store: &StoreSettings,
+    hops: &[Hop],
+) -> Result<Vec<PullConsumer>, String> {
+    let stream = js
+        .get_or_create_stream(outputs_stream(store))
+        .await
+        .map_err(|e| format!("cannot make the outputs stream: {e}"))?;
+    let names: Vec<String> = hops.iter().map(Hop::consumer_name).collect();
+    let mut existing = stream.consumer_names();
+    let mut stale = Vec::new();
+    while let Some(name) = existing.next().await {
+        let name = name.map_err(|e| e.to_string())?;
+        if !names.contains(&name) {
+            stale.push(name);
+        }
+    }
+    for name in stale {
+        let _ = stream.delete_consumer(&name).await;
+    }
+    let mut out = Vec::with_capacity(hops.len());
+    for (hop, name) in hops.iter().zip(names) {
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: hop.from.clone(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 1024,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot make the consumer of a route from {}: {e}", hop.from))?;
+        out.push(consumer);
+    }
+    Ok(out)
+}
+
+/// The device's stream of modules' outputs: a module's message is on the device's disk once
+/// the hub has acknowledged it, until every route that reads it has carried it (interest
+/// retention: an output no route reads is not kept), within the upstream store's age and
+/// size bounds.
+pub fn outputs_stream(store: &StoreSettings) -> stream::Config {
+    stream::Config {
+        name: OUTPUTS_STREAM.into(),
+        subjects: vec![format!("{MODULE_SUBJECTS}.*.*.out.>")],
+        retention: RetentionPolicy::Interest,
+        storage: StorageType::File,
+        max_age: store.ttl,
+        max_bytes: i64::from(store.max_mib) * 1024 * 1024,
+        discard: DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+/// Carries one route's matching messages, headers and all, taking each off the outputs
+/// stream once delivered (or stored upstream).
+async fn forward(client: async_nats::Client, hop: Hop, consumer: PullConsumer) {
+    let js = jetstream::new(client.clone());
+    let mut messages = match consumer.messages().await {
+        Ok(m) => m,
         Err(e) => {
-            tracing::warn!(from = hop.from, error = %e, "cannot subscribe a route");
+            tracing::warn!(from = hop.from, error = %e, "cannot read a route's messages");
             return;
         }
     };
-    while let Some(msg) = sub.next().await {
+    while let Some(msg) = messages.next().await {
+        let Ok(msg) = msg else { continue };
         if let Some(when) = &hop.when {
             let header = |name: &str| {
                 msg.headers
@@ -101,21 +206,45 @@ async fn forward(client: async_nats::Client, hop: Hop) {
                     .map(|v| v.as_str().to_owned())
             };
             if !when.holds(&msg.payload, &header) {
+                let _ = msg.ack().await;
                 continue;
             }
         }
-        let sent = match msg.headers {
-            Some(h) => {
-                client
-                    .publish_with_headers(hop.to.clone(), h, msg.payload)
-                    .await
-            }
-            None => client.publish(hop.to.clone(), msg.payload).await,
+        let headers = msg.headers.clone().unwrap_or_default();
+        let sent = if hop.store {
+            store(&js, &hop.to, headers, msg.payload.clone()).await
+        } else {
+            client
+                .publish_with_headers(hop.to.clone(), headers, msg.payload.clone())
+                .await
+                .map_err(|e| e.to_string())
         };
-        if let Err(e) = sent {
-            tracing::warn!(to = hop.to, error = %e, "a routed message was not sent");
+        match sent {
+            Ok(()) => {
+                let _ = msg.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(to = hop.to, error = %e, "a routed message waits");
+                let _ = msg.ack_with(AckKind::Nak(Some(RETRY))).await;
+            }
         }
     }
+}
+
+/// Stores an upstream message on the device, waiting for the store's acknowledgement: a
+/// full store that refuses new messages says so here.
+async fn store(
+    js: &Context,
+    subject: &str,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<(), String> {
+    js.publish_with_headers(subject.to_owned(), headers, payload)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map(drop)
+        .map_err(|e| format!("the upstream store refused it: {e}"))
 }
 
 #[cfg(test)]
@@ -133,12 +262,17 @@ mod tests {
             ],
         }))
         .expect("in the test setup");
-        let hops = plan("edge-1", &[sensor]);
+        let hops = plan(&[sensor]);
         assert_eq!(hops.len(), 2);
         assert_eq!(hops[0].from, "edgefleet.mod.team-a.sensor.out.readings");
         assert_eq!(hops[0].to, "edgefleet.mod.team-a.filter.in.in");
         assert_eq!(hops[0].when, None);
-        assert_eq!(hops[1].to, "edgefleet.dev.edge-1.up.team-a.alerts");
+        assert!(!hops[0].store);
+        assert_eq!(hops[1].to, "edgefleet.up.team-a.alerts");
+        assert!(
+            hops[1].store,
+            "upstream messages are stored until the cloud has them"
+        );
         assert!(hops[1].when.is_some());
     }
 }

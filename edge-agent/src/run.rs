@@ -23,7 +23,7 @@ use crate::manifests::Manifests;
 use crate::observe::{Placement, PodSeen, is_up, module_status};
 use crate::report::{Facts, status};
 use crate::validate::{self, Refused, Rejection};
-use crate::{desired, hub, lease, router, startup, status_writer};
+use crate::{desired, hub, lease, router, startup, status_writer, upstream};
 
 /// The agent's memory between passes.
 #[derive(Debug)]
@@ -75,7 +75,7 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::error!(error = %e, "cannot place the message hub");
     }
     let mut hub_users = HubUsers::starting_with(users);
-    let (routes_tx, routes_rx) = watch::channel(router::plan(&config.device, &journaled));
+    let (routes_tx, routes_rx) = watch::channel(router::plan(&journaled));
     match &agent.accepted {
         Some(d) => tracing::info!(
             revision = d.revision,
@@ -90,7 +90,14 @@ pub async fn run(config: Config) -> Result<()> {
     let (link_tx, link_rx) = watch::channel(false);
     if hub.is_some() {
         match hub::agent_secret(&hub::HubDirs::under(&config.state_dir).config) {
-            Ok(secret) => drop(tokio::spawn(router::run(secret, routes_rx))),
+            Ok(secret) => {
+                let store = config.upstream_store();
+                tokio::spawn(async move {
+                    let hub = upstream::connect(&store.device, &secret).await;
+                    tokio::spawn(upstream::forward(hub.clone(), store.clone()));
+                    router::run(hub, store, routes_rx).await;
+                });
+            }
             Err(e) => {
                 tracing::error!(error = %e, "no router: the agent's hub secret is unreadable")
             }
@@ -141,7 +148,7 @@ pub async fn run(config: Config) -> Result<()> {
             hub_users
                 .update(h, &config.state_dir, &config.manifest_dir, modules)
                 .await;
-            let hops = router::plan(&config.device, modules);
+            let hops = router::plan(modules);
             routes_tx.send_if_modified(|current| {
                 let changed = *current != hops;
                 *current = hops;

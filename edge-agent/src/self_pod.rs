@@ -63,6 +63,15 @@ pub fn pod(c: &Config, image: &str) -> Pod {
     if let Some(image) = &c.hub_image {
         args.push(format!("--hub-image={image}"));
         args.push(format!("--hub-store-mib={}", c.hub_store_mib));
+        args.push(format!(
+            "--hub-upstream-ttl={}s",
+            c.hub_upstream_ttl.as_secs()
+        ));
+        args.push(format!("--hub-upstream-mib={}", c.hub_upstream_mib));
+        let when_full = clap::ValueEnum::to_possible_value(&c.hub_upstream_when_full)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default();
+        args.push(format!("--hub-upstream-when-full={when_full}"));
         if let Some(url) = &c.hub_upstream {
             args.push(format!("--hub-upstream={url}"));
         }

@@ -88,7 +88,7 @@ accounts {
   FLEET {
     jetstream: enabled
     users: [
-      {user: "edgefleet-reader", password: $EDGEFLEET_READER_PASSWORD, allowed_connection_types: ["STANDARD", "MQTT"], permissions: {publish: {deny: ["edgefleet.>"]}, subscribe: {allow: ["edgefleet.dev.*.up.>", "edgefleet.dev.*.up"]}}}
+      {user: "edgefleet-reader", password: $EDGEFLEET_READER_PASSWORD, allowed_connection_types: ["STANDARD", "MQTT"], permissions: {publish: {deny: ["edgefleet.>"]}, subscribe: {allow: ["edgefleet.dev.*.up.>", "edgefleet.dev.*.up", "_INBOX.>"]}}}
     ]
   }
 }

@@ -2,13 +2,16 @@
 //! may send and receive. A device's leaf connection maps to a user by its client
 //! certificate's subject (the join's certificate, verified against the cluster's CA); that
 //! user may publish only under `edgefleet.dev.<device>.up` and receive only under
-//! `edgefleet.dev.<device>.down`, so a device cannot speak for another. Only enrolled
+//! `edgefleet.dev.<device>.down` and `.inbox` (the cloud stream's acknowledgements of what
+//! it forwards), so a device cannot speak for another nor read another's replies. The
+//! reader may also receive `_INBOX.>`: the replies of the JetStream API it reads the cloud
+//! stream with. Only enrolled
 //! devices have a user: a retired device's certificate joins nothing.
 //!
 //! Pure: the reconcile writes the text into a Secret the cloud hub includes.
 
 use edgefleet_crds::hub::{
-    FLEET_ACCOUNT, READER_PASSWORD_ENV, READER_USER, downstream_subjects, leaf_user,
+    FLEET_ACCOUNT, READER_PASSWORD_ENV, READER_USER, device_inbox, downstream_subjects, leaf_user,
     upstream_subjects,
 };
 use edgefleet_crds::names::check_dns_label;
@@ -28,17 +31,18 @@ pub fn accounts(devices: &[&str]) -> String {
     let mut users = String::new();
     for d in names {
         users.push_str(&format!(
-            "      {{user: \"{}\", allowed_connection_types: [\"LEAFNODE\"], permissions: {{publish: {{allow: [\"{}\"]}}, subscribe: {{allow: [\"{}\"]}}}}}}\n",
+            "      {{user: \"{}\", allowed_connection_types: [\"LEAFNODE\"], permissions: {{publish: {{allow: [\"{}\"]}}, subscribe: {{allow: [\"{}\", \"{}.>\"]}}}}}}\n",
             leaf_user(d),
             upstream_subjects(d),
             downstream_subjects(d),
+            device_inbox(d),
         ));
     }
     format!(
         "# Written by edgefleet-controller from the enrolled EdgeDevices; edits are overwritten.\n\
          accounts {{\n  {FLEET_ACCOUNT} {{\n    jetstream: enabled\n    users: [\n{users}      \
          {{user: \"{READER_USER}\", password: ${READER_PASSWORD_ENV}, allowed_connection_types: [\"STANDARD\", \"MQTT\"], \
-         permissions: {{publish: {{deny: [\"edgefleet.>\"]}}, subscribe: {{allow: [\"edgefleet.dev.*.up.>\", \"edgefleet.dev.*.up\"]}}}}}}\n    ]\n  }}\n}}\n"
+         permissions: {{publish: {{deny: [\"edgefleet.>\"]}}, subscribe: {{allow: [\"edgefleet.dev.*.up.>\", \"edgefleet.dev.*.up\", \"_INBOX.>\"]}}}}}}\n    ]\n  }}\n}}\n"
     )
 }
 
@@ -57,7 +61,9 @@ mod tests {
         };
         let one = line("edge-1");
         assert!(one.contains("publish: {allow: [\"edgefleet.dev.edge-1.up.>\"]}"));
-        assert!(one.contains("subscribe: {allow: [\"edgefleet.dev.edge-1.down.>\"]}"));
+        assert!(one.contains(
+            "subscribe: {allow: [\"edgefleet.dev.edge-1.down.>\", \"edgefleet.dev.edge-1.inbox.>\"]}"
+        ));
         assert!(!one.contains("edge-2"));
         assert!(one.contains("allowed_connection_types: [\"LEAFNODE\"]"));
         assert!(text.find("edge-1").expect("edge-1") < text.find("edge-2").expect("edge-2"));

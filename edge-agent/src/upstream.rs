@@ -1,0 +1,230 @@
+//! Store-and-forward to the cloud. The router stores every upstream message in the device
+//! hub's stream (on the host's disk, so it survives the hub, the agent and a reboot), and
+//! the forwarder here sends them on to the cloud hub over the leaf connection, removing each
+//! from the device only once the cloud's stream has acknowledged it. A message sent twice
+//! (an acknowledgement lost on the way back) carries the same message id, so the cloud
+//! keeps it once.
+//!
+//! The device stream is bounded: messages older than the TTL expire, and when it is full
+//! the policy drops the oldest or refuses new ones (the router counts those).
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_nats::jetstream::{self, AckKind, Context};
+use edgefleet_crds::hub::{
+    AGENT_USER, NATS_PORT, STORED_UPSTREAM_PREFIX, UPSTREAM_STREAM, device_inbox, forwarded_subject,
+};
+use futures::StreamExt;
+
+/// The forwarder's durable consumer on the device stream.
+const FORWARDER: &str = "cloud";
+/// How many messages the forwarder sends before it waits for their acknowledgements.
+const BATCH: usize = 256;
+/// How long the cloud may take to acknowledge a batch before the forwarder tries again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the forwarder waits before trying again when the cloud is out of reach.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// What to do with a new upstream message when the device's store is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhenFull {
+    /// Drop the oldest stored messages to make room (the newest data matters most).
+    DropOldest,
+    /// Keep what is stored and refuse the new message.
+    RefuseNew,
+}
+
+/// The device's upstream store.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub device: String,
+    pub ttl: Duration,
+    pub max_mib: u32,
+    pub when_full: WhenFull,
+}
+
+impl StoreSettings {
+    /// The device stream's config.
+    pub fn stream(&self) -> stream::Config {
+        stream::Config {
+            name: UPSTREAM_STREAM.into(),
+            subjects: vec![format!("{STORED_UPSTREAM_PREFIX}.>")],
+            storage: StorageType::File,
+            max_age: self.ttl,
+            max_bytes: i64::from(self.max_mib) * 1024 * 1024,
+            discard: match self.when_full {
+                WhenFull::DropOldest => DiscardPolicy::Old,
+                WhenFull::RefuseNew => DiscardPolicy::New,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// Connects to the device's hub as the agent, with reply subjects under the device's inbox
+/// (the only replies the cloud sends to this device).
+pub async fn connect(device: &str, password: &str) -> async_nats::Client {
+    loop {
+        let connected = async_nats::ConnectOptions::with_user_and_password(
+            AGENT_USER.into(),
+            password.to_owned(),
+        )
+        .custom_inbox_prefix(device_inbox(device))
+        .retry_on_initial_connect()
+        .connect(format!("127.0.0.1:{NATS_PORT}"))
+        .await;
+        match connected {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the device's hub yet");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// Makes the device stream exist with `settings` (a changed TTL, size or policy updates it
+/// in place, keeping what it holds).
+pub async fn ensure_stream(js: &Context, settings: &StoreSettings) -> Result<stream::Info, String> {
+    let wanted = settings.stream();
+    let mut s = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| format!("cannot create the upstream store: {e}"))?;
+    let info = s
+        .info()
+        .await
+        .map_err(|e| format!("cannot read the upstream store: {e}"))?
+        .clone();
+    let c = &info.config;
+    if c.max_age != wanted.max_age || c.max_bytes != wanted.max_bytes || c.discard != wanted.discard
+    {
+        return js
+            .update_stream(wanted)
+            .await
+            .map_err(|e| format!("cannot update the upstream store: {e}"));
+    }
+    Ok(info)
+}
+
+/// Forwards stored messages to the cloud for as long as the agent runs.
+pub async fn forward(client: async_nats::Client, settings: StoreSettings) {
+    let js = jetstream::new(client);
+    loop {
+        if let Err(e) = forward_once(&js, &settings).await {
+            tracing::info!(error = %e, "upstream messages wait on the device");
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+}
+
+/// Sends batches until something fails: the cloud out of reach, the hub restarting.
+async fn forward_once(js: &Context, settings: &StoreSettings) -> Result<(), String> {
+    let info = ensure_stream(js, settings).await?;
+    // Message ids are unique per device and per store: a store made anew (its files lost)
+    // numbers from 1 again, and its creation time keeps those ids apart from the old ones.
+    let epoch = info.created.unix_timestamp_nanos();
+    let consumer = js
+        .get_stream(UPSTREAM_STREAM)
+        .await
+        .map_err(|e| e.to_string())?
+        .get_or_create_consumer(
+            FORWARDER,
+            pull::Config {
+                durable_name: Some(FORWARDER.into()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: ACK_TIMEOUT * 3,
+                max_ack_pending: i64::try_from(BATCH * 4).unwrap_or(1024),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let mut fetched = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(msg) = fetched.next().await {
+            batch.push(msg.map_err(|e| e.to_string())?);
+        }
+        if let Err(e) = send(js, settings, epoch, &batch).await {
+            // What the cloud did not take is offered again at once, not after the ack wait.
+            for msg in &batch {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            }
+            return Err(e);
+        }
+    }
+}
+
+/// Sends a batch and, in order, removes from the device each message the cloud has
+/// acknowledged. Stops at the first failure; the messages not yet removed go again.
+async fn send(
+    js: &Context,
+    settings: &StoreSettings,
+    epoch: i128,
+    batch: &[jetstream::Message],
+) -> Result<(), String> {
+    let mut sent = Vec::with_capacity(batch.len());
+    for msg in batch {
+        let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
+        let Some(subject) = forwarded_subject(&settings.device, &msg.subject) else {
+            // Not a subject the store takes: nothing to send.
+            let _ = msg.ack().await;
+            continue;
+        };
+        let mut headers = msg.headers.clone().unwrap_or_default();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}:{epoch}:{seq}", settings.device).as_str(),
+        );
+        let ack = js
+            .publish_with_headers(subject, headers, msg.payload.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        sent.push((msg, ack));
+    }
+    for (msg, ack) in sent {
+        match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+            Ok(Ok(_)) => msg.ack().await.map_err(|e| e.to_string())?,
+            Ok(Err(e)) => return Err(format!("the cloud did not take a message: {e}")),
+            Err(_) => return Err("the cloud did not acknowledge in time".into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store is bounded on every axis the issue names: age, bytes, and what happens
+    /// when full; and it takes only what the router stores.
+    #[test]
+    fn the_store_is_bounded_by_age_and_size_with_a_policy_when_full() {
+        let s = StoreSettings {
+            device: "edge-1".into(),
+            ttl: Duration::from_secs(7200),
+            max_mib: 512,
+            when_full: WhenFull::RefuseNew,
+        };
+        let c = s.stream();
+        assert_eq!(c.subjects, ["edgefleet.up.>"]);
+        assert_eq!(c.max_age, Duration::from_secs(7200));
+        assert_eq!(c.max_bytes, 512 * 1024 * 1024);
+        assert_eq!(c.discard, DiscardPolicy::New);
+        assert_eq!(c.storage, StorageType::File);
+        assert_eq!(
+            forwarded_subject("edge-1", "edgefleet.up.team-a.alerts").as_deref(),
+            Some("edgefleet.dev.edge-1.up.team-a.alerts")
+        );
+        assert_eq!(forwarded_subject("edge-1", "edgefleet.upx.a"), None);
+    }
+}
