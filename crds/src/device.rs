@@ -42,6 +42,8 @@ pub mod conditions {
     printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".spec.desired.revision","priority":1}"#,
     printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.appliedRevision"}"#,
     printcolumn = r#"{"name":"Modules","type":"string","jsonPath":".status.modulesReady"}"#,
+    printcolumn = r#"{"name":"Backlog","type":"integer","jsonPath":".status.hub.backlogMessages"}"#,
+    printcolumn = r#"{"name":"Upstream","type":"boolean","jsonPath":".status.hub.connected","priority":1}"#,
     printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agentVersion"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -204,9 +206,48 @@ pub struct EdgeDeviceStatus {
     #[serde(default)]
     #[schemars(length(max = 256))]
     pub modules: Vec<ModuleStatus>,
+    /// The device's message hub, when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// The device's hub as its agent last saw it. Coarse on purpose (counts to two significant
+/// digits, ages in minutes), so that traffic alone does not rewrite the status: it changes
+/// when the backlog does, meaningfully.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubStatus {
+    /// Whether the hub's leaf connection to the cloud hub is up.
+    pub connected: bool,
+    /// Upstream messages waiting on the device for the cloud.
+    #[serde(default)]
+    pub backlog_messages: u64,
+    #[serde(default)]
+    pub backlog_bytes: u64,
+    /// How long the oldest waiting message has waited, in whole minutes.
+    #[serde(default)]
+    pub oldest_minutes: u64,
+    /// Upstream messages lost before the cloud had them since the agent started: expired
+    /// (older than the TTL) or pushed out of a full store (drop-oldest).
+    #[serde(default)]
+    pub dropped: u64,
+    /// Upstream messages a full store refused (refuse-new) since the agent started.
+    #[serde(default)]
+    pub refused: u64,
+}
+
+impl HubStatus {
+    /// `n` to two significant digits: 12345 is 12000.
+    pub fn coarse(n: u64) -> u64 {
+        let mut scale = 1;
+        while n / scale >= 100 {
+            scale *= 10;
+        }
+        n / scale * scale
+    }
 }
 
 /// A module as the device's container runtime sees it.

@@ -13,6 +13,7 @@ pub mod desired;
 pub mod error;
 pub mod host_pod;
 pub mod hub;
+pub mod hub_status;
 pub mod hub_users;
 pub mod join;
 pub mod journal;

@@ -128,6 +128,7 @@ pub fn status(f: &Facts<'_>, previous: &[Condition], now: &Time) -> EdgeDeviceSt
         rejected_deployments: f.rejected.and_then(|r| r.at_fault.clone()),
         modules_ready: Some(format!("{ready}/{}", desired_running.len())),
         modules: f.modules.clone(),
+        hub: None,
         conditions,
     }
 }

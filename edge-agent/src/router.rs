@@ -8,6 +8,8 @@
 //! reads them has carried them: a message the hub acknowledged to a module survives the
 //! agent and the device restarting before it was routed.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
@@ -23,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::hub_status::Counters;
 use crate::render::hex;
 use crate::upstream::StoreSettings;
 
@@ -97,6 +100,7 @@ pub fn plan(modules: &[ResolvedModule]) -> Vec<Hop> {
 pub async fn run(
     client: async_nats::Client,
     store: StoreSettings,
+    counters: Arc<Counters>,
     mut plan: watch::Receiver<Vec<Hop>>,
 ) {
     let js = jetstream::new(client.clone());
@@ -106,7 +110,7 @@ pub async fn run(
         match consumers(&js, &store, &hops).await {
             Ok(consumers) => {
                 for (hop, consumer) in hops.into_iter().zip(consumers) {
-                    tasks.spawn(forward(client.clone(), hop, consumer));
+                    tasks.spawn(forward(client.clone(), hop, consumer, counters.clone()));
                 }
                 tracing::info!(routes = tasks.len(), "routing");
             }
@@ -187,7 +191,12 @@ pub fn outputs_stream(store: &StoreSettings) -> stream::Config {
 
 /// Carries one route's matching messages, headers and all, taking each off the outputs
 /// stream once delivered (or stored upstream).
-async fn forward(client: async_nats::Client, hop: Hop, consumer: PullConsumer) {
+async fn forward(
+    client: async_nats::Client,
+    hop: Hop,
+    consumer: PullConsumer,
+    counters: Arc<Counters>,
+) {
     let js = jetstream::new(client.clone());
     let mut messages = match consumer.messages().await {
         Ok(m) => m,
@@ -212,7 +221,17 @@ async fn forward(client: async_nats::Client, hop: Hop, consumer: PullConsumer) {
         }
         let headers = msg.headers.clone().unwrap_or_default();
         let sent = if hop.store {
-            store(&js, &hop.to, headers, msg.payload.clone()).await
+            match store(&js, &hop.to, headers, msg.payload.clone()).await {
+                // A full store that refuses new messages: counted, and not tried again.
+                Err(Stored::Refused(e)) => {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(to = hop.to, error = %e, "the upstream store is full");
+                    let _ = msg.ack().await;
+                    continue;
+                }
+                Err(Stored::Failed(e)) => Err(e),
+                Ok(()) => Ok(()),
+            }
         } else {
             client
                 .publish_with_headers(hop.to.clone(), headers, msg.payload.clone())
@@ -231,20 +250,31 @@ async fn forward(client: async_nats::Client, hop: Hop, consumer: PullConsumer) {
     }
 }
 
-/// Stores an upstream message on the device, waiting for the store's acknowledgement: a
-/// full store that refuses new messages says so here.
+/// Why a message did not get into the upstream store.
+enum Stored {
+    /// The store is full and refuses new messages (its policy).
+    Refused(String),
+    /// Anything else: the hub restarting, say; tried again.
+    Failed(String),
+}
+
+/// Stores an upstream message on the device, waiting for the store's acknowledgement.
 async fn store(
     js: &Context,
     subject: &str,
     headers: async_nats::HeaderMap,
     payload: bytes::Bytes,
-) -> Result<(), String> {
-    js.publish_with_headers(subject.to_owned(), headers, payload)
+) -> Result<(), Stored> {
+    let ack = js
+        .publish_with_headers(subject.to_owned(), headers, payload)
         .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map(drop)
-        .map_err(|e| format!("the upstream store refused it: {e}"))
+        .map_err(|e| Stored::Failed(e.to_string()))?;
+    match ack.await {
+        Ok(_) => Ok(()),
+        // JetStream's "maximum bytes exceeded" (10047) and kin: the store is full.
+        Err(e) if e.to_string().contains("maximum") => Err(Stored::Refused(e.to_string())),
+        Err(e) => Err(Stored::Failed(e.to_string())),
+    }
 }
 
 #[cfg(test)]

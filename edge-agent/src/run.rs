@@ -5,6 +5,7 @@
 //! journal, and the heartbeat, watch and status writer retry on their own.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use edgefleet_crds::condition::Condition;
 use edgefleet_crds::{DesiredState, EdgeDeviceStatus, ModuleStatus, RuntimeStatus};
@@ -17,6 +18,7 @@ use tokio::time::MissedTickBehavior;
 use crate::config::Config;
 use crate::cri::Cri;
 use crate::error::{Error, Result};
+use crate::hub_status::{Counters, HubWatch};
 use crate::hub_users::{HubUsers, sync_credentials};
 use crate::journal::Journal;
 use crate::manifests::Manifests;
@@ -88,15 +90,21 @@ pub async fn run(config: Config) -> Result<()> {
     let (desired_tx, mut desired_rx) = watch::channel(None);
     let (status_tx, status_rx) = watch::channel(None);
     let (link_tx, link_rx) = watch::channel(false);
+    let mut hub_watch = None;
     if hub.is_some() {
         match hub::agent_secret(&hub::HubDirs::under(&config.state_dir).config) {
             Ok(secret) => {
                 let store = config.upstream_store();
-                tokio::spawn(async move {
-                    let hub = upstream::connect(&store.device, &secret).await;
-                    tokio::spawn(upstream::forward(hub.clone(), store.clone()));
-                    router::run(hub, store, routes_rx).await;
-                });
+                // Returns at once and connects in the background, for as long as it runs.
+                let client = upstream::connect(&store.device, &secret).await;
+                let counters = Arc::new(Counters::default());
+                hub_watch = Some(HubWatch::new(client.clone(), counters.clone()));
+                tokio::spawn(upstream::forward(
+                    client.clone(),
+                    store.clone(),
+                    counters.clone(),
+                ));
+                tokio::spawn(router::run(client, store, counters, routes_rx));
             }
             Err(e) => {
                 tracing::error!(error = %e, "no router: the agent's hub secret is unreadable")
@@ -155,7 +163,10 @@ pub async fn run(config: Config) -> Result<()> {
                 changed
             });
         }
-        let report = agent.sync().await;
+        let mut report = agent.sync().await;
+        if let Some(w) = &mut hub_watch {
+            report.hub = w.read().await;
+        }
         status_tx.send_if_modified(|current| {
             let changed = current.as_ref() != Some(&report);
             *current = Some(report);

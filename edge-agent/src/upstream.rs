@@ -8,15 +8,19 @@
 //! The device stream is bounded: messages older than the TTL expire, and when it is full
 //! the policy drops the oldest or refuses new ones (the router counts those).
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
-use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind, Context};
 use edgefleet_crds::hub::{
     AGENT_USER, NATS_PORT, STORED_UPSTREAM_PREFIX, UPSTREAM_STREAM, device_inbox, forwarded_subject,
 };
 use futures::StreamExt;
+
+use crate::hub_status::Counters;
 
 /// The forwarder's durable consumer on the device stream.
 const FORWARDER: &str = "cloud";
@@ -51,6 +55,9 @@ impl StoreSettings {
         stream::Config {
             name: UPSTREAM_STREAM.into(),
             subjects: vec![format!("{STORED_UPSTREAM_PREFIX}.>")],
+            // A message leaves the store once the forwarder has the cloud's acknowledgement:
+            // what the store holds is the backlog.
+            retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
             max_age: self.ttl,
             max_bytes: i64::from(self.max_mib) * 1024 * 1024,
@@ -110,10 +117,10 @@ pub async fn ensure_stream(js: &Context, settings: &StoreSettings) -> Result<str
 }
 
 /// Forwards stored messages to the cloud for as long as the agent runs.
-pub async fn forward(client: async_nats::Client, settings: StoreSettings) {
+pub async fn forward(client: async_nats::Client, settings: StoreSettings, counters: Arc<Counters>) {
     let js = jetstream::new(client);
     loop {
-        if let Err(e) = forward_once(&js, &settings).await {
+        if let Err(e) = forward_once(&js, &settings, &counters).await {
             tracing::info!(error = %e, "upstream messages wait on the device");
             tokio::time::sleep(RETRY).await;
         }
@@ -121,7 +128,11 @@ pub async fn forward(client: async_nats::Client, settings: StoreSettings) {
 }
 
 /// Sends batches until something fails: the cloud out of reach, the hub restarting.
-async fn forward_once(js: &Context, settings: &StoreSettings) -> Result<(), String> {
+async fn forward_once(
+    js: &Context,
+    settings: &StoreSettings,
+    counters: &Counters,
+) -> Result<(), String> {
     let info = ensure_stream(js, settings).await?;
     // Message ids are unique per device and per store: a store made anew (its files lost)
     // numbers from 1 again, and its creation time keeps those ids apart from the old ones.
@@ -154,7 +165,7 @@ async fn forward_once(js: &Context, settings: &StoreSettings) -> Result<(), Stri
         while let Some(msg) = fetched.next().await {
             batch.push(msg.map_err(|e| e.to_string())?);
         }
-        if let Err(e) = send(js, settings, epoch, &batch).await {
+        if let Err(e) = send(js, settings, counters, epoch, &batch).await {
             // What the cloud did not take is offered again at once, not after the ack wait.
             for msg in &batch {
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -169,6 +180,7 @@ async fn forward_once(js: &Context, settings: &StoreSettings) -> Result<(), Stri
 async fn send(
     js: &Context,
     settings: &StoreSettings,
+    counters: &Counters,
     epoch: i128,
     batch: &[jetstream::Message],
 ) -> Result<(), String> {
@@ -193,7 +205,10 @@ async fn send(
     }
     for (msg, ack) in sent {
         match tokio::time::timeout(ACK_TIMEOUT, ack).await {
-            Ok(Ok(_)) => msg.ack().await.map_err(|e| e.to_string())?,
+            Ok(Ok(_)) => {
+                msg.ack().await.map_err(|e| e.to_string())?;
+                counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(Err(e)) => return Err(format!("the cloud did not take a message: {e}")),
             Err(_) => return Err("the cloud did not acknowledge in time".into()),
         }
@@ -221,6 +236,11 @@ mod tests {
         assert_eq!(c.max_bytes, 512 * 1024 * 1024);
         assert_eq!(c.discard, DiscardPolicy::New);
         assert_eq!(c.storage, StorageType::File);
+        assert_eq!(
+            c.retention,
+            RetentionPolicy::WorkQueue,
+            "what it holds is the backlog"
+        );
         assert_eq!(
             forwarded_subject("edge-1", "edgefleet.up.team-a.alerts").as_deref(),
             Some("edgefleet.dev.edge-1.up.team-a.alerts")
