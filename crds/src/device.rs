@@ -357,6 +357,17 @@ mod tests {
         assert_ne!(r1, DesiredState::revision_of(&[]));
     }
 
+    /// Traffic alone must not rewrite a device's status: counts change it only at their
+    /// second significant digit.
+    #[test]
+    fn hub_counts_are_coarse() {
+        assert_eq!(HubStatus::coarse(0), 0);
+        assert_eq!(HubStatus::coarse(99), 99);
+        assert_eq!(HubStatus::coarse(12_345), 12_000);
+        assert_eq!(HubStatus::coarse(12_999), 12_000);
+        assert_eq!(HubStatus::coarse(u64::MAX), 18_000_000_000_000_000_000);
+    }
+
     #[test]
     fn resolved_module_flattens_the_module_spec() {
         let v = serde_json::to_value(module("a", "img:1")).expect("serialize");

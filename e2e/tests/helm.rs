@@ -439,6 +439,21 @@ async fn upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(
         },
     )
     .await;
+    // And edge-1's status says so: connected upstream, nothing waiting, nothing lost.
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    wait_for(
+        "edge-1's hub status: connected, no backlog",
+        Duration::from_secs(120),
+        || async {
+            let d = devices.get(DEVICE).await.map_err(|e| e.to_string())?;
+            let hub = d.status.and_then(|s| s.hub);
+            match &hub {
+                Some(h) if h.connected && h.backlog_messages == 0 && h.dropped == 0 => Ok(()),
+                _ => Err(format!("{hub:?}")),
+            }
+        },
+    )
+    .await;
     let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), TEAM);
     let _ = api.delete("telemetry", &DeleteParams::default()).await;
 }
