@@ -23,7 +23,7 @@ help:
 	@echo "make test        lint, unit tests, and end-to-end tests on the lab"
 	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
 	@echo "make lab-down    stop the lab and remove its state"
-	@echo "make bench       print figures: resolve speed, lab start and memory, controller memory"
+	@echo "make bench       print figures: resolve speed, hub messaging, lab start and memory, controller memory"
 
 # The lab fleet, the images loaded into it, edgefleet installed with Helm (controller and
 # the bootstrap that joins every device), examples/ applied and waited for. Run again, it
@@ -61,7 +61,7 @@ clippy: tools
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 shellcheck: tools
-	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller e2e/bench-agent e2e/build-images e2e/check-fresh e2e/bench-csr-flood .ci/run
+	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller e2e/bench-agent e2e/build-images e2e/check-fresh e2e/bench-csr-flood e2e/bench-hub .ci/run
 
 # The CRD YAML is generated from the types in crds/ and never edited by hand.
 CRD_DIRS := crds charts/edgefleet-crds/templates
@@ -107,6 +107,7 @@ lab-status:
 BENCH_DEVICES ?= 3000
 bench: tools
 	$(CARGO) bench -p edgefleet-controller --bench resolve
+	e2e/bench-hub
 	e2e/bench-lab --devices $(DEVICES) --fleet $(BENCH_DEVICES)
 
 # The controller's RSS before and after 3,000 certificate requests that are not edgefleet's

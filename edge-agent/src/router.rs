@@ -31,6 +31,8 @@ use crate::upstream::StoreSettings;
 
 /// How long a message that could not be routed waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(2);
+/// The most messages a route carries at once.
+const BATCH: usize = 256;
 
 /// One route as the router runs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -198,83 +200,74 @@ async fn forward(
     counters: Arc<Counters>,
 ) {
     let js = jetstream::new(client.clone());
-    let mut messages = match consumer.messages().await {
+    let messages = match consumer.messages().await {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(from = hop.from, error = %e, "cannot read a route's messages");
             return;
         }
     };
-    while let Some(msg) = messages.next().await {
-        let Ok(msg) = msg else { continue };
-        if let Some(when) = &hop.when {
-            let header = |name: &str| {
-                msg.headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
-            if !when.holds(&msg.payload, &header) {
-                let _ = msg.ack().await;
-                continue;
-            }
-        }
-        let headers = msg.headers.clone().unwrap_or_default();
-        let sent = if hop.store {
-            match store(&js, &hop.to, headers, msg.payload.clone()).await {
-                // A full store that refuses new messages: counted, and not tried again.
-                Err(Stored::Refused(e)) => {
-                    counters.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(to = hop.to, error = %e, "the upstream store is full");
+    // Whatever has arrived, up to a batch at a time: stored messages are published together
+    // and their acknowledgements awaited together, not one round trip per message.
+    let mut batches = messages.ready_chunks(BATCH);
+    while let Some(batch) = batches.next().await {
+        let mut storing = Vec::new();
+        for msg in batch.into_iter().flatten() {
+            if let Some(when) = &hop.when {
+                let header = |name: &str| {
+                    msg.headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_owned())
+                };
+                if !when.holds(&msg.payload, &header) {
                     let _ = msg.ack().await;
                     continue;
                 }
-                Err(Stored::Failed(e)) => Err(e),
-                Ok(()) => Ok(()),
             }
-        } else {
-            client
+            let headers = msg.headers.clone().unwrap_or_default();
+            if hop.store {
+                match js
+                    .publish_with_headers(hop.to.clone(), headers, msg.payload.clone())
+                    .await
+                {
+                    Ok(ack) => storing.push((msg, ack)),
+                    Err(e) => retry(&hop, &msg, &e.to_string()).await,
+                }
+                continue;
+            }
+            match client
                 .publish_with_headers(hop.to.clone(), headers, msg.payload.clone())
                 .await
-                .map_err(|e| e.to_string())
-        };
-        match sent {
-            Ok(()) => {
-                let _ = msg.ack().await;
+            {
+                Ok(()) => {
+                    let _ = msg.ack().await;
+                }
+                Err(e) => retry(&hop, &msg, &e.to_string()).await,
             }
-            Err(e) => {
-                tracing::warn!(to = hop.to, error = %e, "a routed message waits");
-                let _ = msg.ack_with(AckKind::Nak(Some(RETRY))).await;
+        }
+        for (msg, ack) in storing {
+            match ack.await {
+                Ok(_) => {
+                    let _ = msg.ack().await;
+                }
+                // JetStream's "maximum bytes/messages exceeded": a full store that refuses new
+                // messages. Counted, and not tried again.
+                Err(e) if e.to_string().contains("maximum") => {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(to = hop.to, error = %e, "the upstream store is full");
+                    let _ = msg.ack().await;
+                }
+                Err(e) => retry(&hop, &msg, &e.to_string()).await,
             }
         }
     }
 }
 
-/// Why a message did not get into the upstream store.
-enum Stored {
-    /// The store is full and refuses new messages (its policy).
-    Refused(String),
-    /// Anything else: the hub restarting, say; tried again.
-    Failed(String),
-}
-
-/// Stores an upstream message on the device, waiting for the store's acknowledgement.
-async fn store(
-    js: &Context,
-    subject: &str,
-    headers: async_nats::HeaderMap,
-    payload: bytes::Bytes,
-) -> Result<(), Stored> {
-    let ack = js
-        .publish_with_headers(subject.to_owned(), headers, payload)
-        .await
-        .map_err(|e| Stored::Failed(e.to_string()))?;
-    match ack.await {
-        Ok(_) => Ok(()),
-        // JetStream's "maximum bytes exceeded" (10047) and kin: the store is full.
-        Err(e) if e.to_string().contains("maximum") => Err(Stored::Refused(e.to_string())),
-        Err(e) => Err(Stored::Failed(e.to_string())),
-    }
+/// Leaves a message that could not be routed for another try in a moment.
+async fn retry(hop: &Hop, msg: &jetstream::Message, why: &str) {
+    tracing::warn!(to = hop.to, error = why, "a routed message waits");
+    let _ = msg.ack_with(AckKind::Nak(Some(RETRY))).await;
 }
 
 #[cfg(test)]
