@@ -30,6 +30,10 @@ use crate::hub_users::ModuleUser;
 use crate::journal::{write_atomic, write_atomic_mode};
 use crate::render::hex;
 
+/// Go's soft memory limit for the hub (its container's limit is 128Mi): the collector keeps
+/// it under this instead of the kernel killing it at the hard limit.
+pub const GO_MEMORY_LIMIT: &str = "96MiB";
+
 /// The hub's manifest in kubelet's staticPodPath: no module's file is named like it
 /// (theirs are `edgefleet-agent-module-<namespace>.<name>.yaml`).
 pub const MANIFEST_FILE: &str = "edgefleet-agent-hub.yaml";
@@ -366,7 +370,7 @@ pub fn pod(s: &HubSettings, dirs: &HubDirs, config: &str) -> Pod {
                 // Go's collector keeps the hub under its limit instead of being killed at it.
                 env: Some(vec![EnvVar {
                     name: "GOMEMLIMIT".into(),
-                    value: Some("96MiB".into()),
+                    value: Some(GO_MEMORY_LIMIT.into()),
                     ..Default::default()
                 }]),
                 resources: Some(ResourceRequirements {

@@ -11,7 +11,8 @@
 //! - the device hub's CPU time and peak RSS over the whole run; and acknowledged messages
 //!   lost (must be 0).
 //!
-//! Every loop is bounded; the servers are stopped at the end.
+//! The hub runs with the Go memory limit its pod gives it. Every loop is bounded; the
+//! servers are stopped at the end.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use clap::Parser;
-use edgefleet_agent::hub::{HubSettings, config};
+use edgefleet_agent::hub::{GO_MEMORY_LIMIT, HubSettings, config};
 use edgefleet_agent::hub_status::Counters;
 use edgefleet_agent::hub_users::ModuleUser;
 use edgefleet_agent::upstream::{StoreSettings, WhenFull};
@@ -61,6 +62,8 @@ impl Drop for Server {
 fn serve(bin: &Path, conf: &Path) -> Server {
     let child = Command::new(bin)
         .args(["-c", &conf.display().to_string()])
+        // As the hub's pod runs it.
+        .env("GOMEMLIMIT", GO_MEMORY_LIMIT)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
