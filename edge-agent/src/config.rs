@@ -126,12 +126,24 @@ impl Config {
             })
     }
 
-    /// The device's upstream store.
+    /// The device's upstream store: within the hub's store, beside the outputs stream (the
+    /// hub refuses streams whose limits add up to more than its store).
     pub fn upstream_store(&self) -> crate::upstream::StoreSettings {
+        let room = self
+            .hub_store_mib
+            .saturating_sub(hub::OUTPUTS_MIB * 2)
+            .max(1);
+        if self.hub_upstream_mib > room {
+            tracing::warn!(
+                asked = self.hub_upstream_mib,
+                taken = room,
+                "the upstream store must fit in the hub's store beside the outputs; it takes less"
+            );
+        }
         crate::upstream::StoreSettings {
             device: self.device.clone(),
             ttl: self.hub_upstream_ttl,
-            max_mib: self.hub_upstream_mib,
+            max_mib: self.hub_upstream_mib.min(room),
             when_full: self.hub_upstream_when_full,
         }
     }
