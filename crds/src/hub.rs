@@ -87,8 +87,9 @@ pub const DEFAULT_UPSTREAM_TTL_SECS: u64 = 7200;
 /// The most a device's upstream store holds by default (MiB), within the hub's store.
 pub const DEFAULT_UPSTREAM_MIB: u32 = 512;
 
-/// How much of the hub's store the outputs stream may take (MiB): outputs wait there only
-/// until the router carries them, a short while unless the agent is down.
+/// How much of the hub's store the outputs stream takes at most (MiB; an eighth of a smaller
+/// store): outputs wait there only until the router carries them, a short while unless the
+/// agent is down.
 pub const OUTPUTS_MIB: u32 = 64;
 
 /// How long the cloud remembers a message id: a message the device sends again after a lost

@@ -129,10 +129,8 @@ impl Config {
     /// The device's upstream store: within the hub's store, beside the outputs stream (the
     /// hub refuses streams whose limits add up to more than its store).
     pub fn upstream_store(&self) -> crate::upstream::StoreSettings {
-        let room = self
-            .hub_store_mib
-            .saturating_sub(hub::OUTPUTS_MIB * 2)
-            .max(1);
+        let outputs = hub::OUTPUTS_MIB.min(self.hub_store_mib / 8).max(1);
+        let room = self.hub_store_mib.saturating_sub(outputs * 2).max(1);
         if self.hub_upstream_mib > room {
             tracing::warn!(
                 asked = self.hub_upstream_mib,
@@ -144,6 +142,7 @@ impl Config {
             device: self.device.clone(),
             ttl: self.hub_upstream_ttl,
             max_mib: self.hub_upstream_mib.min(room),
+            outputs_mib: outputs,
             when_full: self.hub_upstream_when_full,
         }
     }
@@ -216,6 +215,35 @@ mod tests {
         );
         assert_eq!(c.lease_interval, Duration::from_secs(10));
         assert_eq!(c.namespace, "edgefleet-system");
+    }
+
+    /// JetStream refuses a stream whose limit does not fit beside the others in the hub's
+    /// store: the upstream store and the outputs stream always fit, however small the store.
+    #[test]
+    fn the_upstream_store_and_the_outputs_fit_in_the_hubs_store() {
+        for (store, upstream) in [
+            ("64", "512"),
+            ("16", "512"),
+            ("1024", "512"),
+            ("4096", "100"),
+        ] {
+            let c = Config::try_parse_from([
+                "edgefleet-agent",
+                "--device",
+                "edge-1",
+                "--hub-store-mib",
+                store,
+                "--hub-upstream-mib",
+                upstream,
+            ])
+            .expect("parse");
+            let s = c.upstream_store();
+            assert!(
+                s.max_mib + 2 * s.outputs_mib <= c.hub_store_mib,
+                "{store} {upstream}: {s:?}"
+            );
+            assert!(s.max_mib >= 1 && s.outputs_mib >= 1);
+        }
     }
 
     #[test]

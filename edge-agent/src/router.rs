@@ -17,7 +17,7 @@ use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, Storag
 use async_nats::jetstream::{self, AckKind, Context};
 use edgefleet_crds::ResolvedModule;
 use edgefleet_crds::hub::{
-    MODULE_SUBJECTS, OUTPUTS_MIB, OUTPUTS_STREAM, module_inputs, module_outputs, stored_upstream,
+    MODULE_SUBJECTS, OUTPUTS_STREAM, module_inputs, module_outputs, stored_upstream,
 };
 use edgefleet_crds::route::{Condition, Destination};
 use futures::StreamExt;
@@ -177,7 +177,7 @@ async fn consumers(
 /// The device's stream of modules' outputs: a module's message is on the device's disk once
 /// the hub has acknowledged it, until every route that reads it has carried it (interest
 /// retention: an output no route reads is not kept), within the upstream store's age and
-/// [`OUTPUTS_MIB`].
+/// its own small share of the hub's store.
 pub fn outputs_stream(store: &StoreSettings) -> stream::Config {
     stream::Config {
         name: OUTPUTS_STREAM.into(),
@@ -185,7 +185,7 @@ pub fn outputs_stream(store: &StoreSettings) -> stream::Config {
         retention: RetentionPolicy::Interest,
         storage: StorageType::File,
         max_age: store.ttl,
-        max_bytes: i64::from(OUTPUTS_MIB) * 1024 * 1024,
+        max_bytes: i64::from(store.outputs_mib) * 1024 * 1024,
         discard: DiscardPolicy::Old,
         ..Default::default()
     }

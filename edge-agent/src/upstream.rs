@@ -47,6 +47,8 @@ pub struct StoreSettings {
     pub ttl: Duration,
     pub max_mib: u32,
     pub when_full: WhenFull,
+    /// What the outputs stream may take (see the router), beside this store in the hub's.
+    pub outputs_mib: u32,
 }
 
 impl StoreSettings {
@@ -229,6 +231,7 @@ mod tests {
             ttl: Duration::from_secs(7200),
             max_mib: 512,
             when_full: WhenFull::RefuseNew,
+            outputs_mib: 64,
         };
         let c = s.stream();
         assert_eq!(c.subjects, ["edgefleet.up.>"]);

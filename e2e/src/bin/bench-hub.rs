@@ -197,6 +197,7 @@ async fn main() {
         ttl: Duration::from_secs(hub::DEFAULT_UPSTREAM_TTL_SECS),
         max_mib: 2048,
         when_full: WhenFull::DropOldest,
+        outputs_mib: hub::OUTPUTS_MIB,
     };
     let agent = upstream::connect(DEVICE, PASSWORD).await;
     let counters = Arc::new(Counters::default());
