@@ -100,6 +100,11 @@ class Controller(unittest.TestCase):
         hub, reloader = pod["containers"]
         self.assertEqual(hub["image"], "localhost/edgefleet/hub:2.15.2-r1")
         self.assertEqual(reloader["args"][0], "hub-reloader")
+        self.assertIn("--upstream-max-mib=7680", reloader["args"], "3/4 of the 10240 MiB store")
+        small = self.render({"hub": {"cloud": {"storeMiB": 256}}})
+        (small_sts,) = self.kind(small, "StatefulSet")
+        self.assertIn("--upstream-max-mib=192",
+                      small_sts["spec"]["template"]["spec"]["containers"][1]["args"])
         for c in (hub, reloader):
             self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
             self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
