@@ -225,7 +225,7 @@ async fn forward(
                     continue;
                 }
             }
-            let headers = msg.headers.clone().unwrap_or_default();
+            let headers = tenant_headers(msg.headers.as_ref());
             if hop.store {
                 match js
                     .publish_with_headers(hop.to.clone(), headers, msg.payload.clone())
@@ -264,6 +264,26 @@ async fn forward(
     }
 }
 
+/// A module's headers without NATS's own (`Nats-*`): those steer JetStream (expected
+/// sequence, rollup, message id, TTL), and a module that set one could have the device's
+/// store or the cloud's refuse its messages forever, stalling the forwarder for every
+/// team on the device, or claim another message's id. The forwarder sets the id itself.
+fn tenant_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
+    let mut kept = async_nats::HeaderMap::new();
+    for (name, values) in headers.into_iter().flat_map(async_nats::HeaderMap::iter) {
+        if AsRef::<str>::as_ref(name)
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("nats-"))
+        {
+            continue;
+        }
+        for v in values {
+            kept.append(name.clone(), v.clone());
+        }
+    }
+    kept
+}
+
 /// Leaves a message that could not be routed for another try in a moment.
 async fn retry(hop: &Hop, msg: &jetstream::Message, why: &str) {
     tracing::warn!(to = hop.to, error = why, "a routed message waits");
@@ -273,6 +293,24 @@ async fn retry(hop: &Hop, msg: &jetstream::Message, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A module's own `Nats-Expected-Last-Sequence` or `Nats-Rollup` would make every
+    /// store refuse its messages and stall the device's forwarder; a `Nats-Msg-Id` would
+    /// claim another message's place in the cloud. None survives routing; its other
+    /// headers do.
+    #[test]
+    fn a_module_cannot_steer_jetstream_through_its_headers() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Expected-Last-Sequence", "0");
+        h.insert("NATS-ROLLUP", "all");
+        h.insert("Nats-Msg-Id", "edge-2:1:1");
+        h.insert("kind", "alert");
+        let kept = tenant_headers(Some(&h));
+        let names: Vec<String> = kept.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, ["kind"]);
+        assert_eq!(kept.get("kind").map(|v| v.as_str()), Some("alert"));
+        assert_eq!(tenant_headers(None).iter().count(), 0);
+    }
 
     #[test]
     fn routes_become_hops_between_the_modules_subjects() {

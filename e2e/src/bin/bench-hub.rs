@@ -227,13 +227,7 @@ async fn main() {
 
     // 1. Module -> cloud, durable on both sides.
     let t0 = Instant::now();
-    for _ in 0..n {
-        sensor
-            .publish(format!("{outputs}.up"), payload.clone())
-            .await
-            .expect("publish");
-    }
-    sensor.flush().await.expect("flush");
+    publish_all(&sensor, &format!("{outputs}.up"), &payload, n).await;
     let took = until_cloud_holds(&cloud_js, n, t0).await;
     println!(
         "bench hub: module -> cloud, {n} x {PAYLOAD} B, durable: {:.0} msg/s ({:.1} s)",
@@ -292,13 +286,7 @@ async fn main() {
     // 3. A backlog while the cloud is down, then its drain.
     drop(cloud.take());
     let before = device_store_bytes(&dir.join("device"));
-    for _ in 0..n {
-        sensor
-            .publish(format!("{outputs}.up"), payload.clone())
-            .await
-            .expect("publish");
-    }
-    sensor.flush().await.expect("flush");
+    publish_all(&sensor, &format!("{outputs}.up"), &payload, n).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let grown = device_store_bytes(&dir.join("device")).saturating_sub(before);
     println!(
@@ -326,6 +314,17 @@ async fn main() {
     drop(cloud);
     drop(device);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Publishes `payload` `n` times on `subject` and waits until the hub has them all.
+async fn publish_all(client: &async_nats::Client, subject: &str, payload: &bytes::Bytes, n: u64) {
+    for _ in 0..n {
+        client
+            .publish(subject.to_owned(), payload.clone())
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
 }
 
 /// Bytes of the files under `dir`.
