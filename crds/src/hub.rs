@@ -43,12 +43,6 @@ pub fn module_inputs(namespace: &str, module: &str) -> String {
     format!("{MODULE_SUBJECTS}.{namespace}.{module}.in")
 }
 
-/// Where a route `to: {upstream: <name>}` of a module in `namespace` publishes:
-/// `edgefleet.dev.<device>.up.<namespace>.<name>`, so two teams' streams never mix.
-pub fn upstream_subject(device: &str, namespace: &str, name: &str) -> String {
-    format!("{}.up.{namespace}.{name}", device_subject(device))
-}
-
 /// The stream that keeps upstream messages: on a device, those not yet in the cloud; in the
 /// cloud, every device's (with their message ids, so nothing is kept twice).
 pub const UPSTREAM_STREAM: &str = "UPSTREAM";
