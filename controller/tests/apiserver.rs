@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use edgefleet_crds::condition;
+use edgefleet_crds::deployment::conditions::{READY, RECONCILING, STALLED};
 use edgefleet_crds::identity::{DEVICES_GROUP, LEADER_LEASE, device_object_name, device_user};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, TargetingOutcome};
 use edgefleet_e2e::{
@@ -333,7 +334,7 @@ async fn targeting_priority_layering_and_rollup() {
         agents.push(a);
     }
     for name in ["base", "berlin", "jetson"] {
-        wait_deployment(&deps, name, "Ready", |d| is(d, "Ready", "True", "AllReady")).await;
+        wait_deployment(&deps, name, "Ready", |d| is(d, READY, "True", "AllReady")).await;
     }
     let base = deps.get("base").await.expect("base");
     let s = base.status.expect("status");
@@ -410,7 +411,7 @@ async fn targeting_priority_layering_and_rollup() {
     .await
     .expect("report failure");
     let failed = wait_deployment(&deps, "base", "ModulesFailed", |d| {
-        is(d, "Stalled", "True", "ModulesFailed")
+        is(d, STALLED, "True", "ModulesFailed")
     })
     .await;
     let s = failed.status.expect("status");
@@ -428,7 +429,7 @@ async fn targeting_priority_layering_and_rollup() {
     let note = wait_event(&client, "default", "edge-3", "ModuleFailed").await;
     assert!(note.contains("filter"), "{note}");
     wait_deployment(&deps, "berlin", "still Ready", |d| {
-        is(d, "Ready", "True", "AllReady")
+        is(d, READY, "True", "AllReady")
     })
     .await;
 
@@ -437,7 +438,7 @@ async fn targeting_priority_layering_and_rollup() {
     a3.report_all_running().await;
     module(&modules, "filter", "localhost/filter:v2").await;
     wait_deployment(&deps, "base", "Reconciling for the new module", |d| {
-        is(d, "Reconciling", "True", "Progressing")
+        is(d, RECONCILING, "True", "Progressing")
     })
     .await;
     for a in &agents {
@@ -453,7 +454,7 @@ async fn targeting_priority_layering_and_rollup() {
         a.report_all_running().await;
     }
     wait_deployment(&deps, "base", "Ready again", |d| {
-        is(d, "Ready", "True", "AllReady")
+        is(d, READY, "True", "AllReady")
     })
     .await;
 
@@ -505,10 +506,7 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
     })
     .await;
     a2.report_all_running().await;
-    wait_deployment(&deps, "good", "Ready", |d| {
-        is(d, "Ready", "True", "AllReady")
-    })
-    .await;
+    wait_deployment(&deps, "good", "Ready", |d| is(d, READY, "True", "AllReady")).await;
 
     // Each bad spec: Stalled with its reason, and a Warning Event with the same reason.
     let bad = [
@@ -529,8 +527,8 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
         deployment(&deps, name, spec).await;
     }
     for (name, _, reason, says) in bad {
-        let d = wait_deployment(&deps, name, reason, |d| is(d, "Stalled", "True", reason)).await;
-        let msg = cond(&d, "Ready").expect("Ready").message;
+        let d = wait_deployment(&deps, name, reason, |d| is(d, STALLED, "True", reason)).await;
+        let msg = cond(&d, READY).expect("Ready").message;
         assert!(msg.contains(says), "{name}: {msg}");
         let ev = wait_event(&client, &ns, name, reason).await;
         assert!(ev.contains(says), "{name}: event says {ev}");
@@ -659,7 +657,7 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
     assert!(flagged.contains("not a revision"), "{flagged}");
     wait_event(&client, "default", "edge-3", "InvalidStatus").await;
     wait_deployment(&deps, "good", "still Ready", |d| {
-        is(d, "Ready", "True", "AllReady")
+        is(d, READY, "True", "AllReady")
     })
     .await;
     a3.report(json!({"appliedRevision": null, "modulesReady": null, "modules": []}))
@@ -669,7 +667,7 @@ async fn bad_input_is_reported_on_the_object_and_others_go_on() {
     // Fixing a held deployment releases it.
     module(&modules, "nope", "localhost/nope:v1").await;
     wait_deployment(&deps, "missing-module", "no longer stalled", |d| {
-        !is(d, "Stalled", "True", "ModuleNotFound")
+        !is(d, STALLED, "True", "ModuleNotFound")
     })
     .await;
 
@@ -721,15 +719,11 @@ async fn online_follows_the_lease_and_offline_devices_are_deferred() {
         d.status.as_ref().is_some_and(|s| s.deferred == 1)
     })
     .await;
-    assert!(
-        is(&d, "Reconciling", "True", "Progressing"),
-        "{:?}",
-        d.status
-    );
+    assert!(is(&d, RECONCILING, "True", "Progressing"), "{:?}", d.status);
     // It comes back, applies and reports: Ready.
     a1.renew_once_granted().await;
     a1.report_all_running().await;
-    wait_deployment(&deps, "d", "Ready", |d| is(d, "Ready", "True", "AllReady")).await;
+    wait_deployment(&deps, "d", "Ready", |d| is(d, READY, "True", "AllReady")).await;
     cleanup(&client, &ns).await;
 }
 

@@ -12,6 +12,7 @@ use edgefleet_controller::k8s::{apply, context::Context};
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
 use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
+use edgefleet_crds::deployment::conditions::{READY, RECONCILING, STALLED};
 use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
 use edgefleet_crds::{
     EdgeDeployment, EdgeDeploymentStatus, EdgeDevice, EdgeGrant, EdgeModule, FailureSample,
@@ -327,9 +328,9 @@ async fn a_held_deployment_is_stalled_with_its_reason_and_writes_to_no_device() 
         let status = to(&writes, &format!("{}/status", path_of(&d)));
         assert!(status.is_apply_by(CONTROLLER_MANAGER), "{reason}");
         let status = &status.body["status"];
-        assert_eq!(condition(status, "Stalled")[..2], ["True", reason]);
-        assert_eq!(condition(status, "Ready")[..2], ["False", reason]);
-        assert_eq!(condition(status, "Reconciling")[..2], ["False", reason]);
+        assert_eq!(condition(status, STALLED)[..2], ["True", reason]);
+        assert_eq!(condition(status, READY)[..2], ["False", reason]);
+        assert_eq!(condition(status, RECONCILING)[..2], ["False", reason]);
         assert_eq!(status["observedGeneration"], 1, "{reason}");
         assert_eq!(
             events(&requests),
@@ -456,10 +457,10 @@ async fn a_devices_oversized_words_reach_a_deployment_status_cut_and_only_once()
     let path = path_of(&d);
     let status = &to(&writes, &format!("{path}/status")).body["status"];
     assert_within_bounds(status);
-    assert_eq!(condition(status, "Stalled")[..2], ["True", "ModulesFailed"]);
+    assert_eq!(condition(status, STALLED)[..2], ["True", "ModulesFailed"]);
     assert_eq!(status["failed"], 1);
     assert_eq!(chars(&status["failures"][0]["reason"]), FAILURE_REASON_MAX);
-    let [_, _, message] = condition(status, "Stalled");
+    let [_, _, message] = condition(status, STALLED);
     assert_eq!(message.chars().count(), CONDITION_MESSAGE_MAX, "cut to fit");
 
     // The watch brings back the status as written (and the revision kept): the same status

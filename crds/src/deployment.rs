@@ -18,6 +18,16 @@ use crate::route::Route;
 /// fleet size.
 pub const MAX_FAILURE_SAMPLES: usize = 10;
 
+/// Condition types on an EdgeDeployment (the controller decides them; see its
+/// `decide::conditions`). Exactly one of Ready, Reconciling and Stalled is True.
+pub mod conditions {
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+    /// Another deployment ties with this one at the same priority on some device.
+    pub const CONFLICTED: &str = "Conflicted";
+}
+
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "edgefleet.io",

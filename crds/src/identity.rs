@@ -34,6 +34,11 @@ pub const ROLLOUT_MANAGER: &str = "edgefleet-rollout";
 pub const DEVICE_USER_PREFIX: &str = "edgefleet:device:";
 pub const DEVICES_GROUP: &str = "edgefleet:devices";
 
+/// The reason the controller gives when it approves a device's join request, and when it
+/// refuses one: what the approval of an edgefleet certificate is known by.
+pub const JOIN_APPROVED_REASON: &str = "EdgefleetDeviceJoin";
+pub const JOIN_DENIED_REASON: &str = "EdgefleetJoinRefused";
+
 /// The Kubernetes user name of a device's agent.
 pub fn device_user(device: &str) -> String {
     format!("{DEVICE_USER_PREFIX}{device}")

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use edgefleet_agent::{Config, hub, self_pod};
+use edgefleet_agent::{Config, hub, render, self_pod};
 use edgefleet_crds::EdgeDevice;
 use edgefleet_crds::hub::HUB_NAME;
 use edgefleet_crds::identity::AGENT_NAME;
@@ -182,16 +182,10 @@ fn state_dir(info: &NodeInfo) -> &Path {
 /// Removes the module manifests an agent wrote and its state directory; returns the names
 /// of the modules (their containers' names) whose manifests it removed.
 fn remove_files(manifests: &Path, state: &Path) -> Vec<String> {
-    let module_prefix = format!("{AGENT_NAME}-module-");
     let mut modules = Vec::new();
     for e in std::fs::read_dir(manifests).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        // `<prefix><namespace>.<name>.yaml`
-        if let Some((_, module)) = name
-            .strip_prefix(&module_prefix)
-            .and_then(|m| m.strip_suffix(".yaml"))
-            .and_then(|m| m.split_once('.'))
-        {
+        if let Some((_, module)) = render::module_of_manifest_file(&name) {
             let _ = std::fs::remove_file(e.path());
             modules.push(module.to_owned());
         }

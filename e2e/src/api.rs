@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use edgefleet_crds::device::conditions;
 use edgefleet_crds::identity::{AGENT_MANAGER, SYSTEM_NAMESPACE};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -285,8 +286,8 @@ impl Agent {
             "modulesReady": format!("{n}/{n}"),
             "modules": modules,
             "conditions": [
-                {"type": "Applied", "status": "True", "reason": "Applied"},
-                {"type": "Ready", "status": "True", "reason": "ModulesRunning"},
+                {"type": conditions::APPLIED, "status": "True", "reason": "Applied"},
+                {"type": conditions::READY, "status": "True", "reason": "ModulesRunning"},
             ],
         }))
         .await

@@ -6,7 +6,7 @@ use edgefleet_crds::device::conditions::ONLINE;
 use edgefleet_crds::identity::{
     AGENT_NAME, APP_NAME_LABEL, DEVICE_LABEL, DEVICE_LABEL_VALUE, SYSTEM_NAMESPACE,
 };
-use edgefleet_crds::{EdgeDeployment, EdgeDevice, RuntimeStatus, condition};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, RuntimeStatus, condition, deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -76,7 +76,8 @@ pub async fn all_ready(client: &Client) -> Result<(), String> {
         .iter()
         .filter(|d| {
             d.status.as_ref().is_some_and(|s| {
-                condition::find(&s.conditions, "Ready").is_some_and(|c| c.is_true())
+                condition::find(&s.conditions, deployment::conditions::READY)
+                    .is_some_and(|c| c.is_true())
             })
         })
         .count();

@@ -17,8 +17,8 @@ use edgefleet_agent::{join, self_pod};
 use edgefleet_crds::device::conditions::REGISTERED;
 use edgefleet_crds::hub::{HUB_NAME, MQTT_PORT, module_outputs, mqtt_topic};
 use edgefleet_crds::identity::{
-    APP_NAME_LABEL, BOOTSTRAP_NAME, CONTROLLER_NAME, DEVICE_LABEL, SYSTEM_NAMESPACE,
-    bootstrap_user, device_object_name,
+    APP_NAME_LABEL, BOOTSTRAP_NAME, CONTROLLER_NAME, DEVICE_LABEL, JOIN_APPROVED_REASON,
+    SYSTEM_NAMESPACE, bootstrap_user, device_object_name,
 };
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, condition};
 use edgefleet_e2e::{
@@ -510,7 +510,7 @@ async fn assert_one_approved_request_per_device(client: &Client, devices: &[Stri
         let [only] = conditions(c) else {
             panic!("{}: {:?}", c.name_any(), conditions(c));
         };
-        assert_eq!(only.reason.as_deref(), Some("EdgefleetDeviceJoin"));
+        assert_eq!(only.reason.as_deref(), Some(JOIN_APPROVED_REASON));
         assert_eq!(
             c.spec.username.as_deref(),
             Some(bootstrap_user(NS).as_str())

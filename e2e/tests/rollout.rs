@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use edgefleet_crds::deployment::conditions::STALLED;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, RolloutPhase, RuntimeStatus};
 use edgefleet_e2e::{
     ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace,
@@ -284,7 +285,7 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
     let stalled = d
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled"))
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == STALLED))
         .expect("Stalled condition");
     assert!(
         stalled.is_true() && stalled.reason == "RolledBack",

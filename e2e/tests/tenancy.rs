@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use edgefleet_crds::condition;
+use edgefleet_crds::deployment::conditions::READY;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, TargetingOutcome};
 use edgefleet_e2e::{
     ControllerProcess, Lab, RealAgents, WebhookCert, apply, controller_binary, fresh_namespace,
@@ -210,7 +211,7 @@ async fn an_ungranted_team_cannot_take_over_the_fleet() {
             .map_err(|e| e.to_string())?
             .status
             .unwrap_or_default();
-        match condition::find(&st.conditions, "Ready") {
+        match condition::find(&st.conditions, READY) {
             Some(c)
                 if !c.is_true()
                     && c.reason == "Outranked"
@@ -453,7 +454,7 @@ async fn another_team_cannot_replace_our_module_by_its_name() {
             .map_err(|e| e.to_string())?
             .status
             .unwrap_or_default();
-        let ready = condition::find(&st.conditions, "Ready").is_some_and(|c| c.is_true());
+        let ready = condition::find(&st.conditions, READY).is_some_and(|c| c.is_true());
         (ready && st.lost == 0)
             .then_some(())
             .ok_or(format!("{st:?}"))

@@ -34,6 +34,15 @@ pub fn manifest_file(m: &ResolvedModule) -> String {
     format!("{AGENT_NAME}-module-{}.{}.yaml", m.namespace(), m.name)
 }
 
+/// The module (`namespace`, `name`) whose manifest file `file` is; `None` for any other file
+/// in the staticPodPath (the agent's own, the hub's, the node's).
+pub fn module_of_manifest_file(file: &str) -> Option<(&str, &str)> {
+    file.strip_prefix(AGENT_NAME)?
+        .strip_prefix("-module-")?
+        .strip_suffix(".yaml")?
+        .split_once('.')
+}
+
 /// The host directory holding a module's config files, by its key (`namespace/name`).
 pub fn config_dir(state_dir: &Path, key: &str) -> PathBuf {
     state_dir.join("config").join(key)
@@ -366,6 +375,22 @@ mod tests {
         );
         let annotations = pod.metadata.annotations.expect("annotations");
         assert_eq!(annotations[CONFIG_HASH_ANNOTATION], config_hash(&m));
+    }
+
+    #[test]
+    fn a_manifest_file_names_its_module_and_no_other_file_names_one() {
+        let m = module(json!({"name": "filter", "deployment": "team-a/base"}));
+        assert_eq!(
+            module_of_manifest_file(&manifest_file(&m)),
+            Some(("team-a", "filter"))
+        );
+        for other in [
+            "edgefleet-agent.yaml",
+            "edgefleet-hub.yaml",
+            "kube-proxy.yaml",
+        ] {
+            assert_eq!(module_of_manifest_file(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -10,12 +10,7 @@ use edgefleet_crds::{RolloutPhase, RolloutStatus};
 use crate::decide::catalog::SpecProblem;
 use crate::decide::rollup::Rollup;
 
-/// Condition types on an EdgeDeployment.
-pub const READY: &str = "Ready";
-pub const RECONCILING: &str = "Reconciling";
-pub const STALLED: &str = "Stalled";
-/// Another deployment ties with this one at the same priority on some device.
-pub const CONFLICTED: &str = "Conflicted";
+pub use edgefleet_crds::deployment::conditions::{CONFLICTED, READY, RECONCILING, STALLED};
 
 /// Which of the three kstatus conditions is True.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@
 
 use edgefleet_crds::identity::{
     APP_NAME_LABEL, BOOTSTRAP_NAME, CLIENT_SIGNER, DEVICE_USER_PREFIX, DEVICES_GROUP,
-    bootstrap_user,
+    JOIN_APPROVED_REASON, bootstrap_user,
 };
 use edgefleet_crds::names::check_dns_label;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
@@ -38,8 +38,6 @@ const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 /// The only key usages a device's client certificate may ask for.
 const CLIENT_AUTH: &str = "client auth";
 const ALLOWED_USAGES: [&str; 3] = [CLIENT_AUTH, "digital signature", "key encipherment"];
-pub const APPROVED_REASON: &str = "EdgefleetDeviceJoin";
-pub const DENIED_REASON: &str = "EdgefleetJoinRefused";
 
 /// What to do with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -98,7 +96,7 @@ pub fn standing<'a>(csr: &'a CertificateSigningRequest, namespace: &str) -> Stan
     }
     let approved_by_us = conditions
         .iter()
-        .any(|c| c.type_ == "Approved" && c.reason.as_deref() == Some(APPROVED_REASON));
+        .any(|c| c.type_ == "Approved" && c.reason.as_deref() == Some(JOIN_APPROVED_REASON));
     match status.and_then(|s| s.certificate.as_ref()) {
         Some(cert) if approved_by_us && !cert.0.is_empty() => Standing::Issued(&cert.0),
         _ => Standing::Decided,
@@ -263,6 +261,7 @@ pub fn issued_mismatch(request: &[u8], certificate: &[u8]) -> Option<String> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use edgefleet_crds::identity::JOIN_DENIED_REASON;
     use k8s_openapi::ByteString;
     use k8s_openapi::api::certificates::v1::{
         CertificateSigningRequestCondition, CertificateSigningRequestSpec,
@@ -437,13 +436,13 @@ mod tests {
             });
             c
         };
-        let issued = decided("Approved", APPROVED_REASON, b"cert");
+        let issued = decided("Approved", JOIN_APPROVED_REASON, b"cert");
         assert_eq!(standing(&issued, NS), Standing::Issued(b"cert"));
-        let not_issued = decided("Approved", APPROVED_REASON, b"");
+        let not_issued = decided("Approved", JOIN_APPROVED_REASON, b"");
         assert_eq!(standing(&not_issued, NS), Standing::Decided);
         let by_hand = decided("Approved", "KubectlApprove", b"cert");
         assert_eq!(standing(&by_hand, NS), Standing::Decided);
-        let denial = decided("Denied", DENIED_REASON, b"");
+        let denial = decided("Denied", JOIN_DENIED_REASON, b"");
         assert_eq!(standing(&denial, NS), Standing::Decided);
     }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgefleet_crds::identity::CONTROLLER_NAME;
+use edgefleet_crds::identity::{CONTROLLER_NAME, JOIN_APPROVED_REASON, JOIN_DENIED_REASON};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
@@ -16,10 +16,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use crate::decide::join::{
-    APPROVED_REASON, DENIED_REASON, Standing, Verdict, issued_mismatch, judge, requester_pod,
-    standing,
-};
+use crate::decide::join::{Standing, Verdict, issued_mismatch, judge, requester_pod, standing};
 use crate::error::{Error, Result};
 use crate::k8s::context::Context;
 use crate::k8s::events::reference;
@@ -82,10 +79,10 @@ async fn decide(csr: Arc<CertificateSigningRequest>, ctx: &Context) -> Result<Ac
         }
         Verdict::Approve { device } => (
             "Approved",
-            APPROVED_REASON,
+            JOIN_APPROVED_REASON,
             format!("{CONTROLLER_NAME}: the bootstrap pod on {device} joins it"),
         ),
-        Verdict::Deny(why) => ("Denied", DENIED_REASON, why),
+        Verdict::Deny(why) => ("Denied", JOIN_DENIED_REASON, why),
     };
     let now = jiff::Timestamp::now().to_string();
     let patch = json!({"status": {"conditions": [{
