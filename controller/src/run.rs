@@ -1,6 +1,7 @@
-//! Wires the caches and the five controllers together and runs them while this replica
-//! leads: the registry (enrolled EdgeDevices), devices, deployment status, module status and the approval
-//! of joining devices' certificates.
+//! Runs the servers every replica has (health, metrics, admission) and, while this replica
+//! leads, the five controllers on the feeds of [`crate::k8s::feeds`]: the registry
+//! (enrolled EdgeDevices), devices, deployment status, module status and the approval of
+//! joining devices' certificates.
 
 use std::future::ready;
 use std::sync::Arc;
@@ -10,30 +11,24 @@ use std::time::Duration;
 use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED};
 use edgefleet_crds::identity::{LEADER_LEASE, device_of_object};
-use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 
 use crate::config::Config;
 use crate::decide::join;
-use crate::k8s::context::{Context, Stores};
+use crate::k8s::context::Context;
+use crate::k8s::feeds::{Feeds, watch};
 use crate::k8s::leader::Elector;
-use crate::k8s::watches::{
-    Cache, Synced, arrivals_and_departures, cache, drop_managed_fields, enrolments,
-    keep_renew_time, shared, spec_changes,
-};
+use crate::k8s::watches::{Synced, enrolments, spec_changes};
 use crate::metrics::Metrics;
 use crate::reconcile::{
-    self, csr_approval, deployment, device, hub_accounts, module_status, registry, rollout,
+    self, csr_approval, deployment, device, hub_accounts, module_status, registry,
 };
 use crate::serve::admission;
 use crate::serve::http::{self, Health};
@@ -147,89 +142,33 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Runs the five controllers (and the hub's accounts) on the shared caches.
 async fn controllers(
     client: Client,
     config: Config,
     metrics: Arc<Metrics>,
     ready_flag: Arc<AtomicBool>,
 ) {
-    let ns = config.namespace.clone();
     let bounded = ControllerConfig::default().concurrency(config.concurrency);
     let synced = Arc::new(Synced::default());
-    let (
+    let (stores, feeds) = watch(&client, &config.namespace, &synced);
+    let Feeds {
         devices,
-        [
-            dev_main,
-            dev_for_deployments,
-            dev_for_modules,
-            dev_for_registry,
-            dev_for_hub,
-        ],
-    ) = shared(
-        Api::<EdgeDevice>::all(client.clone()),
-        &synced,
-        Cache::Devices,
-    );
-    let (deployments, [dep_main, dep_for_devices, dep_for_modules]) = shared(
-        Api::<EdgeDeployment>::all(client.clone()),
-        &synced,
-        Cache::Deployments,
-    );
-    let (modules, [mod_main, mod_for_devices, mod_for_deployments]) = shared(
-        Api::<EdgeModule>::all(client.clone()),
-        &synced,
-        Cache::Modules,
-    );
-    // Grants are few and change rarely; any change may widen or narrow any deployment.
-    let (grants, [grant_for_devices, grant_for_deployments]) = shared(
-        Api::<EdgeGrant>::all(client.clone()),
-        &synced,
-        Cache::Grants,
-    );
-
-    let (leases, lease_events) = cache(
-        Api::<Lease>::namespaced(client.clone(), &ns),
-        watcher::Config::default(),
-        keep_renew_time,
-        &synced,
-        Cache::Leases,
-    );
-    let lease_stream = lease_events.applied_objects();
-
-    // Metadata only, and every Node: a device needs to know whether its Node exists, not
-    // what its labels say (a kubelet may set its own Node's labels; enrolment and targeting
-    // rest on the EdgeDevice, which only administrators write).
-    let (nodes, node_events) = cache(
-        Api::<PartialObjectMeta<Node>>::all(client.clone()),
-        watcher::Config::default(),
-        drop_managed_fields,
-        &synced,
-        Cache::Nodes,
-    );
-    // A Node's arrival or deletion reaches the device reconcile only after the store has
-    // it: from a second watch it could arrive first, and a device whose Node is gone would
-    // be judged against a store that still has the Node.
-    let node_changes = arrivals_and_departures(node_events);
-
-    // The deployments' revisions, for moving devices back to one: a cache, no controller.
-    let (revisions, revision_events) = cache(
-        Api::<ControllerRevision>::all(client.clone()),
-        watcher::Config::default().labels(rollout::DEPLOYMENT_LABEL),
-        drop_managed_fields,
-        &synced,
-        Cache::Revisions,
-    );
-    tokio::spawn(revision_events.for_each(|_| ready(())));
-
-    let stores = Stores {
-        revisions,
-        nodes,
-        devices: devices.clone(),
-        deployments: deployments.clone(),
-        modules: modules.clone(),
-        leases: leases.clone(),
-        grants,
-    };
+        devices_for_deployments,
+        devices_for_modules,
+        devices_for_registry,
+        devices_for_hub,
+        deployments,
+        deployments_for_devices,
+        deployments_for_modules,
+        modules,
+        modules_for_devices,
+        modules_for_deployments,
+        grants_for_devices,
+        grants_for_deployments,
+        lease_changes,
+        node_changes,
+    } = feeds;
     let ctx = Arc::new(Context::new(
         client,
         config,
@@ -248,14 +187,14 @@ async fn controllers(
 
     let catalog_changes = futures::stream::select(
         futures::stream::select(
-            spec_changes(dep_for_devices).map(|_| ()),
-            spec_changes(mod_for_devices).map(|_| ()),
+            spec_changes(deployments_for_devices).map(|_| ()),
+            spec_changes(modules_for_devices).map(|_| ()),
         ),
-        spec_changes(grant_for_devices).map(|_| ()),
+        spec_changes(grants_for_devices).map(|_| ()),
     );
-    let device_ctrl = Controller::for_shared_stream(dev_main, devices.clone())
+    let device_ctrl = Controller::for_shared_stream(devices, ctx.stores.devices.clone())
         .with_config(bounded.clone())
-        .watches_stream(lease_stream, |l: Lease| {
+        .watches_stream(lease_changes, |l: Lease| {
             device_of_object(&l.name_any()).map(ObjectRef::<EdgeDevice>::new)
         })
         .watches_stream(node_changes, |n| {
@@ -271,7 +210,7 @@ async fn controllers(
         .for_each(|_| ready(()));
 
     let registry_ctrl =
-        Controller::for_shared_stream(enrolments(dev_for_registry), devices.clone())
+        Controller::for_shared_stream(enrolments(devices_for_registry), ctx.stores.devices.clone())
             .with_config(bounded.clone())
             .graceful_shutdown_on(shutdown_signal())
             .run(
@@ -281,42 +220,44 @@ async fn controllers(
             )
             .for_each(|_| ready(()));
 
-    let dep_store = deployments.clone();
-    let dep_store_for_grants = deployments.clone();
-    let deployment_ctrl = Controller::for_shared_stream(spec_changes(dep_main), deployments)
-        .with_config(bounded.clone().debounce(Duration::from_millis(500)))
-        .watches_shared_stream(dev_for_deployments, |d: Arc<EdgeDevice>| {
-            deployment::deployments_of_device(&d)
-        })
-        .watches_shared_stream(mod_for_deployments, move |m: Arc<EdgeModule>| {
-            deployment::deployments_using_module(&dep_store, &m)
-        })
-        .watches_shared_stream(spec_changes(grant_for_deployments), move |_| {
-            deployment::every_deployment(&dep_store_for_grants)
-        })
-        .graceful_shutdown_on(shutdown_signal())
-        .run(
-            deployment::reconcile,
-            reconcile::retry(deployment::CONTROLLER),
-            ctx.clone(),
-        )
-        .for_each(|_| ready(()));
+    let dep_store = ctx.stores.deployments.clone();
+    let dep_store_for_grants = ctx.stores.deployments.clone();
+    let deployment_ctrl =
+        Controller::for_shared_stream(spec_changes(deployments), ctx.stores.deployments.clone())
+            .with_config(bounded.clone().debounce(Duration::from_millis(500)))
+            .watches_shared_stream(devices_for_deployments, |d: Arc<EdgeDevice>| {
+                deployment::deployments_of_device(&d)
+            })
+            .watches_shared_stream(modules_for_deployments, move |m: Arc<EdgeModule>| {
+                deployment::deployments_using_module(&dep_store, &m)
+            })
+            .watches_shared_stream(spec_changes(grants_for_deployments), move |_| {
+                deployment::every_deployment(&dep_store_for_grants)
+            })
+            .graceful_shutdown_on(shutdown_signal())
+            .run(
+                deployment::reconcile,
+                reconcile::retry(deployment::CONTROLLER),
+                ctx.clone(),
+            )
+            .for_each(|_| ready(()));
 
-    let module_ctrl = Controller::for_shared_stream(spec_changes(mod_main), modules)
-        .with_config(bounded.clone().debounce(Duration::from_millis(500)))
-        .watches_shared_stream(dev_for_modules, |d: Arc<EdgeDevice>| {
-            module_status::modules_of_device(&d)
-        })
-        .watches_shared_stream(dep_for_modules, |d: Arc<EdgeDeployment>| {
-            module_status::modules_of_deployment(&d)
-        })
-        .graceful_shutdown_on(shutdown_signal())
-        .run(
-            module_status::reconcile,
-            reconcile::retry(module_status::CONTROLLER),
-            ctx.clone(),
-        )
-        .for_each(|_| ready(()));
+    let module_ctrl =
+        Controller::for_shared_stream(spec_changes(modules), ctx.stores.modules.clone())
+            .with_config(bounded.clone().debounce(Duration::from_millis(500)))
+            .watches_shared_stream(devices_for_modules, |d: Arc<EdgeDevice>| {
+                module_status::modules_of_device(&d)
+            })
+            .watches_shared_stream(deployments_for_modules, |d: Arc<EdgeDeployment>| {
+                module_status::modules_of_deployment(&d)
+            })
+            .graceful_shutdown_on(shutdown_signal())
+            .run(
+                module_status::reconcile,
+                reconcile::retry(module_status::CONTROLLER),
+                ctx.clone(),
+            )
+            .for_each(|_| ready(()));
 
     let csr_ctrl = Controller::new(
         Api::<CertificateSigningRequest>::all(ctx.client.clone()),
@@ -334,9 +275,9 @@ async fn controllers(
     // The cloud hub's accounts follow the enrolled devices (when the chart runs a hub).
     // Without a hub the subscription goes: an unread one would hold up the devices' watch.
     let hub_accounts = if ctx.config.cloud_hub {
-        futures::future::Either::Left(hub_accounts::run(ctx.clone(), dev_for_hub.map(|_| ())))
+        futures::future::Either::Left(hub_accounts::run(ctx.clone(), devices_for_hub.map(|_| ())))
     } else {
-        drop(dev_for_hub);
+        drop(devices_for_hub);
         futures::future::Either::Right(ready(()))
     };
 

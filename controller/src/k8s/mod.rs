@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod context;
 pub mod events;
+pub mod feeds;
 pub mod leader;
 pub mod moves;
 pub mod watches;

@@ -1,0 +1,142 @@
+//! Every watch the controller starts: the caches the reconciles read, and the feeds that
+//! wake the controllers, each with the one reader it is named for.
+
+use std::future::ready;
+use std::sync::Arc;
+
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ReflectHandle;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+use crate::k8s::context::Stores;
+use crate::k8s::watches::{
+    Cache, Synced, arrivals_and_departures, cache, drop_managed_fields, keep_renew_time, shared,
+};
+use crate::reconcile::rollout;
+
+/// What the controllers hear of the shared caches. A shared cache keeps every subscriber's
+/// events until that subscriber reads them, so each subscription has exactly one reader,
+/// named for it: `devices` drives the device reconcile, `devices_for_deployments` maps a
+/// device's change to the deployments it matters to, and so on.
+pub struct Feeds {
+    pub devices: ReflectHandle<EdgeDevice>,
+    pub devices_for_deployments: ReflectHandle<EdgeDevice>,
+    pub devices_for_modules: ReflectHandle<EdgeDevice>,
+    pub devices_for_registry: ReflectHandle<EdgeDevice>,
+    pub devices_for_hub: ReflectHandle<EdgeDevice>,
+    pub deployments: ReflectHandle<EdgeDeployment>,
+    pub deployments_for_devices: ReflectHandle<EdgeDeployment>,
+    pub deployments_for_modules: ReflectHandle<EdgeDeployment>,
+    pub modules: ReflectHandle<EdgeModule>,
+    pub modules_for_devices: ReflectHandle<EdgeModule>,
+    pub modules_for_deployments: ReflectHandle<EdgeModule>,
+    pub grants_for_devices: ReflectHandle<EdgeGrant>,
+    pub grants_for_deployments: ReflectHandle<EdgeGrant>,
+    pub lease_changes: BoxStream<'static, Result<Lease, watcher::Error>>,
+    pub node_changes: BoxStream<'static, Result<PartialObjectMeta<Node>, watcher::Error>>,
+}
+
+impl std::fmt::Debug for Feeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeds").finish_non_exhaustive()
+    }
+}
+
+/// Starts every watch the controller needs: the caches the reconciles read, each registered
+/// with `synced`, and the feeds that wake the controllers.
+pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores, Feeds) {
+    let (
+        devices,
+        [
+            dev_main,
+            dev_for_deployments,
+            dev_for_modules,
+            dev_for_registry,
+            dev_for_hub,
+        ],
+    ) = shared(
+        Api::<EdgeDevice>::all(client.clone()),
+        synced,
+        Cache::Devices,
+    );
+    let (deployments, [dep_main, dep_for_devices, dep_for_modules]) = shared(
+        Api::<EdgeDeployment>::all(client.clone()),
+        synced,
+        Cache::Deployments,
+    );
+    let (modules, [mod_main, mod_for_devices, mod_for_deployments]) = shared(
+        Api::<EdgeModule>::all(client.clone()),
+        synced,
+        Cache::Modules,
+    );
+    // Grants are few and change rarely; any change may widen or narrow any deployment.
+    let (grants, [grant_for_devices, grant_for_deployments]) =
+        shared(Api::<EdgeGrant>::all(client.clone()), synced, Cache::Grants);
+
+    let (leases, lease_events) = cache(
+        Api::<Lease>::namespaced(client.clone(), namespace),
+        watcher::Config::default(),
+        keep_renew_time,
+        synced,
+        Cache::Leases,
+    );
+
+    // Metadata only, and every Node: a device needs to know whether its Node exists, not
+    // what its labels say (a kubelet may set its own Node's labels; enrolment and targeting
+    // rest on the EdgeDevice, which only administrators write).
+    let (nodes, node_events) = cache(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default(),
+        drop_managed_fields,
+        synced,
+        Cache::Nodes,
+    );
+
+    // The deployments' revisions, for moving devices back to one: a cache, no controller.
+    let (revisions, revision_events) = cache(
+        Api::<ControllerRevision>::all(client.clone()),
+        watcher::Config::default().labels(rollout::DEPLOYMENT_LABEL),
+        drop_managed_fields,
+        synced,
+        Cache::Revisions,
+    );
+    tokio::spawn(revision_events.for_each(|_| ready(())));
+
+    let stores = Stores {
+        revisions,
+        nodes,
+        devices,
+        deployments,
+        modules,
+        leases,
+        grants,
+    };
+    let feeds = Feeds {
+        devices: dev_main,
+        devices_for_deployments: dev_for_deployments,
+        devices_for_modules: dev_for_modules,
+        devices_for_registry: dev_for_registry,
+        devices_for_hub: dev_for_hub,
+        deployments: dep_main,
+        deployments_for_devices: dep_for_devices,
+        deployments_for_modules: dep_for_modules,
+        modules: mod_main,
+        modules_for_devices: mod_for_devices,
+        modules_for_deployments: mod_for_deployments,
+        grants_for_devices: grant_for_devices,
+        grants_for_deployments: grant_for_deployments,
+        lease_changes: lease_events.applied_objects().boxed(),
+        // A Node's arrival or deletion reaches the device reconcile only after the store
+        // has it: from a second watch it could arrive first, and a device whose Node is gone
+        // would be judged against a store that still has the Node.
+        node_changes: arrivals_and_departures(node_events).boxed(),
+    };
+    (stores, feeds)
+}
