@@ -58,24 +58,41 @@ pub async fn reader_password(admin: &Client) -> String {
         .expect("a password")
 }
 
-/// What the cloud hub's stream UPSTREAM holds under `subject`: (messages, distinct
-/// payloads), read by the `cloud-stream` probe (`probe`, the binary's path, which only a
-/// test knows) in the cloud node's network namespace.
+/// What the cloud hub's stream holds under one subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudStream {
+    /// Messages, duplicates included.
+    pub messages: u64,
+    /// Distinct payloads.
+    pub distinct: u64,
+    /// Each distinct payload.
+    pub payloads: Vec<String>,
+}
+
+/// What the cloud hub's stream UPSTREAM holds under `subject`, read by the `cloud-stream`
+/// probe (`probe`, the binary's path, which only a test knows) in the cloud node's network
+/// namespace.
 pub fn cloud_stream(
     lab: &Lab,
     probe: &str,
     password: &str,
     subject: &str,
-) -> Result<(u64, u64), String> {
+) -> Result<CloudStream, String> {
     let env = format!("{READER_PASSWORD_ENV}={password}");
     let out = lab.try_run(&["exec", "cloud-1", "--", "env", &env, probe, subject]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = text.lines().next().unwrap_or_default();
     let field = |k: &str| {
-        text.split_whitespace()
+        summary
+            .split_whitespace()
             .find_map(|w| w.strip_prefix(k)?.parse::<u64>().ok())
     };
     match (out.status.success(), field("messages="), field("distinct=")) {
-        (true, Some(m), Some(d)) => Ok((m, d)),
+        (true, Some(messages), Some(distinct)) => Ok(CloudStream {
+            messages,
+            distinct,
+            payloads: text.lines().skip(1).map(str::to_owned).collect(),
+        }),
         _ => Err(format!("{text} {}", String::from_utf8_lossy(&out.stderr))),
     }
 }

@@ -22,7 +22,7 @@ use edgefleet_crds::identity::{
 };
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, condition};
 use edgefleet_e2e::{
-    CloudReader, Helm, Lab, all_joined, all_ready, apply, cloud_stream, edge_devices,
+    CloudReader, CloudStream, Helm, Lab, all_joined, all_ready, apply, cloud_stream, edge_devices,
     enrol_lab_devices, fresh_namespace, lab_values, mqtt, reader_password, remove_agent, try_apply,
     wait_established, wait_for,
 };
@@ -110,7 +110,10 @@ async fn helm_install_join_gitops_upgrade_uninstall() {
     // own certificate; what a device sends upstream arrives there, and nothing it sends
     // in another device's name does.
     every_device_reaches_the_cloud_and_none_speaks_for_another(&lab, &client, &devices).await;
-    upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(&lab, &client).await;
+    let telemetry = Telemetry::deploy(&lab, &client).await;
+    upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(&telemetry).await;
+    upstream_messages_the_hub_acknowledged_survive_its_kill(&telemetry).await;
+    telemetry.remove().await;
 
     // A bootstrap pod may join its own device only.
     let token = bootstrap_token(&client, "edge-1").await;
@@ -334,128 +337,284 @@ async fn every_device_reaches_the_cloud_and_none_speaks_for_another(
     );
 }
 
-/// Store-and-forward: a module on edge-1 sends readings upstream through a route while
+/// A module on edge-1 whose readings a route sends upstream, and the cloud hub's stream
+/// they land in. Each reading is `{"run":R,"i":I}`: `run` apart from earlier runs, `i` the
+/// reading's number, so that a test checks which readings arrived, not only how many.
+struct Telemetry<'a> {
+    lab: &'a Lab,
+    client: &'a Client,
+    user: String,
+    password: String,
+    topic: String,
+    run: i64,
+    reader: String,
+    subject: String,
+}
+
+impl<'a> Telemetry<'a> {
+    const DEVICE: &'static str = "edge-1";
+    const TEAM: &'static str = "e2e-upstream";
+    /// Readings numbered from here on are the ones that showed the route works.
+    const FIRST: usize = 100_000;
+
+    /// Deploys the module with its upstream route and waits for a first reading in the
+    /// cloud stream: the route is on the device and the leaf connection up.
+    async fn deploy(lab: &'a Lab, client: &'a Client) -> Telemetry<'a> {
+        fresh_namespace(client, Self::TEAM).await;
+        let spec = json!({"image": "localhost/edgefleet-lab/busybox:1",
+                          "command": ["sh", "-c", "while true; do sleep 1; done"]});
+        apply(client, Self::TEAM, "EdgeModule", "sensor", spec).await;
+        // Layered: it adds its module beside whatever the devices run, competing with nothing.
+        apply(
+            client,
+            Self::TEAM,
+            "EdgeDeployment",
+            "telemetry",
+            json!({"layered": true, "selector": {}, "modules": [{"name": "sensor", "routes": [
+                {"output": "readings", "to": {"upstream": "readings"}}]}]}),
+        )
+        .await;
+        let state = lab.info(Self::DEVICE).agent_state.expect("a device");
+        let creds = credentials_dir(&state, Self::TEAM, "sensor");
+        let read = |f: &str| std::fs::read_to_string(creds.join(f));
+        wait_for(
+            "the sensor's hub credentials on edge-1",
+            Duration::from_secs(120),
+            || async { read(PASSWORD_FILE).map(drop).map_err(|e| e.to_string()) },
+        )
+        .await;
+        let t = Telemetry {
+            lab,
+            client,
+            user: read(USERNAME_FILE).expect("user"),
+            password: read(PASSWORD_FILE).expect("pw"),
+            topic: format!(
+                "{}/readings",
+                mqtt_topic(&module_outputs(Self::TEAM, "sensor"))
+            ),
+            run: jiff::Timestamp::now().as_millisecond(),
+            reader: reader_password(client).await,
+            subject: format!("edgefleet.dev.{}.up.{}.readings", Self::DEVICE, Self::TEAM),
+        };
+        let attempt = std::sync::atomic::AtomicUsize::new(Self::FIRST);
+        wait_for(
+            "a first reading in the cloud stream",
+            Duration::from_secs(180),
+            || async {
+                t.send(
+                    attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    1,
+                );
+                t.cloud()
+                    .and_then(|c| (c.messages > 0).then_some(()).ok_or("none yet".into()))
+            },
+        )
+        .await;
+        t
+    }
+
+    /// Sends readings `from..from + count` as the sensor, at MQTT QoS 1; true when the hub
+    /// acknowledged every one of them (mosquitto_pub waits for each PUBACK).
+    fn send(&self, from: usize, count: usize) -> bool {
+        let lines: String = (from..from + count)
+            .map(|i| format!("{{\"run\":{},\"i\":{i}}}\n", self.run))
+            .collect();
+        let script = format!(
+            "printf '%s' '{lines}' | mosquitto_pub -h 127.0.0.1 -p {MQTT_PORT} -u '{}' -P '{}' -q 1 -t '{}' -l",
+            self.user, self.password, self.topic
+        );
+        self.lab
+            .try_run(&["exec", Self::DEVICE, "--", "sh", "-c", &script])
+            .status
+            .success()
+    }
+
+    /// What the cloud stream holds under the sensor's subject.
+    fn cloud(&self) -> Result<CloudStream, String> {
+        let probe = env!("CARGO_BIN_EXE_cloud-stream");
+        cloud_stream(self.lab, probe, &self.reader, &self.subject)
+    }
+
+    /// The numbers of this run's readings in the cloud stream, below [`Self::FIRST`], once
+    /// every message there is distinct; an error names a duplicate.
+    fn arrived(&self) -> Result<std::collections::BTreeSet<usize>, String> {
+        let c = self.cloud()?;
+        if c.messages != c.distinct {
+            return Err(format!(
+                "{} messages but {} distinct: the cloud kept a reading twice",
+                c.messages, c.distinct
+            ));
+        }
+        Ok(c.payloads
+            .iter()
+            .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .filter(|v| v["run"].as_i64() == Some(self.run))
+            .filter_map(|v| usize::try_from(v["i"].as_u64()?).ok())
+            .filter(|i| *i < Self::FIRST)
+            .collect())
+    }
+
+    /// Waits until the cloud holds exactly `want` of this run's readings, each once.
+    async fn wait_arrived(&self, what: &str, want: &std::collections::BTreeSet<usize>) {
+        wait_for(what, Duration::from_secs(180), || async {
+            let got = self.arrived()?;
+            let missing = want.difference(&got).count();
+            let extra: Vec<_> = got.difference(want).take(5).collect();
+            (missing == 0 && extra.is_empty())
+                .then_some(())
+                .ok_or(format!(
+                    "{} of {} readings, {missing} missing, unexpected {extra:?}",
+                    got.len(),
+                    want.len()
+                ))
+        })
+        .await;
+    }
+
+    /// Waits until edge-1's status says: connected upstream, nothing waiting, nothing lost.
+    async fn wait_drained(&self) {
+        let devices: Api<EdgeDevice> = Api::all(self.client.clone());
+        wait_for(
+            "edge-1's hub status: connected, no backlog",
+            Duration::from_secs(120),
+            || async {
+                let d = devices.get(Self::DEVICE).await.map_err(|e| e.to_string())?;
+                let hub = d.status.and_then(|s| s.hub);
+                match &hub {
+                    Some(h) if h.connected && h.backlog_messages == 0 && h.dropped == 0 => Ok(()),
+                    _ => Err(format!("{hub:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn remove(self) {
+        let api: Api<EdgeDeployment> = Api::namespaced(self.client.clone(), Self::TEAM);
+        let _ = api.delete("telemetry", &DeleteParams::default()).await;
+    }
+}
+
+/// Store-and-forward: the sensor on edge-1 sends readings upstream through a route while
 /// edge-1 is offline, before and after a reboot there; once edge-1 is back, the cloud
 /// hub's stream holds every reading exactly once (the device kept them on its disk until
 /// the cloud acknowledged each, and message ids keep a resent one from counting twice).
-async fn upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(
-    lab: &Lab,
-    client: &Client,
-) {
-    const DEVICE: &str = "edge-1";
-    const TEAM: &str = "e2e-upstream";
+async fn upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(t: &Telemetry<'_>) {
     const EACH: usize = 150;
-    fresh_namespace(client, TEAM).await;
-    let spec = json!({"image": "localhost/edgefleet-lab/busybox:1",
-                      "command": ["sh", "-c", "while true; do sleep 1; done"]});
-    apply(client, TEAM, "EdgeModule", "sensor", spec).await;
-    // Layered: it adds its module beside whatever the devices run, competing with nothing.
-    apply(
-        client,
-        TEAM,
-        "EdgeDeployment",
-        "telemetry",
-        json!({"layered": true, "selector": {}, "modules": [{"name": "sensor", "routes": [
-            {"output": "readings", "to": {"upstream": "readings"}}]}]}),
-    )
-    .await;
-    let state = lab.info(DEVICE).agent_state.expect("a device");
-    let creds = credentials_dir(&state, TEAM, "sensor");
-    let read = |f: &str| std::fs::read_to_string(creds.join(f));
-    wait_for(
-        "the sensor's hub credentials on edge-1",
-        Duration::from_secs(120),
-        || async { read(PASSWORD_FILE).map(drop).map_err(|e| e.to_string()) },
-    )
-    .await;
-    let (user, password) = (
-        read(USERNAME_FILE).expect("user"),
-        read(PASSWORD_FILE).expect("pw"),
-    );
-    let run = jiff::Timestamp::now().as_millisecond().to_string();
-    let topic = format!("{}/readings", mqtt_topic(&module_outputs(TEAM, "sensor")));
-    // Sends readings `from..from + count` as the sensor, one MQTT QoS 1 message per line.
-    let send = |from: usize, count: usize| {
-        let lines: String = (from..from + count)
-            .map(|i| format!("{{\"run\":{run},\"i\":{i}}}\n"))
-            .collect();
-        let script = format!(
-            "printf '%s' '{lines}' | mosquitto_pub -h 127.0.0.1 -p {MQTT_PORT} -u '{user}' -P '{password}' -q 1 -t '{topic}' -l"
-        );
-        lab.try_run(&["exec", DEVICE, "--", "sh", "-c", &script])
-            .status
-            .success()
-    };
-    let reader = reader_password(client).await;
-    let probe = env!("CARGO_BIN_EXE_cloud-stream");
-    let subject = format!("edgefleet.dev.{DEVICE}.up.{TEAM}.readings");
-    // Routed and forwarded once the agent has the route: a first reading shows it.
-    let attempt = std::sync::atomic::AtomicUsize::new(100_000);
-    wait_for(
-        "a first reading in the cloud stream",
-        Duration::from_secs(180),
-        || async {
-            send(
-                attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                1,
-            );
-            cloud_stream(lab, probe, &reader, &subject)
-                .and_then(|(m, _)| (m > 0).then_some(()).ok_or("none yet".into()))
-        },
-    )
-    .await;
+    let lab = t.lab;
+    let device = Telemetry::DEVICE;
     // Whatever of the first readings is still on its way arrives before the count.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (before, _) = cloud_stream(lab, probe, &reader, &subject).expect("the stream");
+    let before = t.cloud().expect("the stream").messages;
 
-    lab.run(&["offline", DEVICE]);
-    assert!(send(0, EACH), "edge-1's hub took no reading while offline");
-    lab.run(&["reboot", DEVICE]);
+    lab.run(&["offline", device]);
+    assert!(
+        t.send(0, EACH),
+        "edge-1's hub took no reading while offline"
+    );
+    lab.run(&["reboot", device]);
     wait_for(
         "edge-1's hub to take readings again after the reboot",
         Duration::from_secs(180),
-        || async { send(EACH, EACH).then_some(()).ok_or("not yet") },
+        || async { t.send(EACH, EACH).then_some(()).ok_or("not yet") },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (offline, _) = cloud_stream(lab, probe, &reader, &subject).expect("the stream");
+    let offline = t.cloud().expect("the stream").messages;
     assert_eq!(
         offline, before,
         "readings reached the cloud while edge-1 was offline"
     );
-    lab.run(&["online", DEVICE]);
-    let ours = format!("edgefleet.dev.{DEVICE}.up.{TEAM}.readings");
-    wait_for(
+    lab.run(&["online", device]);
+    t.wait_arrived(
         "every reading in the cloud stream, once",
+        &(0..2 * EACH).collect(),
+    )
+    .await;
+    t.wait_drained().await;
+}
+
+/// The device's hub killed while the sensor sends: kubelet starts it again from its
+/// manifest, and every reading the hub acknowledged reaches the cloud, once. (A reading the
+/// hub never acknowledged may be lost; the sensor knows, as MQTT QoS 1 tells it.)
+async fn upstream_messages_the_hub_acknowledged_survive_its_kill(t: &Telemetry<'_>) {
+    /// Readings per MQTT connection; numbered from `FROM`, apart from the other tests'.
+    const EACH: usize = 25;
+    const FROM: usize = 10_000;
+    /// Acknowledged chunks before the kill, and after the hub is back, before the end.
+    const AROUND: usize = 8;
+    let lab = t.lab;
+    let device = Telemetry::DEVICE;
+    let hub = lab.running_task(device, HUB_NAME).expect("the hub runs");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked_chunks = std::sync::atomic::AtomicUsize::new(0);
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "no {what} in 120 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // One thread sends chunk after chunk, as a sensor would, never resending one; this
+    // thread kills the hub while they flow.
+    let (acknowledged, sent) = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            let (mut acknowledged, mut sent) = (Vec::new(), Vec::new());
+            let mut from = FROM;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if t.send(from, EACH) {
+                    acknowledged.extend(from..from + EACH);
+                    acked_chunks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                sent.extend(from..from + EACH);
+                from += EACH;
+            }
+            (acknowledged, sent)
+        });
+        let acked = || acked_chunks.load(std::sync::atomic::Ordering::Relaxed);
+        wait("readings flowing", &|| acked() >= AROUND);
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &hub.pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "the hub was not killed");
+        let killed_at = acked();
+        wait("hub back after its kill", &|| {
+            lab.running_task(device, HUB_NAME)
+                .is_some_and(|h| h.pid != hub.pid)
+        });
+        wait("readings taken by the new hub", &|| {
+            acked() >= killed_at + AROUND
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sender.join().expect("the sender")
+    });
+    let acknowledged: std::collections::BTreeSet<usize> = acknowledged.into_iter().collect();
+    let sent: std::collections::BTreeSet<usize> = sent.into_iter().collect();
+    println!(
+        "hub killed mid-stream: {} readings sent, {} acknowledged by the hub",
+        sent.len(),
+        acknowledged.len()
+    );
+    wait_for(
+        "every acknowledged reading in the cloud stream, once",
         Duration::from_secs(180),
         || async {
-            let (messages, distinct) = cloud_stream(lab, probe, &reader, &ours)?;
-            let expected = before + 2 * EACH as u64;
-            (messages == expected && distinct == expected)
+            let got: std::collections::BTreeSet<usize> =
+                t.arrived()?.into_iter().filter(|i| *i >= FROM).collect();
+            let missing: Vec<_> = acknowledged.difference(&got).take(5).collect();
+            let foreign: Vec<_> = got.difference(&sent).take(5).collect();
+            (missing.is_empty() && foreign.is_empty())
                 .then_some(())
                 .ok_or(format!(
-                    "{messages} messages, {distinct} distinct, want {expected}"
+                    "{} arrived of {} acknowledged; missing {missing:?}, never sent {foreign:?}",
+                    got.len(),
+                    acknowledged.len()
                 ))
         },
     )
     .await;
-    // And edge-1's status says so: connected upstream, nothing waiting, nothing lost.
-    let devices: Api<EdgeDevice> = Api::all(client.clone());
-    wait_for(
-        "edge-1's hub status: connected, no backlog",
-        Duration::from_secs(120),
-        || async {
-            let d = devices.get(DEVICE).await.map_err(|e| e.to_string())?;
-            let hub = d.status.and_then(|s| s.hub);
-            match &hub {
-                Some(h) if h.connected && h.backlog_messages == 0 && h.dropped == 0 => Ok(()),
-                _ => Err(format!("{hub:?}")),
-            }
-        },
-    )
-    .await;
-    let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), TEAM);
-    let _ = api.delete("telemetry", &DeleteParams::default()).await;
+    t.wait_drained().await;
 }
 
 fn examples() -> PathBuf {

@@ -1,7 +1,8 @@
 //! `cloud-stream SUBJECT`: what the cloud hub's stream UPSTREAM holds under SUBJECT, read
 //! as `edgefleet-reader` (its password in `EDGEFLEET_READER_PASSWORD`) from the cloud hub
 //! on this network namespace's 127.0.0.1. Prints `messages=N distinct=M` (M distinct
-//! payloads). The lab tests run it in the cloud node's namespace (`e2e/lab exec cloud-1`):
+//! payloads), then each distinct payload on a line of its own, so that a test can check
+//! which messages arrived, not only how many. The lab tests run it in the cloud node's namespace (`e2e/lab exec cloud-1`):
 //! a JetStream client there, where mosquitto's clients cannot read a stream.
 
 use std::collections::BTreeSet;
@@ -49,5 +50,8 @@ async fn main() -> Result<(), String> {
         }
     }
     println!("messages={total} distinct={}", distinct.len());
+    for p in &distinct {
+        println!("{}", String::from_utf8_lossy(p).replace('\n', " "));
+    }
     Ok(())
 }
