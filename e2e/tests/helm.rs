@@ -534,9 +534,10 @@ async fn upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(t
     t.wait_drained().await;
 }
 
-/// The device's hub killed while the sensor sends: kubelet starts it again from its
-/// manifest, and every reading the hub acknowledged reaches the cloud, once. (A reading the
-/// hub never acknowledged may be lost; the sensor knows, as MQTT QoS 1 tells it.)
+/// The device's hub killed while the sensor sends, with edge-1 offline so that what the hub
+/// took waits in its store: kubelet starts the hub again from its manifest, and once edge-1
+/// is back every reading the hub acknowledged reaches the cloud, once. (A reading the hub
+/// never acknowledged may be lost; the sensor knows, as MQTT QoS 1 tells it.)
 async fn upstream_messages_the_hub_acknowledged_survive_its_kill(t: &Telemetry<'_>) {
     /// Readings per MQTT connection; numbered from `FROM`, apart from the other tests'.
     const EACH: usize = 25;
@@ -546,6 +547,7 @@ async fn upstream_messages_the_hub_acknowledged_survive_its_kill(t: &Telemetry<'
     let lab = t.lab;
     let device = Telemetry::DEVICE;
     let hub = lab.running_task(device, HUB_NAME).expect("the hub runs");
+    lab.run(&["offline", device]);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let acked_chunks = std::sync::atomic::AtomicUsize::new(0);
     let wait = |what: &str, done: &dyn Fn() -> bool| {
@@ -596,6 +598,7 @@ async fn upstream_messages_the_hub_acknowledged_survive_its_kill(t: &Telemetry<'
         sent.len(),
         acknowledged.len()
     );
+    lab.run(&["online", device]);
     wait_for(
         "every acknowledged reading in the cloud stream, once",
         Duration::from_secs(180),
