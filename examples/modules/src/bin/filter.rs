@@ -1,54 +1,64 @@
-//! `filter`: receives readings on `FILTER_LISTEN` (127.0.0.1:7101), drops those outside
+//! `filter`: reads readings on its input `input`, drops those outside
 //! `FILTER_MIN_C`..`FILTER_MAX_C` (-40..85, what the sensor can measure), adds the moving
-//! average over `FILTER_WINDOW` (5) readings and passes them on to `FILTER_OUTPUT`
-//! (127.0.0.1:7102).
+//! average over `FILTER_WINDOW` (5) readings and publishes them on its output `smoothed`.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-
-use edgefleet_examples::{Stop, listen, log, receive, send, sender, setting};
+use edgefleet_examples::hub::{HubEnv, Link};
+use edgefleet_examples::stages::Smoother;
+use edgefleet_examples::{INPUT, SMOOTHED, Stop, log, parse_reading, setting};
 use serde_json::json;
 
-fn main() {
-    let input: SocketAddr = setting("FILTER_LISTEN", SocketAddr::from(([127, 0, 0, 1], 7101)));
-    let output: SocketAddr = setting("FILTER_OUTPUT", SocketAddr::from(([127, 0, 0, 1], 7102)));
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let min: f64 = setting("FILTER_MIN_C", -40.0);
     let max: f64 = setting("FILTER_MAX_C", 85.0);
-    let window: usize = setting("FILTER_WINDOW", 5usize).max(1);
+    let window: usize = setting("FILTER_WINDOW", 5usize);
     if min >= max {
         eprintln!("FILTER_MIN_C ({min}) must be below FILTER_MAX_C ({max})");
         std::process::exit(2);
     }
-    let stop = Stop::on_signals();
-    let socket = listen(input);
-    let out = sender();
+    let hub = HubEnv::from_env();
+    let mut stop = Stop::on_signals();
+    let mut link = Link::open(&hub, &[INPUT], stop.clone());
     log(
-        json!({"event": "started", "module": "filter", "listen": input.to_string(),
-               "output": output.to_string(), "range_c": [min, max], "window": window}),
+        json!({"event": "started", "module": "filter", "input": INPUT, "output": SMOOTHED,
+               "range_c": [min, max], "window": window}),
     );
 
-    let mut recent: VecDeque<f64> = VecDeque::with_capacity(window);
-    let (mut passed, mut dropped) = (0u64, 0u64);
-    while !stop.requested() {
-        let Some(mut reading) = receive(&socket) else {
+    let mut smoother = Smoother::new(min, max, window);
+    let (mut passed, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
+    loop {
+        // A stop comes first: nothing is queued once the link is closing.
+        let input = tokio::select! {
+            biased;
+            () = stop.requested() => break,
+            input = link.inputs.recv() => input,
+        };
+        let Some(input) = input else { break };
+        let reading = match parse_reading(&input.payload) {
+            Ok(r) => r,
+            Err(reason) => {
+                skipped += 1;
+                log(json!({"event": "skipped", "input": input.name, "reason": reason}));
+                continue;
+            }
+        };
+        let (seq, celsius) = (reading.seq, reading.celsius);
+        let Some(smoothed) = smoother.pass(reading) else {
+            dropped += 1;
+            log(json!({"event": "dropped", "seq": seq, "celsius": celsius}));
             continue;
         };
-        if !(min..=max).contains(&reading.celsius) {
-            dropped += 1;
-            log(json!({"event": "dropped", "seq": reading.seq, "celsius": reading.celsius}));
-            continue;
-        }
-        if recent.len() == window {
-            recent.pop_front();
-        }
-        recent.push_back(reading.celsius);
-        let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-        reading.smoothed = Some((mean * 100.0).round() / 100.0);
-        send(&out, output, &reading);
-        passed += 1;
-        if passed.is_multiple_of(30) {
-            log(json!({"event": "progress", "passed": passed, "dropped": dropped}));
+        if link.publish(SMOOTHED, &smoothed) {
+            passed += 1;
+            if passed.is_multiple_of(30) {
+                log(json!({"event": "progress", "passed": passed, "dropped": dropped}));
+            }
         }
     }
-    log(json!({"event": "stopped", "module": "filter", "passed": passed, "dropped": dropped}));
+    let unsent = link.dropped;
+    link.close().await;
+    log(
+        json!({"event": "stopped", "module": "filter", "passed": passed, "dropped": dropped,
+               "skipped": skipped, "unsent": unsent}),
+    );
 }

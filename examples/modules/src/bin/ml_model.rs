@@ -1,61 +1,65 @@
-//! `ml-model`: scores the filtered readings from `MODEL_LISTEN` (127.0.0.1:7102) and logs
-//! the anomalies. Model v1 follows the normal level with an exponential average and
-//! scores each reading by its distance from it, in standard deviations of those distances
-//! so far (Welford; at least `MODEL_MIN_SD_C`, 0.5): more than `MODEL_THRESHOLD` (3) is an
-//! anomaly, and anomalies do not move the level. `MODEL_VERSION` (v1) names the model in every line, so a rollout
-//! of a new version can be followed in the logs.
+//! `ml-model`: scores the filtered readings on its input `input` and publishes what it
+//! flags on its output `anomalies` (which the examples route upstream to the cloud). Model
+//! v1 (`stages::Model`) flags a reading more than `MODEL_THRESHOLD` (3) standard deviations
+//! (at least `MODEL_MIN_SD_C`, 0.5) off the normal level it has learned. `MODEL_VERSION`
+//! (v1) names the model in every line and anomaly, so a rollout of a new version can be
+//! followed in the logs and in the cloud.
 
-use std::net::SocketAddr;
-
-use edgefleet_examples::{Stop, listen, log, receive, setting};
+use edgefleet_examples::hub::{HubEnv, Link};
+use edgefleet_examples::stages::Model;
+use edgefleet_examples::{ANOMALIES, INPUT, Stop, log, parse_reading, setting};
 use serde_json::json;
 
-fn main() {
-    let input: SocketAddr = setting("MODEL_LISTEN", SocketAddr::from(([127, 0, 0, 1], 7102)));
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let threshold: f64 = setting("MODEL_THRESHOLD", 3.0);
     let min_sd: f64 = setting("MODEL_MIN_SD_C", 0.5);
     let version: String = setting("MODEL_VERSION", "v1".to_owned());
-    let stop = Stop::on_signals();
-    let socket = listen(input);
+    let hub = HubEnv::from_env();
+    let mut stop = Stop::on_signals();
+    let mut link = Link::open(&hub, &[INPUT], stop.clone());
     log(
-        json!({"event": "started", "module": "ml-model", "model": version,
-               "listen": input.to_string(), "threshold": threshold}),
+        json!({"event": "started", "module": "ml-model", "model": version, "input": INPUT,
+               "output": ANOMALIES, "threshold": threshold}),
     );
 
-    let (mut n, mut mean, mut m2, mut anomalies) = (0u64, 0.0f64, 0.0f64, 0u64);
-    let mut level: Option<f64> = None;
-    while !stop.requested() {
-        let Some(reading) = receive(&socket) else {
-            continue;
+    let mut model = Model::new(&version, threshold, min_sd);
+    let (mut anomalies, mut skipped) = (0u64, 0u64);
+    loop {
+        // A stop comes first: nothing is queued once the link is closing.
+        let input = tokio::select! {
+            biased;
+            () = stop.requested() => break,
+            input = link.inputs.recv() => input,
         };
-        let x = reading.celsius - level.unwrap_or(reading.celsius);
-        let sd = if n > 1 {
-            (m2 / (n - 1) as f64).sqrt()
-        } else {
-            0.0
+        let Some(input) = input else { break };
+        let reading = match parse_reading(&input.payload) {
+            Ok(r) => r,
+            Err(reason) => {
+                skipped += 1;
+                log(json!({"event": "skipped", "input": input.name, "reason": reason}));
+                continue;
+            }
         };
-        let score = (x - mean).abs() / sd.max(min_sd).max(f64::EPSILON);
-        if n >= 10 && score > threshold {
+        if let Some(anomaly) = model.score(&reading) {
             anomalies += 1;
             log(
-                json!({"event": "anomaly", "model": version, "sensor": reading.sensor,
-                       "seq": reading.seq, "celsius": reading.celsius, "score": (score * 100.0).round() / 100.0}),
+                json!({"event": "anomaly", "model": version, "sensor": anomaly.sensor,
+                       "seq": anomaly.seq, "celsius": anomaly.celsius, "score": anomaly.score}),
             );
-            // An anomaly does not teach the model what normal is.
-            continue;
-        }
-        level = Some(level.map_or(reading.celsius, |l| 0.8 * l + 0.2 * reading.celsius));
-        n += 1;
-        let delta = x - mean;
-        mean += delta / n as f64;
-        m2 += delta * (x - mean);
-        if n.is_multiple_of(30) {
-            log(json!({"event": "progress", "model": version, "scored": n,
-                       "anomalies": anomalies}));
+            link.publish(ANOMALIES, &anomaly);
+        } else if model.scored().is_multiple_of(30) {
+            log(
+                json!({"event": "progress", "model": version, "scored": model.scored(),
+                       "anomalies": anomalies}),
+            );
         }
     }
+    let unsent = link.dropped;
+    link.close().await;
     log(
-        json!({"event": "stopped", "module": "ml-model", "model": version, "scored": n,
-               "anomalies": anomalies}),
+        json!({"event": "stopped", "module": "ml-model", "model": version,
+               "scored": model.scored(), "anomalies": anomalies, "skipped": skipped,
+               "unsent": unsent}),
     );
 }

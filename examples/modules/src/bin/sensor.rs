@@ -1,58 +1,51 @@
-//! `sensor`: emits a temperature reading every `SENSOR_INTERVAL_MS` (1000) as sensor
-//! `SENSOR_ID` ("sensor"), to `SENSOR_OUTPUT` (127.0.0.1:7101). The values are a seeded
-//! random walk around `SENSOR_BASE_C` (21) with a spike every `SENSOR_SPIKE_EVERY` (30)
-//! readings, so that the filter and the model downstream have something to do.
+//! `sensor`: publishes a temperature reading every `SENSOR_INTERVAL_MS` (1000) as sensor
+//! `SENSOR_ID` ("sensor") on its output `readings`. The values are a seeded random walk
+//! around `SENSOR_BASE_C` (21) with a spike every `SENSOR_SPIKE_EVERY` (30) readings, so
+//! that the filter and the model downstream have something to do. Where the readings go is
+//! the deployment's routes' business, not the sensor's.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use edgefleet_examples::{Reading, Stop, log, send, sender, setting};
+use edgefleet_examples::hub::{HubEnv, Link};
+use edgefleet_examples::stages::Walk;
+use edgefleet_examples::{READINGS, Stop, log, setting};
 use serde_json::json;
+use tokio::time::MissedTickBehavior;
 
-fn main() {
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let id: String = setting("SENSOR_ID", "sensor".to_owned());
     let interval = Duration::from_millis(setting("SENSOR_INTERVAL_MS", 1000u64).max(10));
-    let output: SocketAddr = setting("SENSOR_OUTPUT", SocketAddr::from(([127, 0, 0, 1], 7101)));
     let base: f64 = setting("SENSOR_BASE_C", 21.0);
-    let spike_every: u64 = setting("SENSOR_SPIKE_EVERY", 30u64).max(1);
-    let stop = Stop::on_signals();
-    let socket = sender();
+    let spike_every: u64 = setting("SENSOR_SPIKE_EVERY", 30u64);
+    let hub = HubEnv::from_env();
+    let mut stop = Stop::on_signals();
+    let mut link = Link::open(&hub, &[], stop.clone());
     log(
-        json!({"event": "started", "module": "sensor", "id": id, "output": output.to_string(),
+        json!({"event": "started", "module": "sensor", "id": id, "output": READINGS,
                "interval_ms": interval.as_millis()}),
     );
 
-    // xorshift64: deterministic per sensor id, no dependency for ten lines of randomness.
-    let mut state = id.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-    });
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let mut level = base;
-    let mut seq = 0u64;
-    while !stop.requested() {
-        seq += 1;
-        level = (level + (next() - 0.5) * 0.4).clamp(base - 5.0, base + 5.0);
-        let celsius = if seq.is_multiple_of(spike_every) {
-            level + 15.0
-        } else {
-            level
-        };
-        let reading = Reading {
-            sensor: id.clone(),
-            seq,
-            celsius: (celsius * 100.0).round() / 100.0,
-            smoothed: None,
-        };
-        send(&socket, output, &reading);
-        if seq % 10 == 1 {
-            log(json!({"event": "reading", "seq": seq, "celsius": reading.celsius}));
+    let mut walk = Walk::new(&id, base, spike_every);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sent = 0u64;
+    loop {
+        // A stop comes first: nothing is queued once the link is closing.
+        tokio::select! {
+            biased;
+            () = stop.requested() => break,
+            _ = tick.tick() => {}
         }
-        std::thread::sleep(interval);
+        let Some(reading) = walk.next() else { break };
+        if link.publish(READINGS, &reading) {
+            sent += 1;
+        }
+        if reading.seq % 10 == 1 {
+            log(json!({"event": "reading", "seq": reading.seq, "celsius": reading.celsius}));
+        }
     }
-    log(json!({"event": "stopped", "module": "sensor", "sent": seq}));
+    let dropped = link.dropped;
+    link.close().await;
+    log(json!({"event": "stopped", "module": "sensor", "sent": sent, "dropped": dropped}));
 }
