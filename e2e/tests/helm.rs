@@ -448,7 +448,11 @@ async fn upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(
             let d = devices.get(DEVICE).await.map_err(|e| e.to_string())?;
             let hub = d.status.and_then(|s| s.hub);
             match &hub {
-                Some(h) if h.connected && h.backlog_messages == 0 && h.dropped == 0 => Ok(()),
+                Some(h)
+                    if h.connected && h.backlog_messages == 0 && h.expired == 0 && h.full == 0 =>
+                {
+                    Ok(())
+                }
                 _ => Err(format!("{hub:?}")),
             }
         },

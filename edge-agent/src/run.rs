@@ -18,7 +18,7 @@ use tokio::time::MissedTickBehavior;
 use crate::config::Config;
 use crate::cri::Cri;
 use crate::error::{Error, Result};
-use crate::hub_status::{Counters, HubWatch};
+use crate::hub_status::{Counters, HubFigures, HubWatch};
 use crate::hub_users::{HubUsers, sync_credentials};
 use crate::journal::Journal;
 use crate::manifests::Manifests;
@@ -98,7 +98,16 @@ pub async fn run(config: Config) -> Result<()> {
                 // Returns at once and connects in the background, for as long as it runs.
                 let client = upstream::connect(&store.device, &secret).await;
                 let counters = Arc::new(Counters::default());
-                hub_watch = Some(HubWatch::new(client.clone(), counters.clone()));
+                hub_watch = Some(HubWatch::new(
+                    client.clone(),
+                    counters.clone(),
+                    edgefleet_crds::hub::MONITOR_PORT,
+                ));
+                tokio::spawn(upstream::expire(
+                    client.clone(),
+                    store.clone(),
+                    counters.clone(),
+                ));
                 tokio::spawn(upstream::forward(
                     client.clone(),
                     store.clone(),
@@ -165,7 +174,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
         let mut report = agent.sync().await;
         if let Some(w) = &mut hub_watch {
-            report.hub = w.read().await;
+            report.hub = w.read().await.as_ref().map(HubFigures::status);
         }
         status_tx.send_if_modified(|current| {
             let changed = current.as_ref() != Some(&report);

@@ -6,15 +6,18 @@
 //! keeps it once.
 //!
 //! The device stream is bounded: messages older than the TTL expire, and when it is full
-//! the policy drops the oldest or refuses new ones (the router counts those).
+//! the policy drops the oldest or refuses new ones (the router counts those). The agent
+//! expires messages itself, counting them: NATS's own expiry counts nothing, so it is only
+//! a safety net here, a little after the TTL, for when the agent is not running.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self, AckKind, Context};
+use async_nats::jetstream::{self, AckKind, Context, ErrorCode};
 use edgefleet_crds::hub::{
     AGENT_USER, NATS_PORT, STORED_UPSTREAM_PREFIX, UPSTREAM_STREAM, device_inbox, forwarded_subject,
 };
@@ -30,6 +33,12 @@ const BATCH: usize = 256;
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the forwarder waits before trying again when the cloud is out of reach.
 const RETRY: Duration = Duration::from_secs(2);
+/// How often the agent looks for messages older than the TTL: a message lives at most this
+/// much longer than the TTL while the agent runs.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// How much longer than the TTL the store itself keeps a message, so that it is the agent,
+/// which counts them, that expires messages, unless it is not running.
+const SAFETY_NET: Duration = Duration::from_secs(60);
 
 /// What to do with a new upstream message when the device's store is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,7 +70,7 @@ impl StoreSettings {
             // what the store holds is the backlog.
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
-            max_age: self.ttl,
+            max_age: self.ttl + SAFETY_NET,
             max_bytes: i64::from(self.max_mib) * 1024 * 1024,
             discard: match self.when_full {
                 WhenFull::DropOldest => DiscardPolicy::Old,
@@ -127,6 +136,76 @@ pub async fn forward(client: async_nats::Client, settings: StoreSettings, counte
             tokio::time::sleep(RETRY).await;
         }
     }
+}
+
+/// Removes, once a second, the stored messages older than the TTL, and counts them.
+pub async fn expire(client: async_nats::Client, settings: StoreSettings, counters: Arc<Counters>) {
+    let js = jetstream::new(client);
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match expire_once(&js, settings.ttl).await {
+            Ok(purged) => {
+                counters.expired.fetch_add(purged, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot expire upstream messages now"),
+        }
+    }
+}
+
+/// The stored message a `start_time` get found: the first at or after that time.
+#[derive(Debug, serde::Deserialize)]
+struct Found {
+    message: FoundMessage,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FoundMessage {
+    seq: u64,
+}
+
+/// Purges every stored message older than `ttl`; how many it purged. The stream's
+/// timestamps grow with its sequences, so what is older is everything before the first
+/// message newer than `now - ttl`, which the stream finds by time itself (a message get by
+/// `start_time`, which async-nats's builders do not offer; the request is NATS's own API).
+async fn expire_once(js: &Context, ttl: Duration) -> Result<u64, String> {
+    let stream = js
+        .get_stream(UPSTREAM_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = &stream.cached_info().state;
+    let ttl = jiff::SignedDuration::try_from(ttl).map_err(|e| e.to_string())?;
+    let cutoff = jiff::Timestamp::now()
+        .checked_sub(ttl)
+        .map_err(|e| e.to_string())?;
+    if state.messages == 0 || state.first_timestamp.unix_timestamp_nanos() >= cutoff.as_nanosecond()
+    {
+        return Ok(0);
+    }
+    let request = serde_json::json!({
+        "start_time": cutoff.to_string(),
+        "next_by_subj": format!("{STORED_UPSTREAM_PREFIX}.>"),
+    });
+    let found: Response<Found> = js
+        .request(format!("STREAM.MSG.GET.{UPSTREAM_STREAM}"), &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let keep_from = match found {
+        Response::Ok(f) => f.message.seq,
+        // Nothing as new as the cutoff: everything stored when the state was read is older
+        // (what arrived since has a later sequence and stays).
+        Response::Err { error } if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => {
+            state.last_sequence + 1
+        }
+        Response::Err { error } => return Err(error.to_string()),
+    };
+    let purged = stream
+        .purge()
+        .sequence(keep_from)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(purged.purged)
 }
 
 /// Sends batches until something fails: the cloud out of reach, the hub restarting.
@@ -235,7 +314,11 @@ mod tests {
         };
         let c = s.stream();
         assert_eq!(c.subjects, ["edgefleet.up.>"]);
-        assert_eq!(c.max_age, Duration::from_secs(7200));
+        assert_eq!(
+            c.max_age,
+            Duration::from_secs(7260),
+            "the agent expires and counts; the store's own expiry is a safety net after it"
+        );
         assert_eq!(c.max_bytes, 512 * 1024 * 1024);
         assert_eq!(c.discard, DiscardPolicy::New);
         assert_eq!(c.storage, StorageType::File);
