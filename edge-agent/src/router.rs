@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self, AckKind, Context};
+use async_nats::jetstream::{self, AckKind, Context, ErrorCode};
 use edgefleet_crds::ResolvedModule;
 use edgefleet_crds::hub::{
     MODULE_SUBJECTS, OUTPUTS_STREAM, module_inputs, module_outputs, stored_upstream,
@@ -251,9 +251,8 @@ async fn forward(
                 Ok(_) => {
                     let _ = msg.ack().await;
                 }
-                // JetStream's "maximum bytes/messages exceeded": a full store that refuses new
-                // messages. Counted, and not tried again.
-                Err(e) if e.to_string().contains("maximum") => {
+                // A full store that refuses new messages: counted, and not tried again.
+                Err(e) if refused_as_full(&e) => {
                     counters.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(to = hop.to, error = %e, "the upstream store is full");
                     let _ = msg.ack().await;
@@ -262,6 +261,34 @@ async fn forward(
             }
         }
     }
+}
+
+/// The limits' own errors (nats-server's `server/store.go`), which a full store with
+/// discard-new answers with.
+const FULL: [&str; 3] = [
+    "maximum bytes exceeded",
+    "maximum messages exceeded",
+    "maximum messages per subject exceeded",
+];
+
+/// Whether the store refused a message because it is full (refuse-new). JetStream answers
+/// every store it could not make with one code, 10077 (`JSStreamStoreFailedF`, whose
+/// description is the store's error), and a full store is only one reason: under the same
+/// code a stream that is closing (the hub restarting) says "store closed", and that message
+/// must be tried again, not dropped. So the code first, then which of the store's errors.
+fn refused_as_full(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(store_full)
+}
+
+fn store_full(e: &jetstream::Error) -> bool {
+    // The description is only reachable through Display: "<description> (code ...)".
+    let text = e.to_string();
+    e.error_code() == ErrorCode::STREAM_STORE_FAILED
+        && FULL
+            .iter()
+            .any(|f| text.strip_prefix(f).is_some_and(|r| r.starts_with(" (")))
 }
 
 /// A module's headers without NATS's own (`Nats-*`): those steer JetStream (expected
@@ -310,6 +337,32 @@ mod tests {
         assert_eq!(names, ["kind"]);
         assert_eq!(kept.get("kind").map(|v| v.as_str()), Some("alert"));
         assert_eq!(tenant_headers(None).iter().count(), 0);
+    }
+
+    /// Only a full store's refusal drops a message; a store closing while the hub
+    /// restarts answers with the same code, and that message is tried again. A message
+    /// "exceeding the maximum size" is not a full store either.
+    #[test]
+    fn only_a_full_store_refuses_a_message_for_good() {
+        let answer = |code: u64, description: &str| -> jetstream::Error {
+            serde_json::from_value(serde_json::json!({
+                "code": 503, "err_code": code, "description": description,
+            }))
+            .expect("a JetStream error")
+        };
+        for full in FULL {
+            assert!(store_full(&answer(10077, full)), "{full}");
+        }
+        for (code, other) in [
+            (10077, "store closed"),
+            (10077, "message too large"),
+            (10077, "maximum bytes exceeded, and more"),
+            (10054, "message size exceeds maximum allowed"),
+            (10023, "insufficient resources"),
+            (10047, "maximum bytes exceeded"),
+        ] {
+            assert!(!store_full(&answer(code, other)), "{code} {other}");
+        }
     }
 
     #[test]
