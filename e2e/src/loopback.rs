@@ -223,18 +223,26 @@ impl Agent {
         let hops = router::plan(modules);
         let routes = hops.len();
         let (plan_tx, plan) = tokio::sync::watch::channel(hops);
+        let lanes = Arc::new(upstream::Lanes::default());
         let mut tasks = JoinSet::new();
         tasks.spawn(upstream::forward(
             client.clone(),
             store.clone(),
             counters.clone(),
+            lanes.clone(),
         ));
         tasks.spawn(upstream::expire(
             client.clone(),
             store.clone(),
             counters.clone(),
         ));
-        tasks.spawn(router::run(client.clone(), store, counters.clone(), plan));
+        tasks.spawn(router::run(
+            client.clone(),
+            store,
+            counters.clone(),
+            lanes,
+            plan,
+        ));
         let js = jetstream::new(client.clone());
         let deadline = Instant::now() + START;
         loop {

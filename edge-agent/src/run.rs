@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> Result<()> {
                 // Returns at once and connects in the background, for as long as it runs.
                 let client = upstream::connect(&store.device, &secret).await;
                 let counters = Arc::new(Counters::default());
+                let lanes = Arc::new(upstream::Lanes::default());
                 hub_watch = Some(HubWatch::new(
                     client.clone(),
                     counters.clone(),
@@ -112,8 +113,9 @@ pub async fn run(config: Config) -> Result<()> {
                     client.clone(),
                     store.clone(),
                     counters.clone(),
+                    lanes.clone(),
                 ));
-                tokio::spawn(router::run(client, store, counters, routes_rx));
+                tokio::spawn(router::run(client, store, counters, lanes, routes_rx));
             }
             Err(e) => {
                 tracing::error!(error = %e, "no router: the agent's hub secret is unreadable")

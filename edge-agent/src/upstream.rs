@@ -11,7 +11,7 @@
 //! a safety net here, a little after the TTL, for when the agent is not running.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
@@ -19,14 +19,20 @@ use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind, Context, ErrorCode};
 use edgefleet_crds::hub::{
-    AGENT_USER, NATS_PORT, STORED_UPSTREAM_PREFIX, UPSTREAM_STREAM, device_inbox, forwarded_subject,
+    AGENT_USER, Lane, NATS_PORT, STORED_UPSTREAM_PREFIX, UPSTREAM_STREAM, device_inbox,
+    forwarded_subject,
 };
 use futures::StreamExt;
 
 use crate::hub_status::Counters;
 
-/// The forwarder's durable consumer on the device stream.
+/// The forwarders' durable consumers on the device stream: `cloud-<lane>`.
 const FORWARDER: &str = "cloud";
+/// The one forwarder's consumer before the store had lanes.
+const UNLANED_FORWARDER: &str = "cloud";
+/// How many messages may wait in the live lane before new ones go to the held lane: live
+/// messages keep up with the cloud, a few batches at most.
+const LIVE_MAX: u64 = 4 * BATCH as u64;
 /// How many messages the forwarder sends before it waits for their acknowledgements.
 const BATCH: usize = 256;
 /// How long the cloud may take to acknowledge a batch before the forwarder tries again.
@@ -127,15 +133,51 @@ pub async fn ensure_stream(js: &Context, settings: &StoreSettings) -> Result<str
     Ok(info)
 }
 
-/// Forwards stored messages to the cloud for as long as the agent runs.
-pub async fn forward(client: async_nats::Client, settings: StoreSettings, counters: Arc<Counters>) {
-    let js = jetstream::new(client);
-    loop {
-        if let Err(e) = forward_once(&js, &settings, &counters).await {
-            tracing::info!(error = %e, "upstream messages wait on the device");
-            tokio::time::sleep(RETRY).await;
+/// Which lane the router stores a new upstream message in: live while the cloud takes
+/// what the forwarder sends and the live lane keeps up, held otherwise. Messages stored
+/// while the device is offline go to the held lane, so that once it is back its live
+/// messages do not wait behind that backlog; both lanes are forwarded at once.
+#[derive(Debug, Default)]
+pub struct Lanes {
+    /// Whether the cloud acknowledged the last batch either lane sent.
+    reachable: AtomicBool,
+    /// Messages waiting in the live lane, as its forwarder last saw.
+    live_waiting: AtomicU64,
+}
+
+impl Lanes {
+    /// The lane for a message stored now.
+    pub fn for_new(&self) -> Lane {
+        if self.reachable.load(Ordering::Relaxed)
+            && self.live_waiting.load(Ordering::Relaxed) < LIVE_MAX
+        {
+            Lane::Live
+        } else {
+            Lane::Held
         }
     }
+}
+
+/// Forwards stored messages to the cloud, each lane on its own, for as long as the agent
+/// runs.
+pub async fn forward(
+    client: async_nats::Client,
+    settings: StoreSettings,
+    counters: Arc<Counters>,
+    lanes: Arc<Lanes>,
+) {
+    let js = jetstream::new(client);
+    let (js, settings, counters, lanes) = (&js, &settings, &counters, &lanes);
+    let forward_lane = |lane: Lane| async move {
+        loop {
+            if let Err(e) = forward_once(js, settings, counters, lanes, lane).await {
+                lanes.reachable.store(false, Ordering::Relaxed);
+                tracing::info!(lane = lane.token(), error = %e, "upstream messages wait on the device");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    tokio::join!(forward_lane(Lane::Live), forward_lane(Lane::Held));
 }
 
 /// Removes, once a second, the stored messages older than the TTL, and counts them.
@@ -208,24 +250,34 @@ async fn expire_once(js: &Context, ttl: Duration) -> Result<u64, String> {
     Ok(purged.purged)
 }
 
-/// Sends batches until something fails: the cloud out of reach, the hub restarting.
+/// Sends `lane`'s batches until something fails: the cloud out of reach, the hub
+/// restarting.
 async fn forward_once(
     js: &Context,
     settings: &StoreSettings,
     counters: &Counters,
+    lanes: &Lanes,
+    lane: Lane,
 ) -> Result<(), String> {
     let info = ensure_stream(js, settings).await?;
     // Message ids are unique per device and per store: a store made anew (its files lost)
     // numbers from 1 again, and its creation time keeps those ids apart from the old ones.
+    // Both lanes are one stream, one sequence: their ids never meet.
     let epoch = info.created.unix_timestamp_nanos();
-    let consumer = js
+    let stream = js
         .get_stream(UPSTREAM_STREAM)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    // The single forwarder before lanes read every subject: a work queue takes no other
+    // consumer beside it. What it had not sent, the held lane sends.
+    let _ = stream.delete_consumer(UNLANED_FORWARDER).await;
+    let name = format!("{FORWARDER}-{}", lane.token());
+    let consumer = stream
         .get_or_create_consumer(
-            FORWARDER,
+            &name,
             pull::Config {
-                durable_name: Some(FORWARDER.into()),
+                durable_name: Some(name.clone()),
+                filter_subjects: lane.filters(),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: ACK_TIMEOUT * 3,
                 max_ack_pending: i64::try_from(BATCH * 4).unwrap_or(1024),
@@ -246,12 +298,23 @@ async fn forward_once(
         while let Some(msg) = fetched.next().await {
             batch.push(msg.map_err(|e| e.to_string())?);
         }
+        if lane == Lane::Live {
+            // What waits behind this batch (nothing when it came back empty).
+            let waiting = batch
+                .last()
+                .and_then(|m| m.info().ok())
+                .map_or(0, |i| i.pending);
+            lanes.live_waiting.store(waiting, Ordering::Relaxed);
+        }
         if let Err(e) = send(js, settings, counters, epoch, &batch).await {
             // What the cloud did not take is offered again at once, not after the ack wait.
             for msg in &batch {
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
             }
             return Err(e);
+        }
+        if !batch.is_empty() {
+            lanes.reachable.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -327,10 +390,5 @@ mod tests {
             RetentionPolicy::WorkQueue,
             "what it holds is the backlog"
         );
-        assert_eq!(
-            forwarded_subject("edge-1", "edgefleet.up.team-a.alerts").as_deref(),
-            Some("edgefleet.dev.edge-1.up.team-a.alerts")
-        );
-        assert_eq!(forwarded_subject("edge-1", "edgefleet.upx.a"), None);
     }
 }
