@@ -44,6 +44,9 @@ pub mod conditions {
     printcolumn = r#"{"name":"Modules","type":"string","jsonPath":".status.modulesReady"}"#,
     printcolumn = r#"{"name":"Backlog","type":"integer","jsonPath":".status.hub.backlogMessages"}"#,
     printcolumn = r#"{"name":"Upstream","type":"boolean","jsonPath":".status.hub.connected","priority":1}"#,
+    printcolumn = r#"{"name":"Expired","type":"integer","jsonPath":".status.hub.expired","priority":1}"#,
+    printcolumn = r#"{"name":"Full","type":"integer","jsonPath":".status.hub.full","priority":1}"#,
+    printcolumn = r#"{"name":"Refused","type":"integer","jsonPath":".status.hub.refused","priority":1}"#,
     printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agentVersion"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -216,7 +219,8 @@ pub struct EdgeDeviceStatus {
 
 /// The device's hub as its agent last saw it. Coarse on purpose (counts to two significant
 /// digits, ages in minutes), so that traffic alone does not rewrite the status: it changes
-/// when the backlog does, meaningfully.
+/// when the backlog or the losses do, meaningfully. A device keeps losing messages at a
+/// steady rate while its store is full; exact counts would rewrite its status every pass.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HubStatus {
@@ -230,10 +234,14 @@ pub struct HubStatus {
     /// How long the oldest waiting message has waited, in whole minutes.
     #[serde(default)]
     pub oldest_minutes: u64,
-    /// Upstream messages lost before the cloud had them since the agent started: expired
-    /// (older than the TTL) or pushed out of a full store (drop-oldest).
+    /// Upstream messages that expired on the device (older than the TTL) before the cloud
+    /// had them, since the agent started.
     #[serde(default)]
-    pub dropped: u64,
+    pub expired: u64,
+    /// Upstream messages pushed out of a full store to make room for new ones
+    /// (drop-oldest) before the cloud had them, since the agent started.
+    #[serde(default)]
+    pub full: u64,
     /// Upstream messages a full store refused (refuse-new) since the agent started.
     #[serde(default)]
     pub refused: u64,

@@ -50,8 +50,9 @@ pub const UPSTREAM_STREAM: &str = "UPSTREAM";
 /// The subjects of the cloud's stream: every device's upstream messages.
 pub const FLEET_UPSTREAM_SUBJECTS: &str = "edgefleet.dev.*.up.>";
 
-/// Where the device's router stores an upstream route's messages until the cloud has them:
-/// `edgefleet.up.<namespace>.<name>`, local to the device (nothing crosses the leaf on it).
+/// An upstream route's identity on the device, `edgefleet.up.<namespace>.<name>`, local to
+/// the device (nothing crosses the leaf on it); the subject its messages were stored under
+/// before the store had lanes, which the held lane still drains.
 pub fn stored_upstream(namespace: &str, name: &str) -> String {
     format!("{STORED_UPSTREAM_PREFIX}.{namespace}.{name}")
 }
@@ -59,13 +60,70 @@ pub fn stored_upstream(namespace: &str, name: &str) -> String {
 /// The device stream's subjects are this prefix and a `>`.
 pub const STORED_UPSTREAM_PREFIX: &str = "edgefleet.up";
 
-/// The cloud subject of a message stored under `stored` on `device`: the `edgefleet.up`
-/// prefix becomes `edgefleet.dev.<device>.up`. `None` for anything else.
+/// The two lanes of the device's upstream store, each forwarded on its own and in order:
+/// live messages (stored while the cloud is reachable and the live lane keeps up) do not
+/// wait behind a backlog held while the device was offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Live,
+    Held,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Live, Lane::Held];
+
+    /// The lane's token in the stored subject, and its forwarder's name.
+    pub fn token(self) -> &'static str {
+        match self {
+            Lane::Live => "live",
+            Lane::Held => "held",
+        }
+    }
+
+    /// The stored subjects the lane's forwarder reads. The store is a work queue, whose
+    /// consumers may not overlap: a lane's subjects have five tokens, and the held lane
+    /// also reads the four of the store before lanes (`edgefleet.up.<ns>.<name>`), which no
+    /// five-token subject overlaps.
+    pub fn filters(self) -> Vec<String> {
+        let mut filters = vec![format!("{STORED_UPSTREAM_PREFIX}.{}.*.*", self.token())];
+        if self == Lane::Held {
+            filters.push(format!("{STORED_UPSTREAM_PREFIX}.*.*"));
+        }
+        filters
+    }
+}
+
+/// Where the router stores a message of the upstream route `<namespace>/<name>` in `lane`:
+/// `edgefleet.up.<lane>.<namespace>.<name>`.
+pub fn stored_in_lane(lane: Lane, namespace: &str, name: &str) -> String {
+    format!(
+        "{STORED_UPSTREAM_PREFIX}.{}.{namespace}.{name}",
+        lane.token()
+    )
+}
+
+/// The cloud subject of a message stored under `stored` on `device`,
+/// `edgefleet.dev.<device>.up.<namespace>.<name>` whatever its lane; `None` for any other
+/// stored subject.
 pub fn forwarded_subject(device: &str, stored: &str) -> Option<String> {
     let rest = stored
         .strip_prefix(STORED_UPSTREAM_PREFIX)?
         .strip_prefix('.')?;
-    Some(format!("{}.up.{rest}", device_subject(device)))
+    let tokens: Vec<&str> = rest.split('.').collect();
+    let route = match tokens.as_slice() {
+        [lane, ns, name] if Lane::ALL.iter().any(|l| l.token() == *lane) => [*ns, *name],
+        [ns, name] => [*ns, *name],
+        _ => return None,
+    };
+    if route.iter().any(|t| t.is_empty()) {
+        return None;
+    }
+    Some(format!(
+        "{}.up.{}.{}",
+        device_subject(device),
+        route[0],
+        route[1]
+    ))
 }
 
 /// The reply subjects of a device's forwarder (`edgefleet.dev.<device>.inbox.>`): the
@@ -205,6 +263,40 @@ mod tests {
             "CN=edgefleet:device:edge-1,O=edgefleet:devices"
         );
         assert_eq!(upstream_subjects("edge-1"), "edgefleet.dev.edge-1.up.>");
+    }
+
+    /// Both lanes and the store before lanes reach the same cloud subject; nothing else
+    /// stored is sent anywhere.
+    #[test]
+    fn every_lane_forwards_to_the_routes_one_cloud_subject() {
+        let cloud = Some("edgefleet.dev.edge-1.up.team-a.alerts".to_owned());
+        for lane in Lane::ALL {
+            let stored = stored_in_lane(lane, "team-a", "alerts");
+            assert_eq!(forwarded_subject("edge-1", &stored), cloud);
+        }
+        assert_eq!(
+            forwarded_subject("edge-1", &stored_upstream("team-a", "alerts")),
+            cloud
+        );
+        // A namespace named like a lane is a namespace in the four-token form.
+        assert_eq!(
+            forwarded_subject("edge-1", "edgefleet.up.live.alerts").as_deref(),
+            Some("edgefleet.dev.edge-1.up.live.alerts")
+        );
+        for other in [
+            "edgefleet.upx.a.b",
+            "edgefleet.up.a",
+            "edgefleet.up.other.a.b",
+            "edgefleet.up.live.a.b.c",
+            "edgefleet.up..b",
+        ] {
+            assert_eq!(forwarded_subject("edge-1", other), None, "{other}");
+        }
+        assert_eq!(Lane::Live.filters(), ["edgefleet.up.live.*.*"]);
+        assert_eq!(
+            Lane::Held.filters(),
+            ["edgefleet.up.held.*.*", "edgefleet.up.*.*"]
+        );
     }
 
     /// The URL lands in the hub's config file: a quote or a newline would let whoever sets

@@ -12,6 +12,7 @@ mod fleet;
 mod helm;
 mod hub;
 mod lab;
+pub mod loopback;
 mod process;
 mod wait;
 mod webhook;

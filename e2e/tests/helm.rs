@@ -481,7 +481,14 @@ impl<'a> Telemetry<'a> {
                 let d = devices.get(Self::DEVICE).await.map_err(|e| e.to_string())?;
                 let hub = d.status.and_then(|s| s.hub);
                 match &hub {
-                    Some(h) if h.connected && h.backlog_messages == 0 && h.dropped == 0 => Ok(()),
+                    Some(h)
+                        if h.connected
+                            && h.backlog_messages == 0
+                            && h.expired == 0
+                            && h.full == 0 =>
+                    {
+                        Ok(())
+                    }
                     _ => Err(format!("{hub:?}")),
                 }
             },

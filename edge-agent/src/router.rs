@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self, AckKind, Context};
+use async_nats::jetstream::{self, AckKind, Context, ErrorCode};
 use edgefleet_crds::ResolvedModule;
 use edgefleet_crds::hub::{
-    MODULE_SUBJECTS, OUTPUTS_STREAM, module_inputs, module_outputs, stored_upstream,
+    Lane, MODULE_SUBJECTS, OUTPUTS_STREAM, module_inputs, module_outputs, stored_in_lane,
+    stored_upstream,
 };
 use edgefleet_crds::route::{Condition, Destination};
 use futures::StreamExt;
@@ -27,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::hub_status::Counters;
 use crate::render::hex;
-use crate::upstream::StoreSettings;
+use crate::upstream::{Lanes, StoreSettings};
 
 /// How long a message that could not be routed waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(2);
@@ -39,11 +40,12 @@ const BATCH: usize = 256;
 pub struct Hop {
     /// The NATS subject the route reads.
     pub from: String,
-    /// Where matching messages go.
+    /// Where matching messages go: a module's input, or the identity of an upstream route
+    /// (`edgefleet.up.<ns>.<name>`; its messages are stored in `stored`'s lanes).
     pub to: String,
-    /// Whether `to` is the device's upstream store: the message is routed once the store
-    /// has it (its acknowledgement), and the forwarder takes it to the cloud from there.
-    pub store: bool,
+    /// For an upstream route, the device's upstream store: the message is routed once the
+    /// store has it (its acknowledgement), and the forwarder takes it to the cloud from there.
+    pub stored: Option<StoredIn>,
     pub when: Option<Condition>,
     /// The condition as written: with `from` and `to`, the route's identity.
     pub when_text: Option<String>,
@@ -66,6 +68,22 @@ impl Hop {
     }
 }
 
+/// An upstream route's subjects in the store's lanes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredIn {
+    pub live: String,
+    pub held: String,
+}
+
+impl StoredIn {
+    fn subject(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Live => &self.live,
+            Lane::Held => &self.held,
+        }
+    }
+}
+
 /// The hops of every route of `modules`. A route the agent's validation would
 /// have refused (it never gets here) is skipped, not guessed at.
 pub fn plan(modules: &[ResolvedModule]) -> Vec<Hop> {
@@ -74,11 +92,17 @@ pub fn plan(modules: &[ResolvedModule]) -> Vec<Hop> {
         let ns = m.namespace();
         for r in &m.routes {
             let Ok(dest) = r.check() else { continue };
-            let (to, store) = match dest {
+            let (to, stored) = match dest {
                 Destination::Input { module, input } => {
-                    (format!("{}.{input}", module_inputs(ns, module)), false)
+                    (format!("{}.{input}", module_inputs(ns, module)), None)
                 }
-                Destination::Upstream(name) => (stored_upstream(ns, name), true),
+                Destination::Upstream(name) => (
+                    stored_upstream(ns, name),
+                    Some(StoredIn {
+                        live: stored_in_lane(Lane::Live, ns, name),
+                        held: stored_in_lane(Lane::Held, ns, name),
+                    }),
+                ),
             };
             let when = match r.when.as_deref().map(Condition::parse) {
                 None => None,
@@ -88,7 +112,7 @@ pub fn plan(modules: &[ResolvedModule]) -> Vec<Hop> {
             hops.push(Hop {
                 from: format!("{}.{}", module_outputs(ns, &m.name), r.output),
                 to,
-                store,
+                stored,
                 when,
                 when_text: r.when.clone(),
             });
@@ -103,6 +127,7 @@ pub async fn run(
     client: async_nats::Client,
     store: StoreSettings,
     counters: Arc<Counters>,
+    lanes: Arc<Lanes>,
     mut plan: watch::Receiver<Vec<Hop>>,
 ) {
     let js = jetstream::new(client.clone());
@@ -112,7 +137,13 @@ pub async fn run(
         match consumers(&js, &store, &hops).await {
             Ok(consumers) => {
                 for (hop, consumer) in hops.into_iter().zip(consumers) {
-                    tasks.spawn(forward(client.clone(), hop, consumer, counters.clone()));
+                    tasks.spawn(forward(
+                        client.clone(),
+                        hop,
+                        consumer,
+                        counters.clone(),
+                        lanes.clone(),
+                    ));
                 }
                 tracing::info!(routes = tasks.len(), "routing");
             }
@@ -198,6 +229,7 @@ async fn forward(
     hop: Hop,
     consumer: PullConsumer,
     counters: Arc<Counters>,
+    lanes: Arc<Lanes>,
 ) {
     let js = jetstream::new(client.clone());
     let messages = match consumer.messages().await {
@@ -212,6 +244,8 @@ async fn forward(
     let mut batches = messages.ready_chunks(BATCH);
     while let Some(batch) = batches.next().await {
         let mut storing = Vec::new();
+        // One lane for the batch: the cloud's reach does not change message by message.
+        let lane = lanes.for_new();
         for msg in batch.into_iter().flatten() {
             if let Some(when) = &hop.when {
                 let header = |name: &str| {
@@ -226,9 +260,13 @@ async fn forward(
                 }
             }
             let headers = tenant_headers(msg.headers.as_ref());
-            if hop.store {
+            if let Some(stored) = &hop.stored {
                 match js
-                    .publish_with_headers(hop.to.clone(), headers, msg.payload.clone())
+                    .publish_with_headers(
+                        stored.subject(lane).to_owned(),
+                        headers,
+                        msg.payload.clone(),
+                    )
                     .await
                 {
                     Ok(ack) => storing.push((msg, ack)),
@@ -251,9 +289,8 @@ async fn forward(
                 Ok(_) => {
                     let _ = msg.ack().await;
                 }
-                // JetStream's "maximum bytes/messages exceeded": a full store that refuses new
-                // messages. Counted, and not tried again.
-                Err(e) if e.to_string().contains("maximum") => {
+                // A full store that refuses new messages: counted, and not tried again.
+                Err(e) if refused_as_full(&e) => {
                     counters.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(to = hop.to, error = %e, "the upstream store is full");
                     let _ = msg.ack().await;
@@ -262,6 +299,34 @@ async fn forward(
             }
         }
     }
+}
+
+/// The limits' own errors (nats-server's `server/store.go`), which a full store with
+/// discard-new answers with.
+const FULL: [&str; 3] = [
+    "maximum bytes exceeded",
+    "maximum messages exceeded",
+    "maximum messages per subject exceeded",
+];
+
+/// Whether the store refused a message because it is full (refuse-new). JetStream answers
+/// every store it could not make with one code, 10077 (`JSStreamStoreFailedF`, whose
+/// description is the store's error), and a full store is only one reason: under the same
+/// code a stream that is closing (the hub restarting) says "store closed", and that message
+/// must be tried again, not dropped. So the code first, then which of the store's errors.
+fn refused_as_full(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(store_full)
+}
+
+fn store_full(e: &jetstream::Error) -> bool {
+    // The description is only reachable through Display: "<description> (code ...)".
+    let text = e.to_string();
+    e.error_code() == ErrorCode::STREAM_STORE_FAILED
+        && FULL
+            .iter()
+            .any(|f| text.strip_prefix(f).is_some_and(|r| r.starts_with(" (")))
 }
 
 /// A module's headers without NATS's own (`Nats-*`): those steer JetStream (expected
@@ -312,6 +377,32 @@ mod tests {
         assert_eq!(tenant_headers(None).iter().count(), 0);
     }
 
+    /// Only a full store's refusal drops a message; a store closing while the hub
+    /// restarts answers with the same code, and that message is tried again. A message
+    /// "exceeding the maximum size" is not a full store either.
+    #[test]
+    fn only_a_full_store_refuses_a_message_for_good() {
+        let answer = |code: u64, description: &str| -> jetstream::Error {
+            serde_json::from_value(serde_json::json!({
+                "code": 503, "err_code": code, "description": description,
+            }))
+            .expect("a JetStream error")
+        };
+        for full in FULL {
+            assert!(store_full(&answer(10077, full)), "{full}");
+        }
+        for (code, other) in [
+            (10077, "store closed"),
+            (10077, "message too large"),
+            (10077, "maximum bytes exceeded, and more"),
+            (10054, "message size exceeds maximum allowed"),
+            (10023, "insufficient resources"),
+            (10047, "maximum bytes exceeded"),
+        ] {
+            assert!(!store_full(&answer(code, other)), "{code} {other}");
+        }
+    }
+
     #[test]
     fn routes_become_hops_between_the_modules_subjects() {
         let sensor: ResolvedModule = serde_json::from_value(serde_json::json!({
@@ -328,10 +419,17 @@ mod tests {
         assert_eq!(hops[0].from, "edgefleet.mod.team-a.sensor.out.readings");
         assert_eq!(hops[0].to, "edgefleet.mod.team-a.filter.in.in");
         assert_eq!(hops[0].when, None);
-        assert!(!hops[0].store);
-        assert_eq!(hops[1].to, "edgefleet.up.team-a.alerts");
-        assert!(
-            hops[1].store,
+        assert_eq!(hops[0].stored, None);
+        assert_eq!(
+            hops[1].to, "edgefleet.up.team-a.alerts",
+            "an upstream route keeps its identity (and its consumer) from before lanes"
+        );
+        assert_eq!(
+            hops[1].stored,
+            Some(StoredIn {
+                live: "edgefleet.up.live.team-a.alerts".into(),
+                held: "edgefleet.up.held.team-a.alerts".into(),
+            }),
             "upstream messages are stored until the cloud has them"
         );
         assert!(hops[1].when.is_some());

@@ -18,7 +18,7 @@ use tokio::time::MissedTickBehavior;
 use crate::config::Config;
 use crate::cri::Cri;
 use crate::error::{Error, Result};
-use crate::hub_status::{Counters, HubWatch};
+use crate::hub_status::{Counters, HubFigures, HubWatch};
 use crate::hub_users::{HubUsers, sync_credentials};
 use crate::journal::Journal;
 use crate::manifests::Manifests;
@@ -98,13 +98,24 @@ pub async fn run(config: Config) -> Result<()> {
                 // Returns at once and connects in the background, for as long as it runs.
                 let client = upstream::connect(&store.device, &secret).await;
                 let counters = Arc::new(Counters::default());
-                hub_watch = Some(HubWatch::new(client.clone(), counters.clone()));
-                tokio::spawn(upstream::forward(
+                let lanes = Arc::new(upstream::Lanes::default());
+                hub_watch = Some(HubWatch::new(
+                    client.clone(),
+                    counters.clone(),
+                    edgefleet_crds::hub::MONITOR_PORT,
+                ));
+                tokio::spawn(upstream::expire(
                     client.clone(),
                     store.clone(),
                     counters.clone(),
                 ));
-                tokio::spawn(router::run(client, store, counters, routes_rx));
+                tokio::spawn(upstream::forward(
+                    client.clone(),
+                    store.clone(),
+                    counters.clone(),
+                    lanes.clone(),
+                ));
+                tokio::spawn(router::run(client, store, counters, lanes, routes_rx));
             }
             Err(e) => {
                 tracing::error!(error = %e, "no router: the agent's hub secret is unreadable")
@@ -165,7 +176,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
         let mut report = agent.sync().await;
         if let Some(w) = &mut hub_watch {
-            report.hub = w.read().await;
+            report.hub = w.read().await.as_ref().map(HubFigures::status);
         }
         status_tx.send_if_modified(|current| {
             let changed = current.as_ref() != Some(&report);

@@ -15,21 +15,16 @@
 //! servers are stopped at the end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use clap::Parser;
-use edgefleet_agent::hub::{GO_MEMORY_LIMIT, HubSettings, config};
-use edgefleet_agent::hub_status::Counters;
-use edgefleet_agent::hub_users::ModuleUser;
 use edgefleet_agent::upstream::{StoreSettings, WhenFull};
-use edgefleet_agent::{router, upstream};
-use edgefleet_crds::hub::{
-    FLEET_UPSTREAM_SUBJECTS, NATS_PORT, UPSTREAM_STREAM, module_inputs, module_outputs, module_user,
+use edgefleet_crds::hub;
+use edgefleet_crds::hub::{module_inputs, module_outputs};
+use edgefleet_e2e::loopback::{
+    Agent, DEVICE, FILTER, Hubs, SENSOR, TEAM, cloud_messages, module, module_client, publish_all,
+    until_cloud_holds,
 };
-use edgefleet_crds::{ResolvedModule, hub};
 use futures::StreamExt;
 
 #[derive(Parser, Debug)]
@@ -42,35 +37,7 @@ struct Args {
     messages: usize,
 }
 
-const DEVICE: &str = "bench-1";
-const TEAM: &str = "bench";
-const CLOUD_PORT: u16 = 14_322;
-const LEAF_PORT: u16 = 17_522;
 const PAYLOAD: usize = 1024;
-const PASSWORD: &str = "bench-secret";
-
-/// A nats-server that is stopped when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(bin: &Path, conf: &Path) -> Server {
-    let child = Command::new(bin)
-        .args(["-c", &conf.display().to_string()])
-        // As the hub's pod runs it.
-        .env("GOMEMLIMIT", GO_MEMORY_LIMIT)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    std::thread::sleep(Duration::from_millis(700));
-    Server(child)
-}
 
 /// CPU seconds and peak RSS (MiB) of a process, from /proc.
 fn usage(pid: u32) -> (f64, f64) {
@@ -92,104 +59,11 @@ fn usage(pid: u32) -> (f64, f64) {
     (ticks / 100.0, hwm / 1024.0)
 }
 
-fn module(name: &str, routes: serde_json::Value) -> ResolvedModule {
-    serde_json::from_value(serde_json::json!({
-        "name": name, "deployment": format!("{TEAM}/d"), "moduleRef": format!("{TEAM}/{name}"),
-        "image": "bench:1", "routes": routes,
-    }))
-    .expect("a module")
-}
-
-async fn client(port: u16, user: &str, password: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        .connect(format!("127.0.0.1:{port}"))
-        .await
-        .expect("the hub")
-}
-
-async fn cloud_messages(js: &jetstream::Context) -> u64 {
-    match js.get_stream(UPSTREAM_STREAM).await {
-        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
-/// Waits (bounded) until the cloud stream holds `n` messages; the time it took.
-async fn until_cloud_holds(js: &jetstream::Context, n: u64, since: Instant) -> Duration {
-    let deadline = since + Duration::from_secs(300);
-    while cloud_messages(js).await < n {
-        assert!(
-            Instant::now() < deadline,
-            "the cloud stream did not fill in 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    since.elapsed()
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let dir = tempfile_dir();
-    let users = [
-        ModuleUser {
-            namespace: TEAM.into(),
-            module: "sensor".into(),
-            password: "s".into(),
-        },
-        ModuleUser {
-            namespace: TEAM.into(),
-            module: "filter".into(),
-            password: "f".into(),
-        },
-    ];
-    let settings = HubSettings {
-        device: DEVICE.into(),
-        namespace: "edgefleet-system".into(),
-        image: String::new(),
-        store_mib: 4096,
-        upstream: None,
-        kubeconfig: None,
-    };
-    let device_conf = config(&settings, PASSWORD, None, &users)
-        .replace(
-            "/var/lib/edgefleet-hub",
-            &dir.join("device").display().to_string(),
-        )
-        .replace("0.0.0.0", "127.0.0.1")
-        .replace(
-            &format!("\"127.0.0.1:{}\"", hub::MONITOR_PORT),
-            "\"127.0.0.1:18322\"",
-        )
-        + &format!(
-            "leafnodes {{ remotes: [ {{ url: \"nats-leaf://leaf:leaf@127.0.0.1:{LEAF_PORT}\", account: DEVICE }} ] }}\n"
-        );
-    let cloud_conf = format!(
-        "listen: \"127.0.0.1:{CLOUD_PORT}\"\njetstream {{ store_dir: \"{}\", domain: cloud }}\n\
-         leafnodes {{ listen: \"127.0.0.1:{LEAF_PORT}\" }}\naccounts {{ FLEET {{ jetstream: enabled, users: [\n\
-         {{user: leaf, password: leaf, permissions: {{publish: {{allow: [\"{}\"]}}, subscribe: {{allow: [\"{}.>\"]}}}}}}\n\
-         {{user: reader, password: reader}}\n] }} }}\n",
-        dir.join("cloud").display(),
-        hub::upstream_subjects(DEVICE),
-        hub::device_inbox(DEVICE),
-    );
-    std::fs::write(dir.join("device.conf"), device_conf).expect("write");
-    std::fs::write(dir.join("cloud.conf"), cloud_conf).expect("write");
-    let device = serve(&args.nats_server, &dir.join("device.conf"));
-    let mut cloud = Some(serve(&args.nats_server, &dir.join("cloud.conf")));
-
-    let reader = client(CLOUD_PORT, "reader", "reader").await;
-    let cloud_js = jetstream::new(reader);
-    cloud_js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: UPSTREAM_STREAM.into(),
-            subjects: vec![FLEET_UPSTREAM_SUBJECTS.into()],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_secs(hub::DUPLICATE_WINDOW_SECS),
-            ..Default::default()
-        })
-        .await
-        .expect("the cloud stream");
+    let mut hubs = Hubs::start(&args.nats_server, true).await;
+    let cloud_js = hubs.cloud().await;
 
     // The agent's side, as it runs on a device.
     let store = StoreSettings {
@@ -199,29 +73,21 @@ async fn main() {
         when_full: WhenFull::DropOldest,
         outputs_mib: hub::OUTPUTS_MIB,
     };
-    let agent = upstream::connect(DEVICE, PASSWORD).await;
-    let counters = Arc::new(Counters::default());
     let modules = [
         module(
-            "sensor",
+            SENSOR,
             serde_json::json!([
                 {"output": "up", "to": {"upstream": "readings"}},
-                {"output": "local", "to": {"module": "filter", "input": "readings"}},
+                {"output": "local", "to": {"module": FILTER, "input": "readings"}},
             ]),
         ),
-        module("filter", serde_json::json!([])),
+        module(FILTER, serde_json::json!([])),
     ];
-    let (_plan_tx, plan) = tokio::sync::watch::channel(router::plan(&modules));
-    tokio::spawn(upstream::forward(
-        agent.clone(),
-        store.clone(),
-        counters.clone(),
-    ));
-    tokio::spawn(router::run(agent.clone(), store, counters, plan));
+    let _agent = Agent::start(store, &modules).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let sensor = client(NATS_PORT, &module_user(TEAM, "sensor"), "s").await;
-    let outputs = module_outputs(TEAM, "sensor");
+    let sensor = module_client(SENSOR).await;
+    let outputs = module_outputs(TEAM, SENSOR);
     let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD]);
     let n = args.messages as u64;
 
@@ -236,9 +102,9 @@ async fn main() {
     );
 
     // 2. Module -> module through a route, at 1,000 msg/s for 5 s.
-    let filter = client(NATS_PORT, &module_user(TEAM, "filter"), "f").await;
+    let filter = module_client(FILTER).await;
     let mut inbox = filter
-        .subscribe(format!("{}.readings", module_inputs(TEAM, "filter")))
+        .subscribe(format!("{}.readings", module_inputs(TEAM, FILTER)))
         .await
         .expect("subscribe");
     filter.flush().await.expect("flush");
@@ -284,18 +150,17 @@ async fn main() {
     );
 
     // 3. A backlog while the cloud is down, then its drain.
-    drop(cloud.take());
-    let before = device_store_bytes(&dir.join("device"));
+    hubs.stop_cloud();
+    let before = device_store_bytes(&hubs.device_store());
     publish_all(&sensor, &format!("{outputs}.up"), &payload, n).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let grown = device_store_bytes(&dir.join("device")).saturating_sub(before);
+    let grown = device_store_bytes(&hubs.device_store()).saturating_sub(before);
     println!(
         "bench hub: backlog of {n} x {PAYLOAD} B on the device: {:.2} disk bytes per payload byte",
         grown as f64 / (n as f64 * PAYLOAD as f64)
     );
-    cloud = Some(serve(&args.nats_server, &dir.join("cloud.conf")));
-    let reader = client(CLOUD_PORT, "reader", "reader").await;
-    let cloud_js = jetstream::new(reader);
+    hubs.start_cloud().await;
+    let cloud_js = hubs.cloud().await;
     let t0 = Instant::now();
     let took = until_cloud_holds(&cloud_js, 2 * n, t0).await;
     println!(
@@ -309,22 +174,8 @@ async fn main() {
         (2 * n).saturating_sub(held),
         2 * n
     );
-    let (cpu, rss) = usage(device.0.id());
+    let (cpu, rss) = usage(hubs.device_pid());
     println!("bench hub: device hub over the run: {cpu:.1} s CPU, peak RSS {rss:.1} MiB");
-    drop(cloud);
-    drop(device);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Publishes `payload` `n` times on `subject` and waits until the hub has them all.
-async fn publish_all(client: &async_nats::Client, subject: &str, payload: &bytes::Bytes, n: u64) {
-    for _ in 0..n {
-        client
-            .publish(subject.to_owned(), payload.clone())
-            .await
-            .expect("publish");
-    }
-    client.flush().await.expect("flush");
 }
 
 /// Bytes of the files under `dir`.
@@ -341,11 +192,4 @@ fn device_store_bytes(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-/// A fresh directory for the servers' stores and configs.
-fn tempfile_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edgefleet-bench-hub-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    dir
 }

@@ -25,7 +25,7 @@ use async_nats::jetstream;
 use edgefleet_agent::hub::{HubDirs, HubSettings, agent_secret, config};
 use edgefleet_agent::hub_status::Counters;
 use edgefleet_agent::hub_users::{PASSWORD_FILE, USERNAME_FILE, credentials_dir, sync_credentials};
-use edgefleet_agent::upstream::{StoreSettings, WhenFull, ensure_stream};
+use edgefleet_agent::upstream::{Lanes, StoreSettings, WhenFull, ensure_stream};
 use edgefleet_agent::{render, router};
 use edgefleet_crds::hub::{
     AGENT_USER, CREDENTIALS_MOUNT, MONITOR_PORT, MQTT_PORT, NATS_PORT, OUTPUTS_STREAM,
@@ -229,6 +229,7 @@ impl Agent {
             client,
             store,
             Arc::new(Counters::default()),
+            Arc::new(Lanes::default()),
             rx,
         ));
         let agent = Agent {
