@@ -329,17 +329,25 @@ fn store_full(e: &jetstream::Error) -> bool {
             .any(|f| text.strip_prefix(f).is_some_and(|r| r.starts_with(" (")))
 }
 
-/// A module's headers without NATS's own (`Nats-*`): those steer JetStream (expected
-/// sequence, rollup, message id, TTL), and a module that set one could have the device's
-/// store or the cloud's refuse its messages forever, stalling the forwarder for every
-/// team on the device, or claim another message's id. The forwarder sets the id itself.
+/// Header prefixes the hub itself acts on, which no module's message carries further.
+const HUB_HEADER_PREFIXES: [&str; 2] = ["nats-", "nmqtt-"];
+
+/// A module's headers without the hub's own. `Nats-*` steer JetStream (expected sequence,
+/// rollup, message id, TTL): a module that set one could have the device's store or the
+/// cloud's refuse its messages forever, stalling the forwarder for every team on the
+/// device, or claim another message's id; the forwarder sets the id itself. `Nmqtt-*` are
+/// the MQTT listener's: an MQTT publish's `Nmqtt-Pub` kept on a routed copy makes the hub
+/// hand it to a QoS 1 subscriber only from its MQTT stream, where a routed copy never is,
+/// so the receiving module would get nothing.
 fn tenant_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMap {
     let mut kept = async_nats::HeaderMap::new();
     for (name, values) in headers.into_iter().flat_map(async_nats::HeaderMap::iter) {
-        if AsRef::<str>::as_ref(name)
-            .get(..5)
-            .is_some_and(|p| p.eq_ignore_ascii_case("nats-"))
-        {
+        let name_str: &str = name.as_ref();
+        if HUB_HEADER_PREFIXES.iter().any(|p| {
+            name_str
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p))
+        }) {
             continue;
         }
         for v in values {
@@ -364,11 +372,13 @@ mod tests {
     /// claim another message's place in the cloud. None survives routing; its other
     /// headers do.
     #[test]
-    fn a_module_cannot_steer_jetstream_through_its_headers() {
+    fn a_module_cannot_steer_the_hub_through_its_headers() {
         let mut h = async_nats::HeaderMap::new();
         h.insert("Nats-Expected-Last-Sequence", "0");
         h.insert("NATS-ROLLUP", "all");
         h.insert("Nats-Msg-Id", "edge-2:1:1");
+        h.insert("Nmqtt-Pub", "1");
+        h.insert("NMQTT-Subject", "x");
         h.insert("kind", "alert");
         let kept = tenant_headers(Some(&h));
         let names: Vec<String> = kept.iter().map(|(n, _)| n.to_string()).collect();

@@ -272,10 +272,9 @@ async fn drive(
                 log(json!({"event": "connected", "session_present": ack.session_present}));
                 // Through the request queue, which the connection empties from now on; a
                 // task of its own, so that a full queue never stalls this loop. At QoS 0:
-                // the router hands inputs to the hub as NATS messages that keep the
-                // sender's MQTT marker, and nats-server 2.15 delivers such a message to a
-                // QoS 1 subscription only from its own MQTT stream, where routed messages
-                // never are; inputs are not queued for a module either way.
+                // routed inputs reach the hub as NATS messages, which it hands to an MQTT
+                // subscriber at QoS 0 whatever it asked for, and inputs are not queued for
+                // a module that is away; asking for QoS 1 would promise more than it gets.
                 for topic in &topics {
                     let (client, topic) = (client.clone(), topic.clone());
                     tokio::spawn(async move { client.subscribe(topic, QoS::AtMostOnce).await });
