@@ -29,6 +29,17 @@ impl RealAgents {
     /// Installs the agent on `devices` and waits for each one's first report. What an
     /// earlier agent reported is cleared first, so that a test never reads a stale status.
     pub async fn install(lab: &Lab, client: &Client, devices: &[&str]) -> RealAgents {
+        Self::install_with(lab, client, devices, &[]).await
+    }
+
+    /// As [`RealAgents::install`], the agents given `flags` besides the lab's (an operator's
+    /// choice of store size or TTL, say).
+    pub async fn install_with(
+        lab: &Lab,
+        client: &Client,
+        devices: &[&str],
+        flags: &[&str],
+    ) -> RealAgents {
         let image = image_ref("agent");
         let hub_image = image_ref("hub");
         let api: Api<EdgeDevice> = Api::all(client.clone());
@@ -54,7 +65,7 @@ impl RealAgents {
                 .agent_kubeconfig
                 .as_deref()
                 .unwrap_or_else(|| panic!("{d} is not an edge device"));
-            let config = Config::try_parse_from([
+            let lab_flags = [
                 "edgefleet-agent",
                 "--device",
                 d,
@@ -72,8 +83,9 @@ impl RealAgents {
                 "64",
                 "--log",
                 "info,kube=warn",
-            ])
-            .expect("agent flags");
+            ];
+            let config = Config::try_parse_from(lab_flags.iter().chain(flags))
+                .unwrap_or_else(|e| panic!("agent flags {flags:?}: {e}"));
             let mut pod = self_pod::pod(&config, &image);
             // kubelet names a static pod's log directory by a hash of its manifest, and
             // deletes it a little after the pod goes: a fresh install gets its own.

@@ -56,7 +56,8 @@ fn received_while(
     publish: impl FnOnce() -> bool,
 ) -> String {
     std::thread::scope(|s| {
-        let listening = s.spawn(|| subscribe(&["-t", filter, "-v", "-W", "6", "-q", "0"]));
+        // QoS 1, as a module that wants its inputs asks: routed messages reach it too.
+        let listening = s.spawn(|| subscribe(&["-t", filter, "-v", "-W", "6", "-q", "1"]));
         // mosquitto_sub connects and subscribes well within this on an idle device.
         std::thread::sleep(Duration::from_millis(1500));
         assert!(publish(), "the hub refused a module's own output");
