@@ -1,15 +1,19 @@
 //! `make demo`, once the lab is up and the images are loaded: installs edgefleet with Helm
 //! (the CRDs, then the controller and the bootstrap that joins every device), enrols the
 //! lab's devices, waits until every device's agent reports, grants and applies examples/,
-//! waits until every deployment is Ready while it shows how far they got, and prints what
-//! kubectl shows. Safe to run again: it upgrades in place.
+//! waits until every deployment is Ready while it shows how far they got, prints what
+//! kubectl shows, and ends by showing the modules' anomalies arriving in the cloud hub from
+//! every device (routed sensor -> filter -> ml-model -> upstream on each device). Safe to
+//! run again: it upgrades in place.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use edgefleet_crds::identity::SYSTEM_NAMESPACE;
 use edgefleet_e2e::{
-    Helm, Lab, all_joined, all_ready, edge_devices, enrol_lab_devices, lab_values, wait_showing,
+    CloudReader, Helm, Lab, all_joined, all_ready, edge_devices, enrol_lab_devices, lab_values,
+    wait_showing,
 };
 use serde_json::Value;
 
@@ -63,6 +67,32 @@ async fn main() {
     print!(
         "{}",
         lab.kubectl(&["get", "edgedeployments,edgedevices", "-n", "fleet-demo"])
+    );
+
+    eprintln!(
+        "\ndemo: the cloud hub, as its reader sees it: each device's anomalies (a sensor spike \
+         every 30 readings, flagged by the model, routed upstream)"
+    );
+    let mut cloud = CloudReader::subscribe(&lab, &client).await;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while seen.len() < devices.len() {
+        let Ok(Some((topic, payload))) =
+            tokio::time::timeout_at(deadline, cloud.messages.recv()).await
+        else {
+            panic!("no message in the cloud hub from every device in {DEADLINE:?}; from: {seen:?}");
+        };
+        // edgefleet/dev/<device>/up/<namespace>/<route>
+        let device = topic.split('/').nth(2).unwrap_or_default().to_owned();
+        let n = seen.entry(device.clone()).or_default();
+        *n += 1;
+        if *n <= 2 {
+            println!("cloud <- {device}: {topic} {payload}");
+        }
+    }
+    eprintln!(
+        "demo: every device's anomalies reached the cloud; read them with any NATS client \
+         (examples/README.md, `cloud-consumer`)"
     );
     eprintln!(
         "\ndemo: edgefleet runs in {SYSTEM_NAMESPACE}; try `kubectl describe edgedevice edge-1` or \
