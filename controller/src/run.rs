@@ -26,7 +26,7 @@ use crate::k8s::context::Context;
 use crate::k8s::feeds::{Feeds, watch};
 use crate::k8s::leader::Elector;
 use crate::k8s::watches::{Synced, enrolments, spec_changes};
-use crate::metrics::Metrics;
+use crate::metrics::{HubTotals, Metrics};
 use crate::reconcile::{
     self, csr_approval, deployment, device, hub_accounts, module_status, registry,
 };
@@ -291,11 +291,15 @@ async fn controllers(
     );
 }
 
-/// Keeps the devices-by-state gauges current.
+/// Keeps the devices-by-state and the fleet's hub gauges current.
 async fn device_gauges(ctx: Arc<Context>) {
     loop {
         let (mut online, mut offline, mut unregistered) = (0, 0, 0);
+        let mut hubs = HubTotals::default();
         for d in ctx.stores.devices.state() {
+            if let Some(h) = d.status.as_ref().and_then(|s| s.hub.as_ref()) {
+                hubs.add(h);
+            }
             let conds = d
                 .status
                 .as_ref()
@@ -313,6 +317,7 @@ async fn device_gauges(ctx: Arc<Context>) {
         ctx.metrics.set_devices("online", online);
         ctx.metrics.set_devices("offline", offline);
         ctx.metrics.set_devices("unregistered", unregistered);
+        ctx.metrics.set_hubs(&hubs);
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
