@@ -29,7 +29,7 @@ use edgefleet_agent::upstream::{Lanes, StoreSettings, WhenFull, ensure_stream};
 use edgefleet_agent::{render, router};
 use edgefleet_crds::hub::{
     AGENT_USER, CREDENTIALS_MOUNT, MONITOR_PORT, MQTT_PORT, NATS_PORT, OUTPUTS_STREAM,
-    UPSTREAM_STREAM, env, module_outputs, stored_upstream,
+    UPSTREAM_STREAM, env, forwarded_subject, module_outputs, stored_upstream,
 };
 use edgefleet_crds::{EdgeDeployment, EdgeModule, ResolvedModule};
 use edgefleet_examples::{Anomaly, READINGS};
@@ -524,11 +524,13 @@ fn the_model_flags_the_spikes_the_sensor_makes_through_the_routes() {
         || agent.stored_upstream(),
         |s| s.len() > spikes.len(),
     );
-    let subject = stored_upstream(NS, "anomalies");
+    // The route's cloud subject, whichever lane of the store holds the message.
+    let route = |stored: &str| forwarded_subject("device", stored);
+    let subject = route(&stored_upstream(NS, "anomalies"));
     let upstream: Vec<(String, u64)> = stored
         .iter()
         .map(|(s, payload)| {
-            assert_eq!(s, &subject);
+            assert_eq!(route(s), subject, "stored under {s}");
             let a: Anomaly = serde_json::from_slice(payload).expect("an anomaly");
             assert_eq!(a.model, "v1");
             (a.sensor, a.seq)
