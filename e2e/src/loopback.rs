@@ -215,8 +215,8 @@ pub struct Agent {
 impl Agent {
     /// Connects as the agent and runs its router (with the routes of `modules`), its
     /// forwarder and its expiry over `store`; returns once every route reads the outputs
-    /// (what a module publishes is routed) and the agent had its first look at the store
-    /// (what is lost from then on is counted).
+    /// (what a module publishes is routed). The agent's first look at the store comes
+    /// later, as on a device, where a burst may fill the store before the first status pass.
     pub async fn start(store: StoreSettings, modules: &[ResolvedModule]) -> Agent {
         let client = upstream::connect(&store.device, PASSWORD).await;
         let counters = Arc::new(Counters::default());
@@ -259,8 +259,7 @@ impl Agent {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut watch = HubWatch::new(client, counters.clone(), MONITOR_PORT);
-        watch.read().await.expect("the device hub's monitor");
+        let watch = HubWatch::new(client, counters.clone(), MONITOR_PORT);
         Agent {
             watch,
             counters,

@@ -28,6 +28,16 @@ pub struct Counters {
     pub forwarded: AtomicU64,
     /// Messages the agent removed from the store for being older than the TTL.
     pub expired: AtomicU64,
+    /// The upstream store as the router found it before it stored anything: every message
+    /// that entered since is this agent's to account for, however late its first look.
+    pub start: std::sync::OnceLock<StoreStart>,
+}
+
+/// The upstream store's sequence and size at the agent's start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStart {
+    pub last_sequence: u64,
+    pub messages: u64,
 }
 
 /// The hub's figures, exact: the status shows them coarsely, the metrics as they are.
@@ -86,7 +96,6 @@ pub struct HubWatch {
     counters: Arc<Counters>,
     /// The hub's monitoring port on the loopback.
     monitor: u16,
-    baseline: Option<Look>,
     full: u64,
 }
 
@@ -96,7 +105,6 @@ impl HubWatch {
             client,
             counters,
             monitor,
-            baseline: None,
             full: 0,
         }
     }
@@ -129,9 +137,18 @@ impl HubWatch {
                 forwarded: figures.forwarded,
                 expired: figures.expired,
             };
-            let base = *self.baseline.get_or_insert(now);
-            // Never down: a message forwarded or expired between the reads above counts later.
-            self.full = self.full.max(pushed_out(&base, &now));
+            // Before the router's start nothing entered: nothing can have been pushed out.
+            if let Some(start) = self.counters.start.get() {
+                let base = Look {
+                    last_sequence: start.last_sequence,
+                    messages: start.messages,
+                    forwarded: 0,
+                    expired: 0,
+                };
+                // Never down: a message forwarded or expired between the reads above counts
+                // later.
+                self.full = self.full.max(pushed_out(&base, &now));
+            }
             figures.backlog_messages = state.messages;
             figures.backlog_bytes = state.bytes;
             if state.messages > 0 {

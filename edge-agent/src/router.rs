@@ -13,12 +13,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind, Context, ErrorCode};
 use edgefleet_crds::ResolvedModule;
 use edgefleet_crds::hub::{
-    Lane, MODULE_SUBJECTS, OUTPUTS_STREAM, module_inputs, module_outputs, stored_in_lane,
-    stored_upstream,
+    Lane, MODULE_SUBJECTS, OUTPUTS_STREAM, UPSTREAM_STREAM, module_inputs, module_outputs,
+    stored_in_lane, stored_upstream,
 };
 use edgefleet_crds::route::{Condition, Destination};
 use futures::StreamExt;
@@ -26,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::hub_status::Counters;
+use crate::hub_status::{Counters, StoreStart};
 use crate::render::hex;
 use crate::upstream::{Lanes, StoreSettings};
 
@@ -131,6 +132,7 @@ pub async fn run(
     mut plan: watch::Receiver<Vec<Hop>>,
 ) {
     let js = jetstream::new(client.clone());
+    record_start(&js, &counters).await;
     loop {
         let hops = plan.borrow_and_update().clone();
         let mut tasks = JoinSet::new();
@@ -158,6 +160,42 @@ pub async fn run(
             return;
         }
         tasks.shutdown().await;
+    }
+}
+
+/// Notes the upstream store's state before the router stores anything in it (the router is
+/// its only writer), so that what a full store pushes out from then on is counted even if
+/// it happens before the agent's first look. Waits for the hub, as routing would.
+async fn record_start(js: &Context, counters: &Counters) {
+    loop {
+        let found = match js.get_stream(UPSTREAM_STREAM).await {
+            Ok(mut s) => s
+                .info()
+                .await
+                .map(|i| StoreStart {
+                    last_sequence: i.state.last_sequence,
+                    messages: i.state.messages,
+                })
+                .map_err(|e| e.to_string()),
+            // Made later by the forwarder: it starts from nothing.
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(StoreStart::default())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match found {
+            Ok(start) => {
+                let _ = counters.start.set(start);
+                return;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "waiting for the hub before routing");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
     }
 }
 
