@@ -137,6 +137,7 @@ async fn helm_install_join_gitops_upgrade_uninstall() {
     )
     .await;
     the_examples_resolve_as_their_layers_say(&client, &devices).await;
+    the_examples_anomalies_reach_the_cloud_from_every_device(&lab, &client, &devices).await;
     assert_no_drift(&lab);
     // Moving from client-side to server-side apply takes the fields over once (kubectl's
     // documented migration); from then on server-side apply is conflict-free.
@@ -625,6 +626,38 @@ async fn upstream_messages_the_hub_acknowledged_survive_its_kill(t: &Telemetry<'
     )
     .await;
     t.wait_drained().await;
+}
+
+/// The sample modules at work: on every device the sensor's readings are routed to the
+/// filter, its output to the model, and the model's anomalies upstream, over MQTT between
+/// modules in their own network namespaces; the cloud hub's reader sees anomalies from
+/// every device (the sensor spikes every 30 readings, one a second).
+async fn the_examples_anomalies_reach_the_cloud_from_every_device(
+    lab: &Lab,
+    client: &Client,
+    devices: &[String],
+) {
+    let mut reader = CloudReader::subscribe(lab, client).await;
+    let mut heard: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while heard.len() < devices.len() {
+        let next = tokio::time::timeout_at(deadline, reader.messages.recv()).await;
+        let Ok(Some((topic, payload))) = next else {
+            panic!("anomalies in the cloud from {heard:?} only, not from every one of {devices:?}");
+        };
+        if let Some(device) = topic
+            .strip_prefix("edgefleet/dev/")
+            .and_then(|t| t.strip_suffix("/up/fleet-demo/anomalies"))
+        {
+            let anomaly: serde_json::Value = serde_json::from_str(&payload)
+                .unwrap_or_else(|e| panic!("{topic}: {payload:?} is no anomaly: {e}"));
+            assert!(
+                anomaly["celsius"].as_f64().is_some_and(|c| c > 30.0),
+                "{topic}: {anomaly}"
+            );
+            heard.insert(device.to_owned(), anomaly);
+        }
+    }
 }
 
 fn examples() -> PathBuf {
