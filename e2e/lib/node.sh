@@ -10,10 +10,13 @@ write_containerd_config() {
   # Pods that are not hostNetwork (modules by default) get an address on a bridge inside
   # the node's own namespace, as k3s's flannel gives them on a real device: reachable from
   # their node only. Every node uses the same subnet, each in its own namespace; the IPAM
-  # state lives in the node's volatile dir, so a reboot frees the addresses.
+  # state lives in the node's volatile dir, so a reboot frees the addresses. The default
+  # route through the bridge lets a pod reach its node's own address, where the device's
+  # hub listens (the node's IP is what a module gets as EDGEFLEET_HUB_HOST).
   cat >"$dir/cni/10-lab-pods.conflist" <<JSON
 {"cniVersion":"1.0.0","name":"lab-pods","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,
- "ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.0.0/24"}]],"dataDir":"$run/cni-ipam"}}]}
+ "ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],
+ "dataDir":"$run/cni-ipam"}}]}
 JSON
   # containerd 2's config format (version 3): the CRI plugin is split into
   # io.containerd.cri.v1.images (the sandbox image is pinned there) and
