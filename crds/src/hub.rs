@@ -51,8 +51,8 @@ pub const UPSTREAM_STREAM: &str = "UPSTREAM";
 pub const FLEET_UPSTREAM_SUBJECTS: &str = "edgefleet.dev.*.up.>";
 
 /// An upstream route's identity on the device, `edgefleet.up.<namespace>.<name>`, local to
-/// the device (nothing crosses the leaf on it); the subject its messages were stored under
-/// before the store had lanes, which the held lane still drains.
+/// the device (nothing crosses the leaf on it); the subject of its held lane, as of the
+/// store before it had lanes.
 pub fn stored_upstream(namespace: &str, name: &str) -> String {
     format!("{STORED_UPSTREAM_PREFIX}.{namespace}.{name}")
 }
@@ -80,26 +80,29 @@ impl Lane {
         }
     }
 
-    /// The stored subjects the lane's forwarder reads. The store is a work queue, whose
-    /// consumers may not overlap: a lane's subjects have five tokens, and the held lane
-    /// also reads the four of the store before lanes (`edgefleet.up.<ns>.<name>`), which no
-    /// five-token subject overlaps.
+    /// The stored subjects the lane's forwarder reads: one filter each, which nats-server
+    /// serves faster than several (a backlog drained at about half the rate through two).
+    /// The store is a work queue, whose consumers may not overlap: the live lane's subjects
+    /// have five tokens (`edgefleet.up.live.<ns>.<name>`), the held lane's four, those of
+    /// the store before lanes (`edgefleet.up.<ns>.<name>`), which it keeps draining.
     pub fn filters(self) -> Vec<String> {
-        let mut filters = vec![format!("{STORED_UPSTREAM_PREFIX}.{}.*.*", self.token())];
-        if self == Lane::Held {
-            filters.push(format!("{STORED_UPSTREAM_PREFIX}.*.*"));
+        match self {
+            Lane::Live => vec![format!("{STORED_UPSTREAM_PREFIX}.{}.*.*", self.token())],
+            Lane::Held => vec![format!("{STORED_UPSTREAM_PREFIX}.*.*")],
         }
-        filters
     }
 }
 
 /// Where the router stores a message of the upstream route `<namespace>/<name>` in `lane`:
-/// `edgefleet.up.<lane>.<namespace>.<name>`.
+/// `edgefleet.up.live.<namespace>.<name>`, or the route's own subject when held.
 pub fn stored_in_lane(lane: Lane, namespace: &str, name: &str) -> String {
-    format!(
-        "{STORED_UPSTREAM_PREFIX}.{}.{namespace}.{name}",
-        lane.token()
-    )
+    match lane {
+        Lane::Live => format!(
+            "{STORED_UPSTREAM_PREFIX}.{}.{namespace}.{name}",
+            lane.token()
+        ),
+        Lane::Held => stored_upstream(namespace, name),
+    }
 }
 
 /// The cloud subject of a message stored under `stored` on `device`,
@@ -111,7 +114,7 @@ pub fn forwarded_subject(device: &str, stored: &str) -> Option<String> {
         .strip_prefix('.')?;
     let tokens: Vec<&str> = rest.split('.').collect();
     let route = match tokens.as_slice() {
-        [lane, ns, name] if Lane::ALL.iter().any(|l| l.token() == *lane) => [*ns, *name],
+        [lane, ns, name] if *lane == Lane::Live.token() => [*ns, *name],
         [ns, name] => [*ns, *name],
         _ => return None,
     };
@@ -293,10 +296,7 @@ mod tests {
             assert_eq!(forwarded_subject("edge-1", other), None, "{other}");
         }
         assert_eq!(Lane::Live.filters(), ["edgefleet.up.live.*.*"]);
-        assert_eq!(
-            Lane::Held.filters(),
-            ["edgefleet.up.held.*.*", "edgefleet.up.*.*"]
-        );
+        assert_eq!(Lane::Held.filters(), ["edgefleet.up.*.*"]);
     }
 
     /// The URL lands in the hub's config file: a quote or a newline would let whoever sets

@@ -476,7 +476,7 @@ mod tests {
             hops[1].stored,
             Some(StoredIn {
                 live: "edgefleet.up.live.team-a.alerts".into(),
-                held: "edgefleet.up.held.team-a.alerts".into(),
+                held: "edgefleet.up.team-a.alerts".into(),
             }),
             "upstream messages are stored until the cloud has them"
         );
