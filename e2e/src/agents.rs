@@ -46,7 +46,7 @@ impl RealAgents {
         for d in devices {
             let clear = json!({"status": {"agentVersion": null, "os": null, "arch": null,
                 "appliedRevision": null, "rejectedRevision": null, "modulesReady": null,
-                "modules": []}});
+                "modules": [], "hub": null}});
             // The controller registers the device first (a fresh lab has no EdgeDevices).
             wait_for(
                 &format!("{d} to be registered"),

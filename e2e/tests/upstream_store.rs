@@ -25,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(120);
 const BUSYBOX: &str = "localhost/edgefleet-lab/busybox:1";
 
 /// Installs the agent on edge-3 with `flags`, deploys the sensor with its upstream route,
-/// and sends `count` readings of about `pad` bytes as the sensor once the hub takes them.
+/// and, once a first reading reached the store, sends `count` readings of about `pad` bytes.
 async fn send_upstream(
     lab: &Lab,
     client: &Client,
@@ -34,6 +34,7 @@ async fn send_upstream(
     pad: usize,
 ) -> RealAgents {
     let agents = RealAgents::install_with(lab, client, &[DEVICE], flags).await;
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
     apply(
         client,
         NS,
@@ -55,13 +56,30 @@ async fn send_upstream(
         read(PASSWORD_FILE).expect("pw"),
     );
     let topic = format!("{}/readings", mqtt_topic(&module_outputs(NS, "sensor")));
-    // Generated on the device: a megabyte and more does not fit in one argument.
-    let script = format!(
-        "i=0; while [ $i -lt {count} ]; do printf '{{\"i\":%d,\"pad\":\"%0{pad}d\"}}\\n' $i 0; \
-         i=$((i+1)); done | mosquitto_pub -h 127.0.0.1 -p {MQTT_PORT} -u '{user}' -P '{password}' \
-         -q 1 -t '{topic}' -l"
-    );
-    // The router stores upstream messages once it has the route: a first reading shows it.
+    // `n` readings, generated on the device: a megabyte and more does not fit in one
+    // argument.
+    let readings = |n: usize| {
+        format!(
+            "i=0; while [ $i -lt {n} ]; do printf '{{\"i\":%d,\"pad\":\"%0{pad}d\"}}\\n' $i 0; \
+             i=$((i+1)); done | mosquitto_pub -h 127.0.0.1 -p {MQTT_PORT} -u '{user}' -P '{password}' \
+             -q 1 -t '{topic}' -l"
+        )
+    };
+    // The hub takes the sensor's readings before the router reads its outputs, and keeps
+    // none of those: the status shows a first reading in the store (or already lost).
+    let (probe, script) = (readings(1), readings(count));
+    wait_for("a first reading in the upstream store", WAIT, || async {
+        let out = lab.try_run(&["exec", DEVICE, "--", "sh", "-c", &probe]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let d = devices.get(DEVICE).await.map_err(|e| e.to_string())?;
+        match d.status.and_then(|s| s.hub) {
+            Some(h) if h.backlog_messages + h.expired + h.full + h.refused > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     wait_for("the hub to take the sensor's readings", WAIT, || async {
         let out = lab.try_run(&["exec", DEVICE, "--", "sh", "-c", &script]);
         out.status
