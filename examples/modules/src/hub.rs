@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{MAX_MESSAGE, Stop, log};
+use crate::{MAX_MESSAGE, Reading, Stop, log, parse_reading};
 
 /// The variables the agent sets in every module (`crds/src/hub.rs`, `env`).
 pub mod env {
@@ -179,6 +179,26 @@ impl Link {
             inputs: rx,
             driver,
             dropped: 0,
+        }
+    }
+
+    /// The next reading on an input; what is not one is logged (`skipped`), counted in
+    /// `skipped` and passed over. `None` once a stop is requested (it comes first: nothing
+    /// more is taken once the link is closing) or the link has closed.
+    pub async fn next_reading(&mut self, stop: &mut Stop, skipped: &mut u64) -> Option<Reading> {
+        loop {
+            let input = tokio::select! {
+                biased;
+                () = stop.requested() => return None,
+                input = self.inputs.recv() => input?,
+            };
+            match parse_reading(&input.payload) {
+                Ok(r) => return Some(r),
+                Err(reason) => {
+                    *skipped += 1;
+                    log(json!({"event": "skipped", "input": input.name, "reason": reason}));
+                }
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 
 use edgefleet_examples::hub::{HubEnv, Link};
 use edgefleet_examples::stages::Smoother;
-use edgefleet_examples::{INPUT, SMOOTHED, Stop, log, parse_reading, setting};
+use edgefleet_examples::{INPUT, SMOOTHED, Stop, log, setting};
 use serde_json::json;
 
 #[tokio::main(flavor = "current_thread")]
@@ -26,22 +26,7 @@ async fn main() {
 
     let mut smoother = Smoother::new(min, max, window);
     let (mut passed, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
-    loop {
-        // A stop comes first: nothing is queued once the link is closing.
-        let input = tokio::select! {
-            biased;
-            () = stop.requested() => break,
-            input = link.inputs.recv() => input,
-        };
-        let Some(input) = input else { break };
-        let reading = match parse_reading(&input.payload) {
-            Ok(r) => r,
-            Err(reason) => {
-                skipped += 1;
-                log(json!({"event": "skipped", "input": input.name, "reason": reason}));
-                continue;
-            }
-        };
+    while let Some(reading) = link.next_reading(&mut stop, &mut skipped).await {
         let (seq, celsius) = (reading.seq, reading.celsius);
         let Some(smoothed) = smoother.pass(reading) else {
             dropped += 1;

@@ -7,7 +7,7 @@
 
 use edgefleet_examples::hub::{HubEnv, Link};
 use edgefleet_examples::stages::Model;
-use edgefleet_examples::{ANOMALIES, INPUT, Stop, log, parse_reading, setting};
+use edgefleet_examples::{ANOMALIES, INPUT, Stop, log, setting};
 use serde_json::json;
 
 #[tokio::main(flavor = "current_thread")]
@@ -25,22 +25,7 @@ async fn main() {
 
     let mut model = Model::new(&version, threshold, min_sd);
     let (mut anomalies, mut skipped) = (0u64, 0u64);
-    loop {
-        // A stop comes first: nothing is queued once the link is closing.
-        let input = tokio::select! {
-            biased;
-            () = stop.requested() => break,
-            input = link.inputs.recv() => input,
-        };
-        let Some(input) = input else { break };
-        let reading = match parse_reading(&input.payload) {
-            Ok(r) => r,
-            Err(reason) => {
-                skipped += 1;
-                log(json!({"event": "skipped", "input": input.name, "reason": reason}));
-                continue;
-            }
-        };
+    while let Some(reading) = link.next_reading(&mut stop, &mut skipped).await {
         if let Some(anomaly) = model.score(&reading) {
             anomalies += 1;
             log(
