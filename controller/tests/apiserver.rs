@@ -693,6 +693,16 @@ async fn online_follows_the_lease_and_offline_devices_are_deferred() {
                 .and_then(|s| condition::find(&s.conditions, "Online").map(|c| c.is_true()))
         }
     };
+    // Whatever an earlier test left in edge-1's status, no one renews its Lease now: the
+    // controller marks it offline first, so that coming online is a transition, with its
+    // Event (an Online condition left from before would make it none).
+    wait_for("edge-1 not Online before it renews", WAIT, || async {
+        match online("edge-1").await {
+            Some(true) => Err("still online from before"),
+            _ => Ok(()),
+        }
+    })
+    .await;
     let a1 = Agent::new(&lab, "edge-1").await;
     a1.renew_once_granted().await;
     wait_for("edge-1 Online", WAIT, || async {
