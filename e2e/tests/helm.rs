@@ -503,12 +503,17 @@ impl<'a> Telemetry<'a> {
     }
 }
 
-/// Store-and-forward: the sensor on edge-1 sends readings upstream through a route while
-/// edge-1 is offline, before and after a reboot there; once edge-1 is back, the cloud
-/// hub's stream holds every reading exactly once (the device kept them on its disk until
-/// the cloud acknowledged each, and message ids keep a resent one from counting twice).
+/// Store-and-forward: edge-1 stays offline for minutes while its sensor keeps sending
+/// readings upstream through a route, and is rebooted halfway; once edge-1 is back, the
+/// cloud hub's stream holds every reading exactly once (the device kept them on its disk
+/// until the cloud acknowledged each, and message ids keep a resent one from counting
+/// twice).
 async fn upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(t: &Telemetry<'_>) {
-    const EACH: usize = 150;
+    /// Readings per chunk, and chunks on each side of the reboot.
+    const EACH: usize = 30;
+    const CHUNKS: usize = 5;
+    /// Between chunks: with the reboot, edge-1 is offline for two and a half minutes.
+    const PAUSE: Duration = Duration::from_secs(15);
     let lab = t.lab;
     let device = Telemetry::DEVICE;
     // Whatever of the first readings is still on its way arrives before the count.
@@ -516,27 +521,42 @@ async fn upstream_messages_wait_out_an_offline_reboot_and_reach_the_cloud_once(t
     let before = t.cloud().expect("the stream").messages;
 
     lab.run(&["offline", device]);
-    assert!(
-        t.send(0, EACH),
-        "edge-1's hub took no reading while offline"
-    );
+    let offline_at = std::time::Instant::now();
+    for chunk in 0..CHUNKS {
+        assert!(
+            t.send(chunk * EACH, EACH),
+            "edge-1's hub took no reading while offline"
+        );
+        tokio::time::sleep(PAUSE).await;
+    }
     lab.run(&["reboot", device]);
+    let after = CHUNKS * EACH;
     wait_for(
         "edge-1's hub to take readings again after the reboot",
         Duration::from_secs(180),
-        || async { t.send(EACH, EACH).then_some(()).ok_or("not yet") },
+        || async { t.send(after, EACH).then_some(()).ok_or("not yet") },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    for chunk in 1..CHUNKS {
+        tokio::time::sleep(PAUSE).await;
+        assert!(
+            t.send(after + chunk * EACH, EACH),
+            "edge-1's hub took no reading after the reboot"
+        );
+    }
     let offline = t.cloud().expect("the stream").messages;
     assert_eq!(
         offline, before,
         "readings reached the cloud while edge-1 was offline"
     );
+    println!(
+        "edge-1 offline for {:.0?} with readings flowing",
+        offline_at.elapsed()
+    );
     lab.run(&["online", device]);
     t.wait_arrived(
         "every reading in the cloud stream, once",
-        &(0..2 * EACH).collect(),
+        &(0..2 * CHUNKS * EACH).collect(),
     )
     .await;
     t.wait_drained().await;
