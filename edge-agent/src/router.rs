@@ -123,13 +123,16 @@ pub fn plan(modules: &[ResolvedModule]) -> Vec<Hop> {
 }
 
 /// Runs the hops `plan` sends, replacing them whenever the plan changes, on the agent's
-/// connection to the hub (which reconnects by itself).
+/// connection to the hub (which reconnects by itself). `routed` says which plan has its
+/// consumers in place: until then, what a module publishes on an output no consumer reads
+/// yet is not kept (the outputs stream keeps only what a route wants).
 pub async fn run(
     client: async_nats::Client,
     store: StoreSettings,
     counters: Arc<Counters>,
     lanes: Arc<Lanes>,
     mut plan: watch::Receiver<Vec<Hop>>,
+    routed: watch::Sender<Vec<Hop>>,
 ) {
     let js = jetstream::new(client.clone());
     record_start(&js, &counters).await;
@@ -138,6 +141,7 @@ pub async fn run(
         let mut tasks = JoinSet::new();
         match consumers(&js, &store, &hops).await {
             Ok(consumers) => {
+                routed.send_replace(hops.clone());
                 for (hop, consumer) in hops.into_iter().zip(consumers) {
                     tasks.spawn(forward(
                         client.clone(),
@@ -161,6 +165,20 @@ pub async fn run(
         }
         tasks.shutdown().await;
     }
+}
+
+/// Waits, at most `limit`, until the router has the consumers of `hops`: a module placed
+/// before then could publish into a route that does not read yet and lose those messages.
+/// `false` when it did not happen in time (the hub is down, say): the modules are placed
+/// anyway, since they must run with or without the hub.
+pub async fn wait_routed(
+    routed: &mut watch::Receiver<Vec<Hop>>,
+    hops: &[Hop],
+    limit: Duration,
+) -> bool {
+    tokio::time::timeout(limit, routed.wait_for(|r| r.as_slice() == hops))
+        .await
+        .is_ok_and(|r| r.is_ok())
 }
 
 /// Notes the upstream store's state before the router stores anything in it (the router is
@@ -404,6 +422,42 @@ async fn retry(hop: &Hop, msg: &jetstream::Message, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hop(from: &str) -> Hop {
+        Hop {
+            from: from.into(),
+            to: "edgefleet.modules.a.b.in.x".into(),
+            stored: None,
+            when: None,
+            when_text: None,
+        }
+    }
+
+    /// A module is placed only once the router reads its new route (or the wait gives up):
+    /// placed before, what it publishes first would be lost.
+    #[tokio::test]
+    async fn modules_wait_for_the_router_to_read_their_new_routes() {
+        let plan = vec![hop("edgefleet.modules.a.sensor.out.temperature")];
+        let (routed_tx, mut routed_rx) = watch::channel(Vec::new());
+        let limit = Duration::from_millis(100);
+        assert!(
+            !wait_routed(&mut routed_rx, &plan, limit).await,
+            "the router never read the route"
+        );
+        routed_tx.send_replace(vec![hop("edgefleet.modules.a.other.out.x")]);
+        assert!(
+            !wait_routed(&mut routed_rx, &plan, limit).await,
+            "the router reads another plan"
+        );
+        let sent = plan.clone();
+        let router = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            routed_tx.send_replace(sent);
+            routed_tx
+        });
+        assert!(wait_routed(&mut routed_rx, &plan, Duration::from_secs(5)).await);
+        drop(router.await);
+    }
 
     /// A module's own `Nats-Expected-Last-Sequence` or `Nats-Rollup` would make every
     /// store refuse its messages and stall the device's forwarder; a `Nats-Msg-Id` would

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgefleet_crds::condition::Condition;
 use edgefleet_crds::{DesiredState, EdgeDeviceStatus, ModuleStatus, RuntimeStatus};
@@ -26,6 +27,9 @@ use crate::observe::{Placement, PodSeen, is_up, module_status};
 use crate::report::{Facts, status};
 use crate::validate::{self, Refused, Rejection};
 use crate::{desired, hub, lease, router, startup, status_writer, upstream};
+
+/// How long a pass waits for the router to read new routes before it places their modules.
+const ROUTING_WAIT: Duration = Duration::from_secs(5);
 
 /// The agent's memory between passes.
 #[derive(Debug)]
@@ -78,6 +82,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let mut hub_users = HubUsers::starting_with(users);
     let (routes_tx, routes_rx) = watch::channel(router::plan(&journaled));
+    let (routed_tx, mut routed_rx) = watch::channel(Vec::new());
     match &agent.accepted {
         Some(d) => tracing::info!(
             revision = d.revision,
@@ -115,7 +120,9 @@ pub async fn run(config: Config) -> Result<()> {
                     counters.clone(),
                     lanes.clone(),
                 ));
-                tokio::spawn(router::run(client, store, counters, lanes, routes_rx));
+                tokio::spawn(router::run(
+                    client, store, counters, lanes, routes_rx, routed_tx,
+                ));
             }
             Err(e) => {
                 tracing::error!(error = %e, "no router: the agent's hub secret is unreadable")
@@ -168,11 +175,17 @@ pub async fn run(config: Config) -> Result<()> {
                 .update(h, &config.state_dir, &config.manifest_dir, modules)
                 .await;
             let hops = router::plan(modules);
-            routes_tx.send_if_modified(|current| {
+            let changed = routes_tx.send_if_modified(|current| {
                 let changed = *current != hops;
-                *current = hops;
+                current.clone_from(&hops);
                 changed
             });
+            // A new route reads before its source module is placed, not a moment after.
+            if changed && !router::wait_routed(&mut routed_rx, &hops, ROUTING_WAIT).await {
+                tracing::warn!(
+                    "the router has not set up the new routes in time; placing the modules anyway"
+                );
+            }
         }
         let mut report = agent.sync().await;
         if let Some(w) = &mut hub_watch {
