@@ -18,9 +18,7 @@ use edgefleet_agent::hub_status::{Counters, HubWatch};
 use edgefleet_agent::hub_users::ModuleUser;
 use edgefleet_agent::upstream::StoreSettings;
 use edgefleet_agent::{router, upstream};
-use edgefleet_crds::hub::{
-    self, FLEET_UPSTREAM_SUBJECTS, NATS_PORT, OUTPUTS_STREAM, UPSTREAM_STREAM,
-};
+use edgefleet_crds::hub::{self, FLEET_UPSTREAM_SUBJECTS, NATS_PORT, UPSTREAM_STREAM};
 use edgefleet_crds::{ResolvedModule, hub::module_user};
 use tokio::task::JoinSet;
 
@@ -221,8 +219,8 @@ impl Agent {
         let client = upstream::connect(&store.device, PASSWORD).await;
         let counters = Arc::new(Counters::default());
         let hops = router::plan(modules);
-        let routes = hops.len();
-        let (plan_tx, plan) = tokio::sync::watch::channel(hops);
+        let (plan_tx, plan) = tokio::sync::watch::channel(hops.clone());
+        let (routed_tx, mut routed) = tokio::sync::watch::channel(Vec::new());
         let lanes = Arc::new(upstream::Lanes::default());
         let mut tasks = JoinSet::new();
         tasks.spawn(upstream::forward(
@@ -242,17 +240,15 @@ impl Agent {
             counters.clone(),
             lanes,
             plan,
+            routed_tx,
         ));
+        assert!(
+            router::wait_routed(&mut routed, &hops, START).await,
+            "the router does not read the routes"
+        );
         let js = jetstream::new(client.clone());
         let deadline = Instant::now() + START;
-        loop {
-            let routed = match js.get_stream(OUTPUTS_STREAM).await {
-                Ok(s) => s.cached_info().state.consumer_count == routes,
-                Err(_) => false,
-            };
-            if routed && js.get_stream(UPSTREAM_STREAM).await.is_ok() {
-                break;
-            }
+        while js.get_stream(UPSTREAM_STREAM).await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the agent's streams are not there"

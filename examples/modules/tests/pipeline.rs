@@ -28,8 +28,8 @@ use edgefleet_agent::hub_users::{PASSWORD_FILE, USERNAME_FILE, credentials_dir, 
 use edgefleet_agent::upstream::{Lanes, StoreSettings, WhenFull, ensure_stream};
 use edgefleet_agent::{render, router};
 use edgefleet_crds::hub::{
-    AGENT_USER, CREDENTIALS_MOUNT, MONITOR_PORT, MQTT_PORT, NATS_PORT, OUTPUTS_STREAM,
-    UPSTREAM_STREAM, env, forwarded_subject, module_outputs, stored_upstream,
+    AGENT_USER, CREDENTIALS_MOUNT, MONITOR_PORT, MQTT_PORT, NATS_PORT, UPSTREAM_STREAM, env,
+    forwarded_subject, module_outputs, stored_upstream,
 };
 use edgefleet_crds::{EdgeDeployment, EdgeModule, ResolvedModule};
 use edgefleet_examples::{Anomaly, READINGS};
@@ -223,36 +223,27 @@ impl Agent {
         rt.block_on(ensure_stream(&js, &store))
             .expect("the upstream store");
         let hops = router::plan(modules);
-        let routes = hops.len();
-        let (plan, rx) = tokio::sync::watch::channel(hops);
+        let (plan, rx) = tokio::sync::watch::channel(hops.clone());
+        let (routed_tx, mut routed) = tokio::sync::watch::channel(Vec::new());
         rt.spawn(router::run(
             client,
             store,
             Arc::new(Counters::default()),
             Arc::new(Lanes::default()),
             rx,
+            routed_tx,
         ));
-        let agent = Agent {
+        // Until the router's consumers exist, the outputs stream keeps nothing: the modules
+        // start after, as the agent places them.
+        assert!(
+            rt.block_on(router::wait_routed(&mut routed, &hops, DEADLINE)),
+            "the router does not read the routes"
+        );
+        Agent {
             rt,
             js,
             _plan: plan,
-        };
-        // Until the router's consumers exist, the outputs stream keeps nothing.
-        wait_until(
-            "the router's consumers",
-            || agent.consumers(),
-            |n| *n == routes,
-        );
-        agent
-    }
-
-    fn consumers(&self) -> usize {
-        self.rt.block_on(async {
-            match self.js.get_stream(OUTPUTS_STREAM).await {
-                Ok(mut s) => s.info().await.map_or(0, |i| i.state.consumer_count),
-                Err(_) => 0,
-            }
-        })
+        }
     }
 
     /// What the device's upstream store holds, in order: subjects and payloads.
