@@ -228,28 +228,40 @@ pub struct HubStatus {
     pub connected: bool,
     /// Upstream messages waiting on the device for the cloud.
     #[serde(default)]
+    #[schemars(range(max = MAX_HUB_COUNT))]
     pub backlog_messages: u64,
     #[serde(default)]
+    #[schemars(range(max = MAX_HUB_COUNT))]
     pub backlog_bytes: u64,
     /// How long the oldest waiting message has waited, in whole minutes.
     #[serde(default)]
+    #[schemars(range(max = MAX_HUB_COUNT))]
     pub oldest_minutes: u64,
     /// Upstream messages that expired on the device (older than the TTL) before the cloud
     /// had them, since the agent started.
     #[serde(default)]
+    #[schemars(range(max = MAX_HUB_COUNT))]
     pub expired: u64,
     /// Upstream messages pushed out of a full store to make room for new ones
     /// (drop-oldest) before the cloud had them, since the agent started.
     #[serde(default)]
+    #[schemars(range(max = MAX_HUB_COUNT))]
     pub full: u64,
     /// Upstream messages a full store refused (refuse-new) since the agent started.
     #[serde(default)]
+    #[schemars(range(max = MAX_HUB_COUNT))]
     pub refused: u64,
 }
 
+/// The largest figure a device may report in `status.hub`: more than any device's store
+/// holds or loses, and exact as a float (a Prometheus gauge, a JavaScript client), so that
+/// one device's figures, true or not, cannot overflow or swamp what the fleet's sums say.
+pub const MAX_HUB_COUNT: u64 = 1_000_000_000_000_000;
+
 impl HubStatus {
-    /// `n` to two significant digits: 12345 is 12000.
+    /// `n` to two significant digits, at most [`MAX_HUB_COUNT`]: 12345 is 12000.
     pub fn coarse(n: u64) -> u64 {
+        let n = n.min(MAX_HUB_COUNT);
         let mut scale = 1;
         while n / scale >= 100 {
             scale *= 10;
@@ -373,7 +385,30 @@ mod tests {
         assert_eq!(HubStatus::coarse(99), 99);
         assert_eq!(HubStatus::coarse(12_345), 12_000);
         assert_eq!(HubStatus::coarse(12_999), 12_000);
-        assert_eq!(HubStatus::coarse(u64::MAX), 18_000_000_000_000_000_000);
+        assert_eq!(HubStatus::coarse(MAX_HUB_COUNT - 1), 990_000_000_000_000);
+    }
+
+    /// A device that lies about its hub (or whose counters ran wild) cannot write figures
+    /// that overflow or swamp the fleet's sums: the schema bounds each one and the agent's
+    /// coarse figures stay within it.
+    #[test]
+    fn a_device_cannot_report_hub_figures_past_the_bound() {
+        assert_eq!(HubStatus::coarse(u64::MAX), MAX_HUB_COUNT);
+        let schema = serde_json::to_value(schemars::schema_for!(HubStatus)).expect("json");
+        for field in [
+            "backlogMessages",
+            "backlogBytes",
+            "oldestMinutes",
+            "expired",
+            "full",
+            "refused",
+        ] {
+            assert_eq!(
+                schema["properties"][field]["maximum"].as_f64(),
+                Some(MAX_HUB_COUNT as f64),
+                "{field} is unbounded"
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use edgefleet_crds::device::HubStatus;
+use edgefleet_crds::device::{HubStatus, MAX_HUB_COUNT};
 use edgefleet_crds::hub::UPSTREAM_STREAM;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -62,7 +62,7 @@ impl HubFigures {
             connected: self.connected,
             backlog_messages: HubStatus::coarse(self.backlog_messages),
             backlog_bytes: HubStatus::coarse(self.backlog_bytes),
-            oldest_minutes: self.oldest_seconds / 60,
+            oldest_minutes: (self.oldest_seconds / 60).min(MAX_HUB_COUNT),
             expired: HubStatus::coarse(self.expired),
             full: HubStatus::coarse(self.full),
             refused: HubStatus::coarse(self.refused),
