@@ -21,7 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::decide::join;
+use crate::decide::{join, presence};
 use crate::k8s::context::Context;
 use crate::k8s::feeds::{Feeds, watch};
 use crate::k8s::leader::Elector;
@@ -192,10 +192,14 @@ async fn controllers(
         ),
         spec_changes(grants_for_devices).map(|_| ()),
     );
+    let device_store = ctx.stores.devices.clone();
     let device_ctrl = Controller::for_shared_stream(devices, ctx.stores.devices.clone())
         .with_config(bounded.clone())
-        .watches_stream(lease_changes, |l: Lease| {
-            device_of_object(&l.name_any()).map(ObjectRef::<EdgeDevice>::new)
+        .watches_stream(lease_changes, move |l: Lease| {
+            let device = ObjectRef::<EdgeDevice>::new(device_of_object(&l.name_any())?);
+            let reported = device_store.get(&device);
+            presence::renewal_may_change(reported.as_ref().and_then(|d| d.status.as_ref()))
+                .then_some(device)
         })
         .watches_stream(node_changes, |n| {
             Some(ObjectRef::<EdgeDevice>::new(&n.name_any()))
