@@ -8,6 +8,7 @@ mod fake;
 
 use std::sync::Arc;
 
+use edgefleet_controller::k8s::watches::keep_renew_time;
 use edgefleet_controller::k8s::{apply, context::Context};
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
@@ -179,6 +180,48 @@ async fn an_enrolled_device_gets_its_lease_and_rbac_owned_by_it() {
     }
 }
 
+/// A controller that starts again lists every device as new; a device whose Lease carries
+/// the fingerprint of what the registry would write costs it no write at all (at 10,000
+/// devices, 50,000 writes at every restart before). One whose objects should change is
+/// written again.
+#[tokio::test]
+async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device() {
+    let mut first = World::new();
+    first.device(&munich_device("edge-1"));
+    registry::reconcile(edge_1(), first.context())
+        .await
+        .expect("registry reconcile");
+    assert_eq!(writes(&first.log.take()).len(), 5);
+    let name = "edgefleet-device-edge-1";
+    let mut lease = first.stored(&Lease {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(SYSTEM_NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    // As the controller's Lease cache keeps it.
+    keep_renew_time(&mut lease);
+
+    let mut again = World::new();
+    again.device(&munich_device("edge-1")).add(lease.clone());
+    registry::reconcile(edge_1(), again.context())
+        .await
+        .expect("registry reconcile");
+    let requests = again.log.take();
+    assert!(writes(&requests).is_empty(), "{requests:#?}");
+
+    // Another offline threshold means another Lease duration: written again.
+    let mut changed = World::new();
+    changed.device(&munich_device("edge-1")).add(lease);
+    let ctx = changed.context_with(&["--offline-threshold", "90s"]);
+    registry::reconcile(edge_1(), ctx)
+        .await
+        .expect("registry reconcile");
+    assert_eq!(writes(&changed.log.take()).len(), 5);
+}
+
 #[tokio::test]
 async fn a_role_is_bound_only_after_it_was_applied() {
     // Refusing both roles shows whether a binding went out before (or without) its role.
@@ -198,9 +241,10 @@ async fn a_role_is_bound_only_after_it_was_applied() {
         .log
         .take()
         .into_iter()
-        .filter(|r| r.path.contains("bindings/"))
+        .filter(|r| r.path.contains("bindings/") || r.path.contains("leases/"))
         .map(|r| r.path)
         .collect();
+    // Nor the Lease, whose fingerprint would say the RBAC is in place.
     assert_eq!(bindings, Vec::<String>::new());
 }
 

@@ -55,6 +55,11 @@ pub fn device_object_name(device: &str) -> String {
     format!("{DEVICE_OBJECT_PREFIX}{device}")
 }
 
+/// On a device's Lease: the fingerprint of the Lease and RBAC the controller last wrote
+/// for the device, whole. A controller that starts again finds it and writes nothing for
+/// a device whose objects are already what they should be.
+pub const REGISTRATION_ANNOTATION: &str = "edgefleet.io/registration";
+
 /// The device a per-device object (named by [`device_object_name`]) belongs to.
 pub fn device_of_object(name: &str) -> Option<&str> {
     name.strip_prefix(DEVICE_OBJECT_PREFIX)

@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 
 use edgefleet_crds::EdgeDevice;
-use edgefleet_crds::identity::{GROUP, device_object_name, device_user};
+use edgefleet_crds::identity::{GROUP, REGISTRATION_ANNOTATION, device_object_name, device_user};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
+use sha2::{Digest, Sha256};
 
 fn owner(device: &EdgeDevice) -> Option<OwnerReference> {
     device.controller_owner_ref(&())
@@ -114,6 +115,65 @@ pub fn lease(name: &str, namespace: &str, device: &EdgeDevice, duration_s: i32) 
     }
 }
 
+/// Everything the registry writes for one device. The Lease carries the fingerprint of the
+/// whole, so the registry can tell from its Lease cache alone that a device needs nothing
+/// written; it writes the Lease last, once the RBAC it vouches for is in place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub cluster_role: ClusterRole,
+    pub cluster_role_binding: ClusterRoleBinding,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub lease: Lease,
+}
+
+impl Registration {
+    pub fn of(name: &str, namespace: &str, device: &EdgeDevice, lease_s: i32) -> Registration {
+        let mut r = Registration {
+            cluster_role: cluster_role(name, device),
+            cluster_role_binding: cluster_role_binding(name, device),
+            role: role(name, namespace, device),
+            role_binding: role_binding(name, namespace, device),
+            lease: lease(name, namespace, device, lease_s),
+        };
+        let fingerprint = r.fingerprint();
+        r.lease
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(REGISTRATION_ANNOTATION.to_owned(), fingerprint);
+        r
+    }
+
+    /// A hash of the five objects as built (the Lease without its annotation).
+    fn fingerprint(&self) -> String {
+        let bytes = serde_json::to_vec(&(
+            &self.cluster_role,
+            &self.cluster_role_binding,
+            &self.role,
+            &self.role_binding,
+            &self.lease,
+        ))
+        .unwrap_or_default();
+        Sha256::digest(&bytes)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Whether `written` (the device's Lease as cached) says this registration is in place.
+    pub fn is_in(&self, written: Option<&Lease>) -> bool {
+        let annotation = |l: &Lease| {
+            l.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REGISTRATION_ANNOTATION))
+                .cloned()
+        };
+        written.is_some_and(|w| annotation(w).is_some() && annotation(w) == annotation(&self.lease))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +182,29 @@ mod tests {
         let mut d = EdgeDevice::new("edge-1", Default::default());
         d.metadata.uid = Some("uid-1".into());
         d
+    }
+
+    /// A controller that starts again writes nothing for a registered device; a device whose
+    /// objects should now be different (another owner, another duration) or whose Lease
+    /// lacks the fingerprint (never completed, or written by an older controller) is written.
+    #[test]
+    fn a_registration_in_place_is_not_written_again() {
+        let d = device();
+        let r = Registration::of("edge-1", "edgefleet-system", &d, 40);
+        assert!(r.is_in(Some(&r.lease)));
+        assert!(!r.is_in(None), "no Lease yet");
+        let mut bare = r.lease.clone();
+        bare.metadata.annotations = None;
+        assert!(!r.is_in(Some(&bare)), "a Lease without the fingerprint");
+        let longer = Registration::of("edge-1", "edgefleet-system", &d, 90);
+        assert!(!longer.is_in(Some(&r.lease)), "another lease duration");
+        let mut again = d.clone();
+        again.metadata.uid = Some("uid-2".into());
+        let recreated = Registration::of("edge-1", "edgefleet-system", &again, 40);
+        assert!(
+            !recreated.is_in(Some(&r.lease)),
+            "a device deleted and created again owns new objects"
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::ready;
 use std::sync::Arc;
 
+use edgefleet_crds::identity::REGISTRATION_ANNOTATION;
+
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use kube::runtime::reflector::{self, ReflectHandle, Store};
@@ -153,8 +155,9 @@ pub fn drop_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// Presence needs only a Lease's renew time: at 10,000 devices the rest (managedFields of
-/// two writers, holder, durations) would be most of the cache.
+/// Presence needs only a Lease's renew time, and the registry its fingerprint: at 10,000
+/// devices the rest (managedFields of two writers, holder, durations) would be most of the
+/// cache.
 pub fn keep_renew_time(lease: &mut Lease) {
     let renew_time = lease.spec.as_mut().and_then(|s| s.renew_time.take());
     lease.spec = Some(LeaseSpec {
@@ -165,7 +168,10 @@ pub fn keep_renew_time(lease: &mut Lease) {
     meta.managed_fields = None;
     meta.owner_references = None;
     meta.labels = None;
-    meta.annotations = None;
+    // Only the registry's fingerprint (`device_rbac::Registration`) is read back.
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k == REGISTRATION_ANNOTATION);
+    }
 }
 
 /// Passes on a watched object when it appears or disappears, not when it changes (a Node's

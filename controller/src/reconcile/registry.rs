@@ -8,15 +8,18 @@
 use std::sync::Arc;
 
 use edgefleet_crds::EdgeDevice;
+use edgefleet_crds::identity::device_object_name;
 use edgefleet_crds::names::check_dns_label;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
+use crate::decide::device_rbac::Registration;
 use crate::error::{Error, Result};
+use crate::k8s::apply;
 use crate::k8s::context::Context;
-use crate::{decide::device_rbac, k8s::apply};
 
 pub const CONTROLLER: &str = "registry";
 
@@ -40,44 +43,42 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     let ns = ctx.config.namespace.as_str();
     let c = &ctx.client;
     let lease_s = i32::try_from(ctx.config.offline_threshold.as_secs()).unwrap_or(i32::MAX);
-    // The Lease and the two RBAC pairs go out in parallel, so that mass registration is
-    // bound by the controller's concurrency, not by five round trips per device.
-    let (lease, cluster_role, cluster_binding, role, binding) = (
-        device_rbac::lease(&name, ns, &device, lease_s),
-        device_rbac::cluster_role(&name, &device),
-        device_rbac::cluster_role_binding(&name, &device),
-        device_rbac::role(&name, ns, &device),
-        device_rbac::role_binding(&name, ns, &device),
-    );
-    let (leases, cluster_roles, cluster_bindings, roles, bindings) = (
-        Api::<Lease>::namespaced(c.clone(), ns),
+    let r = Registration::of(&name, ns, &device, lease_s);
+    let cached = ctx
+        .stores
+        .leases
+        .get(&ObjectRef::new(&device_object_name(&name)).within(ns));
+    if r.is_in(cached.as_deref()) {
+        // What a controller that starts again finds for every device it registered before.
+        ctx.metrics.skipped_write(CONTROLLER);
+        return Ok(Action::await_change());
+    }
+    let (cluster_roles, cluster_bindings, roles, bindings) = (
         Api::<ClusterRole>::all(c.clone()),
         Api::<ClusterRoleBinding>::all(c.clone()),
         Api::<Role>::namespaced(c.clone(), ns),
         Api::<RoleBinding>::namespaced(c.clone(), ns),
     );
-    let lease = async {
-        apply::object(&leases, &lease)
-            .await
-            .map_err(|e| Error::ApplyLease(name.clone(), e))
+    // A role before its binding: to bind a role it does not hold rights to grant
+    // wholesale, the controller must hold every permission in it, and the apiserver
+    // checks that against the role, which therefore has to exist (a missing one shows
+    // as NotFound). Only a cluster admin would get away with another order. The two pairs
+    // go out in parallel, so that mass registration is bound by the controller's
+    // concurrency rather than by round trips.
+    let cluster_pair = async {
+        apply::object(&cluster_roles, &r.cluster_role).await?;
+        apply::object(&cluster_bindings, &r.cluster_role_binding).await
     };
-    let rbac = async {
-        // A role before its binding: to bind a role it does not hold rights to grant
-        // wholesale, the controller must hold every permission in it, and the apiserver
-        // checks that against the role, which therefore has to exist (a missing one shows
-        // as NotFound). Only a cluster admin would get away with another order.
-        let cluster_pair = async {
-            apply::object(&cluster_roles, &cluster_role).await?;
-            apply::object(&cluster_bindings, &cluster_binding).await
-        };
-        let namespaced_pair = async {
-            apply::object(&roles, &role).await?;
-            apply::object(&bindings, &binding).await
-        };
-        futures::try_join!(cluster_pair, namespaced_pair)
-            .map_err(|e| Error::ApplyRbac(name.clone(), e))
+    let namespaced_pair = async {
+        apply::object(&roles, &r.role).await?;
+        apply::object(&bindings, &r.role_binding).await
     };
-    futures::try_join!(lease, rbac)?;
+    futures::try_join!(cluster_pair, namespaced_pair)
+        .map_err(|e| Error::ApplyRbac(name.clone(), e))?;
+    // Last: its fingerprint says the RBAC above is in place.
+    apply::object(&Api::<Lease>::namespaced(c.clone(), ns), &r.lease)
+        .await
+        .map_err(|e| Error::ApplyLease(name.clone(), e))?;
     Ok(Action::await_change())
 }
 

@@ -135,6 +135,11 @@ impl World {
 
     /// The context every reconcile gets, with every cache synced. Call it once.
     pub fn context(&mut self) -> Arc<Context> {
+        self.context_with(&[])
+    }
+
+    /// [`context`](Self::context) with the controller started with `flags` as well.
+    pub fn context_with(&mut self, flags: &[&str]) -> Arc<Context> {
         let w = &mut self.writers;
         w.nodes.apply_watcher_event(&Event::InitDone);
         w.devices.apply_watcher_event(&Event::InitDone);
@@ -156,13 +161,17 @@ impl World {
             synced.expect(cache);
             synced.observe(cache, &Ok::<_, ()>(Event::<()>::InitDone));
         }
-        let config = Config::try_parse_from([
-            "edgefleet-controller",
-            "--namespace",
-            SYSTEM_NAMESPACE,
-            "--identity",
-            "test",
-        ])
+        let config = Config::try_parse_from(
+            [
+                "edgefleet-controller",
+                "--namespace",
+                SYSTEM_NAMESPACE,
+                "--identity",
+                "test",
+            ]
+            .iter()
+            .chain(flags),
+        )
         .expect("the test's flags parse");
         Arc::new(Context::new(
             self.client.clone(),
