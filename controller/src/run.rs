@@ -25,6 +25,7 @@ use crate::decide::{join, presence};
 use crate::k8s::context::Context;
 use crate::k8s::feeds::{Feeds, watch};
 use crate::k8s::leader::Elector;
+use crate::k8s::throttle::throttled;
 use crate::k8s::watches::{Synced, enrolments, spec_changes};
 use crate::metrics::{HubTotals, Metrics};
 use crate::reconcile::{
@@ -32,6 +33,10 @@ use crate::reconcile::{
 };
 use crate::serve::admission;
 use crate::serve::http::{self, Health};
+
+/// How often at most a deployment's or a module's status follows its devices: once a second
+/// while they keep changing, at once after a quiet second.
+const STATUS_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -228,7 +233,7 @@ async fn controllers(
     let dep_store_for_grants = ctx.stores.deployments.clone();
     let deployment_ctrl =
         Controller::for_shared_stream(spec_changes(deployments), ctx.stores.deployments.clone())
-            .with_config(bounded.clone().debounce(Duration::from_millis(500)))
+            .with_config(bounded.clone())
             .watches_shared_stream(devices_for_deployments, |d: Arc<EdgeDevice>| {
                 deployment::deployments_of_device(&d)
             })
@@ -240,7 +245,7 @@ async fn controllers(
             })
             .graceful_shutdown_on(shutdown_signal())
             .run(
-                deployment::reconcile,
+                throttled(STATUS_PERIOD, deployment::reconcile),
                 reconcile::retry(deployment::CONTROLLER),
                 ctx.clone(),
             )
@@ -248,7 +253,7 @@ async fn controllers(
 
     let module_ctrl =
         Controller::for_shared_stream(spec_changes(modules), ctx.stores.modules.clone())
-            .with_config(bounded.clone().debounce(Duration::from_millis(500)))
+            .with_config(bounded.clone())
             .watches_shared_stream(devices_for_modules, |d: Arc<EdgeDevice>| {
                 module_status::modules_of_device(&d)
             })
@@ -257,7 +262,7 @@ async fn controllers(
             })
             .graceful_shutdown_on(shutdown_signal())
             .run(
-                module_status::reconcile,
+                throttled(STATUS_PERIOD, module_status::reconcile),
                 reconcile::retry(module_status::CONTROLLER),
                 ctx.clone(),
             )

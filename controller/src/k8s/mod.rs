@@ -1,5 +1,5 @@
 //! Kubernetes plumbing the reconciles share: the caches and the context around them,
-//! server-side apply, Events and leader election.
+//! server-side apply, Events, leader election and the reconciles' throttle.
 
 pub mod apply;
 pub mod context;
@@ -7,4 +7,5 @@ pub mod events;
 pub mod feeds;
 pub mod leader;
 pub mod moves;
+pub mod throttle;
 pub mod watches;
