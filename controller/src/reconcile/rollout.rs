@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, RolloutPhase, RolloutStatus};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
@@ -137,6 +138,9 @@ fn all_at_once(revision: &str, r: &Rollup, last: &RolloutStatus) -> RolloutStatu
     }
 }
 
+/// Writes a wave's moves (and placements) side by side, up to the controller's concurrency:
+/// one after another, a wave of thousands took as many round trips. Each move written is
+/// remembered even if another fails; the failed ones are tried again with the reconcile.
 async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
     let target = &plan.status.target_revision;
     let api = Api::<EdgeDevice>::all(ctx.client.clone());
@@ -146,15 +150,31 @@ async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
     };
     let good = &plan.status.current_revision;
     let placed = plan.placements.iter().map(|d| (d, good));
-    for (device, revision) in plan.moves.iter().map(|d| (d, target)).chain(placed) {
-        let patch = json!({"spec": {"rollouts": {key: revision}}});
-        api.patch(device, &params, &Patch::Merge(&patch))
-            .await
-            .map_err(|e| Error::MoveDevice(device.clone(), e))?;
-        ctx.moves.remember(key, device, revision, Instant::now());
-        tracing::info!(deployment = key, device, %revision, wave = plan.status.wave, "moved");
-    }
-    Ok(())
+    let pairs: Vec<(String, String)> = plan
+        .moves
+        .iter()
+        .map(|d| (d, target))
+        .chain(placed)
+        .map(|(d, r)| (d.clone(), r.clone()))
+        .collect();
+    let wave = plan.status.wave;
+    let writes = pairs.into_iter().map(|(device, revision)| {
+        let (api, params) = (api.clone(), params.clone());
+        async move {
+            let patch = json!({"spec": {"rollouts": {key: &revision}}});
+            api.patch(&device, &params, &Patch::Merge(&patch))
+                .await
+                .map_err(|e| Error::MoveDevice(device.clone(), e))?;
+            ctx.moves.remember(key, &device, &revision, Instant::now());
+            tracing::info!(deployment = key, device, %revision, wave, "moved");
+            Ok(())
+        }
+    });
+    let results: Vec<Result<()>> = futures::stream::iter(writes)
+        .buffer_unordered(usize::from(ctx.config.concurrency))
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// Creates the ControllerRevision of `revision` unless it exists.
