@@ -17,7 +17,8 @@ use kube::{Api, Client};
 
 use crate::k8s::context::Stores;
 use crate::k8s::watches::{
-    Cache, Synced, arrivals_and_departures, cache, drop_managed_fields, keep_renew_time, shared,
+    Cache, Synced, arrivals_and_departures, cache, drop_managed_fields, keep_name_only,
+    keep_renew_time, shared,
 };
 use crate::reconcile::rollout;
 
@@ -94,7 +95,7 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
     let (nodes, node_events) = cache(
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
         watcher::Config::default(),
-        drop_managed_fields,
+        keep_name_only,
         synced,
         Cache::Nodes,
     );

@@ -10,6 +10,7 @@ use edgefleet_crds::identity::REGISTRATION_ANNOTATION;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -155,6 +156,19 @@ pub fn drop_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
+/// A device needs only to know that its Node exists: a real kubelet's Node carries a
+/// kilobyte or more of labels and annotations, a megabyte or more at 10,000 devices.
+pub fn keep_name_only<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        ..Default::default()
+    };
+}
+
 /// Presence needs only a Lease's renew time, and the registry its fingerprint: at 10,000
 /// devices the rest (managedFields of two writers, holder, durations) would be most of the
 /// cache.
@@ -226,6 +240,36 @@ pub fn spec_changes<K: Resource + Send + Sync + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Node cache keeps what tells a Node exists, and none of what its kubelet writes.
+    #[test]
+    fn a_cached_node_keeps_its_name_only() {
+        use std::collections::BTreeMap;
+        let mut node = k8s_openapi::api::core::v1::Node {
+            metadata: ObjectMeta {
+                name: Some("edge-1".into()),
+                uid: Some("uid-1".into()),
+                resource_version: Some("7".into()),
+                labels: Some(BTreeMap::from([(
+                    "kubernetes.io/os".into(),
+                    "linux".into(),
+                )])),
+                annotations: Some(BTreeMap::from([("a".into(), "b".repeat(1000))])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        keep_name_only(&mut node);
+        assert_eq!(
+            node.metadata,
+            ObjectMeta {
+                name: Some("edge-1".into()),
+                uid: Some("uid-1".into()),
+                resource_version: Some("7".into()),
+                ..Default::default()
+            }
+        );
+    }
 
     fn init_done() -> Result<watcher::Event<Lease>, ()> {
         Ok(watcher::Event::InitDone)
