@@ -10,6 +10,7 @@ mod api;
 mod containerd;
 mod fleet;
 mod helm;
+pub mod hollow;
 mod hub;
 mod lab;
 pub mod loopback;
