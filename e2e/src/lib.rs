@@ -11,6 +11,7 @@ mod containerd;
 mod fleet;
 mod helm;
 pub mod hollow;
+pub mod hollow_fleet;
 mod hub;
 mod lab;
 pub mod loopback;
