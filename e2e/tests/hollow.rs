@@ -133,16 +133,28 @@ async fn hollow_devices_join_and_report_a_deployment_ready() {
 }
 
 /// The bootstrap's service account and its right to ask for certificates, as the chart
-/// gives them.
+/// gives them, unless the chart's are there; labelled as this test's, to be removed.
 async fn bootstrap_account(admin: &Client) {
+    let accounts = Api::<ServiceAccount>::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    if accounts
+        .get_opt(BOOTSTRAP_NAME)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return;
+    }
     let apply = PatchParams::apply(MANAGER).force();
-    Api::<ServiceAccount>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
+    let labels = json!({LABEL: "yes"});
+    accounts
         .patch(
             BOOTSTRAP_NAME,
             &apply,
             &Patch::Apply(json!({
                 "apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": BOOTSTRAP_NAME, "namespace": SYSTEM_NAMESPACE},
+                "metadata": {"name": BOOTSTRAP_NAME, "namespace": SYSTEM_NAMESPACE,
+                    "labels": labels},
             })),
         )
         .await
@@ -153,7 +165,7 @@ async fn bootstrap_account(admin: &Client) {
             &apply,
             &Patch::Apply(json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": BOOTSTRAP_NAME},
+                "metadata": {"name": BOOTSTRAP_NAME, "labels": labels},
                 "rules": [{"apiGroups": ["certificates.k8s.io"],
                     "resources": ["certificatesigningrequests"], "verbs": ["create", "get"]}],
             })),
@@ -166,7 +178,7 @@ async fn bootstrap_account(admin: &Client) {
             &apply,
             &Patch::Apply(json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": BOOTSTRAP_NAME},
+                "metadata": {"name": BOOTSTRAP_NAME, "labels": labels},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                     "name": BOOTSTRAP_NAME},
                 "subjects": [{"kind": "ServiceAccount", "name": BOOTSTRAP_NAME,
@@ -214,12 +226,22 @@ async fn bootstrap_token(admin: &Client, device: &str) -> String {
         .token
 }
 
-/// What an earlier run left: the hollow devices' Nodes, EdgeDevices (their Leases and RBAC
-/// go with them), bootstrap pods and certificate requests.
+/// What this test makes (also what an earlier run left): the hollow devices' Nodes,
+/// EdgeDevices (their Leases and RBAC go with them), bootstrap pods, certificate requests
+/// and the bootstrap's account, if the test made it.
 async fn remove_leftovers(admin: &Client) {
     let dp = DeleteParams::default();
     let mine = ListParams::default().labels(&format!("{LABEL}=yes"));
     let _ = Api::<Pod>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
+        .delete_collection(&dp, &mine)
+        .await;
+    let _ = Api::<ServiceAccount>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
+        .delete_collection(&dp, &mine)
+        .await;
+    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete_collection(&dp, &mine)
+        .await;
+    let _ = Api::<ClusterRole>::all(admin.clone())
         .delete_collection(&dp, &mine)
         .await;
     let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());

@@ -91,7 +91,7 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
             pid: std::process::id(),
         },
     ];
-    let timeout = Duration::from_secs(120 + n as u64 / 10);
+    let timeout = Duration::from_secs(120 + n as u64 / 5);
     let ns = fresh_namespace(admin, NAMESPACE).await;
     apply(admin, &ns, "EdgeModule", "app", module("1")).await;
     apply(admin, &ns, "EdgeDeployment", "fleet", deployment(None)).await;
