@@ -232,9 +232,23 @@ async fn bootstrap_token(admin: &Client, device: &str) -> String {
 async fn remove_leftovers(admin: &Client) {
     let dp = DeleteParams::default();
     let mine = ListParams::default().labels(&format!("{LABEL}=yes"));
-    let _ = Api::<Pod>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
-        .delete_collection(&dp, &mine)
+    // No kubelet confirms a bootstrap pod's end: they go at once, or never.
+    let pods = Api::<Pod>::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let _ = pods
+        .delete_collection(&DeleteParams::default().grace_period(0), &mine)
         .await;
+    wait_for(
+        "the bootstrap pods to go",
+        Duration::from_secs(60),
+        || async {
+            let left = pods.list_metadata(&mine).await.map_err(|e| e.to_string())?;
+            left.items
+                .is_empty()
+                .then_some(())
+                .ok_or(format!("{} left", left.items.len()))
+        },
+    )
+    .await;
     let _ = Api::<ServiceAccount>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
         .delete_collection(&dp, &mine)
         .await;
