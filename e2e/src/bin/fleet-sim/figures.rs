@@ -137,25 +137,35 @@ impl Phase {
         self.start
     }
 
-    /// What the phase cost, as one line per kind of figure.
-    pub async fn end(&self, admin: &Client, processes: &[Process], devices: usize) -> String {
+    /// What the phase cost.
+    pub async fn end(&self, admin: &Client, processes: &[Process], devices: usize) -> Cost {
         let seconds = self.start.elapsed().as_secs_f64().max(0.001);
         let now = requests(admin).await;
         let writes = now.writes - self.requests.writes;
-        let mut out = format!(
-            "apiserver writes {writes:.0} ({:.0}/s, {:.3}/s per device), 429s {:.0}; over {seconds:.1}s",
+        let mut text = format!(
+            "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device), 429s {:.0}; over {seconds:.1}s",
             writes / seconds,
-            writes / seconds / devices.max(1) as f64,
+            writes / devices.max(1) as f64,
             now.rejected - self.requests.rejected,
         );
         for (p, before) in processes.iter().zip(&self.cpu) {
-            out.push_str(&format!(
+            text.push_str(&format!(
                 "\n    {}: {:.1} CPU s, peak RSS {:.0} MiB",
                 p.name,
                 p.cpu_s() - before,
                 p.peak_mib()
             ));
         }
-        out
+        Cost {
+            text,
+            writes_per_s: writes / seconds,
+        }
     }
+}
+
+/// What a phase cost: the figures to print, and the apiserver's write rate.
+#[derive(Debug)]
+pub struct Cost {
+    pub text: String,
+    pub writes_per_s: f64,
 }

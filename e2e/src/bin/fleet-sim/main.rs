@@ -110,6 +110,12 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
         start_delay: Duration::from_millis(args.start_delay_ms),
         fail: None,
     };
+    // What the cluster writes without the hollow fleet (its own Leases, Events, ...).
+    let quiet = Phase::begin(admin, &processes).await;
+    tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
+    let baseline = quiet.end(admin, &processes, n).await.writes_per_s;
+    println!("bench fleet: the cluster without the fleet writes {baseline:.1}/s");
+
     let phase = Phase::begin(admin, &processes).await;
     progress.aim(ready(IMAGE, "1"), phase.started());
     let cluster = Cluster::of(lab);
@@ -146,9 +152,11 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = Phase::begin(admin, &processes).await;
     tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
+    let cost = idle.end(admin, &processes, n).await;
     println!(
-        "bench fleet: idle, settled: {}",
-        idle.end(admin, &processes, n).await
+        "bench fleet: idle, settled: {:.3} writes/s per device beyond the cluster's own; {}",
+        (cost.writes_per_s - baseline) / n as f64,
+        cost.text
     );
 
     for (version, staged) in [("2", false), ("3", true)] {
@@ -199,7 +207,7 @@ async fn report(
         at(0.5),
         at(0.99),
         at(1.0),
-        phase.end(admin, processes, n).await
+        phase.end(admin, processes, n).await.text
     );
     if times.len() < n {
         eprintln!(
