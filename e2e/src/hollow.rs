@@ -37,6 +37,9 @@ struct Placed {
     spec_hash: String,
     fails: bool,
     since: Instant,
+    /// When it starts (or started), in nanoseconds since the epoch: fixed at placement, as
+    /// a runtime's record is, so that the status it makes does not change from pass to pass.
+    starts_at_ns: i64,
     /// The container of the spec placed before, still running until this one starts.
     previous: Option<ContainerSeen>,
 }
@@ -62,8 +65,7 @@ impl HollowRuntime {
         if !up {
             return p.previous.clone();
         }
-        let running_for = now.saturating_duration_since(p.since + self.behaviour.start_delay);
-        let started = now_ns() - i64::try_from(running_for.as_nanos()).unwrap_or(0);
+        let started = p.starts_at_ns;
         Some(ContainerSeen {
             attempt: 0,
             state: if p.fails {
@@ -124,10 +126,12 @@ impl Runtime for HollowRuntime {
                 Some(p) => self.container(p, now).filter(|c| c.state == State::Running),
                 None => None,
             };
+            let delay = i64::try_from(self.behaviour.start_delay.as_nanos()).unwrap_or(0);
             let placed = Placed {
                 spec_hash: hash,
                 fails: self.behaviour.fails(m),
                 since: now,
+                starts_at_ns: now_ns().saturating_add(delay),
                 previous,
             };
             self.placed.insert(m.key(), placed);
@@ -180,6 +184,10 @@ mod tests {
         assert_eq!(status(&rt, &v2).await, RuntimeStatus::Pending);
         tokio::time::sleep(delay * 2).await;
         assert_eq!(status(&rt, &v2).await, RuntimeStatus::Running);
+        // What it reports does not change from one look to the next: the agent would write
+        // its status every pass otherwise.
+        let (a, b) = (rt.observe().await.ok(), rt.observe().await.ok());
+        assert_eq!(a, b);
         rt.place(&[]).expect("place");
         assert!(rt.placed().is_empty());
         assert!(rt.observe().await.expect("observe").is_empty());
