@@ -142,7 +142,7 @@ pub async fn run_with<R: Runtime>(
             }
         }
     }
-    let tasks = [
+    let _tasks = Tasks(vec![
         tokio::spawn(desired::watch(
             client.clone(),
             config.device.clone(),
@@ -165,7 +165,7 @@ pub async fn run_with<R: Runtime>(
             status_rx,
             link_rx,
         )),
-    ];
+    ]);
 
     let mut tick = tokio::time::interval(config.sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -203,10 +203,19 @@ pub async fn run_with<R: Runtime>(
             changed
         });
     }
-    for t in tasks {
-        t.abort();
-    }
     Ok(())
+}
+
+/// The loop's watch, heartbeat and status writer: stopped when the loop ends, also when a
+/// caller drops its future (a fleet simulator ending its agents), not only on shutdown.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 impl<R: Runtime> Agent<R> {
