@@ -15,7 +15,7 @@ $(HELM_PY)/bin/python:
 	$(HELM_PY).tmp/bin/pip install -q helm-python-sdk==$(HELM_PY_VERSION) pyyaml==$(PYYAML_VERSION)
 	rm -rf $(HELM_PY) && mv $(HELM_PY).tmp $(HELM_PY)
 
-.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check chart-check fresh-check generate unit e2e images lab-up lab-down lab-status bench bench-csr tools
+.PHONY: help demo demo-down test lint fmt fmt-check clippy shellcheck crd-check chart-check fresh-check generate unit e2e images lab-up lab-down lab-status bench bench-csr bench-fleet tools
 
 help:
 	@echo "make demo        start the lab fleet, install edgefleet with Helm, roll out examples/"
@@ -24,6 +24,7 @@ help:
 	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
 	@echo "make lab-down    stop the lab and remove its state"
 	@echo "make bench       print figures: resolve speed, hub messaging, lab start and memory, controller memory"
+	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs (N=$(N), lab up)"
 
 # The lab fleet, the images loaded into it, edgefleet installed with Helm (controller and
 # the bootstrap that joins every device), examples/ applied and waited for. Run again, it
@@ -61,7 +62,7 @@ clippy: tools
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 shellcheck: tools
-	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller e2e/bench-agent e2e/build-images e2e/check-fresh e2e/bench-csr-flood e2e/bench-hub .ci/run
+	shellcheck -x $(LAB) e2e/run-e2e e2e/bench-lab e2e/bench-controller e2e/bench-agent e2e/build-images e2e/check-fresh e2e/bench-csr-flood e2e/bench-hub e2e/bench-fleet .ci/run
 
 # The CRD YAML is generated from the types in crds/ and never edited by hand.
 CRD_DIRS := crds charts/edgefleet-crds/templates
@@ -109,6 +110,14 @@ bench: tools
 	$(CARGO) bench -p edgefleet-controller --bench resolve
 	e2e/bench-hub
 	e2e/bench-lab --devices $(DEVICES) --fleet $(BENCH_DEVICES)
+
+# N hollow devices, each running the real agent loop under its own identity, against the
+# real controller and apiserver: registration, an all-at-once and a staged change, timed to
+# 50/99/100 % Ready, with the apiserver's writes and 429s and everyone's CPU and memory.
+# Needs the lab: make lab-up.
+N ?= 100
+bench-fleet:
+	e2e/bench-fleet --devices $(N)
 
 # The controller's RSS before and after 3,000 certificate requests that are not edgefleet's
 # (it must stay flat). Needs the lab: make lab-up.

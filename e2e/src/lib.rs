@@ -10,6 +10,8 @@ mod api;
 mod containerd;
 mod fleet;
 mod helm;
+pub mod hollow;
+pub mod hollow_fleet;
 mod hub;
 mod lab;
 pub mod loopback;

@@ -241,7 +241,10 @@ pub fn signing_request(name: &str, device: &str, request: String) -> Certificate
     }
 }
 
-async fn request_certificate(client: &Client, device: &str) -> Result<Credential, JoinError> {
+/// Asks for `device`'s client certificate with `client`'s identity (the bootstrap pod's)
+/// and waits for it to be approved and issued. Public so that the fleet simulator's hollow
+/// devices join exactly as the bootstrap does.
+pub async fn request_certificate(client: &Client, device: &str) -> Result<Credential, JoinError> {
     let key = KeyPair::generate().map_err(JoinError::Key)?;
     let request = certificate_request(device, &key).map_err(JoinError::Key)?;
     let key_hash = Sha256::digest(key.der_bytes());
@@ -302,8 +305,14 @@ async fn request_certificate(client: &Client, device: &str) -> Result<Credential
     }
 }
 
-/// The agent's kubeconfig: the device's credential and the cluster it belongs to.
-fn kubeconfig(server: &str, ca: &str, device: &str, c: &Credential) -> Result<String, JoinError> {
+/// The agent's kubeconfig: the device's credential and the cluster it belongs to (`ca` the
+/// cluster's CA, PEM).
+pub fn kubeconfig(
+    server: &str,
+    ca: &str,
+    device: &str,
+    c: &Credential,
+) -> Result<String, JoinError> {
     let user = device_user(device);
     let mut cluster = json!({"server": server});
     if !ca.is_empty() {

@@ -4,7 +4,8 @@
 //!
 //! Pure decisions (`validate`, `render`, `startup`, `observe`, `report`) carry most of the
 //! tests; `journal` and `manifests` own the files on disk; `cri`, `desired`, `lease` and
-//! `status_writer` talk to the runtime and the apiserver; `run` wires them together.
+//! `status_writer` talk to the runtime and the apiserver; `runtime` is the boundary to
+//! where modules run; `run` wires them together.
 
 pub mod backoff;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod render;
 pub mod report;
 pub mod router;
 pub mod run;
+pub mod runtime;
 pub mod self_pod;
 pub mod startup;
 pub mod status_writer;
@@ -31,7 +33,8 @@ pub mod upstream;
 pub mod validate;
 
 pub use config::{Command, Config, JoinArgs};
-pub use run::run;
+pub use run::{run, run_with};
+pub use runtime::{Kubelet, Runtime};
 
 /// The agent's version as reported in `EdgeDevice.status.agentVersion`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

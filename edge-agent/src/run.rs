@@ -3,6 +3,10 @@
 //! which modules may run (startupOrder), brings the manifests in line and hands the status
 //! to the writer. Nothing here needs the apiserver: offline, the loop goes on from the
 //! journal, and the heartbeat, watch and status writer retry on their own.
+//!
+//! [`run`] is the device's agent; [`run_with`] is the same loop with the apiserver client,
+//! the runtime and the end handed in, so that a fleet simulator runs many agents in one
+//! process, each with its own identity and an in-memory runtime.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,14 +21,13 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::Config;
-use crate::cri::Cri;
 use crate::error::{Error, Result};
 use crate::hub_status::{Counters, HubFigures, HubWatch};
 use crate::hub_users::{HubUsers, sync_credentials};
 use crate::journal::Journal;
-use crate::manifests::Manifests;
 use crate::observe::{Placement, PodSeen, is_up, module_status};
 use crate::report::{Facts, status};
+use crate::runtime::{Kubelet, Runtime};
 use crate::validate::{self, Refused, Rejection};
 use crate::{desired, hub, lease, router, startup, status_writer, upstream};
 
@@ -33,10 +36,9 @@ const ROUTING_WAIT: Duration = Duration::from_secs(5);
 
 /// The agent's memory between passes.
 #[derive(Debug)]
-struct Agent {
+struct Agent<R> {
     journal: Journal,
-    manifests: Manifests,
-    cri: Cri,
+    runtime: R,
     accepted: Option<DesiredState>,
     rejected: Option<Refused>,
     /// The last runtime observation that succeeded: reused while the runtime is unreachable.
@@ -45,16 +47,37 @@ struct Agent {
     conditions: Vec<Condition>,
 }
 
+/// The device's agent: kubelet's runtime, the configured credentials, until SIGTERM or
+/// Ctrl-C.
 pub async fn run(config: Config) -> Result<()> {
     let client = client(&config).await?;
+    let runtime = Kubelet::open(&config)?;
+    if config.hub().is_none() {
+        // A hub turned off: its pod goes, whatever the apiserver says.
+        if let Err(e) = hub::place(None, &config.state_dir, &config.manifest_dir, &[]) {
+            tracing::error!(error = %e, "cannot remove the message hub");
+        }
+    }
+    run_with(client, &config, runtime, shutdown_signal()).await?;
+    tracing::info!("stopped; modules keep running under kubelet");
+    Ok(())
+}
+
+/// The agent's loop on `client`'s identity and `runtime` until `shutdown` completes. The
+/// journal and the hub (when `config` has one) live in `config.state_dir`.
+pub async fn run_with<R: Runtime>(
+    client: Client,
+    config: &Config,
+    runtime: R,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let hub = config.hub();
     let mut agent = Agent {
         journal: Journal::open(
             &config.state_dir.join("journal"),
             usize::from(config.journal_keep),
         )?,
-        manifests: Manifests::open(&config.manifest_dir, &config.state_dir, hub.is_some())?,
-        cri: Cri::new(&config.cri_socket),
+        runtime,
         accepted: None,
         rejected: None,
         seen: BTreeMap::new(),
@@ -72,12 +95,9 @@ pub async fn run(config: Config) -> Result<()> {
         }),
         None => Vec::new(),
     };
-    if let Err(e) = hub::place(
-        hub.as_ref(),
-        &config.state_dir,
-        &config.manifest_dir,
-        &users,
-    ) {
+    if let Some(h) = &hub
+        && let Err(e) = hub::place(Some(h), &config.state_dir, &config.manifest_dir, &users)
+    {
         tracing::error!(error = %e, "cannot place the message hub");
     }
     let mut hub_users = HubUsers::starting_with(users);
@@ -129,7 +149,7 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     }
-    let tasks = [
+    let _tasks = Tasks(vec![
         tokio::spawn(desired::watch(
             client.clone(),
             config.device.clone(),
@@ -152,11 +172,10 @@ pub async fn run(config: Config) -> Result<()> {
             status_rx,
             link_rx,
         )),
-    ];
+    ]);
 
     let mut tick = tokio::time::interval(config.sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -197,14 +216,22 @@ pub async fn run(config: Config) -> Result<()> {
             changed
         });
     }
-    for t in tasks {
-        t.abort();
-    }
-    tracing::info!("stopped; modules keep running under kubelet");
     Ok(())
 }
 
-impl Agent {
+/// The loop's watch, heartbeat and status writer: stopped when the loop ends, also when a
+/// caller drops its future (a fleet simulator ending its agents), not only on shutdown.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl<R: Runtime> Agent<R> {
     /// The modules of the desired state the agent runs.
     fn modules(&self) -> &[edgefleet_crds::ResolvedModule] {
         self.accepted
@@ -265,7 +292,7 @@ impl Agent {
 
     /// One pass: observe, plan, write manifests, and build the status to report.
     async fn sync(&mut self) -> EdgeDeviceStatus {
-        let mut runtime_error = match self.cri.observe().await {
+        let mut runtime_error = match self.runtime.observe().await {
             Ok(seen) => {
                 self.seen = seen;
                 None
@@ -285,14 +312,14 @@ impl Agent {
                 (key, status)
             })
             .collect();
-        let plan = startup::plan(modules, &self.manifests.placed(), |n| {
+        let plan = startup::plan(modules, &self.runtime.placed(), |n| {
             observed.get(n).is_some_and(is_up)
         });
         let wanted: Vec<_> = modules
             .iter()
             .filter(|m| plan.admitted.contains(&m.key()))
             .collect();
-        let blocked = match self.manifests.sync(&wanted) {
+        let blocked = match self.runtime.place(&wanted) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot bring the manifests in line");

@@ -1,0 +1,313 @@
+//! The fleet benchmark (issue 15), one process: N hollow devices, each with its own
+//! identity signed by the lab's cluster CA and registered as a joined device is (its Node
+//! and the administrator's EdgeDevice), each running the real agent loop on an in-memory
+//! runtime. With the controller running (`e2e/bench-fleet` starts it), it registers them,
+//! rolls a deployment out, changes it all at once and then with a staged rollout, and
+//! prints for each phase how long the fleet took to report the new revision Ready, as a
+//! watch on the apiserver sees it, and what that cost. Every wait is bounded; whatever it
+//! created is removed at the end (and leftovers of an earlier run at the start).
+
+mod figures;
+mod progress;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
+use edgefleet_crds::{EdgeDevice, EdgeModule};
+use edgefleet_e2e::hollow::Behaviour;
+use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, LabCa, Timing, register};
+use edgefleet_e2e::{Lab, apply, fresh_namespace, install_and_enrol};
+use figures::{Phase, Process};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client};
+use progress::{Goal, Progress, by_share};
+use serde_json::json;
+
+const NAMESPACE: &str = "fleet-sim";
+const LABEL: &str = "fleet-sim.edgefleet.io/hollow";
+const IMAGE: &str = "localhost/fleet-sim/app";
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// How many hollow devices.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// The controller's pid, to measure it.
+    #[arg(long)]
+    controller_pid: u32,
+    /// Registrations in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long a hollow module takes to start, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    start_delay_ms: u64,
+    /// How long the settled fleet is watched for its idle write rate, in seconds.
+    #[arg(long, default_value_t = 30)]
+    idle_s: u64,
+}
+
+fn device_name(i: usize) -> String {
+    format!("hollow-{i:05}")
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let lab = Lab::get();
+    let admin = lab.client().await;
+    install_and_enrol(&admin).await;
+    remove(&admin).await;
+    let ok = bench(&args, &lab, &admin).await;
+    remove(&admin).await;
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs the phases; false when one did not finish in time.
+async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
+    let n = args.devices;
+    let Some(apiserver) = figures::find("kube-apiserver") else {
+        eprintln!("fleet-sim: no single kube-apiserver process to measure");
+        return false;
+    };
+    let processes = [
+        Process {
+            name: "controller",
+            pid: args.controller_pid,
+        },
+        Process {
+            name: "apiserver",
+            pid: apiserver,
+        },
+        Process {
+            name: "fleet-sim (the hollow agents)",
+            pid: std::process::id(),
+        },
+    ];
+    let timeout = Duration::from_secs(120 + n as u64 / 5);
+    let ns = fresh_namespace(admin, NAMESPACE).await;
+    apply(admin, &ns, "EdgeModule", "app", module("1")).await;
+    apply(admin, &ns, "EdgeDeployment", "fleet", deployment(None)).await;
+    let progress = Progress::start(admin.clone(), &format!("{LABEL}=true"));
+
+    let issued = Instant::now();
+    let ca = LabCa::open();
+    let credentials: Vec<_> = (0..n).map(|i| ca.credential(&device_name(i))).collect();
+    println!(
+        "bench fleet: {n} device certificates from the lab CA in {:.1}s",
+        issued.elapsed().as_secs_f64()
+    );
+
+    let mut fleet = HollowFleet::new("bench");
+    let behaviour = Behaviour {
+        start_delay: Duration::from_millis(args.start_delay_ms),
+        fail: None,
+    };
+    // What the cluster writes without the hollow fleet (its own Leases, Events, ...).
+    let quiet = Phase::begin(admin, &processes).await;
+    tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
+    let baseline = quiet.end(admin, &processes, n).await.writes_per_s;
+    println!("bench fleet: the cluster without the fleet writes {baseline:.1}/s");
+
+    // Enrolment first, then the agents: agents started before the controller made their
+    // Lease and RBAC retry every 2 s each, and a thousand of them saturate this apiserver.
+    let phase = Phase::begin(admin, &processes).await;
+    let labels = BTreeMap::from([(LABEL.to_owned(), "true".to_owned())]);
+    let failed = stream::iter(0..n)
+        .map(|i| {
+            let (labels, device) = (&labels, device_name(i));
+            async move { register(admin, &device, labels).await.err() }
+        })
+        .buffer_unordered(args.concurrency.clamp(1, 256))
+        .filter_map(|e| async move { e })
+        .count()
+        .await;
+    let leases = wait_for_leases(admin, n, timeout).await;
+    println!(
+        "bench fleet: registration ({n} Nodes and EdgeDevices, {failed} failed; the controller made {leases} Leases and their RBAC) in {:.1}s; {}",
+        phase.started().elapsed().as_secs_f64(),
+        phase.end(admin, &processes, n).await.text
+    );
+    if leases < n {
+        return false;
+    }
+
+    let phase = Phase::begin(admin, &processes).await;
+    progress.aim(ready(IMAGE, "1"), phase.started());
+    let cluster = Cluster::of(lab);
+    for (i, credential) in credentials.iter().enumerate() {
+        let device = device_name(i);
+        let client = cluster.device_client(&device, credential).await;
+        fleet.start(&device, client, behaviour.clone(), &Timing::default());
+    }
+    let ok = report(
+        "agents start (first revision Ready)",
+        &progress,
+        &phase,
+        admin,
+        &processes,
+        n,
+        timeout,
+    )
+    .await;
+    if !ok {
+        return false;
+    }
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = Phase::begin(admin, &processes).await;
+    tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
+    let cost = idle.end(admin, &processes, n).await;
+    println!(
+        "bench fleet: idle, settled: {:.3} writes/s per device beyond the cluster's own; {}",
+        (cost.writes_per_s - baseline) / n as f64,
+        cost.text
+    );
+
+    for (version, staged) in [("2", false), ("3", true)] {
+        if staged {
+            // The rollout settings alone change no device's modules.
+            apply(
+                admin,
+                &ns,
+                "EdgeDeployment",
+                "fleet",
+                deployment(Some("25%")),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let phase = Phase::begin(admin, &processes).await;
+        progress.aim(ready(IMAGE, version), phase.started());
+        apply(admin, &ns, "EdgeModule", "app", module(version)).await;
+        let what = if staged {
+            "staged change (maxUnavailable 25%)"
+        } else {
+            "all-at-once change"
+        };
+        if !report(what, &progress, &phase, admin, &processes, n, timeout).await {
+            return false;
+        }
+    }
+    fleet.stop().await;
+    true
+}
+
+/// Waits until the controller made the Lease of every hollow device (in the reconcile that
+/// makes its RBAC), or `timeout`; how many it made.
+async fn wait_for_leases(admin: &Client, n: usize, timeout: Duration) -> usize {
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let start = Instant::now();
+    loop {
+        let made = leases
+            .list_metadata(&ListParams::default())
+            .await
+            .map_or(0, |l| {
+                l.items
+                    .iter()
+                    .filter(|o| {
+                        o.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|m| m.starts_with(&device_object_name("hollow-")))
+                    })
+                    .count()
+            });
+        if made >= n || start.elapsed() > timeout {
+            return made;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits for the fleet to meet the goal and prints the phase's figures.
+async fn report(
+    what: &str,
+    progress: &Progress,
+    phase: &Phase,
+    admin: &Client,
+    processes: &[Process],
+    n: usize,
+    timeout: Duration,
+) -> bool {
+    let times = progress.wait(n, timeout).await;
+    let at = |share: f64| {
+        by_share(&times, n, share).map_or("-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+    };
+    println!(
+        "bench fleet: {what}, {n} devices: Ready 50% {} / 99% {} / 100% {}; {}",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        phase.end(admin, processes, n).await.text
+    );
+    if times.len() < n {
+        eprintln!(
+            "fleet-sim: only {}/{n} devices within {timeout:?}",
+            times.len()
+        );
+        return false;
+    }
+    true
+}
+
+fn ready(image: &str, version: &str) -> Goal {
+    Goal::Ready {
+        image: format!("{image}:{version}"),
+    }
+}
+
+fn module(version: &str) -> serde_json::Value {
+    json!({"image": format!("{IMAGE}:{version}")})
+}
+
+fn deployment(max_unavailable: Option<&str>) -> serde_json::Value {
+    let mut spec =
+        json!({"selector": {"matchLabels": {LABEL: "true"}}, "modules": [{"name": "app"}]});
+    if let Some(m) = max_unavailable {
+        spec["rollout"] = json!({"maxUnavailable": m});
+    }
+    spec
+}
+
+/// Removes the hollow devices (their Leases and RBAC go with their EdgeDevices), their
+/// Nodes and the benchmark's namespace; waits up to a minute for them to go.
+async fn remove(admin: &Client) {
+    let dp = DeleteParams::default();
+    let mine = ListParams::default().labels(&format!("{LABEL}=true"));
+    let devices: Api<EdgeDevice> = Api::all(admin.clone());
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let _ = Api::<Namespace>::all(admin.clone())
+        .delete(NAMESPACE, &dp)
+        .await;
+    for _ in 0..60 {
+        let _ = devices.delete_collection(&dp, &mine).await;
+        let _ = nodes.delete_collection(&dp, &mine).await;
+        let none = |l: Option<usize>| l == Some(0);
+        let d = devices
+            .list_metadata(&mine)
+            .await
+            .ok()
+            .map(|l| l.items.len());
+        let nd = nodes.list_metadata(&mine).await.ok().map(|l| l.items.len());
+        let m = Api::<EdgeModule>::namespaced(admin.clone(), NAMESPACE)
+            .list_metadata(&ListParams::default())
+            .await
+            .ok()
+            .map(|l| l.items.len());
+        if none(d) && none(nd) && none(m) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("fleet-sim: hollow devices or their namespace were still there after a minute");
+}

@@ -1,0 +1,132 @@
+//! How far the fleet is, from the apiserver's point of view: one watch over the hollow
+//! devices' EdgeDevices, and for the current goal the moment each device first met it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use edgefleet_crds::device::conditions::READY;
+use edgefleet_crds::{EdgeDevice, condition};
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+
+/// What a device must show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Goal {
+    /// Nothing yet.
+    None,
+    /// Its agent reports Ready at the desired revision, whose modules run `image`.
+    Ready { image: String },
+}
+
+impl Goal {
+    fn met_by(&self, d: &EdgeDevice) -> bool {
+        let Goal::Ready { image } = self else {
+            return false;
+        };
+        let (Some(desired), Some(status)) = (d.spec.desired.as_ref(), d.status.as_ref()) else {
+            return false;
+        };
+        desired.modules.iter().any(|m| &m.spec.image == image)
+            && status.applied_revision.as_deref() == Some(desired.revision.as_str())
+            && condition::find(&status.conditions, READY).is_some_and(|c| c.is_true())
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    goal: Goal,
+    since: Instant,
+    /// The latest object of every device, so that a new goal is judged at once.
+    devices: HashMap<String, EdgeDevice>,
+    /// When each device met the goal, counted from `since`.
+    reached: HashMap<String, Duration>,
+}
+
+impl State {
+    fn judge(&mut self, d: &EdgeDevice) {
+        let name = d.name_any();
+        if !self.reached.contains_key(&name) && self.goal.met_by(d) {
+            self.reached.insert(name, self.since.elapsed());
+        }
+    }
+}
+
+/// The watcher's findings, shared with the benchmark.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    state: Arc<Mutex<State>>,
+}
+
+impl Progress {
+    /// Watches the EdgeDevices that `selector` picks, until the process ends.
+    pub fn start(client: Client, selector: &str) -> Progress {
+        let state = Arc::new(Mutex::new(State {
+            goal: Goal::None,
+            since: Instant::now(),
+            devices: HashMap::new(),
+            reached: HashMap::new(),
+        }));
+        let api: Api<EdgeDevice> = Api::all(client);
+        let events = watcher(api, watcher::Config::default().labels(selector))
+            .default_backoff()
+            .applied_objects();
+        let shared = state.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(e) = events.next().await {
+                let Ok(d) = e else { continue };
+                let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                s.judge(&d);
+                s.devices.insert(d.name_any(), d);
+            }
+        });
+        Progress { state }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets a new goal, counted from `since`; devices that meet it already count now.
+    pub fn aim(&self, goal: Goal, since: Instant) {
+        let mut s = self.lock();
+        s.goal = goal;
+        s.since = since;
+        s.reached.clear();
+        let devices: Vec<EdgeDevice> = s.devices.values().cloned().collect();
+        for d in &devices {
+            s.judge(d);
+        }
+    }
+
+    /// Waits until `n` devices met the goal, or `timeout`; the times they took, sorted.
+    pub async fn wait(&self, n: usize, timeout: Duration) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut shown = Instant::now();
+        loop {
+            let reached = self.lock().reached.len();
+            if reached >= n || start.elapsed() > timeout {
+                break;
+            }
+            if shown.elapsed() > Duration::from_secs(10) {
+                eprintln!(
+                    "fleet-sim: {reached}/{n} ({:.0}s)",
+                    start.elapsed().as_secs_f64()
+                );
+                shown = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut times: Vec<Duration> = self.lock().reached.values().copied().collect();
+        times.sort();
+        times
+    }
+}
+
+/// The time by which `share` (0 to 1) of `n` devices met the goal, if they did.
+pub fn by_share(sorted: &[Duration], n: usize, share: f64) -> Option<Duration> {
+    let k = ((n as f64 * share).ceil() as usize).clamp(1, n.max(1));
+    sorted.get(k - 1).copied()
+}
