@@ -7,11 +7,12 @@ use std::time::Duration;
 use edgefleet_crds::device::conditions;
 use edgefleet_crds::identity::{AGENT_MANAGER, SYSTEM_NAMESPACE};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -327,4 +328,29 @@ pub async fn try_apply(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// A token of service account `account` in `namespace` bound to `pod`, as that pod holds
+/// it: what the bootstrap presents when it asks for a device's certificate.
+pub async fn pod_bound_token(client: &Client, namespace: &str, account: &str, pod: &Pod) -> String {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.uid(),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .expect("a token for the bootstrap pod")
+        .status
+        .expect("a token")
+        .token
 }

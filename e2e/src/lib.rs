@@ -22,7 +22,7 @@ mod webhook;
 pub use agents::{RealAgents, remove_agent};
 pub use api::{
     Agent, ENROLMENT_MANAGER, apply, enrol_lab_devices, fresh_namespace, grant, install_and_enrol,
-    remove_every_deployment, try_apply, ungranted_namespace, wait_established,
+    pod_bound_token, remove_every_deployment, try_apply, ungranted_namespace, wait_established,
 };
 pub use containerd::Task;
 pub use fleet::{all_joined, all_ready, edge_devices};

@@ -23,14 +23,13 @@ use edgefleet_crds::identity::{
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, condition};
 use edgefleet_e2e::{
     CloudReader, CloudStream, Helm, Lab, all_joined, all_ready, apply, cloud_stream, edge_devices,
-    enrol_lab_devices, fresh_namespace, lab_values, mqtt, reader_password, remove_agent, try_apply,
-    wait_established, wait_for,
+    enrol_lab_devices, fresh_namespace, lab_values, mqtt, pod_bound_token, reader_password,
+    remove_agent, try_apply, wait_established, wait_for,
 };
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -759,26 +758,7 @@ async fn bootstrap_token(client: &Client, node: &str) -> String {
         .await
         .expect("list the bootstrap pods");
     let pod = pods.items.first().expect("a bootstrap pod on the node");
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod.name_any()),
-                uid: pod.uid(),
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), NS)
-        .create_token_request(BOOTSTRAP_NAME, &PostParams::default(), &request)
-        .await
-        .expect("a token for the bootstrap pod")
-        .status
-        .expect("a token")
-        .token
+    pod_bound_token(client, NS, BOOTSTRAP_NAME, pod).await
 }
 
 /// A client of the lab's apiserver that presents `token` and nothing else.

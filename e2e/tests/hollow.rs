@@ -15,14 +15,14 @@ use edgefleet_crds::{EdgeDeployment, EdgeDevice, condition, deployment};
 use edgefleet_e2e::hollow::Behaviour;
 use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, Timing, register};
 use edgefleet_e2e::{
-    ControllerProcess, Lab, apply, controller_binary, fresh_namespace, install_and_enrol, wait_for,
+    ControllerProcess, Lab, apply, controller_binary, fresh_namespace, install_and_enrol,
+    pod_bound_token, wait_for,
 };
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use serde_json::json;
 
 const DEVICES: [&str; 3] = ["hollow-join-1", "hollow-join-2", "hollow-join-3"];
@@ -204,26 +204,7 @@ async fn bootstrap_token(admin: &Client, device: &str) -> String {
         .create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("cannot create {device}'s bootstrap pod: {e}"));
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod.name_any()),
-                uid: pod.uid(),
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(admin.clone(), SYSTEM_NAMESPACE)
-        .create_token_request(BOOTSTRAP_NAME, &PostParams::default(), &request)
-        .await
-        .expect("a token for the bootstrap pod")
-        .status
-        .expect("a token")
-        .token
+    pod_bound_token(admin, SYSTEM_NAMESPACE, BOOTSTRAP_NAME, &pod).await
 }
 
 /// What this test makes (also what an earlier run left): the hollow devices' Nodes,
