@@ -31,6 +31,11 @@ impl Iterator for Jittered {
     }
 }
 
+/// `period` give or take a tenth: periodic work of agents that started together drifts apart.
+pub fn around(period: Duration) -> Duration {
+    period.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
 impl kube::runtime::utils::Backoff for Jittered {
     fn reset(&mut self) {
         self.next = FIRST.min(self.max);
@@ -52,5 +57,16 @@ mod tests {
         assert!(pauses[9] >= max / 2, "reaches the cap: {pauses:?}");
         b.reset();
         assert!(b.next().is_some_and(|p| p <= FIRST));
+    }
+
+    #[test]
+    fn periods_drift_by_a_tenth_at_most() {
+        let period = Duration::from_secs(10);
+        let all: Vec<_> = (0..100).map(|_| around(period)).collect();
+        assert!(
+            all.iter()
+                .all(|p| *p >= period * 9 / 10 && *p <= period * 11 / 10)
+        );
+        assert!(all.iter().any(|p| *p != all[0]), "not all alike: {all:?}");
     }
 }

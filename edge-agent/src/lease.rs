@@ -1,7 +1,7 @@
 //! The device's heartbeat: its Lease in the system namespace, renewed every interval. Its
-//! outcome is also the agent's view of the link to the apiserver: the first renewal that
-//! succeeds after failures marks the link up again, and the status writer then reports at
-//! once.
+//! outcome is also the agent's view of the link to the apiserver (see `link`): the first
+//! renewal answered after none were marks the link up again, and the status writer then
+//! reports at once.
 
 use std::time::Duration;
 
@@ -13,20 +13,8 @@ use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::backoff::Jittered;
-
-/// A request that takes longer than this counts as failed: offline, a connection can hang.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A request to the apiserver under [`REQUEST_TIMEOUT`]; the error is the text to log.
-pub async fn within_deadline<T>(
-    request: impl std::future::Future<Output = kube::Result<T>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
-    }
-}
+use crate::backoff::{Jittered, around};
+use crate::link::{Failure, within_deadline};
 
 /// Renews `device`'s Lease once: the agent's own field manager applies the holder and the
 /// renewal time, which the controller reads as the device's presence. Public so that the
@@ -49,6 +37,9 @@ pub async fn renew(leases: &Api<Lease>, device: &str) -> kube::Result<Lease> {
         .await
 }
 
+/// Renews the Lease every `interval` (jittered, so that a fleet started together does not
+/// renew in lockstep) and tells `link_up` whether the apiserver answers. A renewal refused
+/// for load waits for its next turn: the offline threshold spans several intervals.
 pub async fn heartbeat(
     client: Client,
     device: String,
@@ -59,25 +50,100 @@ pub async fn heartbeat(
 ) {
     let leases: Api<Lease> = Api::namespaced(client, &namespace);
     let mut backoff = Jittered::new(max_backoff);
+    let mut failing = false;
     loop {
-        let pause = match within_deadline(renew(&leases, &device)).await {
+        let outcome = within_deadline(renew(&leases, &device)).await;
+        let answered = outcome.as_ref().map_or_else(Failure::answered, |_| true);
+        if link_up.send_if_modified(|up| std::mem::replace(up, answered) != answered) {
+            if answered {
+                tracing::info!("the apiserver is reachable");
+            } else {
+                tracing::warn!("the apiserver does not answer; modules keep running");
+            }
+        }
+        let pause = match outcome {
             Ok(_) => {
-                if link_up.send_if_modified(|up| !std::mem::replace(up, true)) {
-                    tracing::info!("the apiserver is reachable; lease renewed");
-                }
+                failing = false;
                 backoff.reset();
-                interval
+                around(interval)
             }
             Err(why) => {
-                if link_up.send_if_modified(|up| std::mem::replace(up, false)) {
-                    tracing::warn!(
-                        error = why,
-                        "cannot renew the lease; modules keep running, retrying"
-                    );
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(error = %why, "cannot renew the lease; retrying");
                 }
-                backoff.next().unwrap_or(max_backoff)
+                match why {
+                    Failure::Busy(_) => around(interval),
+                    Failure::NoAnswer(_) | Failure::Refused(_) => {
+                        backoff.next().unwrap_or(max_backoff)
+                    }
+                }
             }
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kube::client::Body;
+
+    use super::*;
+
+    /// A client whose every request is answered with `status` (or, with `None`, not at all:
+    /// the connection fails), counting the requests.
+    fn apiserver(status: Option<u16>) -> (Client, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let service = tower::service_fn(move |_: http::Request<Body>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let answer = status.map(|code| {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "message": "busy", "reason": "TooManyRequests", "code": code});
+                http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.to_string().into_bytes()))
+                    .expect("a status and one header make a response")
+            });
+            std::future::ready(answer.ok_or_else(|| std::io::Error::other("connection refused")))
+        });
+        (Client::new(service, "default"), count)
+    }
+
+    /// Runs the heartbeat for `run` of paused time; the requests it made and the link's state.
+    async fn beat(status: Option<u16>, run: Duration) -> (usize, bool) {
+        let (client, count) = apiserver(status);
+        let (link_tx, link_rx) = watch::channel(false);
+        let interval = Duration::from_secs(10);
+        let max_backoff = Duration::from_secs(2);
+        let heart = tokio::spawn(heartbeat(
+            client,
+            "edge-1".into(),
+            "edgefleet-system".into(),
+            interval,
+            max_backoff,
+            link_tx,
+        ));
+        tokio::time::sleep(run).await;
+        heart.abort();
+        (count.load(Ordering::SeqCst), *link_rx.borrow())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_apiserver_is_retried_at_the_interval_and_is_no_outage() {
+        let (requests, up) = beat(Some(429), Duration::from_secs(60)).await;
+        assert!(up, "an apiserver shedding load still answers");
+        // At the interval (10 s, give or take a tenth): 6 or 7 in a minute, not 30 or more.
+        assert!((6..=8).contains(&requests), "{requests} renewals in 60 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_apiserver_that_does_not_answer_is_an_outage_probed_at_the_backoff() {
+        let (requests, up) = beat(None, Duration::from_secs(60)).await;
+        assert!(!up);
+        assert!(requests >= 25, "{requests} probes in 60 s");
     }
 }

@@ -19,6 +19,7 @@ pub mod hub_users;
 pub mod join;
 pub mod journal;
 pub mod lease;
+pub mod link;
 pub mod manifests;
 pub mod observe;
 pub mod render;

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::backoff::Jittered;
-use crate::lease::within_deadline;
+use crate::link::within_deadline;
 
 pub async fn run(
     client: Client,
@@ -37,7 +37,7 @@ pub async fn run(
                 }
                 Err(why) => {
                     if !failing {
-                        tracing::warn!(error = why, "cannot report status; retrying");
+                        tracing::warn!(error = %why, "cannot report status; retrying");
                     }
                     failing = true;
                     tokio::select! {
