@@ -60,6 +60,14 @@ impl Cluster {
         }
     }
 
+    /// The same cluster at another address of its apiserver.
+    pub fn at(self, server: &str) -> Cluster {
+        Cluster {
+            server: server.to_owned(),
+            ..self
+        }
+    }
+
     /// A client that presents `token` and nothing else (a bootstrap pod's).
     pub async fn token_client(&self, token: &str) -> Client {
         let mut config = kube::Config::new(self.server.parse().expect("the server's URL"));

@@ -162,6 +162,12 @@ impl Lab {
         client_from(&self.kubeconfig).await
     }
 
+    /// The lab admin's client at `server`: the apiserver's lab address (`NodeInfo::apiserver`)
+    /// from inside the control plane's network namespace, past the host's forwarder.
+    pub async fn client_at(&self, server: &str) -> kube::Client {
+        client_from_at(&self.kubeconfig, Some(server)).await
+    }
+
     /// The tasks (running or exited containers, pod sandboxes included) on the node's
     /// containerd, read from the device itself rather than from the apiserver.
     pub fn tasks(&self, node: &str) -> Vec<Task> {
@@ -217,10 +223,20 @@ pub fn image_ref(name: &str) -> String {
 
 /// A client from a kubeconfig file: the lab admin's, or a device's agent identity.
 pub async fn client_from(path: &Path) -> kube::Client {
+    client_from_at(path, None).await
+}
+
+/// A client from the kubeconfig at `path`, at `server` instead of its address when given.
+pub async fn client_from_at(path: &Path, server: Option<&str>) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("bad kubeconfig {}: {e}", path.display()));
+    if let Some(server) = server {
+        config.cluster_url = server
+            .parse()
+            .unwrap_or_else(|e| panic!("the apiserver's URL {server}: {e}"));
+    }
     kube::Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a client: {e}"))
 }
