@@ -9,13 +9,21 @@
 //! - a backlog built while the cloud is down: disk bytes per payload byte on the device,
 //!   and the rate it drains at once the cloud is back;
 //! - the device hub's CPU time and peak RSS over the whole run; and acknowledged messages
-//!   lost (must be 0).
+//!   lost (must be 0);
+//! - the engine's floor: a bare nats-server with one file stream and one consumer, the
+//!   same messages sent at 10,000 msg/s, stored once and read once, under the hub's Go
+//!   memory limit and under
+//!   32 MiB: what any hub built on this engine costs at least.
 //!
 //! The hub runs with the Go memory limit its pod gives it. Every loop is bounded; the
 //! servers are stopped at the end.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use edgefleet_agent::hub::GO_MEMORY_LIMIT;
 
 use clap::Parser;
 use edgefleet_agent::upstream::{StoreSettings, WhenFull};
@@ -176,6 +184,118 @@ async fn main() {
     );
     let (cpu, rss) = usage(hubs.device_pid());
     println!("bench hub: device hub over the run: {cpu:.1} s CPU, peak RSS {rss:.1} MiB");
+    drop(hubs);
+
+    for limit in [GO_MEMORY_LIMIT, "32MiB"] {
+        engine_floor(&args.nats_server, limit, n).await;
+    }
+}
+
+/// Where the bare server of [`engine_floor`] listens, apart from the hubs' ports.
+const FLOOR_PORT: u16 = 14_522;
+
+/// The engine alone: nats-server with JetStream on disk under the Go memory limit `limit`,
+/// one file stream (limits retention, no routing, no leaf), `n` messages (rounded up to ten)
+/// published into it at 10,000 msg/s and read back by one consumer that acknowledges each. The hub stores and reads every
+/// upstream message twice (the outputs stream, then the upstream store); this is once.
+async fn engine_floor(bin: &Path, limit: &str, n: u64) {
+    let dir = std::env::temp_dir().join(format!("edgefleet-floor-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = Command::new(bin)
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &FLOOR_PORT.to_string(),
+            "-sd",
+        ])
+        .arg(&dir)
+        .env("GOMEMLIMIT", limit)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(c) = async_nats::connect(format!("127.0.0.1:{FLOOR_PORT}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = client.expect("the bare nats-server listens within 10 s");
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: "FLOOR".into(),
+            subjects: vec!["floor.>".into()],
+            storage: stream::StorageType::File,
+            max_bytes: 2048 * 1024 * 1024,
+            ..Default::default()
+        })
+        .await
+        .expect("the floor's stream");
+    let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD]);
+
+    // At the goal's rate, 10,000 msg/s (ten every millisecond), not as a burst.
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for _ in 0..n.div_ceil(10) {
+        tick.tick().await;
+        for _ in 0..10 {
+            client
+                .publish("floor.in", payload.clone())
+                .await
+                .expect("publish");
+        }
+    }
+    client.flush().await.expect("flush");
+    let deadline = t0 + Duration::from_secs(120);
+    let mut held = 0;
+    while held < n && Instant::now() < deadline {
+        held = js
+            .get_stream("FLOOR")
+            .await
+            .expect("the floor's stream")
+            .info()
+            .await
+            .map(|i| i.state.messages)
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wrote = t0.elapsed();
+
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("floor".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("the floor's consumer");
+    let mut messages = consumer.messages().await.expect("the floor's messages");
+    let t1 = Instant::now();
+    let mut read = 0u64;
+    while read < held {
+        match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                let _ = m.ack().await;
+                read += 1;
+            }
+            _ => break,
+        }
+    }
+    let reading = t1.elapsed();
+    let (cpu, rss) = usage(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "bench hub: the engine alone (one file stream, no routing, GOMEMLIMIT {limit}): {held} of {n} x {PAYLOAD} B sent at 10000 msg/s, stored at {:.0} msg/s, {read} read back at {:.0} msg/s; {cpu:.1} s CPU, peak RSS {rss:.1} MiB",
+        held as f64 / wrote.as_secs_f64(),
+        read as f64 / reading.as_secs_f64()
+    );
 }
 
 /// Bytes of the files under `dir`.
