@@ -47,7 +47,8 @@ struct Args {
     /// How long a hollow module takes to start, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     start_delay_ms: u64,
-    /// How long the settled fleet is watched for its idle write rate, in seconds.
+    /// How long the settled fleet is watched for its idle write rate, in seconds (two Lease
+    /// intervals at least).
     #[arg(long, default_value_t = 30)]
     idle_s: u64,
     /// The agents' Lease interval in seconds (the agent's default; a large fleet renews less
@@ -183,8 +184,11 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
     }
 
     tokio::time::sleep(Duration::from_secs(10)).await;
+    // Whole Lease intervals, two at least: agents that started together renew in waves
+    // (jitter spreads them only slowly), and a shorter window catches a wave or misses it.
+    let window = args.idle_s.max(2 * args.lease_interval_s);
     let idle = Phase::begin(admin, &processes).await;
-    tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
+    tokio::time::sleep(Duration::from_secs(window)).await;
     let cost = idle.end(admin, &processes, n).await;
     println!(
         "bench fleet: idle, settled: {:.3} writes/s per device beyond the cluster's own; {}",
