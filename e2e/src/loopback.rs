@@ -54,7 +54,13 @@ pub fn nats_server() -> Result<PathBuf, String> {
 
 /// A nats-server that is stopped when dropped.
 #[derive(Debug)]
-struct Server(Child);
+pub struct Server(Child);
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -63,12 +69,26 @@ impl Drop for Server {
     }
 }
 
-/// Starts `bin` with `conf` and waits (bounded) until it listens on `port`.
+/// Starts `bin` with `conf` under the hub pod's Go memory limit and waits (bounded) until it
+/// listens on `port`.
 async fn serve(bin: &Path, conf: &Path, port: u16) -> Server {
+    let conf = conf.display().to_string();
+    serve_with(bin, &["-c", &conf], GO_MEMORY_LIMIT, port).await
+}
+
+/// A bare nats-server: JetStream with its store in `store`, on 127.0.0.1:`port`, under the
+/// Go memory limit `limit`; no users, routes or leaf nodes (the engine alone, for
+/// `bench-hub`'s floor).
+pub async fn bare_server(bin: &Path, store: &Path, port: u16, limit: &str) -> Server {
+    let (store, port_arg) = (store.display().to_string(), port.to_string());
+    let args = ["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd", &store];
+    serve_with(bin, &args, limit, port).await
+}
+
+async fn serve_with(bin: &Path, args: &[&str], limit: &str, port: u16) -> Server {
     let child = Command::new(bin)
-        .args(["-c", &conf.display().to_string()])
-        // As the hub's pod runs it.
-        .env("GOMEMLIMIT", GO_MEMORY_LIMIT)
+        .args(args)
+        .env("GOMEMLIMIT", limit)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -12,14 +12,12 @@
 //!   lost (must be 0);
 //! - the engine's floor: a bare nats-server with one file stream and one consumer, the
 //!   same messages sent at 10,000 msg/s, stored once and read once, under the hub's Go
-//!   memory limit and under
-//!   32 MiB: what any hub built on this engine costs at least.
+//!   memory limit and under 32 MiB: what any hub built on this engine costs at least.
 //!
 //! The hub runs with the Go memory limit its pod gives it. Every loop is bounded; the
 //! servers are stopped at the end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -30,8 +28,8 @@ use edgefleet_agent::upstream::{StoreSettings, WhenFull};
 use edgefleet_crds::hub;
 use edgefleet_crds::hub::{module_inputs, module_outputs};
 use edgefleet_e2e::loopback::{
-    Agent, DEVICE, FILTER, Hubs, SENSOR, TEAM, cloud_messages, module, module_client, publish_all,
-    until_cloud_holds,
+    Agent, DEVICE, FILTER, Hubs, SENSOR, TEAM, bare_server, cloud_messages, module, module_client,
+    publish_all, until_cloud_holds,
 };
 use futures::StreamExt;
 
@@ -196,35 +194,16 @@ const FLOOR_PORT: u16 = 14_522;
 
 /// The engine alone: nats-server with JetStream on disk under the Go memory limit `limit`,
 /// one file stream (limits retention, no routing, no leaf), `n` messages (rounded up to ten)
-/// published into it at 10,000 msg/s and read back by one consumer that acknowledges each. The hub stores and reads every
-/// upstream message twice (the outputs stream, then the upstream store); this is once.
+/// published into it at 10,000 msg/s and read back by one consumer that acknowledges each.
+/// The hub stores and reads every upstream message twice (the outputs stream, then the
+/// upstream store); this is once.
 async fn engine_floor(bin: &Path, limit: &str, n: u64) {
     let dir = std::env::temp_dir().join(format!("edgefleet-floor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut server = Command::new(bin)
-        .args([
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &FLOOR_PORT.to_string(),
-            "-sd",
-        ])
-        .arg(&dir)
-        .env("GOMEMLIMIT", limit)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    let mut client = None;
-    for _ in 0..100 {
-        if let Ok(c) = async_nats::connect(format!("127.0.0.1:{FLOOR_PORT}")).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let client = client.expect("the bare nats-server listens within 10 s");
+    let server = bare_server(bin, &dir, FLOOR_PORT, limit).await;
+    let client = async_nats::connect(format!("127.0.0.1:{FLOOR_PORT}"))
+        .await
+        .expect("the bare nats-server answers");
     let js = jetstream::new(client.clone());
     let stream = js
         .create_stream(stream::Config {
@@ -287,9 +266,8 @@ async fn engine_floor(bin: &Path, limit: &str, n: u64) {
         }
     }
     let reading = t1.elapsed();
-    let (cpu, rss) = usage(server.id());
-    let _ = server.kill();
-    let _ = server.wait();
+    let (cpu, rss) = usage(server.pid());
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "bench hub: the engine alone (one file stream, no routing, GOMEMLIMIT {limit}): {held} of {n} x {PAYLOAD} B sent at 10000 msg/s, stored at {:.0} msg/s, {read} read back at {:.0} msg/s; {cpu:.1} s CPU, peak RSS {rss:.1} MiB",
