@@ -16,24 +16,25 @@ use tokio::sync::watch;
 use crate::backoff::{Jittered, around};
 use crate::link::{Failure, within_deadline};
 
-/// Renews `device`'s Lease once: the agent's own field manager applies the holder and the
-/// renewal time, which the controller reads as the device's presence. Public so that the
-/// end-to-end tests' simulated agents renew exactly as the real one does.
+/// Renews `device`'s Lease once: a merge patch of the holder and the renewal time under the
+/// agent's own field manager, which the controller reads as the device's presence. A merge
+/// patch, not server-side apply: the renewal is the fleet's most frequent write, and apply
+/// makes the apiserver merge and diff the whole object's field sets each time (the controller,
+/// which writes the Lease rarely, keeps applying its fields). Public so that the end-to-end
+/// tests' simulated agents renew exactly as the real one does.
 pub async fn renew(leases: &Api<Lease>, device: &str) -> kube::Result<Lease> {
     let patch = json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
         "spec": {
             "holderIdentity": device_user(device),
             "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         }
     });
+    let params = PatchParams {
+        field_manager: Some(AGENT_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
     leases
-        .patch(
-            &device_object_name(device),
-            &PatchParams::apply(AGENT_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
+        .patch(&device_object_name(device), &params, &Patch::Merge(patch))
         .await
 }
 
@@ -92,9 +93,9 @@ mod tests {
 
     use super::*;
 
-    /// A client whose every request is answered with `status` (or, with `None`, not at all:
-    /// the connection fails), counting the requests.
-    fn apiserver(status: Option<u16>) -> (Client, Arc<AtomicUsize>) {
+    /// A client whose every request is answered with `status` after `delay` (or, with `None`,
+    /// not at all: the connection fails), counting the requests.
+    fn apiserver(status: Option<u16>, delay: Duration) -> (Client, Arc<AtomicUsize>) {
         let count = Arc::new(AtomicUsize::new(0));
         let seen = count.clone();
         let service = tower::service_fn(move |_: http::Request<Body>| {
@@ -108,14 +109,17 @@ mod tests {
                     .body(Body::from(body.to_string().into_bytes()))
                     .expect("a status and one header make a response")
             });
-            std::future::ready(answer.ok_or_else(|| std::io::Error::other("connection refused")))
+            async move {
+                tokio::time::sleep(delay).await;
+                answer.ok_or_else(|| std::io::Error::other("connection refused"))
+            }
         });
         (Client::new(service, "default"), count)
     }
 
     /// Runs the heartbeat for `run` of paused time; the requests it made and the link's state.
-    async fn beat(status: Option<u16>, run: Duration) -> (usize, bool) {
-        let (client, count) = apiserver(status);
+    async fn beat(status: Option<u16>, delay: Duration, run: Duration) -> (usize, bool) {
+        let (client, count) = apiserver(status, delay);
         let (link_tx, link_rx) = watch::channel(false);
         let interval = Duration::from_secs(10);
         let max_backoff = Duration::from_secs(2);
@@ -134,7 +138,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_apiserver_is_retried_at_the_interval_and_is_no_outage() {
-        let (requests, up) = beat(Some(429), Duration::from_secs(60)).await;
+        let (requests, up) = beat(Some(429), Duration::ZERO, Duration::from_secs(60)).await;
         assert!(up, "an apiserver shedding load still answers");
         // At the interval (10 s, give or take a tenth): 6 or 7 in a minute, not 30 or more.
         assert!((6..=8).contains(&requests), "{requests} renewals in 60 s");
@@ -142,8 +146,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_apiserver_that_does_not_answer_is_an_outage_probed_at_the_backoff() {
-        let (requests, up) = beat(None, Duration::from_secs(60)).await;
+        let (requests, up) = beat(None, Duration::ZERO, Duration::from_secs(60)).await;
         assert!(!up);
         assert!(requests >= 25, "{requests} probes in 60 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_apiserver_is_waited_for_not_given_up_on_and_retried() {
+        // 20 s to answer: a busy apiserver's queues. The renewal it is working on is waited
+        // for; giving up on it would leave the write to the apiserver and add another.
+        let (requests, up) =
+            beat(Some(429), Duration::from_secs(20), Duration::from_secs(60)).await;
+        assert!(up, "a slow answer is still an answer");
+        // One every 20 s + 10 s: 2 or 3 in a minute, not one every 5 s + backoff.
+        assert!((2..=3).contains(&requests), "{requests} renewals in 60 s");
     }
 }
