@@ -25,6 +25,8 @@ ADMISSION_PLUGINS=NodeRestriction
 
 # --enable-aggregator-routing: the lab has no kube-proxy, so the apiserver calls Services
 # (the chart's admission webhook) at their endpoints' addresses.
+# --profiling: the fleet's benchmarks read where the apiserver's CPU goes from
+# /debug/pprof (e2e/README.md); only the lab's admin may read it.
 start_apiserver() {
   start_daemon kube-apiserver "$CP_NS" "$LOG_DIR/kube-apiserver.log" "$CP_RUN/kube-apiserver.pid" \
     "$K8S_BIN_DIR/kube-apiserver" \
@@ -46,7 +48,7 @@ start_apiserver() {
     --enable-admission-plugins="$ADMISSION_PLUGINS" \
     --allow-privileged=true \
     --service-cluster-ip-range="$SERVICE_CIDR" \
-    --profiling=false \
+    --profiling=true \
     --v=1
 }
 

@@ -2,6 +2,7 @@
 //! (`apiserver_request_total` by verb and code), and the CPU time and peak memory of the
 //! controller, the apiserver and this simulator, from /proc.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use kube::Client;
@@ -16,11 +17,39 @@ const WRITES: [&str; 6] = [
     "DELETECOLLECTION",
 ];
 
-/// The apiserver's request counters: writes, and requests rejected as too many (429).
-#[derive(Debug, Clone, Copy, Default)]
+/// The apiserver's request counters: writes made (2xx) by verb and resource, and requests
+/// rejected as too many (429).
+#[derive(Debug, Clone, Default)]
 pub struct Requests {
-    pub writes: f64,
+    pub writes: BTreeMap<String, f64>,
     pub rejected: f64,
+}
+
+impl Requests {
+    pub fn total(&self) -> f64 {
+        self.writes.values().sum()
+    }
+
+    /// Writes other than Leases: what is left to settle once the heartbeats are all that runs.
+    pub fn besides_leases(&self) -> f64 {
+        self.writes
+            .iter()
+            .filter(|(k, _)| !k.ends_with(" leases"))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// The writes since `before`, most first: where a phase's writes went.
+    fn since(&self, before: &Requests) -> Vec<(String, f64)> {
+        let mut d: Vec<(String, f64)> = self
+            .writes
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.writes.get(k).unwrap_or(&0.0)))
+            .filter(|(_, v)| *v > 0.0)
+            .collect();
+        d.sort_by(|a, b| b.1.total_cmp(&a.1));
+        d
+    }
 }
 
 /// Reads the counters from the apiserver's metrics.
@@ -47,8 +76,15 @@ pub async fn requests(admin: &Client) -> Requests {
                 .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
                 .map(|v| v.trim_end_matches('"'))
         };
-        if label("verb").is_some_and(|v| WRITES.contains(&v)) {
-            r.writes += value;
+        // A write is one the apiserver made: a refused or abandoned one is counted apart (429)
+        // or not at all (504, which the apiserver may still complete).
+        let made = label("code").is_some_and(|c| c.starts_with('2'));
+        if let Some(verb) = label("verb").filter(|v| made && WRITES.contains(v)) {
+            let resource = match (label("resource"), label("subresource")) {
+                (Some(r), Some(sub)) if !sub.is_empty() => format!("{r}/{sub}"),
+                (r, _) => r.unwrap_or_default().to_owned(),
+            };
+            *r.writes.entry(format!("{verb} {resource}")).or_default() += value;
         }
         if label("code") == Some("429") {
             r.rejected += value;
@@ -141,11 +177,18 @@ impl Phase {
     pub async fn end(&self, admin: &Client, processes: &[Process], devices: usize) -> Cost {
         let seconds = self.start.elapsed().as_secs_f64().max(0.001);
         let now = requests(admin).await;
-        let writes = now.writes - self.requests.writes;
+        let writes = now.total() - self.requests.total();
+        let most: Vec<String> = now
+            .since(&self.requests)
+            .iter()
+            .take(3)
+            .map(|(what, n)| format!("{n:.0} {what}"))
+            .collect();
         let mut text = format!(
-            "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device), 429s {:.0}; over {seconds:.1}s",
+            "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device; most {}), 429s {:.0}; over {seconds:.1}s",
             writes / seconds,
             writes / devices.max(1) as f64,
+            most.join(", "),
             now.rejected - self.requests.rejected,
         );
         for (p, before) in processes.iter().zip(&self.cpu) {

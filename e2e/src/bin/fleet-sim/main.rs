@@ -183,7 +183,7 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
         return false;
     }
 
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    settle(admin).await;
     // Whole Lease intervals, two at least: agents that started together renew in waves
     // (jitter spreads them only slowly), and a shorter window catches a wave or misses it.
     let window = args.idle_s.max(2 * args.lease_interval_s);
@@ -223,6 +223,29 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
     }
     fleet.stop().await;
     true
+}
+
+/// Waits until everything but the heartbeats has stopped writing: the controller's rollups,
+/// conditions and Events after a fleet reported Ready outlast the report by seconds to
+/// minutes, and an idle rate measured over them is not idle. Settled means at most one write a
+/// second besides Leases (the lab's own background), over five seconds; it waits five minutes
+/// at most, and says so if the fleet never settled.
+async fn settle(admin: &Client) {
+    const QUIET: f64 = 5.0;
+    let start = Instant::now();
+    let mut before = figures::requests(admin).await.besides_leases();
+    while start.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = figures::requests(admin).await.besides_leases();
+        if now - std::mem::replace(&mut before, now) <= QUIET {
+            println!(
+                "bench fleet: settled {:.0}s after the last device reported",
+                start.elapsed().as_secs_f64()
+            );
+            return;
+        }
+    }
+    println!("bench fleet: not settled after 300s: the idle figure below includes that work");
 }
 
 /// Waits until the controller made the Lease of every hollow device (in the reconcile that
