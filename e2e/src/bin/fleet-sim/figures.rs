@@ -52,15 +52,19 @@ impl Requests {
     }
 }
 
-/// Reads the counters from the apiserver's metrics.
-pub async fn requests(admin: &Client) -> Requests {
+/// Reads the counters from the apiserver's metrics; `None` (and why, on stderr) if it
+/// cannot, so that a figure is missing rather than wrong.
+pub async fn requests(admin: &Client) -> Option<Requests> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("a request");
-    let text = admin.request_text(request).await.unwrap_or_else(|e| {
-        eprintln!("fleet-sim: cannot read the apiserver's metrics: {e}");
-        String::new()
-    });
+    let text = match admin.request_text(request).await {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("fleet-sim: cannot read the apiserver's metrics: {e}");
+            return None;
+        }
+    };
     let mut r = Requests::default();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
@@ -90,7 +94,7 @@ pub async fn requests(admin: &Client) -> Requests {
             r.rejected += value;
         }
     }
-    r
+    Some(r)
 }
 
 /// A process measured through /proc.
@@ -101,27 +105,26 @@ pub struct Process {
 }
 
 impl Process {
-    /// CPU seconds (user and system) so far.
-    fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+    /// CPU seconds (user and system) so far; `None` once the process is gone.
+    fn cpu_s(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
         // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .map(|(_, r)| r.split_whitespace().collect())
             .unwrap_or_default();
         let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok());
-        (ticks(14).unwrap_or(0.0) + ticks(15).unwrap_or(0.0)) / CLOCK_TICKS
+        Some((ticks(14)? + ticks(15)?) / CLOCK_TICKS)
     }
 
     /// The peak resident memory since the last [`Process::reset_peak`], in MiB.
-    fn peak_mib(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+    fn peak_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
+            .map(|kib| kib / 1024.0)
     }
 
     /// Starts the peak over (`5` to clear_refs resets VmHWM).
@@ -153,8 +156,8 @@ pub fn find(comm: &str) -> Option<u32> {
 #[derive(Debug)]
 pub struct Phase {
     start: Instant,
-    requests: Requests,
-    cpu: Vec<f64>,
+    requests: Option<Requests>,
+    cpu: Vec<Option<f64>>,
 }
 
 impl Phase {
@@ -173,42 +176,49 @@ impl Phase {
         self.start
     }
 
-    /// What the phase cost.
+    /// What the phase cost. A figure that cannot be read at both ends (the apiserver did
+    /// not answer, a process is gone) is printed as unknown, never as a difference with zero.
     pub async fn end(&self, admin: &Client, processes: &[Process], devices: usize) -> Cost {
         let seconds = self.start.elapsed().as_secs_f64().max(0.001);
-        let now = requests(admin).await;
-        let writes = now.total() - self.requests.total();
-        let most: Vec<String> = now
-            .since(&self.requests)
-            .iter()
-            .take(3)
-            .map(|(what, n)| format!("{n:.0} {what}"))
-            .collect();
-        let mut text = format!(
-            "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device; most {}), 429s {:.0}; over {seconds:.1}s",
-            writes / seconds,
-            writes / devices.max(1) as f64,
-            most.join(", "),
-            now.rejected - self.requests.rejected,
-        );
+        let (mut text, writes_per_s) = match (&self.requests, requests(admin).await) {
+            (Some(before), Some(now)) => {
+                let writes = now.total() - before.total();
+                let most: Vec<String> = now
+                    .since(before)
+                    .iter()
+                    .take(3)
+                    .map(|(what, n)| format!("{n:.0} {what}"))
+                    .collect();
+                let text = format!(
+                    "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device; most {}), 429s {:.0}; over {seconds:.1}s",
+                    writes / seconds,
+                    writes / devices.max(1) as f64,
+                    most.join(", "),
+                    now.rejected - before.rejected,
+                );
+                (text, Some(writes / seconds))
+            }
+            _ => (
+                format!("apiserver writes unknown (its metrics unread); over {seconds:.1}s"),
+                None,
+            ),
+        };
         for (p, before) in processes.iter().zip(&self.cpu) {
-            text.push_str(&format!(
-                "\n    {}: {:.1} CPU s, peak RSS {:.0} MiB",
-                p.name,
-                p.cpu_s() - before,
-                p.peak_mib()
-            ));
+            let cpu = before
+                .zip(p.cpu_s())
+                .map_or("unknown".to_owned(), |(b, n)| format!("{:.1}", n - b));
+            let peak = p
+                .peak_mib()
+                .map_or("unknown".to_owned(), |m| format!("{m:.0} MiB"));
+            text.push_str(&format!("\n    {}: {cpu} CPU s, peak RSS {peak}", p.name));
         }
-        Cost {
-            text,
-            writes_per_s: writes / seconds,
-        }
+        Cost { text, writes_per_s }
     }
 }
 
-/// What a phase cost: the figures to print, and the apiserver's write rate.
+/// What a phase cost: the figures to print, and the apiserver's write rate if it was read.
 #[derive(Debug)]
 pub struct Cost {
     pub text: String,
-    pub writes_per_s: f64,
+    pub writes_per_s: Option<f64>,
 }

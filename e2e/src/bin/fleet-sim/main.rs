@@ -128,7 +128,10 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
     // What the cluster writes without the hollow fleet (its own Leases, Events, ...).
     let quiet = Phase::begin(admin, &processes).await;
     tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
-    let baseline = quiet.end(admin, &processes, n).await.writes_per_s;
+    let Some(baseline) = quiet.end(admin, &processes, n).await.writes_per_s else {
+        eprintln!("fleet-sim: no baseline without the apiserver's metrics");
+        return false;
+    };
     println!("bench fleet: the cluster without the fleet writes {baseline:.1}/s");
 
     // Enrolment first, then the agents: agents started before the controller made their
@@ -191,8 +194,11 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
     tokio::time::sleep(Duration::from_secs(window)).await;
     let cost = idle.end(admin, &processes, n).await;
     println!(
-        "bench fleet: idle, settled: {:.3} writes/s per device beyond the cluster's own; {}",
-        (cost.writes_per_s - baseline) / n as f64,
+        "bench fleet: idle, settled: {} writes/s per device beyond the cluster's own; {}",
+        cost.writes_per_s.map_or("unknown".to_owned(), |w| format!(
+            "{:.3}",
+            (w - baseline) / n as f64
+        )),
         cost.text
     );
 
@@ -233,11 +239,14 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
 async fn settle(admin: &Client) {
     const QUIET: f64 = 5.0;
     let start = Instant::now();
-    let mut before = figures::requests(admin).await.besides_leases();
+    let besides_leases = async || figures::requests(admin).await.map(|r| r.besides_leases());
+    let mut before = besides_leases().await;
     while start.elapsed() < Duration::from_secs(300) {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = figures::requests(admin).await.besides_leases();
-        if now - std::mem::replace(&mut before, now) <= QUIET {
+        let now = besides_leases().await;
+        let quiet = before.zip(now).is_some_and(|(b, n)| n - b <= QUIET);
+        before = now;
+        if quiet {
             println!(
                 "bench fleet: settled {:.0}s after the last device reported",
                 start.elapsed().as_secs_f64()

@@ -60,7 +60,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Watches the EdgeDevices that `selector` picks, until the process ends.
+    /// Watches the EdgeDevices that `selector` picks, until the process ends. It says on
+    /// stderr when its watch fails and when it lists again: a watcher that is blind for a
+    /// while (a loaded apiserver refusing or timing out its list) makes devices look late,
+    /// and the log must show it.
     pub fn start(client: Client, selector: &str) -> Progress {
         let state = Arc::new(Mutex::new(State {
             goal: Goal::None,
@@ -69,14 +72,40 @@ impl Progress {
             reached: HashMap::new(),
         }));
         let api: Api<EdgeDevice> = Api::all(client);
-        let events = watcher(api, watcher::Config::default().labels(selector))
-            .default_backoff()
-            .applied_objects();
+        let events = watcher(api, watcher::Config::default().labels(selector)).default_backoff();
         let shared = state.clone();
         tokio::spawn(async move {
+            let began = Instant::now();
             let mut events = std::pin::pin!(events);
+            let mut failing: Option<Instant> = None;
             while let Some(e) = events.next().await {
-                let Ok(d) = e else { continue };
+                let d = match e {
+                    Err(e) => {
+                        if failing.is_none() {
+                            eprintln!(
+                                "fleet-sim: the devices' watch failed at {:.0}s, retrying: {e}",
+                                began.elapsed().as_secs_f64()
+                            );
+                        }
+                        failing.get_or_insert_with(Instant::now);
+                        continue;
+                    }
+                    Ok(watcher::Event::Init) => {
+                        eprintln!(
+                            "fleet-sim: the devices' watch lists them again at {:.0}s",
+                            began.elapsed().as_secs_f64()
+                        );
+                        continue;
+                    }
+                    Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) => d,
+                    Ok(watcher::Event::Delete(_) | watcher::Event::InitDone) => continue,
+                };
+                if let Some(since) = failing.take() {
+                    eprintln!(
+                        "fleet-sim: the devices' watch is back after {:.0}s blind",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
                 let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 s.judge(&d);
                 s.devices.insert(d.name_any(), d);
