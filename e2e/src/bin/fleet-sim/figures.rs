@@ -127,6 +127,15 @@ impl Process {
             .map(|kib| kib / 1024.0)
     }
 
+    /// How many files the process may open (its soft limit), if /proc says.
+    pub fn open_files_limit(&self) -> Option<u64> {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid)).ok()?;
+        limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    }
+
     /// Starts the peak over (`5` to clear_refs resets VmHWM).
     fn reset_peak(&self) {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5");

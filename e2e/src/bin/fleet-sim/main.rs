@@ -106,6 +106,7 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
             pid: std::process::id(),
         },
     ];
+    warn_of_open_files(&processes[1..], n);
     let timeout = Duration::from_secs(120 + n as u64 / 5);
     let ns = fresh_namespace(admin, NAMESPACE).await;
     apply(admin, &ns, "EdgeModule", "app", module("1")).await;
@@ -229,6 +230,31 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
     }
     fleet.stop().await;
     true
+}
+
+/// The connections a hollow agent holds to the apiserver: its watch and its requests (kube's
+/// client speaks HTTP/1.1, one request a connection).
+const CONNECTIONS_PER_AGENT: u64 = 2;
+
+/// Files a process opens besides the fleet's connections (its own, the cluster's).
+const OPEN_FILES_BESIDES: u64 = 1_000;
+
+/// Says before the run when the apiserver or the simulator may open fewer files than the
+/// fleet's connections need: past that, connections are refused ("too many open files")
+/// and the run measures the limit, not edgefleet. A warning, not a refusal: the part of the
+/// fleet that fits still measures something.
+fn warn_of_open_files(ends: &[Process], n: usize) {
+    let needed = n as u64 * CONNECTIONS_PER_AGENT + OPEN_FILES_BESIDES;
+    for p in ends {
+        if let Some(limit) = p.open_files_limit().filter(|l| *l < needed) {
+            eprintln!(
+                "fleet-sim: warning: {n} agents hold about {} connections, but the {} may open only {limit} files: expect refused connections past about {} agents",
+                n as u64 * CONNECTIONS_PER_AGENT,
+                p.name,
+                limit.saturating_sub(OPEN_FILES_BESIDES) / CONNECTIONS_PER_AGENT
+            );
+        }
+    }
 }
 
 /// Waits until everything but the heartbeats has stopped writing: the controller's rollups,
