@@ -17,16 +17,29 @@ const WRITES: [&str; 6] = [
     "DELETECOLLECTION",
 ];
 
+/// What a write was: its verb and its resource (with the subresource, `edgedevices/status`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Write {
+    pub verb: String,
+    pub resource: String,
+}
+
+impl std::fmt::Display for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)
+    }
+}
+
 /// The apiserver's request counters: writes made (2xx) by verb and resource, and requests
 /// rejected as too many (429).
 #[derive(Debug, Clone, Default)]
 pub struct Requests {
-    pub writes: BTreeMap<String, f64>,
+    pub writes: BTreeMap<Write, f64>,
     pub rejected: f64,
 }
 
 impl Requests {
-    pub fn total(&self) -> f64 {
+    fn total(&self) -> f64 {
         self.writes.values().sum()
     }
 
@@ -34,21 +47,60 @@ impl Requests {
     pub fn besides_leases(&self) -> f64 {
         self.writes
             .iter()
-            .filter(|(k, _)| !k.ends_with(" leases"))
+            .filter(|(w, _)| w.resource != "leases")
             .map(|(_, v)| v)
             .sum()
     }
 
     /// The writes since `before`, most first: where a phase's writes went.
-    fn since(&self, before: &Requests) -> Vec<(String, f64)> {
-        let mut d: Vec<(String, f64)> = self
+    fn since(&self, before: &Requests) -> Vec<(Write, f64)> {
+        let mut d: Vec<(Write, f64)> = self
             .writes
             .iter()
-            .map(|(k, v)| (k.clone(), v - before.writes.get(k).unwrap_or(&0.0)))
+            .map(|(w, v)| (w.clone(), v - before.writes.get(w).unwrap_or(&0.0)))
             .filter(|(_, v)| *v > 0.0)
             .collect();
         d.sort_by(|a, b| b.1.total_cmp(&a.1));
         d
+    }
+
+    /// The counters in the apiserver's metrics text (`apiserver_request_total`).
+    fn parse(text: &str) -> Requests {
+        let mut r = Requests::default();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let value: f64 = value.trim().parse().unwrap_or(0.0);
+            let label = |k: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                    .map(|v| v.trim_end_matches('"'))
+            };
+            let code = label("code");
+            // A write is one the apiserver made: a refused or abandoned one is counted apart
+            // (429) or not at all (504, which the apiserver may still complete).
+            let made = code.is_some_and(|c| c.starts_with('2'));
+            if let Some(verb) = label("verb").filter(|v| made && WRITES.contains(v)) {
+                let resource = match (label("resource"), label("subresource")) {
+                    (Some(r), Some(sub)) if !sub.is_empty() => format!("{r}/{sub}"),
+                    (r, _) => r.unwrap_or_default().to_owned(),
+                };
+                let write = Write {
+                    verb: verb.to_owned(),
+                    resource,
+                };
+                *r.writes.entry(write).or_default() += value;
+            }
+            if code == Some("429") {
+                r.rejected += value;
+            }
+        }
+        r
     }
 }
 
@@ -58,43 +110,13 @@ pub async fn requests(admin: &Client) -> Option<Requests> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("a request");
-    let text = match admin.request_text(request).await {
-        Ok(text) => text,
+    match admin.request_text(request).await {
+        Ok(text) => Some(Requests::parse(&text)),
         Err(e) => {
             eprintln!("fleet-sim: cannot read the apiserver's metrics: {e}");
-            return None;
-        }
-    };
-    let mut r = Requests::default();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let value: f64 = value.trim().parse().unwrap_or(0.0);
-        let label = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"'))
-        };
-        // A write is one the apiserver made: a refused or abandoned one is counted apart (429)
-        // or not at all (504, which the apiserver may still complete).
-        let made = label("code").is_some_and(|c| c.starts_with('2'));
-        if let Some(verb) = label("verb").filter(|v| made && WRITES.contains(v)) {
-            let resource = match (label("resource"), label("subresource")) {
-                (Some(r), Some(sub)) if !sub.is_empty() => format!("{r}/{sub}"),
-                (r, _) => r.unwrap_or_default().to_owned(),
-            };
-            *r.writes.entry(format!("{verb} {resource}")).or_default() += value;
-        }
-        if label("code") == Some("429") {
-            r.rejected += value;
+            None
         }
     }
-    Some(r)
 }
 
 /// A process measured through /proc.
@@ -230,4 +252,63 @@ impl Phase {
 pub struct Cost {
     pub text: String,
     pub writes_per_s: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = r#"# HELP apiserver_request_total [STABLE] Counter of apiserver requests
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="PATCH",version="v1"} 30
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="edgefleet.io",resource="edgedevices",scope="resource",subresource="status",verb="APPLY",version="v1"} 7
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="events",scope="namespace",subresource="",verb="POST",version="v1"} 2
+apiserver_request_total{code="429",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="PATCH",version="v1"} 5
+apiserver_request_total{code="504",component="apiserver",dry_run="",group="edgefleet.io",resource="edgedevices",scope="resource",subresource="status",verb="APPLY",version="v1"} 11
+apiserver_request_total{code="429",component="apiserver",dry_run="",group="edgefleet.io",resource="edgedevices",scope="cluster",subresource="",verb="WATCH",version="v1"} 1
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="edgefleet.io",resource="edgedevices",scope="cluster",subresource="",verb="LIST",version="v1"} 40
+apiserver_request_duration_seconds_count{code="200",resource="leases",verb="PATCH"} 99
+"#;
+
+    fn write(verb: &str, resource: &str) -> Write {
+        Write {
+            verb: verb.to_owned(),
+            resource: resource.to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_writes_the_apiserver_made_count_by_verb_and_resource() {
+        let r = Requests::parse(METRICS);
+        assert_eq!(
+            r.writes,
+            BTreeMap::from([
+                (write("APPLY", "edgedevices/status"), 7.0),
+                (write("PATCH", "leases"), 30.0),
+                (write("POST", "events"), 2.0),
+            ]),
+            "reads, refusals (429) and abandoned writes (504) are no writes made"
+        );
+        assert_eq!(r.total(), 39.0);
+        assert_eq!(r.besides_leases(), 9.0);
+        assert_eq!(r.rejected, 6.0, "every 429, reads and writes alike");
+    }
+
+    #[test]
+    fn a_phase_s_writes_are_the_differences_most_first() {
+        let before = Requests::parse(METRICS);
+        let mut now = before.clone();
+        *now.writes.entry(write("PATCH", "leases")).or_default() += 3.0;
+        *now.writes.entry(write("APPLY", "edgedevices")).or_default() += 8.0;
+        assert_eq!(
+            now.since(&before),
+            vec![
+                (write("APPLY", "edgedevices"), 8.0),
+                (write("PATCH", "leases"), 3.0)
+            ]
+        );
+        assert_eq!(
+            write("APPLY", "edgedevices").to_string(),
+            "APPLY edgedevices"
+        );
+    }
 }
