@@ -102,8 +102,8 @@ async fn desired_modules(devices: &Api<EdgeDevice>, dev: &str) -> Vec<(String, S
         .desired
         .map(|d| {
             d.modules
-                .into_iter()
-                .map(|m| (m.name, m.deployment, m.spec.image))
+                .iter()
+                .map(|m| (m.name.clone(), m.deployment.clone(), m.spec.image.clone()))
                 .collect()
         })
         .unwrap_or_default()
@@ -399,7 +399,8 @@ async fn targeting_priority_layering_and_rollup() {
         .spec
         .desired
         .expect("desired")
-        .revision;
+        .revision
+        .clone();
     a3.report(json!({
         "appliedRevision": rev,
         "modules": [
@@ -1152,7 +1153,7 @@ async fn a_devices_oversized_words_never_freeze_a_deployments_status() {
         d.spec
             .desired
             .filter(|d| !d.modules.is_empty())
-            .map(|d| d.revision)
+            .map(|d| d.revision.clone())
             .ok_or("none yet".to_owned())
     })
     .await;

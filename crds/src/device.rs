@@ -3,6 +3,7 @@
 //! Heartbeats go to a Lease, not to this object, so idle devices cost no writes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
@@ -53,8 +54,9 @@ pub mod conditions {
 #[serde(rename_all = "camelCase")]
 pub struct EdgeDeviceSpec {
     /// Written by edgefleet-controller only: what the device should run.
+    // An Arc: devices that run the same thing share one copy in the controller's cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub desired: Option<DesiredState>,
+    pub desired: Option<Arc<DesiredState>>,
     /// Written by edgefleet-controller's rollout planner only: for each deployment with a
     /// staged rollout (`namespace/name`), the revision this device has been moved to. The
     /// desired state takes that deployment's modules from this revision.

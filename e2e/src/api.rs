@@ -293,7 +293,7 @@ impl Agent {
         }))
         .await
         .expect("report status");
-        desired.revision
+        desired.revision.clone()
     }
 }
 

@@ -886,7 +886,11 @@ async fn the_examples_resolve_as_their_layers_say(client: &Client, devices: &[St
             .get(device)
             .await
             .expect("the device");
-        let modules = dev.spec.desired.map(|d| d.modules).unwrap_or_default();
+        let modules = dev
+            .spec
+            .desired
+            .map(|d| d.modules.clone())
+            .unwrap_or_default();
         modules
             .into_iter()
             .map(|m| (m.name.clone(), m))

@@ -68,7 +68,11 @@ async fn desired_from(client: &Client) -> Result<Vec<Vec<String>>, String> {
     let mut seen = Vec::new();
     for d in DEVICES {
         let dev = devices.get(d).await.map_err(|e| e.to_string())?;
-        let modules = dev.spec.desired.map(|s| s.modules).unwrap_or_default();
+        let modules = dev
+            .spec
+            .desired
+            .map(|s| s.modules.clone())
+            .unwrap_or_default();
         seen.push(modules.into_iter().map(|m| m.deployment).collect());
     }
     Ok(seen)
@@ -110,9 +114,9 @@ async fn owners(client: &Client) -> Vec<Option<String>> {
         let dev = api.get(d).await.expect("device");
         out.push(dev.spec.desired.and_then(|s| {
             s.targeting
-                .into_iter()
+                .iter()
                 .find(|t| t.outcome == TargetingOutcome::Owner)
-                .map(|t| t.deployment)
+                .map(|t| t.deployment.clone())
         }));
     }
     out
@@ -300,7 +304,11 @@ async fn a_team_cannot_get_root_on_a_device() {
     let devices: Api<EdgeDevice> = Api::all(client.clone());
     for other in ["edge-1", "edge-3"] {
         let d = devices.get(other).await.expect("device");
-        let modules = d.spec.desired.map(|s| s.modules).unwrap_or_default();
+        let modules = d
+            .spec
+            .desired
+            .map(|s| s.modules.clone())
+            .unwrap_or_default();
         assert!(
             modules.iter().all(|m| !m.deployment.starts_with(&ns)),
             "{other}: {modules:?}"

@@ -16,6 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::k8s::context::Stores;
+use crate::k8s::intern::Interner;
 use crate::k8s::watches::{
     Cache, Synced, arrivals_and_departures, cache, drop_managed_fields, keep_name_only,
     keep_renew_time, shared,
@@ -62,24 +63,37 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
             dev_for_registry,
             dev_for_hub,
         ],
-    ) = shared(
-        Api::<EdgeDevice>::all(client.clone()),
-        synced,
-        Cache::Devices,
-    );
+    ) = {
+        let desired_states = Interner::default();
+        shared(
+            Api::<EdgeDevice>::all(client.clone()),
+            move |device| {
+                drop_managed_fields(device);
+                desired_states.intern(device);
+            },
+            synced,
+            Cache::Devices,
+        )
+    };
     let (deployments, [dep_main, dep_for_devices, dep_for_modules]) = shared(
         Api::<EdgeDeployment>::all(client.clone()),
+        drop_managed_fields,
         synced,
         Cache::Deployments,
     );
     let (modules, [mod_main, mod_for_devices, mod_for_deployments]) = shared(
         Api::<EdgeModule>::all(client.clone()),
+        drop_managed_fields,
         synced,
         Cache::Modules,
     );
     // Grants are few and change rarely; any change may widen or narrow any deployment.
-    let (grants, [grant_for_devices, grant_for_deployments]) =
-        shared(Api::<EdgeGrant>::all(client.clone()), synced, Cache::Grants);
+    let (grants, [grant_for_devices, grant_for_deployments]) = shared(
+        Api::<EdgeGrant>::all(client.clone()),
+        drop_managed_fields,
+        synced,
+        Cache::Grants,
+    );
 
     let (leases, lease_events) = cache(
         Api::<Lease>::namespaced(client.clone(), namespace),

@@ -95,9 +95,11 @@ impl<K> Cached for K where
 const SHARED_BUFFER: usize = 1024;
 
 /// A cache over all objects of a kind that `N` controllers subscribe to: one watch feeding
-/// the store and each subscriber. The watch runs in its own task.
+/// the store and each subscriber, each object trimmed by `trim` before it is stored. The
+/// watch runs in its own task.
 pub fn shared<K, const N: usize>(
     api: Api<K>,
+    trim: impl FnMut(&mut K) + Send + 'static,
     synced: &Arc<Synced>,
     cache: Cache,
 ) -> (Store<K>, [ReflectHandle<K>; N])
@@ -114,7 +116,7 @@ where
     let synced = synced.clone();
     let watch = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(drop_managed_fields)
+        .modify(trim)
         .reflect_shared(writer)
         .for_each(move |e| {
             synced.observe(cache, &e);

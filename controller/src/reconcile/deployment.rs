@@ -43,7 +43,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
         .map(|dev| DeviceView {
             name: dev.metadata.name.as_deref().unwrap_or_default(),
             labels: dev.labels(),
-            desired: dev.spec.desired.as_ref(),
+            desired: dev.spec.desired.as_deref(),
             status: dev.status.as_ref(),
             online: dev
                 .status

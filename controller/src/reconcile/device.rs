@@ -143,7 +143,7 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
 
     // Desired state, from the labels an administrator gave the EdgeDevice: a device's own
     // credentials can't write them (its RBAC reaches only its status).
-    let current = device.spec.desired.as_ref();
+    let current = device.spec.desired.as_deref();
     let desired = if registration == Registration::Enrolled {
         let staged = targeting::StagedRevisions {
             rollouts: &device.spec.rollouts,
