@@ -64,7 +64,7 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
             dev_for_hub,
         ],
     ) = {
-        let desired_states = Interner::default();
+        let mut desired_states = Interner::default();
         shared(
             Api::<EdgeDevice>::all(client.clone()),
             move |device| {

@@ -5,8 +5,8 @@
 //! which swaps it for the copy already held when there is one.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, Weak};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::{Arc, Weak};
 
 use edgefleet_crds::{DesiredState, EdgeDevice};
 
@@ -14,28 +14,24 @@ use edgefleet_crds::{DesiredState, EdgeDevice};
 const SWEEP_EVERY: usize = 1024;
 
 /// The desired states the cache holds, by a hash of their JSON. Held weakly: a state that no
-/// cached device has any more is freed with its last device, and its entry swept later.
+/// cached device has any more is freed with its last device, and its entry swept later. The
+/// device watch owns it (one stream, no lock).
 #[derive(Debug, Default)]
 pub struct Interner {
-    states: Mutex<States>,
-}
-
-#[derive(Debug, Default)]
-struct States {
     by_hash: HashMap<u64, Vec<Weak<DesiredState>>>,
     recorded: usize,
+    /// Keyed per process, so that no one can choose states that collide.
+    hasher: RandomState,
 }
 
 impl Interner {
     /// Replaces `device`'s desired state with the equal one already held, or records it.
     /// Equality is checked in full: the hash only finds the candidates.
-    pub fn intern(&self, device: &mut EdgeDevice) {
+    pub fn intern(&mut self, device: &mut EdgeDevice) {
         let Some(desired) = device.spec.desired.as_mut() else {
             return;
         };
-        let hash = hash_of(desired);
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = states.by_hash.entry(hash).or_default();
+        let bucket = self.by_hash.entry(self.hash_of(desired)).or_default();
         if let Some(same) = bucket
             .iter()
             .filter_map(Weak::upgrade)
@@ -45,32 +41,38 @@ impl Interner {
             return;
         }
         bucket.push(Arc::downgrade(desired));
-        states.recorded += 1;
-        if states.recorded.is_multiple_of(SWEEP_EVERY) {
-            states.by_hash.retain(|_, bucket| {
+        self.recorded += 1;
+        if self.recorded.is_multiple_of(SWEEP_EVERY) {
+            self.by_hash.retain(|_, bucket| {
                 bucket.retain(|w| w.strong_count() > 0);
                 !bucket.is_empty()
             });
         }
     }
 
-    /// How many distinct desired states are held.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states
-            .by_hash
-            .values()
-            .flatten()
-            .filter(|w| w.strong_count() > 0)
-            .count()
+    /// `DesiredState` has no `Hash` (nor all its parts): its JSON, written straight into the
+    /// hasher, stands in. Equal states have equal JSON (no maps of unordered keys, no floats).
+    fn hash_of(&self, desired: &DesiredState) -> u64 {
+        let mut hasher = HashWriter(self.hasher.build_hasher());
+        // Writing into a hasher cannot fail; a state that cannot be serialized hashes as
+        // what was written of it, and equality still decides.
+        let _ = serde_json::to_writer(&mut hasher, desired);
+        hasher.0.finish()
     }
 }
 
-fn hash_of(desired: &DesiredState) -> u64 {
-    let mut h = DefaultHasher::new();
-    serde_json::to_vec(desired).unwrap_or_default().hash(&mut h);
-    h.finish()
+/// A hasher as an `io::Write`, for serde_json to write into.
+struct HashWriter<H>(H);
+
+impl<H: Hasher> std::io::Write for HashWriter<H> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -98,9 +100,23 @@ mod tests {
         d.spec.desired.as_ref().expect("a desired state")
     }
 
+    /// Entries recorded, live or not.
+    fn entries(interner: &Interner) -> usize {
+        interner.by_hash.values().map(Vec::len).sum()
+    }
+
+    fn live(interner: &Interner) -> usize {
+        interner
+            .by_hash
+            .values()
+            .flatten()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
     #[test]
     fn equal_desired_states_are_held_once() {
-        let interner = Interner::default();
+        let mut interner = Interner::default();
         let (mut a, mut b, mut c) = (
             device("a", "ns/one"),
             device("b", "ns/one"),
@@ -117,7 +133,7 @@ mod tests {
             !Arc::ptr_eq(state(&a), state(&c)),
             "different states stay apart"
         );
-        assert_eq!(interner.len(), 2);
+        assert_eq!(live(&interner), 2);
         assert_eq!(
             **state(&b),
             **state(&device("b", "ns/one")),
@@ -125,15 +141,39 @@ mod tests {
         );
     }
 
+    /// Two different states under one hash (a collision) each keep their own.
     #[test]
-    fn a_state_no_device_holds_is_freed() {
-        let interner = Interner::default();
+    fn a_hash_is_only_where_to_look() {
+        let mut interner = Interner::default();
+        let (mut a, mut b) = (device("a", "ns/one"), device("b", "ns/two"));
+        interner.intern(&mut a);
+        let only_bucket = interner.by_hash.drain().flat_map(|(_, v)| v).collect();
+        let b_hash = interner.hash_of(state(&b));
+        interner.by_hash.insert(b_hash, only_bucket);
+        interner.intern(&mut b);
+        assert!(!Arc::ptr_eq(state(&a), state(&b)));
+        assert_eq!(state(&b).targeting[0].deployment, "ns/two");
+    }
+
+    #[test]
+    fn a_state_no_device_holds_is_freed_and_swept() {
+        let mut interner = Interner::default();
         let mut a = device("a", "ns/one");
         interner.intern(&mut a);
         drop(a);
-        assert_eq!(interner.len(), 0);
+        assert_eq!(live(&interner), 0, "freed with its last device");
         let mut b = device("b", "ns/one");
         interner.intern(&mut b);
-        assert_eq!(interner.len(), 1, "recorded afresh");
+        assert_eq!(live(&interner), 1, "recorded afresh");
+        // a and b were recorded: these bring the count to the sweep, each device gone once
+        // interned. The last is still held while the sweep runs.
+        for i in 2..SWEEP_EVERY {
+            interner.intern(&mut device("gone", &format!("ns/{i}")));
+        }
+        assert_eq!(
+            entries(&interner),
+            2,
+            "the dead entries are swept: b's state and the last one's are left"
+        );
     }
 }
