@@ -142,7 +142,7 @@ impl ResolvedModule {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetingDecision {
     /// `namespace/name`.
@@ -159,7 +159,7 @@ pub struct TargetingDecision {
     pub revision: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum TargetingOutcome {
     /// The winning base deployment.
     Owner,

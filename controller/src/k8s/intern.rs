@@ -5,7 +5,7 @@
 //! which swaps it for the copy already held when there is one.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Weak};
 
 use edgefleet_crds::{DesiredState, EdgeDevice};
@@ -13,7 +13,7 @@ use edgefleet_crds::{DesiredState, EdgeDevice};
 /// How many new states are recorded between two sweeps of the ones no device holds.
 const SWEEP_EVERY: usize = 1024;
 
-/// The desired states the cache holds, by a hash of their JSON. Held weakly: a state that no
+/// The desired states the cache holds, by a hash of their revision and targeting. Held weakly: a state that no
 /// cached device has any more is freed with its last device, and its entry swept later. The
 /// device watch owns it (one stream, no lock).
 #[derive(Debug, Default)]
@@ -50,28 +50,13 @@ impl Interner {
         }
     }
 
-    /// `DesiredState` has no `Hash` (nor all its parts): its JSON, written straight into the
-    /// hasher, stands in. Equal states have equal JSON (no maps of unordered keys, no floats).
+    /// The revision already stands for the modules (it is their hash, `revision_of`); the
+    /// targeting is hashed beside it. This runs on every device event, so nothing is
+    /// serialized: a revision that does not match its modules only misplaces a state, since
+    /// equality decides.
     fn hash_of(&self, desired: &DesiredState) -> u64 {
-        let mut hasher = HashWriter(self.hasher.build_hasher());
-        // Writing into a hasher cannot fail; a state that cannot be serialized hashes as
-        // what was written of it, and equality still decides.
-        let _ = serde_json::to_writer(&mut hasher, desired);
-        hasher.0.finish()
-    }
-}
-
-/// A hasher as an `io::Write`, for serde_json to write into.
-struct HashWriter<H>(H);
-
-impl<H: Hasher> std::io::Write for HashWriter<H> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.write(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        self.hasher
+            .hash_one((&desired.revision, &desired.targeting))
     }
 }
 

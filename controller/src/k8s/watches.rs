@@ -102,7 +102,7 @@ const SHARED_BUFFER: usize = 1024;
 /// apiserver answers that from its watch cache in one piece whatever the page size
 /// (`computeListLimit` in k8s.io/apiserver's cacher), which at 10,000 devices is some 44 MB
 /// of JSON, all of it decoded before the first object is trimmed. A restart is the
-/// controller's memory peak as it is.
+/// controller's memory peak even so (controller/README.md, benchmarks).
 pub fn shared<K, const N: usize>(
     api: Api<K>,
     trim: impl FnMut(&mut K) + Send + 'static,
