@@ -66,6 +66,11 @@ progress_done() {
   PROGRESS_N=0
 }
 
+# image_env COMPONENT: what COMPONENT's image sets in its binary's environment (the ENV line
+# of COMPONENT/Containerfile, as NAME=VALUE words), so that a bench that runs the binary on
+# the host runs it as the cluster does. Read it with `read -ra`.
+image_env() { sed -n 's/^ENV //p' "$1/Containerfile"; }
+
 # wait_for DESCRIPTION TIMEOUT_S CMD...: polls CMD until it succeeds, showing progress.
 wait_for() {
   local what=$1 timeout=$2 start=$SECONDS
