@@ -9,10 +9,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
 use edgefleet_e2e::{Lab, fresh_namespace, install_and_enrol};
 use futures::{StreamExt, stream};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
@@ -126,8 +129,11 @@ fn device_labels(i: usize) -> BTreeMap<String, String> {
     ])
 }
 
+/// How every simulated device's name begins.
+const DEVICE_PREFIX: &str = "load-dev-";
+
 fn device_name(i: usize) -> String {
-    format!("load-dev-{i:05}")
+    format!("{DEVICE_PREFIX}{i:05}")
 }
 
 /// The administrator's enrolment of device `i`.
@@ -363,7 +369,53 @@ where
         .unwrap_or_default()
 }
 
-async fn down(client: Client, concurrency: usize) {
+/// How long `down` waits for the garbage collector, which removes each device's Lease and
+/// RBAC after its EdgeDevice: some minutes for 10,000 devices.
+const GONE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// How many objects of kind `K` named with `prefix` the apiserver still holds; `None` when
+/// they could not be listed.
+async fn count_named<K>(api: &Api<K>, prefix: &str) -> Option<usize>
+where
+    K: kube::Resource + Clone + for<'de> k8s_openapi::serde::Deserialize<'de> + std::fmt::Debug,
+{
+    let page = api.list_metadata(&ListParams::default()).await.ok()?;
+    Some(
+        page.items
+            .iter()
+            .filter(|o| {
+                o.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .count(),
+    )
+}
+
+/// What is left of the simulated fleet: its Nodes and EdgeDevices, and each device's Lease
+/// and RBAC, which the garbage collector removes after the EdgeDevice. A next run that
+/// started before these were gone would see its new devices' Leases collected as the old
+/// devices' and wait for devices that can never resolve.
+async fn leftovers(client: &Client) -> Option<usize> {
+    let ns = SYSTEM_NAMESPACE;
+    let devices = DEVICE_PREFIX;
+    let owned = device_object_name(DEVICE_PREFIX);
+    let counts = [
+        count_named(&Api::<Node>::all(client.clone()), devices).await?,
+        count_named(&Api::<EdgeDevice>::all(client.clone()), devices).await?,
+        count_named(&Api::<ClusterRole>::all(client.clone()), &owned).await?,
+        count_named(&Api::<ClusterRoleBinding>::all(client.clone()), &owned).await?,
+        count_named(&Api::<Role>::namespaced(client.clone(), ns), &owned).await?,
+        count_named(&Api::<RoleBinding>::namespaced(client.clone(), ns), &owned).await?,
+        count_named(&Api::<Lease>::namespaced(client.clone(), ns), &owned).await?,
+    ];
+    Some(counts.iter().sum())
+}
+
+/// Deletes the simulated fleet and returns once the apiserver holds nothing of it (false
+/// if something was still left after [`GONE_TIMEOUT`]).
+async fn down(client: Client, concurrency: usize) -> bool {
     let sel = ListParams::default().labels(&format!("{LOAD_LABEL}=true"));
     let nodes: Api<Node> = Api::all(client.clone());
     let devices: Api<EdgeDevice> = Api::all(client.clone());
@@ -385,10 +437,32 @@ async fn down(client: Client, concurrency: usize) {
         delete_all(&nodes, names, concurrency).await;
         delete_all(&devices, dev_names, concurrency).await;
     }
-    let _ = Api::<Namespace>::all(client)
+    let _ = Api::<Namespace>::all(client.clone())
         .delete(NAMESPACE, &DeleteParams::default())
         .await;
-    println!("fleet-load: removed the simulated fleet");
+    let start = Instant::now();
+    loop {
+        let left = leftovers(&client).await;
+        if left == Some(0) {
+            println!("fleet-load: removed the simulated fleet");
+            return true;
+        }
+        if start.elapsed() > GONE_TIMEOUT {
+            eprintln!(
+                "fleet-load: {} objects of the simulated fleet still there after {}s",
+                left.map_or("uncounted".to_owned(), |n| n.to_string()),
+                GONE_TIMEOUT.as_secs()
+            );
+            return false;
+        }
+        if let Some(n) = left {
+            eprintln!(
+                "fleet-load: waiting for the garbage collector: {n} objects left ({}s)",
+                start.elapsed().as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
 }
 
 #[tokio::main]
@@ -422,7 +496,11 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        Cmd::Down => down(client, concurrency).await,
+        Cmd::Down => {
+            if !down(client, concurrency).await {
+                return ExitCode::FAILURE;
+            }
+        }
     }
     ExitCode::SUCCESS
 }
