@@ -354,23 +354,22 @@ where
         .await;
 }
 
-async fn names_of<K>(api: &Api<K>, sel: &ListParams) -> Vec<String>
+/// The names of the objects `sel` selects; `None` when they could not be listed.
+async fn names_of<K>(api: &Api<K>, sel: &ListParams) -> Option<Vec<String>>
 where
     K: kube::Resource + Clone + for<'de> k8s_openapi::serde::Deserialize<'de> + std::fmt::Debug,
 {
-    api.list_metadata(sel)
-        .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .filter_map(|o| o.metadata.name)
-                .collect()
-        })
-        .unwrap_or_default()
+    let page = api.list_metadata(sel).await.ok()?;
+    Some(
+        page.items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .collect(),
+    )
 }
 
-/// How long `down` waits for the garbage collector, which removes each device's Lease and
-/// RBAC after its EdgeDevice: some minutes for 10,000 devices.
+/// How long `down` waits for the fleet to be gone, the garbage collector's part included
+/// (it removes each device's Lease and RBAC after its EdgeDevice): some minutes for 10,000.
 const GONE_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// How many objects of kind `K` named with `prefix` the apiserver still holds; `None` when
@@ -379,18 +378,8 @@ async fn count_named<K>(api: &Api<K>, prefix: &str) -> Option<usize>
 where
     K: kube::Resource + Clone + for<'de> k8s_openapi::serde::Deserialize<'de> + std::fmt::Debug,
 {
-    let page = api.list_metadata(&ListParams::default()).await.ok()?;
-    Some(
-        page.items
-            .iter()
-            .filter(|o| {
-                o.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with(prefix))
-            })
-            .count(),
-    )
+    let names = names_of(api, &ListParams::default()).await?;
+    Some(names.iter().filter(|n| n.starts_with(prefix)).count())
 }
 
 /// What is left of the simulated fleet: its Nodes and EdgeDevices, and each device's Lease
@@ -399,11 +388,10 @@ where
 /// devices' and wait for devices that can never resolve.
 async fn leftovers(client: &Client) -> Option<usize> {
     let ns = SYSTEM_NAMESPACE;
-    let devices = DEVICE_PREFIX;
     let owned = device_object_name(DEVICE_PREFIX);
     let counts = [
-        count_named(&Api::<Node>::all(client.clone()), devices).await?,
-        count_named(&Api::<EdgeDevice>::all(client.clone()), devices).await?,
+        count_named(&Api::<Node>::all(client.clone()), DEVICE_PREFIX).await?,
+        count_named(&Api::<EdgeDevice>::all(client.clone()), DEVICE_PREFIX).await?,
         count_named(&Api::<ClusterRole>::all(client.clone()), &owned).await?,
         count_named(&Api::<ClusterRoleBinding>::all(client.clone()), &owned).await?,
         count_named(&Api::<Role>::namespaced(client.clone(), ns), &owned).await?,
@@ -414,34 +402,33 @@ async fn leftovers(client: &Client) -> Option<usize> {
 }
 
 /// Deletes the simulated fleet and returns once the apiserver holds nothing of it (false
-/// if something was still left after [`GONE_TIMEOUT`]).
+/// if something was still left after [`GONE_TIMEOUT`]). Every round deletes again what
+/// is still there, so a delete the apiserver refused under load is retried, not waited on.
 async fn down(client: Client, concurrency: usize) -> bool {
     let sel = ListParams::default().labels(&format!("{LOAD_LABEL}=true"));
     let nodes: Api<Node> = Api::all(client.clone());
     let devices: Api<EdgeDevice> = Api::all(client.clone());
     let csrs: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
         Api::all(client.clone());
-    let csr_names = names_of(&csrs, &sel).await;
+    let csr_names = names_of(&csrs, &sel).await.unwrap_or_default();
     delete_all(&csrs, csr_names, concurrency).await;
-    for round in 0..20 {
-        let names = names_of(&nodes, &sel).await;
-        let dev_names = names_of(&devices, &sel).await;
-        if names.is_empty() && dev_names.is_empty() {
-            break;
-        }
-        eprintln!(
-            "fleet-load: removing {} nodes and {} devices (round {round})",
-            names.len(),
-            dev_names.len()
-        );
-        delete_all(&nodes, names, concurrency).await;
-        delete_all(&devices, dev_names, concurrency).await;
-    }
     let _ = Api::<Namespace>::all(client.clone())
         .delete(NAMESPACE, &DeleteParams::default())
         .await;
     let start = Instant::now();
     loop {
+        let names = names_of(&nodes, &sel).await.unwrap_or_default();
+        let dev_names = names_of(&devices, &sel).await.unwrap_or_default();
+        if !names.is_empty() || !dev_names.is_empty() {
+            eprintln!(
+                "fleet-load: removing {} nodes and {} devices ({}s)",
+                names.len(),
+                dev_names.len(),
+                start.elapsed().as_secs()
+            );
+            delete_all(&nodes, names, concurrency).await;
+            delete_all(&devices, dev_names, concurrency).await;
+        }
         let left = leftovers(&client).await;
         if left == Some(0) {
             println!("fleet-load: removed the simulated fleet");
