@@ -65,6 +65,14 @@ pub struct Config {
     )]
     pub webhook_key: std::path::PathBuf,
 
+    /// How devices' agents are authorized. `rbac`: the registry gives each device a
+    /// ClusterRole, a Role and their bindings. `webhook`: it gives them none, and the
+    /// apiserver asks the device authorizer this controller serves at `/authorize` on
+    /// `--webhook-addr` (its authorization configuration must name it); its cost per request
+    /// does not grow with the fleet, RBAC's does.
+    #[arg(long, env = "EDGEFLEET_DEVICE_AUTHORIZATION", value_enum, default_value_t = DeviceAuthorization::Rbac)]
+    pub device_authorization: DeviceAuthorization,
+
     /// Keep the cloud hub's accounts (one user per enrolled device) in the Secret the hub
     /// includes. The chart turns it on with the hub.
     #[arg(long, env = "EDGEFLEET_CLOUD_HUB", default_value_t = false, action = clap::ArgAction::Set)]
@@ -76,6 +84,24 @@ pub struct Config {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Who authorizes a device's agent (`--device-authorization`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAuthorization {
+    Rbac,
+    Webhook,
+}
+
+impl Config {
+    /// What makes this configuration unusable, said before anything starts.
+    pub fn problem(&self) -> Option<&'static str> {
+        (self.device_authorization == DeviceAuthorization::Webhook && self.webhook_addr.is_none())
+            .then_some(
+                "--device-authorization webhook needs --webhook-addr: the device authorizer is \
+                 served there, and without it no device would be authorized",
+            )
+    }
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -111,5 +137,26 @@ mod tests {
         .expect("flags parse");
         assert_eq!(c.offline_threshold, Duration::from_secs(60));
         assert!(!c.leader_election);
+        assert_eq!(c.device_authorization, DeviceAuthorization::Rbac);
+    }
+
+    #[test]
+    fn the_device_authorizer_needs_the_webhook_server() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["edgefleet-controller"], args].concat()).expect("parses")
+        };
+        assert!(
+            parse(&["--device-authorization", "webhook"])
+                .problem()
+                .is_some()
+        );
+        let served = parse(&[
+            "--device-authorization",
+            "webhook",
+            "--webhook-addr",
+            "127.0.0.1:9443",
+        ]);
+        assert_eq!(served.problem(), None);
+        assert_eq!(parse(&[]).problem(), None);
     }
 }

@@ -1,7 +1,7 @@
-//! Runs the servers every replica has (health, metrics, admission) and, while this replica
-//! leads, the five controllers on the feeds of [`crate::k8s::feeds`]: the registry
-//! (enrolled EdgeDevices), devices, deployment status, module status and the approval of
-//! joining devices' certificates.
+//! Runs the servers every replica has (health, metrics, admission, the device authorizer)
+//! and, while this replica leads, the five controllers on the feeds of
+//! [`crate::k8s::feeds`]: the registry (enrolled EdgeDevices), devices, deployment status,
+//! module status and the approval of joining devices' certificates.
 
 use std::future::ready;
 use std::sync::Arc;
@@ -31,8 +31,8 @@ use crate::metrics::{HubTotals, Metrics};
 use crate::reconcile::{
     self, csr_approval, deployment, device, hub_accounts, module_status, registry,
 };
-use crate::serve::admission;
 use crate::serve::http::{self, Health};
+use crate::serve::webhooks;
 
 /// How often at most a deployment's or a module's status follows its devices: once a second
 /// while they keep changing, at once after a quiet second.
@@ -47,11 +47,16 @@ pub enum RunError {
     #[error("lost leadership; stopping so that only one replica writes")]
     LostLeadership,
     #[error(transparent)]
-    Admission(#[from] admission::AdmissionError),
+    Webhook(#[from] webhooks::WebhookError),
+    #[error("{0}")]
+    Config(&'static str),
 }
 
 /// Runs until SIGTERM or Ctrl-C (clean exit) or lost leadership (error exit).
 pub async fn run(config: Config) -> Result<(), RunError> {
+    if let Some(problem) = config.problem() {
+        return Err(RunError::Config(problem));
+    }
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let metrics = Arc::new(Metrics::default());
     let ready_flag = Arc::new(AtomicBool::new(false));
@@ -61,14 +66,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let addr = config.http_addr;
     let listener = tokio::spawn(http::serve(addr, health));
-    // Every replica answers admission, leader or not; the webhook ends only on an error.
+    // Every replica answers admission and authorizes devices, leader or not; the webhook
+    // server ends only on an error.
     let webhook = {
         let serving = config.webhook_addr.map(|a| {
-            admission::serve(
+            webhooks::serve(
                 client.clone(),
                 a,
                 config.webhook_cert.clone(),
                 config.webhook_key.clone(),
+                config.namespace.clone(),
             )
         });
         let task = tokio::spawn(async move {

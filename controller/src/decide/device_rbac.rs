@@ -1,12 +1,12 @@
-//! What each device may do, and nothing more: its agent (user `edgefleet:device:<name>`)
-//! may get and watch its own EdgeDevice and update its status, and get and renew its own
-//! Lease. Every object is owned by the EdgeDevice, so deleting the device removes them.
-//! Pure builders; the registry applies them.
+//! What the registry writes for each device: its Lease, and unless the device authorizer
+//! stands in for it, RBAC for what its agent (user `edgefleet:device:<name>`) may do, and
+//! nothing more (`device_access::RIGHTS`). Every object is owned by the EdgeDevice, so
+//! deleting the device removes them. Pure builders; the registry applies them.
 
 use std::collections::BTreeMap;
 
 use edgefleet_crds::EdgeDevice;
-use edgefleet_crds::identity::{GROUP, REGISTRATION_ANNOTATION, device_object_name, device_user};
+use edgefleet_crds::identity::{REGISTRATION_ANNOTATION, device_object_name, device_user};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -14,6 +14,8 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use sha2::{Digest, Sha256};
+
+use crate::decide::device_access::{RIGHTS, Scope};
 
 fn owner(device: &EdgeDevice) -> Option<OwnerReference> {
     device.controller_owner_ref(&())
@@ -32,14 +34,19 @@ fn meta(name: String, namespace: Option<&str>, device: &EdgeDevice) -> ObjectMet
     }
 }
 
-fn rule(group: &str, resource: &str, name: &str, verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(vec![group.to_owned()]),
-        resources: Some(vec![resource.to_owned()]),
-        resource_names: Some(vec![name.to_owned()]),
-        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
-        ..Default::default()
-    }
+/// The RBAC form of `rights` (those of one scope) for `device`.
+fn rules(device: &str, scope: Scope) -> Vec<PolicyRule> {
+    RIGHTS
+        .iter()
+        .filter(|r| r.scope == scope)
+        .map(|r| PolicyRule {
+            api_groups: Some(vec![r.group.to_owned()]),
+            resources: Some(vec![r.rbac_resource()]),
+            resource_names: Some(vec![r.object_name(device)]),
+            verbs: r.verbs.iter().map(|v| (*v).to_owned()).collect(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 fn subject(name: &str) -> Vec<Subject> {
@@ -51,17 +58,12 @@ fn subject(name: &str) -> Vec<Subject> {
     }]
 }
 
-/// Cluster-scoped: the device's own EdgeDevice. `list` and `watch` are limited to the one
-/// name too; the apiserver allows them for a request with `fieldSelector=metadata.name=<name>`.
+/// Cluster-scoped: the device's own EdgeDevice (`device_access::RIGHTS`). A device role
+/// may grant only what the controller itself holds (RBAC's escalation rule).
 pub fn cluster_role(name: &str, device: &EdgeDevice) -> ClusterRole {
     ClusterRole {
         metadata: meta(device_object_name(name), None, device),
-        rules: Some(vec![
-            rule(GROUP, "edgedevices", name, &["get", "list", "watch"]),
-            // The agent writes its status with server-side apply: patch only. A device
-            // role may grant only what the controller itself holds (RBAC escalation rule).
-            rule(GROUP, "edgedevices/status", name, &["patch"]),
-        ]),
+        rules: Some(rules(name, Scope::Cluster)),
         ..Default::default()
     }
 }
@@ -82,12 +84,7 @@ pub fn cluster_role_binding(name: &str, device: &EdgeDevice) -> ClusterRoleBindi
 pub fn role(name: &str, namespace: &str, device: &EdgeDevice) -> Role {
     Role {
         metadata: meta(device_object_name(name), Some(namespace), device),
-        rules: Some(vec![rule(
-            "coordination.k8s.io",
-            "leases",
-            &device_object_name(name),
-            &["get", "patch"],
-        )]),
+        rules: Some(rules(name, Scope::SystemNamespace)),
     }
 }
 
@@ -115,25 +112,46 @@ pub fn lease(name: &str, namespace: &str, device: &EdgeDevice, duration_s: i32) 
     }
 }
 
-/// Everything the registry writes for one device. The Lease carries the fingerprint of the
-/// whole, so the registry can tell from its Lease cache alone that a device needs nothing
-/// written; it writes the Lease last, once the RBAC it vouches for is in place.
+/// A device's RBAC: what its agent may do, as two roles and their bindings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Registration {
+pub struct DeviceRbac {
     pub cluster_role: ClusterRole,
     pub cluster_role_binding: ClusterRoleBinding,
     pub role: Role,
     pub role_binding: RoleBinding,
-    pub lease: Lease,
 }
 
-impl Registration {
-    pub fn of(name: &str, namespace: &str, device: &EdgeDevice, lease_s: i32) -> Registration {
-        let mut r = Registration {
+impl DeviceRbac {
+    pub fn of(name: &str, namespace: &str, device: &EdgeDevice) -> DeviceRbac {
+        DeviceRbac {
             cluster_role: cluster_role(name, device),
             cluster_role_binding: cluster_role_binding(name, device),
             role: role(name, namespace, device),
             role_binding: role_binding(name, namespace, device),
+        }
+    }
+}
+
+/// Everything the registry writes for one device: its RBAC (none when the device
+/// authorizer authorizes devices) and its Lease. The Lease carries the fingerprint of the
+/// whole, so the registry can tell from its Lease cache alone that a device needs nothing
+/// written; it writes the Lease last, once the RBAC it vouches for is in place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub rbac: Option<DeviceRbac>,
+    pub lease: Lease,
+}
+
+impl Registration {
+    pub fn of(
+        name: &str,
+        namespace: &str,
+        device: &EdgeDevice,
+        lease_s: i32,
+        with_rbac: bool,
+    ) -> Registration {
+        let mut r = Registration {
+            rbac: with_rbac.then(|| DeviceRbac::of(name, namespace, device)),
             lease: lease(name, namespace, device, lease_s),
         };
         let fingerprint = r.fingerprint();
@@ -145,15 +163,19 @@ impl Registration {
         r
     }
 
-    /// A hash of the five objects as built (the Lease without its annotation).
+    /// A hash of the objects as built (the Lease without its annotation). With RBAC it is
+    /// the hash the registry always wrote, so an upgrade rewrites no device's objects.
     fn fingerprint(&self) -> String {
-        let bytes = serde_json::to_vec(&(
-            &self.cluster_role,
-            &self.cluster_role_binding,
-            &self.role,
-            &self.role_binding,
-            &self.lease,
-        ))
+        let bytes = match &self.rbac {
+            Some(r) => serde_json::to_vec(&(
+                &r.cluster_role,
+                &r.cluster_role_binding,
+                &r.role,
+                &r.role_binding,
+                &self.lease,
+            )),
+            None => serde_json::to_vec(&(&self.lease,)),
+        }
         .unwrap_or_default();
         Sha256::digest(&bytes)[..8]
             .iter()
@@ -190,20 +212,30 @@ mod tests {
     #[test]
     fn a_registration_in_place_is_not_written_again() {
         let d = device();
-        let r = Registration::of("edge-1", "edgefleet-system", &d, 40);
+        let r = Registration::of("edge-1", "edgefleet-system", &d, 40, true);
         assert!(r.is_in(Some(&r.lease)));
         assert!(!r.is_in(None), "no Lease yet");
         let mut bare = r.lease.clone();
         bare.metadata.annotations = None;
         assert!(!r.is_in(Some(&bare)), "a Lease without the fingerprint");
-        let longer = Registration::of("edge-1", "edgefleet-system", &d, 90);
+        let longer = Registration::of("edge-1", "edgefleet-system", &d, 90, true);
         assert!(!longer.is_in(Some(&r.lease)), "another lease duration");
         let mut again = d.clone();
         again.metadata.uid = Some("uid-2".into());
-        let recreated = Registration::of("edge-1", "edgefleet-system", &again, 40);
+        let recreated = Registration::of("edge-1", "edgefleet-system", &again, 40, true);
         assert!(
             !recreated.is_in(Some(&r.lease)),
             "a device deleted and created again owns new objects"
+        );
+        let authorized = Registration::of("edge-1", "edgefleet-system", &d, 40, false);
+        assert!(authorized.rbac.is_none());
+        assert!(
+            !authorized.is_in(Some(&r.lease)),
+            "switching to the device authorizer is a new registration"
+        );
+        assert!(
+            !r.is_in(Some(&authorized.lease)),
+            "and so is switching back: the RBAC is written again"
         );
     }
 

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod conditions;
 pub mod csr_request;
+pub mod device_access;
 pub mod device_rbac;
 pub mod grant;
 pub mod hub_accounts;

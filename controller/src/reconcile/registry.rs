@@ -1,5 +1,6 @@
 //! The device registry: every EdgeDevice an administrator creates (the act that enrols the
-//! Node of that name) gets a Lease and RBAC for its agent, owned by the EdgeDevice. Nothing
+//! Node of that name) gets a Lease and (unless the device authorizer authorizes devices,
+//! `--device-authorization webhook`) RBAC for its agent, owned by the EdgeDevice. Nothing
 //! a device can write enrols it: a kubelet may label its own Node, but it can't create an
 //! EdgeDevice. Deleting the EdgeDevice retires the device: Kubernetes' garbage collector
 //! removes what it owned, and since only an EdgeDevice triggers this reconcile, nothing
@@ -16,7 +17,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use crate::decide::device_rbac::Registration;
+use crate::config::DeviceAuthorization;
+use crate::decide::device_rbac::{DeviceRbac, Registration};
 use crate::error::{Error, Result};
 use crate::k8s::apply;
 use crate::k8s::context::Context;
@@ -43,7 +45,8 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     let ns = ctx.config.namespace.as_str();
     let c = &ctx.client;
     let lease_s = i32::try_from(ctx.config.offline_threshold.as_secs()).unwrap_or(i32::MAX);
-    let r = Registration::of(&name, ns, &device, lease_s);
+    let with_rbac = ctx.config.device_authorization == DeviceAuthorization::Rbac;
+    let r = Registration::of(&name, ns, &device, lease_s, with_rbac);
     let cached = ctx
         .stores
         .leases
@@ -53,6 +56,20 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         ctx.metrics.skipped_write(CONTROLLER);
         return Ok(Action::await_change());
     }
+    if let Some(rbac) = &r.rbac {
+        apply_rbac(c, ns, rbac)
+            .await
+            .map_err(|e| Error::ApplyRbac(name.clone(), e))?;
+    }
+    // Last: its fingerprint says the RBAC above is in place.
+    apply::object(&Api::<Lease>::namespaced(c.clone(), ns), &r.lease)
+        .await
+        .map_err(|e| Error::ApplyLease(name.clone(), e))?;
+    Ok(Action::await_change())
+}
+
+/// Writes a device's RBAC.
+async fn apply_rbac(c: &kube::Client, ns: &str, rbac: &DeviceRbac) -> kube::Result<()> {
     let (cluster_roles, cluster_bindings, roles, bindings) = (
         Api::<ClusterRole>::all(c.clone()),
         Api::<ClusterRoleBinding>::all(c.clone()),
@@ -66,20 +83,14 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     // go out in parallel, so that mass registration is bound by the controller's
     // concurrency rather than by round trips.
     let cluster_pair = async {
-        apply::object(&cluster_roles, &r.cluster_role).await?;
-        apply::object(&cluster_bindings, &r.cluster_role_binding).await
+        apply::object(&cluster_roles, &rbac.cluster_role).await?;
+        apply::object(&cluster_bindings, &rbac.cluster_role_binding).await
     };
     let namespaced_pair = async {
-        apply::object(&roles, &r.role).await?;
-        apply::object(&bindings, &r.role_binding).await
+        apply::object(&roles, &rbac.role).await?;
+        apply::object(&bindings, &rbac.role_binding).await
     };
-    futures::try_join!(cluster_pair, namespaced_pair)
-        .map_err(|e| Error::ApplyRbac(name.clone(), e))?;
-    // Last: its fingerprint says the RBAC above is in place.
-    apply::object(&Api::<Lease>::namespaced(c.clone(), ns), &r.lease)
-        .await
-        .map_err(|e| Error::ApplyLease(name.clone(), e))?;
-    Ok(Action::await_change())
+    futures::try_join!(cluster_pair, namespaced_pair).map(|_| ())
 }
 
 #[cfg(test)]

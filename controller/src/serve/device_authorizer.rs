@@ -1,0 +1,234 @@
+//! The device authorizer: the apiserver asks it (`/authorize`, a SubjectAccessReview, the
+//! webhook authorizer's protocol) whether a device's agent may make a request, and it
+//! answers with `device_access::decide` against the EdgeDevices this replica knows. Every
+//! replica serves it, leader or not, from a watch of its own that keeps only the names of
+//! enrolled devices (a few dozen bytes a device, not the devices themselves).
+//!
+//! It never denies: what it does not allow, and everything it is asked before its watch has
+//! listed the fleet, gets no opinion, and the apiserver asks its next authorizer (RBAC).
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use edgefleet_crds::EdgeDevice;
+use futures::StreamExt;
+use k8s_openapi::api::authorization::v1::{
+    SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+use crate::decide::device_access::{Access, decide};
+use crate::reconcile::registry::enrolment_problem;
+
+/// The path the authorizer is served at.
+pub const PATH: &str = "/authorize";
+
+/// A device's SubjectAccessReview is well under a kilobyte. Anyone who reaches the port can
+/// send one; this bounds what the controller reads of it.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// The names of the enrolled devices; `None` until the watch has listed them all.
+#[derive(Clone, Default)]
+struct Enrolled(Arc<RwLock<Option<HashSet<String>>>>);
+
+/// Whether the registry would give this EdgeDevice its rights: the same condition, so that
+/// the authorizer and RBAC agree on who is enrolled.
+fn enrols(meta: &ObjectMeta) -> bool {
+    let name = meta.name.as_deref().unwrap_or_default();
+    meta.deletion_timestamp.is_none() && enrolment_problem(name).is_none()
+}
+
+impl Enrolled {
+    /// Follows the EdgeDevices' metadata, forever (the watcher retries with backoff).
+    async fn follow(self, client: Client) {
+        let mut listing: HashSet<String> = HashSet::new();
+        let events = watcher(
+            Api::<PartialObjectMeta<EdgeDevice>>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff();
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { continue };
+            match event {
+                watcher::Event::Init => listing.clear(),
+                watcher::Event::InitApply(d) => {
+                    if enrols(&d.metadata) {
+                        listing.insert(d.metadata.name.unwrap_or_default());
+                    }
+                }
+                watcher::Event::InitDone => {
+                    let listed = std::mem::take(&mut listing);
+                    tracing::info!(devices = listed.len(), "device authorizer ready");
+                    *self.write() = Some(listed);
+                }
+                watcher::Event::Apply(d) => {
+                    let name = d.metadata.name.clone().unwrap_or_default();
+                    if let Some(set) = self.write().as_mut() {
+                        if enrols(&d.metadata) {
+                            set.insert(name);
+                        } else {
+                            set.remove(&name);
+                        }
+                    }
+                }
+                watcher::Event::Delete(d) => {
+                    if let Some(set) = self.write().as_mut() {
+                        set.remove(d.metadata.name.as_deref().unwrap_or_default());
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<HashSet<String>>> {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn decide(&self, spec: &SubjectAccessReviewSpec, namespace: &str) -> Access {
+        let guard = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(set) => decide(spec, namespace, |d| set.contains(d)),
+            None => Access::NoOpinion("the controller has not listed the devices yet"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Authorizer {
+    enrolled: Enrolled,
+    namespace: Arc<str>,
+}
+
+/// The authorizer's route, on a watch of its own.
+pub fn router(client: Client, system_namespace: String) -> Router {
+    let enrolled = Enrolled::default();
+    tokio::spawn(enrolled.clone().follow(client));
+    Router::new()
+        .route(PATH, post(authorize))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(Authorizer {
+            enrolled,
+            namespace: system_namespace.into(),
+        })
+}
+
+/// The review, answered.
+fn answer(review: SubjectAccessReview, access: Access) -> SubjectAccessReview {
+    let (allowed, reason) = match access {
+        Access::Allowed => (true, None),
+        Access::NoOpinion(why) => (false, Some(why.to_owned())),
+    };
+    SubjectAccessReview {
+        metadata: Default::default(),
+        spec: review.spec,
+        status: Some(SubjectAccessReviewStatus {
+            allowed,
+            reason,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn authorize(
+    State(a): State<Authorizer>,
+    axum::Json(review): axum::Json<SubjectAccessReview>,
+) -> axum::Json<SubjectAccessReview> {
+    let access = a.enrolled.decide(&review.spec, &a.namespace);
+    if let Access::NoOpinion(why) = access {
+        // A device asking for what is not its own: a misconfigured agent, or a stolen
+        // certificate probing. Debug-formatted: the fields are the requester's.
+        let attributes = review.spec.resource_attributes.as_ref();
+        tracing::info!(
+            user = ?review.spec.user,
+            verb = ?attributes.and_then(|a| a.verb.as_ref()),
+            resource = ?attributes.and_then(|a| a.resource.as_ref()),
+            name = ?attributes.and_then(|a| a.name.as_ref()),
+            why,
+            "device request not authorized here"
+        );
+    }
+    axum::Json(answer(review, access))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::authorization::v1::ResourceAttributes;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn own_edgedevice(user: &str) -> SubjectAccessReviewSpec {
+        SubjectAccessReviewSpec {
+            user: Some(user.to_owned()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some("get".to_owned()),
+                group: Some("edgefleet.io".to_owned()),
+                resource: Some("edgedevices".to_owned()),
+                name: Some("edge-1".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Until the watch has listed the fleet, nobody is allowed: an empty cache must not read
+    /// as "every device retired", nor a partial one as the whole fleet.
+    #[test]
+    fn before_the_fleet_is_listed_nothing_is_allowed() {
+        let e = Enrolled::default();
+        assert!(matches!(
+            e.decide(&own_edgedevice("edgefleet:device:edge-1"), "ns"),
+            Access::NoOpinion(_)
+        ));
+        *e.write() = Some(HashSet::from(["edge-1".to_owned()]));
+        assert_eq!(
+            e.decide(&own_edgedevice("edgefleet:device:edge-1"), "ns"),
+            Access::Allowed
+        );
+    }
+
+    /// An EdgeDevice being deleted has retired its device already; a name that can't be a
+    /// device's never enrolled one.
+    #[test]
+    fn a_device_being_deleted_or_misnamed_is_not_enrolled() {
+        let meta = |name: &str, deleting: bool| ObjectMeta {
+            name: Some(name.to_owned()),
+            deletion_timestamp: deleting.then(|| Time(Default::default())),
+            ..Default::default()
+        };
+        assert!(enrols(&meta("edge-1", false)));
+        assert!(!enrols(&meta("edge-1", true)));
+        assert!(!enrols(&meta("edge-1.site", false)));
+    }
+
+    /// The apiserver reads `status.allowed`; no opinion is `allowed: false` without
+    /// `denied`, so the next authorizer still decides.
+    #[test]
+    fn the_answer_never_denies() {
+        let review = SubjectAccessReview {
+            spec: own_edgedevice("edgefleet:device:edge-2"),
+            ..Default::default()
+        };
+        let no = answer(review.clone(), Access::NoOpinion("not its own"))
+            .status
+            .expect("status");
+        assert!(!no.allowed);
+        assert_eq!(no.denied, None);
+        let yes = answer(review, Access::Allowed).status.expect("status");
+        assert!(yes.allowed);
+        let json = serde_json::to_value(answer(Default::default(), Access::Allowed)).expect("json");
+        assert_eq!(json["apiVersion"], "authorization.k8s.io/v1");
+        assert_eq!(json["kind"], "SubjectAccessReview");
+    }
+}
