@@ -23,11 +23,61 @@ start_etcd() {
 # the webhook and policy plugins, ...: see `kube-apiserver --help`).
 ADMISSION_PLUGINS=NodeRestriction
 
+# The authorizers, in order: Node (kubelets), edgefleet's device authorizer for device
+# users, RBAC. The device authorizer is a controller on the host serving /authorize on
+# 127.0.0.1:$WEBHOOK_PORT with the lab's device-authorizer certificate (`e2e/lab info`),
+# run with `--device-authorization webhook` (controller/README.md#device-authorization).
+# While none serves it, the apiserver's call fails at once (the forwarder closes the
+# connection: not a failure it retries), NoOpinion lets RBAC decide, and devices whose
+# controller gave them RBAC work as before. authorizedTTL is how long a retired device's
+# certificate may still be allowed what it was allowed just before.
+write_authorization_config() {
+  cat >"$KUBE_DIR/device-authorizer.kubeconfig" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: device-authorizer
+  cluster:
+    server: https://127.0.0.1:$WEBHOOK_PORT/authorize
+    certificate-authority-data: $(base64 -w0 <"$CA_CRT")
+users:
+- name: kube-apiserver
+contexts:
+- name: device-authorizer
+  context: {cluster: device-authorizer, user: kube-apiserver}
+current-context: device-authorizer
+KCFG
+  cat >"$KUBE_DIR/authorization.yaml" <<YAML
+apiVersion: apiserver.config.k8s.io/v1
+kind: AuthorizationConfiguration
+authorizers:
+- type: Node
+  name: node
+- type: Webhook
+  name: edgefleet-devices
+  webhook:
+    timeout: 3s
+    authorizedTTL: 60s
+    unauthorizedTTL: 10s
+    subjectAccessReviewVersion: v1
+    matchConditionSubjectAccessReviewVersion: v1
+    failurePolicy: NoOpinion
+    connectionInfo:
+      type: KubeConfigFile
+      kubeConfigFile: $KUBE_DIR/device-authorizer.kubeconfig
+    matchConditions:
+    - expression: "'edgefleet:devices' in request.groups"
+- type: RBAC
+  name: rbac
+YAML
+}
+
 # --enable-aggregator-routing: the lab has no kube-proxy, so the apiserver calls Services
 # (the chart's admission webhook) at their endpoints' addresses.
 # --profiling: the fleet's benchmarks read where the apiserver's CPU goes from
 # /debug/pprof (e2e/README.md); only the lab's admin may read it.
 start_apiserver() {
+  write_authorization_config
   start_daemon kube-apiserver "$CP_NS" "$LOG_DIR/kube-apiserver.log" "$CP_RUN/kube-apiserver.pid" \
     "$K8S_BIN_DIR/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 \
@@ -43,7 +93,7 @@ start_apiserver() {
     --service-account-signing-key-file="$PKI_DIR/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc \
     --api-audiences=https://kubernetes.default.svc \
-    --authorization-mode=Node,RBAC \
+    --authorization-config="$KUBE_DIR/authorization.yaml" \
     --enable-aggregator-routing=true \
     --enable-admission-plugins="$ADMISSION_PLUGINS" \
     --allow-privileged=true \

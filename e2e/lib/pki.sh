@@ -85,6 +85,9 @@ ensure_control_plane_pki() {
   issue_cert admin "/O=system:masters/CN=edgefleet-lab-admin" clientAuth
   issue_cert controller-manager "/CN=system:kube-controller-manager" clientAuth
   issue_cert scheduler "/CN=system:kube-scheduler" clientAuth
+  # The device authorizer's serving certificate: a controller on the host serves it at
+  # 127.0.0.1:$WEBHOOK_PORT, where the apiserver's authorization config calls it.
+  issue_cert device-authorizer "/CN=edgefleet-device-authorizer" serverAuth "IP:127.0.0.1"
   write_kubeconfig "$KUBE_DIR/admin.kubeconfig" "$HOST_SERVER" admin
   write_kubeconfig "$KUBE_DIR/admin-in-lab.kubeconfig" "$LAB_SERVER" admin
   write_kubeconfig "$KUBE_DIR/controller-manager.kubeconfig" "$LAB_SERVER" controller-manager

@@ -42,6 +42,11 @@ pub struct NodeInfo {
     /// The port a test serves an admission webhook on at 127.0.0.1: the apiserver reaches
     /// it at the same address (the lab forwards it; lab-wide, the same for every node).
     pub webhook_port: u16,
+    /// The certificate and key a controller serves the webhooks with when it answers the
+    /// lab apiserver's device authorizer (`--device-authorization webhook`): signed by the
+    /// lab CA for 127.0.0.1, which the apiserver's authorization config trusts.
+    pub authorizer_cert: PathBuf,
+    pub authorizer_key: PathBuf,
 }
 
 impl Lab {
@@ -154,6 +159,8 @@ impl Lab {
             webhook_port: field("webhook_port")
                 .parse()
                 .unwrap_or_else(|e| panic!("e2e/lab info {node}: webhook_port: {e}")),
+            authorizer_cert: field("authorizer_cert").into(),
+            authorizer_key: field("authorizer_key").into(),
         }
     }
 
