@@ -150,7 +150,7 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
         .await;
     let leases = wait_for_leases(admin, n, timeout).await;
     println!(
-        "bench fleet: registration ({n} Nodes and EdgeDevices, {failed} failed; the controller made {leases} Leases and their RBAC) in {:.1}s; {}",
+        "bench fleet: registration ({n} Nodes and EdgeDevices, {failed} failed; the controller registered {leases}: their Leases, and RBAC unless the device authorizer authorizes them) in {:.1}s; {}",
         phase.started().elapsed().as_secs_f64(),
         phase.end(admin, &processes, n).await.text
     );
