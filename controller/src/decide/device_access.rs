@@ -9,7 +9,7 @@
 //! 10,000 devices). `decide` costs the same for any fleet: it compares the request with the
 //! device's name, the way the Node authorizer does for kubelets.
 
-use edgefleet_crds::identity::{DEVICE_USER_PREFIX, GROUP, device_object_name};
+use edgefleet_crds::identity::{DEVICE_USER_PREFIX, DEVICES_GROUP, GROUP, device_object_name};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReviewSpec};
 
 /// Where the object a right covers lives.
@@ -103,7 +103,10 @@ pub enum Access {
     NoOpinion(&'static str),
 }
 
-/// Decides one SubjectAccessReview. `enrolled(device)` says whether the device has an
+/// Decides one SubjectAccessReview. A device is a user `edgefleet:device:<name>` in group
+/// `edgefleet:devices`, as its certificate says (the join issues nothing else); the group
+/// too, so that a user of that name from another authenticator is not a device even where
+/// the apiserver's configuration sends every user here. `enrolled(device)` says whether the device has an
 /// EdgeDevice that is not being deleted and whose name is a device's: the same condition
 /// under which the registry gives a device RBAC, so retiring a device (deleting its
 /// EdgeDevice) takes its rights away in both.
@@ -112,27 +115,29 @@ pub fn decide(
     system_namespace: &str,
     enrolled: impl Fn(&str) -> bool,
 ) -> Access {
+    let in_group = spec
+        .groups
+        .as_ref()
+        .is_some_and(|g| g.iter().any(|g| g == DEVICES_GROUP));
     let Some(device) = spec
         .user
         .as_deref()
         .and_then(|u| u.strip_prefix(DEVICE_USER_PREFIX))
-        .filter(|d| !d.is_empty())
+        .filter(|d| in_group && !d.is_empty())
     else {
         return Access::NoOpinion("not a device's user");
     };
-    let Some(attributes) = &spec.resource_attributes else {
-        return Access::NoOpinion("a device may only reach its own objects");
-    };
-    if !RIGHTS
-        .iter()
-        .any(|r| r.covers(attributes, device, system_namespace))
-    {
-        return Access::NoOpinion("a device may only reach its own objects");
+    // One reason for both refusals: whoever can reach the authorizer learns nothing about
+    // which devices are enrolled.
+    let own = spec
+        .resource_attributes
+        .as_ref()
+        .is_some_and(|a| RIGHTS.iter().any(|r| r.covers(a, device, system_namespace)));
+    if own && enrolled(device) {
+        Access::Allowed
+    } else {
+        Access::NoOpinion("not an enrolled device's own object")
     }
-    if !enrolled(device) {
-        return Access::NoOpinion("no EdgeDevice enrols this device (retired, or never enrolled)");
-    }
-    Access::Allowed
 }
 
 #[cfg(test)]
@@ -320,10 +325,22 @@ mod tests {
         }
     }
 
+    /// An OIDC or token user named like a device, outside the devices' group.
+    #[test]
+    fn a_device_name_without_the_devices_group_gets_nothing() {
+        let own = attrs("get", GROUP, "edgedevices", "", "", "edge-1");
+        let mut spec = review("edgefleet:device:edge-1", own);
+        spec.groups = Some(vec!["system:authenticated".to_owned()]);
+        assert!(matches!(decide(&spec, NS, |_| true), Access::NoOpinion(_)));
+        spec.groups = None;
+        assert!(matches!(decide(&spec, NS, |_| true), Access::NoOpinion(_)));
+    }
+
     #[test]
     fn a_request_for_no_object_gets_no_opinion() {
         let spec = SubjectAccessReviewSpec {
             user: Some("edgefleet:device:edge-1".to_owned()),
+            groups: Some(vec!["edgefleet:devices".to_owned()]),
             ..Default::default()
         };
         assert!(matches!(decide(&spec, NS, |_| true), Access::NoOpinion(_)));

@@ -5,10 +5,12 @@
 //! enrolled devices (a few dozen bytes a device, not the devices themselves).
 //!
 //! It never denies: what it does not allow, and everything it is asked before its watch has
-//! listed the fleet, gets no opinion, and the apiserver asks its next authorizer (RBAC).
+//! listed the fleet or while that watch has been failing for two minutes, gets no opinion,
+//! and the apiserver asks its next authorizer (RBAC).
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -33,7 +35,12 @@ pub const PATH: &str = "/authorize";
 /// send one; this bounds what the controller reads of it.
 const BODY_LIMIT: usize = 16 * 1024;
 
-/// The names of the enrolled devices; `None` until the watch has listed them all.
+/// How long the watch of the devices may keep failing before the authorizer stops trusting
+/// what it listed last.
+const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// The names of the enrolled devices; `None` until the watch has listed them all, and while
+/// it has been failing for longer than `STALE_AFTER`.
 #[derive(Clone, Default)]
 struct Enrolled(Arc<RwLock<Option<HashSet<String>>>>);
 
@@ -54,8 +61,23 @@ impl Enrolled {
         )
         .default_backoff();
         futures::pin_mut!(events);
+        let mut failing_since: Option<Instant> = None;
         while let Some(event) = events.next().await {
-            let Ok(event) = event else { continue };
+            let event = match event {
+                Ok(event) => {
+                    failing_since = None;
+                    event
+                }
+                Err(e) => {
+                    // A watch that keeps failing would leave retired devices allowed here:
+                    // after a while, nobody is (RBAC decides) until it lists again.
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > STALE_AFTER && self.write().take().is_some() {
+                        tracing::warn!(error = %e, "device authorizer: cannot watch the devices; allowing none until it can");
+                    }
+                    continue;
+                }
+            };
             match event {
                 watcher::Event::Init => listing.clear(),
                 watcher::Event::InitApply(d) => {
@@ -148,9 +170,10 @@ async fn authorize(
     let access = a.enrolled.decide(&review.spec, &a.namespace);
     if let Access::NoOpinion(why) = access {
         // A device asking for what is not its own: a misconfigured agent, or a stolen
-        // certificate probing. Debug-formatted: the fields are the requester's.
+        // certificate probing. At debug: anyone who reaches the port can send reviews.
+        // Debug-formatted: the fields are the requester's.
         let attributes = review.spec.resource_attributes.as_ref();
-        tracing::info!(
+        tracing::debug!(
             user = ?review.spec.user,
             verb = ?attributes.and_then(|a| a.verb.as_ref()),
             resource = ?attributes.and_then(|a| a.resource.as_ref()),
@@ -171,6 +194,7 @@ mod tests {
     fn own_edgedevice(user: &str) -> SubjectAccessReviewSpec {
         SubjectAccessReviewSpec {
             user: Some(user.to_owned()),
+            groups: Some(vec!["edgefleet:devices".to_owned()]),
             resource_attributes: Some(ResourceAttributes {
                 verb: Some("get".to_owned()),
                 group: Some("edgefleet.io".to_owned()),
