@@ -90,6 +90,32 @@ class Controller(unittest.TestCase):
         (c,) = dep["spec"]["template"]["spec"]["containers"]
         self.assertFalse(any(a.startswith("--webhook") for a in c["args"]))
 
+    def test_device_authorization(self):
+        def rbac_writes(objs):
+            roles = self.kind(objs, "ClusterRole") + self.kind(objs, "Role")
+            return {res for o in roles if o["metadata"]["name"] == "edgefleet-controller"
+                    for r in o["rules"] for res in r["resources"]
+                    if r["apiGroups"] == ["rbac.authorization.k8s.io"]}
+
+        def args(objs):
+            (dep,) = self.kind(objs, "Deployment")
+            (c,) = dep["spec"]["template"]["spec"]["containers"]
+            return c["args"]
+
+        # RBAC by default: the controller writes per-device roles and bindings.
+        objs = self.render()
+        self.assertNotIn("--device-authorization=webhook", args(objs))
+        self.assertEqual(rbac_writes(objs),
+                         {"clusterroles", "clusterrolebindings", "roles", "rolebindings"})
+        # The device authorizer: no per-device RBAC, so no right to write any.
+        objs = self.render({"controller": {"deviceAuthorization": "webhook"}})
+        self.assertIn("--device-authorization=webhook", args(objs))
+        self.assertEqual(rbac_writes(objs), set())
+        # It is served on the webhook's port, so it needs the webhook.
+        with self.assertRaises(helm_python.HelmError):
+            self.render({"controller": {"deviceAuthorization": "webhook"},
+                         "webhook": {"enabled": False}})
+
     def test_cloud_hub(self):
         objs = self.render({"hub": {"cloud": {"url": "tls://hub.example.com:7422",
                                                "dnsNames": ["hub.example.com"]}}})
@@ -183,6 +209,7 @@ class Controller(unittest.TestCase):
             {"agent": {"server": "10.0.0.1:6443"}},
             {"bootstrap": {"enabled": "yes"}},
             {"webhook": {"failurePolicy": "Sometimes"}},
+            {"controller": {"deviceAuthorization": "nobody"}},
             # The URL is written into every device hub's config: no second line, no quote.
             {"hub": {"cloud": {"url": "tls://hub:7422\"\nlisten: 0.0.0.0:1"}}},
             {"hub": {"cloud": {"url": "nats://hub:4222"}}},

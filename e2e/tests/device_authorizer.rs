@@ -144,7 +144,8 @@ async fn devices_authorized_by_the_webhook_reach_only_their_own_objects() {
 }
 
 /// With `device`'s certificate: its own EdgeDevice is readable, and another device's
-/// EdgeDevice and Lease, the fleet's list, and its own spec are refused by the apiserver.
+/// EdgeDevice (by name or by a list of that name), status and Lease, the fleet's list, and
+/// its own spec are refused by the apiserver.
 async fn a_device_reaches_only_its_own_objects(device: &Client) {
     let devices: Api<EdgeDevice> = Api::all(device.clone());
     devices
@@ -162,6 +163,14 @@ async fn a_device_reaches_only_its_own_objects(device: &Client) {
     refused(
         "the fleet's EdgeDevices",
         devices.list(&ListParams::default()).await.map(|_| ()),
+    );
+    let other = format!("metadata.name={}", DEVICES[1]);
+    refused(
+        "another device's EdgeDevice by a list",
+        devices
+            .list(&ListParams::default().fields(&other))
+            .await
+            .map(|_| ()),
     );
     let merge = |v| Patch::Merge(v);
     refused(
