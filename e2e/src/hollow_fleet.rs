@@ -200,6 +200,27 @@ pub async fn register(
     ok_if_there(devices.create(&PostParams::default(), &d).await.map(|_| ()))
 }
 
+/// Rolls out module `app` (an image no hollow runtime needs to pull) to the devices labelled
+/// `label=yes`, as EdgeDeployment `deployment` in `ns`.
+pub async fn roll_out_app(admin: &Client, ns: &str, deployment: &str, label: &str) {
+    crate::apply(
+        admin,
+        ns,
+        "EdgeModule",
+        "app",
+        serde_json::json!({"image": "localhost/hollow/app:1"}),
+    )
+    .await;
+    crate::apply(
+        admin,
+        ns,
+        "EdgeDeployment",
+        deployment,
+        serde_json::json!({"selector": {"matchLabels": {label: "yes"}}, "modules": [{"name": "app"}]}),
+    )
+    .await;
+}
+
 /// The agent's timing on hollow devices; the defaults are the agent's own.
 #[derive(Debug, Clone)]
 pub struct Timing {

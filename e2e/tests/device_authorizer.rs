@@ -13,9 +13,9 @@ use std::time::Duration;
 use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice};
 use edgefleet_e2e::hollow::Behaviour;
-use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, LabCa, Timing, register};
+use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, LabCa, Timing, register, roll_out_app};
 use edgefleet_e2e::{
-    ControllerProcess, Lab, apply, controller_binary, fresh_namespace, install_and_enrol, wait_for,
+    ControllerProcess, Lab, controller_binary, fresh_namespace, install_and_enrol, wait_for,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
@@ -75,22 +75,7 @@ async fn devices_authorized_by_the_webhook_reach_only_their_own_objects() {
         fleet.start(device, client.clone(), behaviour, &Timing::default());
         clients.insert(device, client);
     }
-    apply(
-        &admin,
-        &ns,
-        "EdgeModule",
-        "app",
-        json!({"image": "localhost/hollow/app:1"}),
-    )
-    .await;
-    apply(
-        &admin,
-        &ns,
-        "EdgeDeployment",
-        "authz",
-        json!({"selector": {"matchLabels": {LABEL: "yes"}}, "modules": [{"name": "app"}]}),
-    )
-    .await;
+    roll_out_app(&admin, &ns, "authz", LABEL).await;
     let deployments: Api<EdgeDeployment> = Api::namespaced(admin.clone(), &ns);
     wait_for(
         "both devices Ready on what the device authorizer allows them",

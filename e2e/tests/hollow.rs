@@ -13,10 +13,10 @@ use edgefleet_agent::join;
 use edgefleet_crds::identity::{APP_NAME_LABEL, BOOTSTRAP_NAME, DEVICE_LABEL, SYSTEM_NAMESPACE};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, condition, deployment};
 use edgefleet_e2e::hollow::Behaviour;
-use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, Timing, register};
+use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, Timing, register, roll_out_app};
 use edgefleet_e2e::{
-    ControllerProcess, Lab, apply, controller_binary, fresh_namespace, install_and_enrol,
-    pod_bound_token, wait_for,
+    ControllerProcess, Lab, controller_binary, fresh_namespace, install_and_enrol, pod_bound_token,
+    wait_for,
 };
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
@@ -71,22 +71,7 @@ async fn hollow_devices_join_and_report_a_deployment_ready() {
         fleet.start(device, client, behaviour, &Timing::default());
     }
 
-    apply(
-        &admin,
-        &ns,
-        "EdgeModule",
-        "app",
-        json!({"image": "localhost/hollow/app:1"}),
-    )
-    .await;
-    apply(
-        &admin,
-        &ns,
-        "EdgeDeployment",
-        "hollow",
-        json!({"selector": {"matchLabels": {LABEL: "yes"}}, "modules": [{"name": "app"}]}),
-    )
-    .await;
+    roll_out_app(&admin, &ns, "hollow", LABEL).await;
     let deployments: Api<EdgeDeployment> = Api::namespaced(admin.clone(), &ns);
     wait_for(
         "two hollow devices ready and one failed, as the agents report",

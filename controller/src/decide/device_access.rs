@@ -176,6 +176,11 @@ mod tests {
         }
     }
 
+    /// A request for a Lease in the controller's namespace.
+    fn lease(verb: &str, name: &str) -> ResourceAttributes {
+        attrs(verb, "coordination.k8s.io", "leases", "", NS, name)
+    }
+
     fn only_edge_1(d: &str) -> bool {
         d == "edge-1"
     }
@@ -192,22 +197,8 @@ mod tests {
             attrs("watch", GROUP, "edgedevices", "", "", "edge-1"),
             attrs("list", GROUP, "edgedevices", "", "", "edge-1"),
             attrs("patch", GROUP, "edgedevices", "status", "", "edge-1"),
-            attrs(
-                "get",
-                "coordination.k8s.io",
-                "leases",
-                "",
-                NS,
-                "edgefleet-device-edge-1",
-            ),
-            attrs(
-                "patch",
-                "coordination.k8s.io",
-                "leases",
-                "",
-                NS,
-                "edgefleet-device-edge-1",
-            ),
+            lease("get", "edgefleet-device-edge-1"),
+            lease("patch", "edgefleet-device-edge-1"),
         ] {
             assert_eq!(by_edge_1(a.clone()), Access::Allowed, "{a:?}");
         }
@@ -219,14 +210,7 @@ mod tests {
             attrs("get", GROUP, "edgedevices", "", "", "edge-2"),
             attrs("watch", GROUP, "edgedevices", "", "", "edge-2"),
             attrs("patch", GROUP, "edgedevices", "status", "", "edge-2"),
-            attrs(
-                "patch",
-                "coordination.k8s.io",
-                "leases",
-                "",
-                NS,
-                "edgefleet-device-edge-2",
-            ),
+            lease("patch", "edgefleet-device-edge-2"),
             // The controller's own leader Lease, in the same namespace.
             attrs(
                 "patch",
@@ -263,14 +247,7 @@ mod tests {
         }
         let update_status = attrs("update", GROUP, "edgedevices", "status", "", "edge-1");
         assert!(matches!(by_edge_1(update_status), Access::NoOpinion(_)));
-        let delete_lease = attrs(
-            "delete",
-            "coordination.k8s.io",
-            "leases",
-            "",
-            NS,
-            "edgefleet-device-edge-1",
-        );
+        let delete_lease = lease("delete", "edgefleet-device-edge-1");
         assert!(matches!(by_edge_1(delete_lease), Access::NoOpinion(_)));
     }
 
