@@ -4,9 +4,10 @@
 //! replica serves it, leader or not, from a watch of its own that keeps only the names of
 //! enrolled devices (a few dozen bytes a device, not the devices themselves).
 //!
-//! It never denies: what it does not allow, and everything it is asked before its watch has
-//! listed the fleet or while that watch has been failing for two minutes, gets no opinion,
-//! and the apiserver asks its next authorizer (RBAC).
+//! It never denies: what it does not allow gets no opinion, and the apiserver asks its next
+//! authorizer (RBAC). Before its watch has listed the fleet, or while that watch has been
+//! failing for two minutes, it answers 503, which the apiserver treats as no opinion
+//! without caching it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::routing::post;
 use edgefleet_crds::EdgeDevice;
 use futures::StreamExt;
@@ -115,15 +117,15 @@ impl Enrolled {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn decide(&self, spec: &SubjectAccessReviewSpec, namespace: &str) -> Access {
+    /// The decision, or `None` while this replica does not know the enrolled devices.
+    fn decide(&self, spec: &SubjectAccessReviewSpec, namespace: &str) -> Option<Access> {
         let guard = self
             .0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match guard.as_ref() {
-            Some(set) => decide(spec, namespace, |d| set.contains(d)),
-            None => Access::NoOpinion("the controller has not listed the devices yet"),
-        }
+        guard
+            .as_ref()
+            .map(|set| decide(spec, namespace, |d| set.contains(d)))
     }
 }
 
@@ -137,6 +139,10 @@ struct Authorizer {
 pub fn router(client: Client, system_namespace: String) -> Router {
     let enrolled = Enrolled::default();
     tokio::spawn(enrolled.clone().follow(client));
+    routes(enrolled, system_namespace)
+}
+
+fn routes(enrolled: Enrolled, system_namespace: String) -> Router {
     Router::new()
         .route(PATH, post(authorize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -163,11 +169,20 @@ fn answer(review: SubjectAccessReview, access: Access) -> SubjectAccessReview {
     }
 }
 
+/// Answers a review; 503 while this replica can't decide. An error, unlike an answer of no
+/// opinion, is not cached by the apiserver: a replica that has just started, or whose watch
+/// fails, does not leave devices refused for `unauthorizedTTL` (the apiserver applies the
+/// failure policy, NoOpinion, to this one request).
 async fn authorize(
     State(a): State<Authorizer>,
     axum::Json(review): axum::Json<SubjectAccessReview>,
-) -> axum::Json<SubjectAccessReview> {
-    let access = a.enrolled.decide(&review.spec, &a.namespace);
+) -> Result<axum::Json<SubjectAccessReview>, (StatusCode, &'static str)> {
+    let Some(access) = a.enrolled.decide(&review.spec, &a.namespace) else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller does not know the enrolled devices yet",
+        ));
+    };
     if let Access::NoOpinion(why) = access {
         // A device asking for what is not its own: a misconfigured agent, or a stolen
         // certificate probing. At debug: anyone who reaches the port can send reviews.
@@ -182,7 +197,7 @@ async fn authorize(
             "device request not authorized here"
         );
     }
-    axum::Json(answer(review, access))
+    Ok(axum::Json(answer(review, access)))
 }
 
 #[cfg(test)]
@@ -206,20 +221,58 @@ mod tests {
         }
     }
 
-    /// Until the watch has listed the fleet, nobody is allowed: an empty cache must not read
-    /// as "every device retired", nor a partial one as the whole fleet.
+    /// Until the watch has listed the fleet, nothing is decided: an empty cache must not
+    /// read as "every device retired", nor a partial one as the whole fleet.
     #[test]
-    fn before_the_fleet_is_listed_nothing_is_allowed() {
+    fn before_the_fleet_is_listed_nothing_is_decided() {
         let e = Enrolled::default();
-        assert!(matches!(
-            e.decide(&own_edgedevice("edgefleet:device:edge-1"), "ns"),
-            Access::NoOpinion(_)
-        ));
+        let own = own_edgedevice("edgefleet:device:edge-1");
+        assert_eq!(e.decide(&own, "ns"), None);
         *e.write() = Some(HashSet::from(["edge-1".to_owned()]));
-        assert_eq!(
-            e.decide(&own_edgedevice("edgefleet:device:edge-1"), "ns"),
-            Access::Allowed
-        );
+        assert_eq!(e.decide(&own, "ns"), Some(Access::Allowed));
+    }
+
+    /// The route as the apiserver meets it: 503 (an error it does not cache) before the
+    /// fleet is listed, then the review answered; an oversized body is refused unread.
+    #[tokio::test]
+    async fn the_route_answers_503_until_it_knows_the_devices() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let post = |body: Vec<u8>| {
+            axum::http::Request::post(PATH)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body))
+                .expect("a request")
+        };
+        let review = serde_json::to_vec(&SubjectAccessReview {
+            spec: own_edgedevice("edgefleet:device:edge-1"),
+            ..Default::default()
+        })
+        .expect("json");
+        let e = Enrolled::default();
+        let app = routes(e.clone(), "ns".to_owned());
+        let early = app
+            .clone()
+            .oneshot(post(review.clone()))
+            .await
+            .expect("a response");
+        assert_eq!(early.status(), StatusCode::SERVICE_UNAVAILABLE);
+        *e.write() = Some(HashSet::from(["edge-1".to_owned()]));
+        let later = app.clone().oneshot(post(review)).await.expect("a response");
+        assert_eq!(later.status(), StatusCode::OK);
+        let body = later
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        let answered: SubjectAccessReview = serde_json::from_slice(&body).expect("a review");
+        assert!(answered.status.expect("status").allowed);
+        let huge = app
+            .oneshot(post(vec![b' '; BODY_LIMIT + 1]))
+            .await
+            .expect("a response");
+        assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     /// An EdgeDevice being deleted has retired its device already; a name that can't be a
