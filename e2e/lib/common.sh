@@ -30,6 +30,10 @@ CLOUD_IP="$LAB_NET_PREFIX.2"
 # Where a test serves an admission webhook on the host (127.0.0.1), for the apiserver to call
 # at the same address in its namespace (start_webhook_forwarder).
 WEBHOOK_PORT=18190
+# The lab's apiserver asks the device authorizer only about devices whose certificate also
+# carries this group (write_authorization_config): those of the tests and benches that
+# serve it. Every other device is RBAC's alone, as on a cluster without the authorizer.
+LAB_AUTHORIZER_GROUP=edgefleet-lab:device-authorizer
 SERVICE_CIDR="10.77.1.0/24"
 SERVICE_IP="10.77.1.1"
 API_PORT=6443

@@ -24,13 +24,14 @@ start_etcd() {
 ADMISSION_PLUGINS=NodeRestriction
 
 # The authorizers, in order: Node (kubelets), edgefleet's device authorizer for device
-# users, RBAC. The device authorizer is a controller on the host serving /authorize on
+# users, RBAC: the configuration controller/README.md#device-authorization documents, with
+# one more match condition. The device authorizer is a controller serving /authorize on
 # 127.0.0.1:$WEBHOOK_PORT with the lab's device-authorizer certificate (`e2e/lab info`),
-# run with `--device-authorization webhook` (controller/README.md#device-authorization).
-# While none serves it, the apiserver's call fails at once (the forwarder closes the
-# connection: not a failure it retries), NoOpinion lets RBAC decide, and devices whose
-# controller gave them RBAC work as before. authorizedTTL is how long a retired device's
-# certificate may still be allowed what it was allowed just before.
+# run with `--device-authorization webhook`; only some tests and benches run one. When the
+# apiserver cannot reach an authorizer it names, it refuses with a 500 what RBAC does not
+# allow, instead of a 403: so it asks only about devices whose certificate also carries
+# $LAB_AUTHORIZER_GROUP, which those tests give theirs. authorizedTTL is how long a retired
+# device's certificate may still be allowed what it was allowed just before.
 write_authorization_config() {
   cat >"$KUBE_DIR/device-authorizer.kubeconfig" <<KCFG
 apiVersion: v1
@@ -67,6 +68,7 @@ authorizers:
       kubeConfigFile: $KUBE_DIR/device-authorizer.kubeconfig
     matchConditions:
     - expression: "'edgefleet:devices' in request.groups"
+    - expression: "'$LAB_AUTHORIZER_GROUP' in request.groups"
 - type: RBAC
   name: rbac
 YAML

@@ -117,10 +117,21 @@ impl LabCa {
 
     /// A new key and a certificate for `device`'s agent, as the join's would be.
     pub fn credential(&self, device: &str) -> Credential {
+        self.credential_in(device, None)
+    }
+
+    /// The same, in `group` as well (an organization of the subject): the lab's apiserver
+    /// asks the device authorizer only about devices in its group (`Lab::info`).
+    pub fn credential_in(&self, device: &str, group: Option<&str>) -> Credential {
         let key = KeyPair::generate().expect("a P-256 key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         let mut subject = DistinguishedName::new();
         subject.push(DnType::OrganizationName, DEVICES_GROUP);
+        if let Some(group) = group {
+            // A second organization: rcgen keeps one value per attribute type, so this one
+            // goes by the organization's OID (2.5.4.10), which the apiserver reads the same.
+            subject.push(DnType::CustomDnType(vec![2, 5, 4, 10]), group);
+        }
         subject.push(DnType::CommonName, device_user(device));
         params.distinguished_name = subject;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -47,6 +47,9 @@ pub struct NodeInfo {
     /// lab CA for 127.0.0.1, which the apiserver's authorization config trusts.
     pub authorizer_cert: PathBuf,
     pub authorizer_key: PathBuf,
+    /// The lab's apiserver asks the device authorizer only about devices whose certificate
+    /// carries this group too (e2e/lib/common.sh).
+    pub authorizer_group: String,
 }
 
 impl Lab {
@@ -161,6 +164,7 @@ impl Lab {
                 .unwrap_or_else(|e| panic!("e2e/lab info {node}: webhook_port: {e}")),
             authorizer_cert: field("authorizer_cert").into(),
             authorizer_key: field("authorizer_key").into(),
+            authorizer_group: field("authorizer_group"),
         }
     }
 

@@ -67,7 +67,8 @@ async fn devices_authorized_by_the_webhook_reach_only_their_own_objects() {
         register(&admin, device, &labels)
             .await
             .unwrap_or_else(|e| panic!("cannot register {device}: {e}"));
-        let client = cluster.device_client(device, &ca.credential(device)).await;
+        let credential = ca.credential_in(device, Some(&info.authorizer_group));
+        let client = cluster.device_client(device, &credential).await;
         let behaviour = Behaviour {
             start_delay: Duration::from_millis(500),
             fail: None,
