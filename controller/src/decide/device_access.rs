@@ -80,7 +80,9 @@ impl Right {
     /// Whether this right lets `device` make the request `a`. Every attribute must match;
     /// a request without a name (a list of the fleet) matches nothing.
     fn covers(&self, a: &ResourceAttributes, device: &str, system_namespace: &str) -> bool {
-        let text = |s: &Option<String>| s.as_deref().unwrap_or_default().to_owned();
+        fn text(s: &Option<String>) -> &str {
+            s.as_deref().unwrap_or_default()
+        }
         let namespace = match self.scope {
             Scope::Cluster => "",
             Scope::SystemNamespace => system_namespace,
@@ -89,7 +91,7 @@ impl Right {
             && text(&a.resource) == self.resource
             && text(&a.subresource) == self.subresource.unwrap_or_default()
             && text(&a.namespace) == namespace
-            && self.verbs.contains(&text(&a.verb).as_str())
+            && self.verbs.contains(&text(&a.verb))
             && text(&a.name) == self.object_name(device)
     }
 }

@@ -56,6 +56,16 @@ fn enrols(meta: &ObjectMeta) -> bool {
 impl Enrolled {
     /// Follows the EdgeDevices' metadata, forever (the watcher retries with backoff).
     async fn follow(self, client: Client) {
+        loop {
+            self.follow_until_stale(client.clone()).await;
+        }
+    }
+
+    /// One watch of the devices, until it has been failing for `STALE_AFTER`: then the set
+    /// is dropped and the watch ends, so that the next one lists the fleet again. A watch
+    /// that recovered by itself would resume where it stopped and never list again, and
+    /// the authorizer would stay without a set.
+    async fn follow_until_stale(&self, client: Client) {
         let mut listing: HashSet<String> = HashSet::new();
         let events = watcher(
             Api::<PartialObjectMeta<EdgeDevice>>::all(client),
@@ -74,8 +84,10 @@ impl Enrolled {
                     // A watch that keeps failing would leave retired devices allowed here:
                     // after a while, nobody is (RBAC decides) until it lists again.
                     let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > STALE_AFTER && self.write().take().is_some() {
-                        tracing::warn!(error = %e, "device authorizer: cannot watch the devices; allowing none until it can");
+                    if since.elapsed() > STALE_AFTER {
+                        self.write().take();
+                        tracing::warn!(error = %e, "device authorizer: cannot watch the devices; allowing none until it lists them again");
+                        return;
                     }
                     continue;
                 }
