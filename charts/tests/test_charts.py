@@ -207,6 +207,7 @@ class Controller(unittest.TestCase):
             {"agent": {"paths": {"manifestDir": "relative/dir"}}},
             {"agent": {"paths": {"stateDir": "/a/{node}/{node}"}}},
             {"agent": {"server": "10.0.0.1:6443"}},
+            {"agent": {"apiserverProtocol": "h2c"}},
             {"bootstrap": {"enabled": "yes"}},
             {"webhook": {"failurePolicy": "Sometimes"}},
             {"controller": {"deviceAuthorization": "nobody"}},
@@ -241,6 +242,7 @@ class Controller(unittest.TestCase):
         (c,) = pod["containers"]
         self.assertEqual(c["image"], "localhost/edgefleet/agent:0.1.0")
         self.assertIn("--manifest-dir=/var/lib/rancher/k3s/agent/pod-manifests", c["args"])
+        self.assertIn("--apiserver-protocol=http1", c["args"])
         self.assertEqual(c["args"][c["args"].index("join") + 1], "--image=localhost/edgefleet/agent:0.1.0")
         volumes = {v["name"]: v for v in pod["volumes"]}
         self.assertEqual(volumes["manifests"]["hostPath"]["path"], "/var/lib/rancher/k3s/agent/pod-manifests")

@@ -13,6 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Parser;
 use edgefleet_agent::Config;
+use edgefleet_agent::apiserver::{self, Protocol};
 use edgefleet_agent::join::{Credential, kubeconfig};
 use edgefleet_crds::EdgeDevice;
 use edgefleet_crds::identity::{DEVICE_LABEL, DEVICE_LABEL_VALUE, DEVICES_GROUP, device_user};
@@ -76,15 +77,21 @@ impl Cluster {
         Client::try_from(config).expect("a client")
     }
 
-    /// A client with `device`'s credential, through the kubeconfig the join writes.
-    pub async fn device_client(&self, device: &str, credential: &Credential) -> Client {
+    /// A client with `device`'s credential, through the kubeconfig the join writes, on
+    /// `protocol` as the agent would speak it.
+    pub async fn device_client(
+        &self,
+        device: &str,
+        credential: &Credential,
+        protocol: Protocol,
+    ) -> Client {
         let yaml = kubeconfig(&self.server, &self.ca_pem, device, credential)
             .unwrap_or_else(|e| panic!("cannot write {device}'s kubeconfig: {e}"));
         let kc = kube::config::Kubeconfig::from_yaml(&yaml).expect("the join's kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .unwrap_or_else(|e| panic!("{device}'s kubeconfig: {e}"));
-        Client::try_from(config).unwrap_or_else(|e| panic!("a client for {device}: {e}"))
+        apiserver::client(config, protocol).unwrap_or_else(|e| panic!("a client for {device}: {e}"))
     }
 }
 

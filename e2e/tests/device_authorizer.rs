@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use edgefleet_agent::apiserver::Protocol;
 use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice};
 use edgefleet_e2e::hollow::Behaviour;
@@ -68,7 +69,9 @@ async fn devices_authorized_by_the_webhook_reach_only_their_own_objects() {
             .await
             .unwrap_or_else(|e| panic!("cannot register {device}: {e}"));
         let credential = ca.credential_in(device, Some(&info.authorizer_group));
-        let client = cluster.device_client(device, &credential).await;
+        let client = cluster
+            .device_client(device, &credential, Protocol::Http1)
+            .await;
         let behaviour = Behaviour {
             start_delay: Duration::from_millis(500),
             fail: None,

@@ -4,11 +4,14 @@
 //! the chart's bootstrap does (`edgefleet_agent::join::request_certificate`); the real
 //! controller approves. Then the real agent loop runs on each with an in-memory runtime, and
 //! a deployment reaches Ready from what they report; one module told to fail shows as the
-//! one failed device. Needs the lab and `cargo build -p edgefleet-controller`.
+//! one failed device. One device speaks HTTP/2 to the apiserver, as
+//! `--apiserver-protocol http2` makes an agent do. Needs the lab and
+//! `cargo build -p edgefleet-controller`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use edgefleet_agent::apiserver::Protocol;
 use edgefleet_agent::join;
 use edgefleet_crds::identity::{APP_NAME_LABEL, BOOTSTRAP_NAME, DEVICE_LABEL, SYSTEM_NAMESPACE};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, condition, deployment};
@@ -26,6 +29,8 @@ use kube::{Api, Client};
 use serde_json::json;
 
 const DEVICES: [&str; 3] = ["hollow-join-1", "hollow-join-2", "hollow-join-3"];
+/// The device whose agent speaks HTTP/2 (one connection for its watch and writes).
+const ON_HTTP2: &str = "hollow-join-2";
 /// The device whose module is told to fail.
 const FAILING: &str = "hollow-join-3";
 const LABEL: &str = "e2e-hollow";
@@ -63,7 +68,12 @@ async fn hollow_devices_join_and_report_a_deployment_ready() {
         .await
         .unwrap_or_else(|_| panic!("{device}'s certificate was not issued within 120 s"))
         .unwrap_or_else(|e| panic!("{device} could not join: {e}"));
-        let client = cluster.device_client(device, &credential).await;
+        let protocol = if device == ON_HTTP2 {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        let client = cluster.device_client(device, &credential, protocol).await;
         let behaviour = Behaviour {
             start_delay: Duration::from_secs(1),
             fail: (device == FAILING).then(|| "app".to_owned()),

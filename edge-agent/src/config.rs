@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use edgefleet_crds::identity::SYSTEM_NAMESPACE;
 use edgefleet_crds::{duration, hub};
 
+use crate::apiserver::Protocol;
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "edgefleet-agent", version, about = "edgefleet's device agent")]
 pub struct Config {
@@ -44,6 +46,17 @@ pub struct Config {
         default_value = "/var/lib/edgefleet-agent"
     )]
     pub state_dir: PathBuf,
+
+    /// The protocol spoken to the apiserver: http1 (a connection for each request in
+    /// flight, about three a device) or http2 (one pinged connection a device, for
+    /// apiservers whose open connections a large fleet would exhaust).
+    #[arg(
+        long,
+        env = "EDGEFLEET_APISERVER_PROTOCOL",
+        value_enum,
+        default_value_t
+    )]
+    pub apiserver_protocol: Protocol,
 
     /// The namespace of the device's Lease.
     #[arg(long, env = "EDGEFLEET_NAMESPACE", default_value = SYSTEM_NAMESPACE)]

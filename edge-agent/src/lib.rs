@@ -7,6 +7,7 @@
 //! `status_writer` talk to the runtime and the apiserver; `runtime` is the boundary to
 //! where modules run; `run` wires them together.
 
+pub mod apiserver;
 pub mod backoff;
 pub mod config;
 pub mod cri;

@@ -29,7 +29,7 @@ use crate::observe::{Placement, PodSeen, is_up, module_status};
 use crate::report::{Facts, status};
 use crate::runtime::{Kubelet, Runtime};
 use crate::validate::{self, Refused, Rejection};
-use crate::{desired, hub, lease, router, startup, status_writer, upstream};
+use crate::{apiserver, desired, hub, lease, router, startup, status_writer, upstream};
 
 /// How long a pass waits for the router to read new routes before it places their modules.
 const ROUTING_WAIT: Duration = Duration::from_secs(5);
@@ -373,7 +373,7 @@ async fn client(config: &Config) -> Result<Client> {
     // Offline, a connection attempt must fail fast so that retries (and the reconnect) are
     // paced by the agent's backoff, not by TCP's timeouts.
     kube_config.connect_timeout = Some(std::time::Duration::from_secs(3));
-    Client::try_from(kube_config).map_err(Error::Client)
+    apiserver::client(kube_config, config.apiserver_protocol).map_err(Error::Client)
 }
 
 pub async fn shutdown_signal() {

@@ -56,6 +56,7 @@ pub fn pod(c: &Config, image: &str) -> Pod {
         format!("--sync-interval={}ms", c.sync_interval.as_millis()),
         format!("--max-backoff={}ms", c.max_backoff.as_millis()),
         format!("--journal-keep={}", c.journal_keep),
+        format!("--apiserver-protocol={}", value_name(&c.apiserver_protocol)),
     ];
     if let Some(kc) = &c.kubeconfig {
         args.push(format!("--kubeconfig={}", kc.display()));
@@ -68,10 +69,10 @@ pub fn pod(c: &Config, image: &str) -> Pod {
             c.hub_upstream_ttl.as_secs()
         ));
         args.push(format!("--hub-upstream-mib={}", c.hub_upstream_mib));
-        let when_full = clap::ValueEnum::to_possible_value(&c.hub_upstream_when_full)
-            .map(|v| v.get_name().to_owned())
-            .unwrap_or_default();
-        args.push(format!("--hub-upstream-when-full={when_full}"));
+        args.push(format!(
+            "--hub-upstream-when-full={}",
+            value_name(&c.hub_upstream_when_full)
+        ));
         if let Some(url) = &c.hub_upstream {
             args.push(format!("--hub-upstream={url}"));
         }
@@ -121,9 +122,18 @@ pub fn pod(c: &Config, image: &str) -> Pod {
     }
 }
 
+/// The name a setting's value has on the command line.
+fn value_name(value: &impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::Protocol;
     use clap::Parser;
 
     #[test]
@@ -135,6 +145,7 @@ mod tests {
             "--manifest-dir=/m",
             "--state-dir=/s",
             "--cri-socket=/run/containerd/containerd.sock",
+            "--apiserver-protocol=http2",
         ])
         .expect("parse");
         let pod = pod(&c, "localhost/edgefleet/agent:1");
@@ -164,5 +175,6 @@ mod tests {
         assert_eq!(back.manifest_dir, c.manifest_dir);
         assert_eq!(back.lease_interval, c.lease_interval);
         assert_eq!(back.kubeconfig, c.kubeconfig);
+        assert_eq!(back.apiserver_protocol, Protocol::Http2);
     }
 }
