@@ -24,7 +24,7 @@ help:
 	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
 	@echo "make lab-down    stop the lab and remove its state"
 	@echo "make bench       print figures: resolve speed, hub messaging, lab start and memory, controller memory"
-	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs (N=$(N) LEASE=$(LEASE) s AUTHZ=$(AUTHZ): rbac or webhook, lab up)"
+	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs (N=$(N) LEASE=$(LEASE) s AUTHZ=$(AUTHZ): rbac or webhook, PROTOCOL=$(PROTOCOL): http1 or http2, lab up)"
 
 # The lab fleet, the images loaded into it, edgefleet installed with Helm (controller and
 # the bootstrap that joins every device), examples/ applied and waited for. Run again, it
@@ -118,8 +118,10 @@ bench: tools
 N ?= 100
 LEASE ?= 10
 AUTHZ ?= rbac
+PROTOCOL ?= http1
 bench-fleet:
-	e2e/bench-fleet --devices $(N) --lease-interval $(LEASE) --device-authorization $(AUTHZ)
+	e2e/bench-fleet --devices $(N) --lease-interval $(LEASE) --device-authorization $(AUTHZ) \
+	  --apiserver-protocol $(PROTOCOL)
 
 # The controller's RSS before and after 3,000 certificate requests that are not edgefleet's
 # (it must stay flat). Needs the lab: make lab-up.

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use edgefleet_agent::apiserver::Protocol;
 use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
 use edgefleet_crds::{EdgeDevice, EdgeModule};
 use edgefleet_e2e::hollow::Behaviour;
@@ -64,6 +65,9 @@ struct Args {
     /// apiserver asks the device authorizer only about devices in its group.
     #[arg(long)]
     extra_group: Option<String>,
+    /// The protocol the agents speak to the apiserver (the agent's `--apiserver-protocol`).
+    #[arg(long, value_enum, default_value_t)]
+    apiserver_protocol: Protocol,
 }
 
 fn device_name(i: usize) -> String {
@@ -109,7 +113,7 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
         pid: args.controller_pid,
     };
     // The two ends of every agent's connections.
-    warn_of_open_files(&[apiserver, simulator], n);
+    warn_of_open_files(&[apiserver, simulator], n, args.apiserver_protocol);
     let processes = [controller, apiserver, simulator];
     let timeout = Duration::from_secs(120 + n as u64 / 5);
     let ns = fresh_namespace(admin, NAMESPACE).await;
@@ -176,7 +180,9 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
     };
     for (i, credential) in credentials.iter().enumerate() {
         let device = device_name(i);
-        let client = cluster.device_client(&device, credential).await;
+        let client = cluster
+            .device_client(&device, credential, args.apiserver_protocol)
+            .await;
         fleet.start(&device, client, behaviour.clone(), &timing);
     }
     let ok = report(
@@ -238,10 +244,15 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
     true
 }
 
-/// The connections a hollow agent holds to the apiserver, as measured (3,000 to 3,300 open
-/// files in the apiserver at 1,000 agents): kube's client speaks HTTP/1.1, one request a
-/// connection, so the watch holds one and the renewals and status writes beside it two more.
-const CONNECTIONS_PER_AGENT: u64 = 3;
+/// The connections a hollow agent holds to the apiserver, as measured at 1,000 agents: on
+/// HTTP/1.1 (3,000 to 3,300 open files in the apiserver) one request a connection, so the
+/// watch holds one and the renewals and status writes beside it two more; on HTTP/2 one.
+fn connections_per_agent(protocol: Protocol) -> u64 {
+    match protocol {
+        Protocol::Http1 => 3,
+        Protocol::Http2 => 1,
+    }
+}
 
 /// Files a process opens besides the fleet's connections (its own, the cluster's).
 const OPEN_FILES_BESIDES: u64 = 1_000;
@@ -250,15 +261,16 @@ const OPEN_FILES_BESIDES: u64 = 1_000;
 /// fleet's connections need: past that, connections are refused ("too many open files")
 /// and the run measures the limit, not edgefleet. A warning, not a refusal: the part of the
 /// fleet that fits still measures something.
-fn warn_of_open_files(ends: &[Process], n: usize) {
-    let needed = n as u64 * CONNECTIONS_PER_AGENT + OPEN_FILES_BESIDES;
+fn warn_of_open_files(ends: &[Process], n: usize, protocol: Protocol) {
+    let per_agent = connections_per_agent(protocol);
+    let needed = n as u64 * per_agent + OPEN_FILES_BESIDES;
     for p in ends {
         if let Some(limit) = p.open_files_limit().filter(|l| *l < needed) {
             eprintln!(
                 "fleet-sim: warning: {n} agents hold about {} connections, but the {} may open only {limit} files: expect refused connections past about {} agents",
-                n as u64 * CONNECTIONS_PER_AGENT,
+                n as u64 * per_agent,
                 p.name,
-                limit.saturating_sub(OPEN_FILES_BESIDES) / CONNECTIONS_PER_AGENT
+                limit.saturating_sub(OPEN_FILES_BESIDES) / per_agent
             );
         }
     }
