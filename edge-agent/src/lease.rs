@@ -86,36 +86,10 @@ pub async fn heartbeat(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use kube::client::Body;
+    use std::sync::atomic::Ordering;
 
     use super::*;
-
-    /// A client whose every request is answered with `status` after `delay` (or, with `None`,
-    /// not at all: the connection fails), counting the requests.
-    fn apiserver(status: Option<u16>, delay: Duration) -> (Client, Arc<AtomicUsize>) {
-        let count = Arc::new(AtomicUsize::new(0));
-        let seen = count.clone();
-        let service = tower::service_fn(move |_: http::Request<Body>| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            let answer = status.map(|code| {
-                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                  "message": "busy", "reason": "TooManyRequests", "code": code});
-                http::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.to_string().into_bytes()))
-                    .expect("a status and one header make a response")
-            });
-            async move {
-                tokio::time::sleep(delay).await;
-                answer.ok_or_else(|| std::io::Error::other("connection refused"))
-            }
-        });
-        (Client::new(service, "default"), count)
-    }
+    use crate::fake_apiserver::apiserver;
 
     /// Runs the heartbeat for `run` of paused time; the requests it made and the link's state.
     async fn beat(status: Option<u16>, delay: Duration, run: Duration) -> (usize, bool) {

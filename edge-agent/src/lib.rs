@@ -13,6 +13,8 @@ pub mod config;
 pub mod cri;
 pub mod desired;
 pub mod error;
+#[cfg(test)]
+mod fake_apiserver;
 pub mod host_pod;
 pub mod hub;
 pub mod hub_status;

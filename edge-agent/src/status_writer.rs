@@ -1,6 +1,7 @@
 //! Writing the device's status with server-side apply under the agent's field manager:
 //! only when it changed since the last successful write, and once more whenever the link to
-//! the apiserver comes back (the status may have been lost or gone stale meanwhile).
+//! the apiserver comes back (the status may have been lost or gone stale meanwhile). A
+//! refusal for load (429) is retried at the longer pauses of [`Jittered::busy`].
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::backoff::Jittered;
-use crate::link::within_deadline;
+use crate::link::{Failure, within_deadline};
 
 pub async fn run(
     client: Client,
@@ -25,6 +26,7 @@ pub async fn run(
     let api: Api<EdgeDevice> = Api::all(client);
     let mut written: Option<EdgeDeviceStatus> = None;
     let mut backoff = Jittered::new(max_backoff);
+    let mut busy = Jittered::busy();
     let mut failing = false;
     loop {
         let want = status.borrow_and_update().clone();
@@ -33,6 +35,7 @@ pub async fn run(
                 Ok(()) => {
                     written = Some(want);
                     backoff.reset();
+                    busy.reset();
                     failing = false;
                 }
                 Err(why) => {
@@ -40,8 +43,12 @@ pub async fn run(
                         tracing::warn!(error = %why, "cannot report status; retrying");
                     }
                     failing = true;
+                    let pause = match why {
+                        Failure::Busy(_) => busy.next(),
+                        _ => backoff.next(),
+                    };
                     tokio::select! {
-                        () = tokio::time::sleep(backoff.next().unwrap_or(max_backoff)) => {}
+                        () = tokio::time::sleep(pause.unwrap_or(max_backoff)) => {}
                         _ = link_up.changed() => {}
                     }
                     continue;
