@@ -13,9 +13,14 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::Value;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::backoff::{BUSY_MAX, Jittered};
 use crate::link::Failure;
+
+/// How long without a failure ends a streak of them: longer than the longest pause plus a
+/// list that a busy apiserver queues before refusing it.
+const CALM: Duration = Duration::from_secs(300);
 
 /// Sends every new `spec.desired` (or `None` while the device has none) to `tx`. Whenever
 /// the link to the apiserver comes back, the watch starts over with a fresh list: a watch
@@ -36,6 +41,9 @@ pub async fn watch(
         let mut events = watcher(api.clone(), config.clone()).boxed();
         let (mut failing, mut link_lost) = (false, false);
         let (mut backoff, mut busy) = (Jittered::new(max_backoff), Jittered::busy());
+        // A watch restarted without a new list gives no event to reset the pauses by: a
+        // failure after [`CALM`] without one starts them over.
+        let mut last_failure: Option<Instant> = None;
         loop {
             let event = tokio::select! {
                 e = events.next() => e,
@@ -83,6 +91,11 @@ pub async fn watch(
                     busy.reset();
                 }
                 Some(Err(e)) => {
+                    if last_failure.is_some_and(|t| t.elapsed() > CALM) {
+                        backoff.reset();
+                        busy.reset();
+                    }
+                    last_failure = Some(Instant::now());
                     if !failing {
                         tracing::warn!(error = %e, "watching the device's desired state failed; retrying");
                     }
