@@ -26,7 +26,7 @@ use crate::k8s::context::Context;
 use crate::k8s::feeds::{Feeds, watch};
 use crate::k8s::leader::Elector;
 use crate::k8s::throttle::throttled;
-use crate::k8s::watches::{Synced, enrolments, spec_changes};
+use crate::k8s::watches::{Synced, changes_of, enrolments, spec_changes};
 use crate::metrics::{HubTotals, Metrics};
 use crate::reconcile::{
     self, csr_approval, deployment, device, hub_accounts, module_status, registry,
@@ -205,7 +205,8 @@ async fn controllers(
         spec_changes(grants_for_devices).map(|_| ()),
     );
     let device_store = ctx.stores.devices.clone();
-    let device_ctrl = Controller::for_shared_stream(devices, ctx.stores.devices.clone())
+    let device_events = changes_of(devices, ctx.stores.devices.clone(), device::reads);
+    let device_ctrl = Controller::for_shared_stream(device_events, ctx.stores.devices.clone())
         .with_config(bounded.clone())
         .watches_stream(lease_changes, move |l: Lease| {
             let device = ObjectRef::<EdgeDevice>::new(device_of_object(&l.name_any())?);

@@ -11,7 +11,7 @@ use edgefleet_crds::identity::REGISTRATION_ANNOTATION;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 
@@ -232,6 +232,38 @@ pub fn enrolments<K: Resource + Send + Sync + 'static>(
     s.filter(move |o| ready(seen.insert(o.meta().uid.clone().unwrap_or_default())))
 }
 
+/// Passes on an object when what `reads` takes of it changed since it last passed (by uid),
+/// and once more when it has left `store` (its deletion, which the reconcile must see, and
+/// which forgets it here). Writes that change nothing a reconcile reads stop here instead
+/// of queueing it again.
+pub fn changes_of<K, D>(
+    s: impl Stream<Item = Arc<K>> + Send,
+    store: Store<K>,
+    reads: impl Fn(&K) -> D + Send + 'static,
+) -> impl Stream<Item = Arc<K>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    D: PartialEq + Send + 'static,
+{
+    let mut seen: HashMap<String, D> = HashMap::new();
+    s.filter(move |o| {
+        let uid = o.meta().uid.clone().unwrap_or_default();
+        let pass = if store.get(&ObjectRef::from_obj(o)).is_none() {
+            seen.remove(&uid);
+            true
+        } else {
+            let now = reads(o);
+            if seen.get(&uid) == Some(&now) {
+                false
+            } else {
+                seen.insert(uid, now);
+                true
+            }
+        };
+        ready(pass)
+    })
+}
+
 /// Passes on only objects whose generation changed: our own status writes do not count as
 /// changes of what the user asked for.
 pub fn spec_changes<K: Resource + Send + Sync + 'static>(
@@ -248,6 +280,52 @@ pub fn spec_changes<K: Resource + Send + Sync + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change of what is read passes, a write that changes nothing of it does not, and a
+    /// deletion passes once more (and is forgotten: the same object back passes again).
+    #[test]
+    fn only_changes_of_what_is_read_pass() {
+        use futures::FutureExt;
+        let (store, mut writer) = reflector::store::<Lease>();
+        let lease = |holder: &str, renewed: &str| Lease {
+            metadata: ObjectMeta {
+                name: Some("edge-1".into()),
+                namespace: Some("ns".into()),
+                uid: Some("uid-1".into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_transitions: Some(renewed.len() as i32),
+                ..Default::default()
+            }),
+        };
+        let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let mut passed = Box::pin(changes_of(rx, store, holder));
+        // Each event as the shared reflector hands it on: the store updated first.
+        let mut step = |event: watcher::Event<Lease>, obj: Lease| {
+            writer.apply_watcher_event(&event);
+            tx.unbounded_send(Arc::new(obj))
+                .expect("the filter listens");
+            passed.next().now_or_never().is_some()
+        };
+        for (l, pass, what) in [
+            (lease("a", "1"), true, "first seen"),
+            (lease("a", "22"), false, "renewed, same holder"),
+            (lease("b", "22"), true, "another holder"),
+            (lease("b", "333"), false, "renewed again"),
+        ] {
+            assert_eq!(step(watcher::Event::Apply(l.clone()), l), pass, "{what}");
+        }
+        let gone = lease("b", "333");
+        assert!(step(watcher::Event::Delete(gone.clone()), gone), "deleted");
+        let back = lease("b", "1");
+        assert!(
+            step(watcher::Event::Apply(back.clone()), back),
+            "back after deletion"
+        );
+    }
 
     /// The Node cache keeps what tells a Node exists, and none of what its kubelet writes.
     #[test]

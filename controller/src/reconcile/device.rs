@@ -10,6 +10,7 @@
 //! Deleting the EdgeDevice retires the device: its Lease and RBAC are owned by it and go
 //! with it, and nothing recreates them.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,6 +125,33 @@ pub fn controller_conditions(
         )
     };
     vec![registered, online, valid]
+}
+
+/// A digest of what [`reconcile`] reads of its EdgeDevice (the caches it reads besides wake
+/// it on their own): its spec (by generation), its labels, and of its status only what a
+/// reconcile acts on, the status's problems, the modules failing and the conditions. A
+/// device event that leaves it unchanged would write nothing and is dropped before the
+/// queue (`run.rs`). Most device events are agents' status writes, and at 10,000 devices
+/// they kept devices already done queued ahead of new ones: kube's scheduler takes held
+/// requests in hash order, not arrival order, so some new devices waited minutes.
+pub fn reads(device: &EdgeDevice) -> u64 {
+    let mut h = DefaultHasher::new();
+    device.metadata.generation.hash(&mut h);
+    device.labels().hash(&mut h);
+    if let Some(status) = &device.status {
+        status_check::problems(status, device.spec.desired.as_deref()).hash(&mut h);
+        for m in status
+            .modules
+            .iter()
+            .filter(|m| m.runtime_status.is_failure())
+        {
+            m.name.hash(&mut h);
+        }
+        for c in &status.conditions {
+            (&c.type_, c.status, &c.reason, &c.message).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 fn same(a: &Condition, b: Option<&Condition>) -> bool {
@@ -334,6 +362,61 @@ async fn report_module_failures(ctx: &Context, device: &EdgeDevice, desired: &De
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reporting(modules: &str, conditions: &str) -> EdgeDevice {
+        let mut d = EdgeDevice::new("edge-1", Default::default());
+        d.metadata.generation = Some(2);
+        d.status = Some(
+            serde_yaml::from_str(&format!(
+                "appliedRevision: 0123456789abcdef\nmodules: {modules}\nconditions: {conditions}"
+            ))
+            .expect("status fixture"),
+        );
+        d
+    }
+
+    const APP: &str = "[{namespace: team, name: app, runtimeStatus: pending}]";
+    const ONLINE_TRUE: &str = "[{type: Online, status: 'True', reason: LeaseRenewed}]";
+
+    /// An agent's status write that changes nothing the reconcile acts on (a module started,
+    /// the clock moved) does not queue the device again; one that does, does.
+    #[test]
+    fn only_what_the_reconcile_acts_on_queues_a_device_again() {
+        let before = reads(&reporting(APP, ONLINE_TRUE));
+        let started = reporting(
+            "[{namespace: team, name: app, runtimeStatus: running, restartCount: 0}]",
+            "[{type: Online, status: 'True', reason: LeaseRenewed, lastTransitionTime: '2026-12-04T00:00:00Z'}]",
+        );
+        assert_eq!(reads(&started), before, "a module started");
+
+        let failing = reporting(
+            "[{namespace: team, name: app, runtimeStatus: backoff}]",
+            ONLINE_TRUE,
+        );
+        let offline = reporting(
+            APP,
+            "[{type: Online, status: 'False', reason: LeaseExpired}]",
+        );
+        let twice = reporting(
+            &format!("{}, {}]", &APP[..APP.len() - 1], &APP[1..APP.len() - 1]),
+            ONLINE_TRUE,
+        );
+        let mut relabelled = reporting(APP, ONLINE_TRUE);
+        relabelled
+            .labels_mut()
+            .insert("site".into(), "munich".into());
+        let mut respecified = reporting(APP, ONLINE_TRUE);
+        respecified.metadata.generation = Some(3);
+        for (what, d) in [
+            ("a module failing", failing),
+            ("a condition changed", offline),
+            ("a status problem", twice),
+            ("a label", relabelled),
+            ("the spec", respecified),
+        ] {
+            assert_ne!(reads(&d), before, "{what}");
+        }
+    }
 
     #[test]
     fn conditions_explain_the_device() {
