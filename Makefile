@@ -24,7 +24,7 @@ help:
 	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
 	@echo "make lab-down    stop the lab and remove its state"
 	@echo "make bench       print figures: resolve speed, hub messaging, lab start and memory, controller memory"
-	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs (N=$(N) LEASE=$(LEASE) s AUTHZ=$(AUTHZ): rbac or webhook, PROTOCOL=$(PROTOCOL): http1 or http2, lab up)"
+	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs (N=$(N) LEASE=$(LEASE) s AUTHZ=$(AUTHZ): rbac or webhook, PROTOCOL=$(PROTOCOL): http1 or http2, CONCURRENCY=$(or $(CONCURRENCY),default), PRIORITY=$(PRIORITY): on or off, lab up)"
 
 # The lab fleet, the images loaded into it, edgefleet installed with Helm (controller and
 # the bootstrap that joins every device), examples/ applied and waited for. Run again, it
@@ -104,12 +104,16 @@ lab-status:
 # Figures, not assertions: resolve 10,000 devices (pure), then the lab (warm start, memory
 # per device), the agent's footprint on a device, and the controller's memory with a
 # simulated fleet of BENCH_DEVICES (3,000 by default, what a CI run affords; 10,000 takes
-# this machine more than 15 minutes to register today).
+# this machine more than 15 minutes to register today), and BENCH_HOLLOW hollow devices
+# running the real agent through a rollout and two changes (make bench-fleet's figures, with
+# the chart's defaults; larger fleets: make bench-fleet N=...).
 BENCH_DEVICES ?= 3000
-bench: tools
+BENCH_HOLLOW ?= 300
+bench: tools $(HELM_PY)/bin/python
 	$(CARGO) bench -p edgefleet-controller --bench resolve
 	e2e/bench-hub
-	e2e/bench-lab --devices $(DEVICES) --fleet $(BENCH_DEVICES)
+	HELM_PY=$(HELM_PY) e2e/bench-lab --devices $(DEVICES) --fleet $(BENCH_DEVICES) \
+	  --hollow $(BENCH_HOLLOW)
 
 # N hollow devices, each running the real agent loop under its own identity, against the
 # real controller and apiserver: registration, an all-at-once and a staged change, timed to
@@ -119,9 +123,13 @@ N ?= 100
 LEASE ?= 10
 AUTHZ ?= rbac
 PROTOCOL ?= http1
-bench-fleet:
-	e2e/bench-fleet --devices $(N) --lease-interval $(LEASE) --device-authorization $(AUTHZ) \
-	  --apiserver-protocol $(PROTOCOL)
+# Empty: the controller's default.
+CONCURRENCY ?=
+PRIORITY ?= on
+bench-fleet: $(HELM_PY)/bin/python
+	HELM_PY=$(HELM_PY) e2e/bench-fleet --devices $(N) --lease-interval $(LEASE) \
+	  --device-authorization $(AUTHZ) --apiserver-protocol $(PROTOCOL) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
+	  --api-priority $(PRIORITY)
 
 # The controller's RSS before and after 3,000 certificate requests that are not edgefleet's
 # (it must stay flat). Needs the lab: make lab-up.

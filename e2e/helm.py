@@ -1,6 +1,7 @@
 """Helm v4's own engine (PyPI's helm-python-sdk, the only Helm on these machines) as a
 command for the Rust harness (e2e/src/helm.rs): install, upgrade, uninstall, status and
-history of a release. Values come as JSON on stdin, the result goes out as JSON on stdout.
+history of a release. Values come as JSON on stdin, the result goes out as JSON on stdout;
+render prints one template's objects as YAML instead (for e2e/bench-fleet).
 Everything else (the lab's values, waits, checks) is the harness's, not this driver's.
 
     python e2e/helm.py --kubeconfig K --namespace NS install CHART_DIR RELEASE <values.json
@@ -26,6 +27,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     c = cmds.add_parser("uninstall", help="remove RELEASE")
     c.add_argument("release")
     c.add_argument("--wait", action="store_true", help="until its objects are gone")
+    c = cmds.add_parser("render", help="print TEMPLATE of CHART as RELEASE would have it, values on stdin")
+    c.add_argument("chart")
+    c.add_argument("release")
+    c.add_argument("template", help="its path in the chart, e.g. templates/flowcontrol.yaml")
     for cmd in ("status", "history"):
         cmds.add_parser(cmd, help=f"RELEASE's {cmd} (status: null when there is no such release)").add_argument("release")
     return p.parse_args(argv)
@@ -40,6 +45,12 @@ def run(args: argparse.Namespace):
                                wait="watcher", timeout=args.timeout)
         return cfg.upgrade(args.chart, args.release, values, namespace=args.namespace, wait="watcher",
                            timeout=args.timeout)
+    if args.cmd == "render":
+        values = json.loads(sys.stdin.read() or "null")
+        chart = helm_python.Chart.load(args.chart)
+        rendered = chart.render(values, name=args.release, namespace=args.namespace)
+        # Keyed by the chart's name, then the template's path in it.
+        return rendered[f"{chart.name}/{args.template}"]
     if args.cmd == "uninstall":
         return cfg.uninstall(args.release, wait="watcher" if args.wait else None, timeout=args.timeout)
     if args.cmd == "history":
@@ -52,4 +63,8 @@ def run(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    json.dump(run(parse(sys.argv[1:])), sys.stdout, default=str)
+    args = parse(sys.argv[1:])
+    if args.cmd == "render":
+        sys.stdout.write(run(args))
+    else:
+        json.dump(run(args), sys.stdout, default=str)

@@ -194,6 +194,32 @@ class Controller(unittest.TestCase):
         self.assertEqual(boot["rules"], [{"apiGroups": ["certificates.k8s.io"],
                                           "resources": ["certificatesigningrequests"], "verbs": ["create", "get"]}])
 
+    def test_devices_get_priority_levels_of_their_own(self):
+        # Agents' requests, matched by the devices' group (DEVICES_GROUP in crds/), go to
+        # two levels of their own: Lease renewals in the release's namespace, and the rest.
+        objs = self.render()
+        levels = {o["metadata"]["name"]: o["spec"] for o in self.kind(objs, "PriorityLevelConfiguration")}
+        schemas = {o["metadata"]["name"]: o["spec"] for o in self.kind(objs, "FlowSchema")}
+        self.assertEqual(set(levels), {"edgefleet-device-heartbeats", "edgefleet-devices"})
+        self.assertEqual(set(schemas), set(levels))
+        for name, spec in schemas.items():
+            self.assertEqual(spec["priorityLevelConfiguration"]["name"], name)
+            self.assertEqual(spec["distinguisherMethod"]["type"], "ByUser")
+            for rule in spec["rules"]:
+                self.assertEqual(rule["subjects"], [{"kind": "Group", "group": {"name": "edgefleet:devices"}}])
+        heartbeats = schemas["edgefleet-device-heartbeats"]
+        (rule,) = heartbeats["rules"]
+        self.assertEqual(rule["resourceRules"], [{
+            "verbs": ["patch"], "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "namespaces": ["edgefleet-system"]}])
+        # Renewals are matched first, and both before the built-in catch-alls.
+        self.assertLess(heartbeats["matchingPrecedence"], schemas["edgefleet-devices"]["matchingPrecedence"])
+        self.assertLess(schemas["edgefleet-devices"]["matchingPrecedence"], 9000)
+        self.assertEqual(levels["edgefleet-device-heartbeats"]["limited"]["lendablePercent"], 0)
+        # Off: the cluster's own levels (global-default) take the devices.
+        objs = self.render({"apiPriority": {"enabled": False}})
+        self.assertEqual(self.kind(objs, "FlowSchema") + self.kind(objs, "PriorityLevelConfiguration"), [])
+
     def test_values_schema_rejects_bad_values(self):
         bad = [
             {"replicas": 0},
@@ -208,6 +234,10 @@ class Controller(unittest.TestCase):
             {"agent": {"paths": {"stateDir": "/a/{node}/{node}"}}},
             {"agent": {"server": "10.0.0.1:6443"}},
             {"agent": {"apiserverProtocol": "h2c"}},
+            # Precedence 1 is the apiserver's exempt schema's; 9900 on, the catch-alls'.
+            {"apiPriority": {"matchingPrecedence": 1}},
+            {"apiPriority": {"matchingPrecedence": 9900}},
+            {"apiPriority": {"devices": {"shares": 0}}},
             {"bootstrap": {"enabled": "yes"}},
             {"webhook": {"failurePolicy": "Sometimes"}},
             {"controller": {"deviceAuthorization": "nobody"}},
