@@ -169,36 +169,8 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         None => Registration::NodeGone,
     };
 
-    // Desired state, from the labels an administrator gave the EdgeDevice: a device's own
-    // credentials can't write them (its RBAC reaches only its status).
-    let current = device.spec.desired.as_deref();
-    let desired = if registration == Registration::Enrolled {
-        let staged = targeting::StagedRevisions {
-            rollouts: &device.spec.rollouts,
-            snapshots: ctx.as_ref(),
-        };
-        targeting::resolve_staged(device.labels(), &ctx.catalog(), current, &staged)
-    } else {
-        DesiredState::new(vec![], vec![])
-    };
-    if current != Some(&desired) {
-        let patch = json!({
-            "apiVersion": EdgeDevice::api_version(&()),
-            "kind": EdgeDevice::kind(&()),
-            "metadata": { "name": name },
-            "spec": { "desired": desired },
-        });
-        api.patch(
-            &name,
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(|e| Error::ApplyDevice(name.clone(), e))?;
-        if current.map(|c| &c.revision) != Some(&desired.revision) {
-            tracing::info!(device = %name, revision = %desired.revision, modules = desired.modules.len(), "desired state changed");
-        }
-    } else {
+    let desired = desired_state(&ctx, &device, &registration);
+    if !write_desired(&ctx, &device, &desired).await? {
         ctx.metrics.skipped_write(CONTROLLER);
     }
 
@@ -248,6 +220,60 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         Some(d) => Action::requeue(d),
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+/// The device's desired state, from the labels an administrator gave the EdgeDevice (a
+/// device's own credentials can't write them: its rights reach only its status); empty
+/// unless it is enrolled.
+pub fn desired_state(
+    ctx: &Context,
+    device: &EdgeDevice,
+    registration: &Registration,
+) -> DesiredState {
+    if *registration != Registration::Enrolled {
+        return DesiredState::new(vec![], vec![]);
+    }
+    let staged = targeting::StagedRevisions {
+        rollouts: &device.spec.rollouts,
+        snapshots: ctx,
+    };
+    targeting::resolve_staged(
+        device.labels(),
+        &ctx.catalog(),
+        device.spec.desired.as_deref(),
+        &staged,
+    )
+}
+
+/// Writes `desired` into the device's spec unless it is there already; whether it wrote.
+pub async fn write_desired(
+    ctx: &Context,
+    device: &EdgeDevice,
+    desired: &DesiredState,
+) -> Result<bool> {
+    let current = device.spec.desired.as_deref();
+    if current == Some(desired) {
+        return Ok(false);
+    }
+    let name = device.name_any();
+    let patch = json!({
+        "apiVersion": EdgeDevice::api_version(&()),
+        "kind": EdgeDevice::kind(&()),
+        "metadata": { "name": name },
+        "spec": { "desired": desired },
+    });
+    Api::<EdgeDevice>::all(ctx.client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|e| Error::ApplyDevice(name.clone(), e))?;
+    if current.map(|c| &c.revision) != Some(&desired.revision) {
+        tracing::info!(device = %name, revision = %desired.revision, modules = desired.modules.len(), "desired state changed");
+    }
+    Ok(true)
 }
 
 /// Drops the rollout entries of deployments that no longer give this device anything (gone,

@@ -22,6 +22,7 @@ use crate::decide::device_rbac::{DeviceRbac, Registration};
 use crate::error::{Error, Result};
 use crate::k8s::apply;
 use crate::k8s::context::Context;
+use crate::reconcile::device;
 
 pub const CONTROLLER: &str = "registry";
 
@@ -65,6 +66,20 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     apply::object(&Api::<Lease>::namespaced(c.clone(), ns), &r.lease)
         .await
         .map_err(|e| Error::ApplyLease(name.clone(), e))?;
+    // A new device's first desired state, here as well as in the device reconcile, which
+    // every device's changes and renewals wake: kube's scheduler takes the requests held
+    // for a busy controller in hash order, not in order of arrival, so there a new device
+    // could wait minutes behind devices long done (4,325 of 10,000 hollow devices, seven
+    // minutes after their registration). The device reconcile then finds it written.
+    let latest = ctx
+        .stores
+        .devices
+        .get(&ObjectRef::from_obj(device.as_ref()));
+    let device = latest.as_deref().unwrap_or(&device);
+    if device.spec.desired.is_none() && ctx.node(&name).is_some() {
+        let desired = device::desired_state(&ctx, device, &device::Registration::Enrolled);
+        device::write_desired(&ctx, device, &desired).await?;
+    }
     Ok(Action::await_change())
 }
 
