@@ -34,7 +34,7 @@ fn munich_device(name: &str) -> String {
         "
 apiVersion: edgefleet.io/v1alpha1
 kind: EdgeDevice
-metadata: {{name: {name}, uid: uid-{name}, labels: {{site: munich}}}}
+metadata: {{name: {name}, uid: uid-{name}, resourceVersion: '1', labels: {{site: munich}}}}
 spec: {{}}"
     )
 }
@@ -140,9 +140,11 @@ async fn an_enrolled_device_gets_its_lease_and_rbac_owned_by_it() {
     let rbac = "/apis/rbac.authorization.k8s.io/v1";
     let lease_path =
         format!("/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NAMESPACE}/leases/{object}");
+    let device_path = "/apis/edgefleet.io/v1alpha1/edgedevices/edge-1";
     let mut paths: Vec<_> = writes.iter().map(|r| r.path.clone()).collect();
     paths.sort();
     let mut expected = vec![
+        device_path.to_owned(),
         lease_path.clone(),
         format!("{rbac}/clusterrolebindings/{object}"),
         format!("{rbac}/clusterroles/{object}"),
@@ -151,7 +153,13 @@ async fn an_enrolled_device_gets_its_lease_and_rbac_owned_by_it() {
     ];
     expected.sort();
     assert_eq!(paths, expected);
-    for w in &writes {
+    // The device's first desired state (nothing selects it yet: empty), written only over
+    // the version of the EdgeDevice it was decided from.
+    let desired = to(&writes, device_path);
+    assert!(desired.is_apply_by(CONTROLLER_MANAGER), "{desired:#?}");
+    assert_eq!(desired.body["metadata"]["resourceVersion"], "1");
+    assert_eq!(desired.body["spec"]["desired"]["modules"], json!([]));
+    for w in writes.iter().filter(|w| w.path != device_path) {
         assert!(w.is_apply_by(CONTROLLER_MANAGER), "{w:#?}");
         let owner = &w.body["metadata"]["ownerReferences"];
         assert_eq!(
@@ -191,7 +199,8 @@ async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device()
     registry::reconcile(edge_1(), first.context())
         .await
         .expect("registry reconcile");
-    assert_eq!(writes(&first.log.take()).len(), 5);
+    // Its Lease, its RBAC and its first desired state.
+    assert_eq!(writes(&first.log.take()).len(), 6);
     let name = "edgefleet-device-edge-1";
     let mut lease = first.stored(&Lease {
         metadata: ObjectMeta {
@@ -219,7 +228,48 @@ async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device()
     registry::reconcile(edge_1(), ctx)
         .await
         .expect("registry reconcile");
-    assert_eq!(writes(&changed.log.take()).len(), 5);
+    assert_eq!(writes(&changed.log.take()).len(), 6);
+}
+
+/// The registry writes a device's first desired state only while it has none, and takes a
+/// 409 (the EdgeDevice changed since the cache showed it) as the device reconcile's having
+/// written first: not an error, nothing written over it.
+#[tokio::test]
+async fn the_registry_leaves_a_desired_state_to_the_device_reconcile_once_there_is_one() {
+    let mut world = team_a(munich());
+    let ctx = world.context();
+    let resolved = resolve(&mut world, &ctx, &edge_1()).await;
+    assert!(resolved.spec.desired.is_some());
+    // One the registry would not decide (a staged move's, say): still not its to write.
+    let moved = world.write(
+        &*resolved,
+        &json!({"spec": {"desired": {"revision": "0123456789abcdef"}}}),
+    );
+    world.log.take();
+    registry::reconcile(moved, ctx)
+        .await
+        .expect("registry reconcile");
+    let requests = world.log.take();
+    assert!(
+        !writes(&requests)
+            .iter()
+            .any(|w| w.path.contains("/edgedevices/")),
+        "{requests:#?}"
+    );
+
+    let mut raced = World::answering(|objects| {
+        Arc::new(move |req| {
+            if req.path.ends_with("/edgedevices/edge-1") && req.method == Method::PATCH {
+                apiserver::failure(StatusCode::CONFLICT, "Conflict")
+            } else {
+                objects.answer(req)
+            }
+        })
+    });
+    raced.device(&munich_device("edge-1"));
+    registry::reconcile(edge_1(), raced.context())
+        .await
+        .expect("a 409 on the desired state is the device reconcile's write, not an error");
 }
 
 #[tokio::test]

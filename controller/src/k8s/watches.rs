@@ -232,10 +232,11 @@ pub fn enrolments<K: Resource + Send + Sync + 'static>(
     s.filter(move |o| ready(seen.insert(o.meta().uid.clone().unwrap_or_default())))
 }
 
-/// Passes on an object when what `reads` takes of it changed since it last passed (by uid),
-/// and once more when it has left `store` (its deletion, which the reconcile must see, and
-/// which forgets it here). Writes that change nothing a reconcile reads stop here instead
-/// of queueing it again.
+/// Passes on an object when what `reads` takes of it changed since it last passed, or when
+/// it is another object of the same name (another uid). Writes that change nothing a
+/// reconcile reads stop here instead of queueing it again. A shared reflector hands on no
+/// deletions, so whenever the entries outgrow twice the store's objects those no longer in
+/// `store` are dropped.
 pub fn changes_of<K, D>(
     s: impl Stream<Item = Arc<K>> + Send,
     store: Store<K>,
@@ -245,24 +246,23 @@ where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     D: PartialEq + Send + 'static,
 {
-    let mut seen: HashMap<String, D> = HashMap::new();
+    let mut seen: HashMap<ObjectRef<K>, (Option<String>, D)> = HashMap::new();
     s.filter(move |o| {
-        let uid = o.meta().uid.clone().unwrap_or_default();
-        let pass = if store.get(&ObjectRef::from_obj(o)).is_none() {
-            seen.remove(&uid);
-            true
-        } else {
-            let now = reads(o);
-            if seen.get(&uid) == Some(&now) {
-                false
-            } else {
-                seen.insert(uid, now);
-                true
+        let key = ObjectRef::from_obj(o.as_ref());
+        let now = (o.meta().uid.clone(), reads(o));
+        let pass = seen.get(&key) != Some(&now);
+        if pass {
+            seen.insert(key, now);
+            if seen.len() > 2 * store.len().max(PRUNE_FLOOR) {
+                seen.retain(|k, _| store.get(k).is_some());
             }
-        };
+        }
         ready(pass)
     })
 }
+
+/// Below this many entries [`changes_of`] does not look for objects that are gone.
+const PRUNE_FLOOR: usize = 64;
 
 /// Passes on only objects whose generation changed: our own status writes do not count as
 /// changes of what the user asked for.
@@ -281,17 +281,12 @@ pub fn spec_changes<K: Resource + Send + Sync + 'static>(
 mod tests {
     use super::*;
 
-    /// A change of what is read passes, a write that changes nothing of it does not, and a
-    /// deletion passes once more (and is forgotten: the same object back passes again).
-    #[test]
-    fn only_changes_of_what_is_read_pass() {
-        use futures::FutureExt;
-        let (store, mut writer) = reflector::store::<Lease>();
-        let lease = |holder: &str, renewed: &str| Lease {
+    fn lease(name: &str, uid: &str, holder: &str, renewed: &str) -> Lease {
+        Lease {
             metadata: ObjectMeta {
-                name: Some("edge-1".into()),
+                name: Some(name.into()),
                 namespace: Some("ns".into()),
-                uid: Some("uid-1".into()),
+                uid: Some(uid.into()),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -299,32 +294,95 @@ mod tests {
                 lease_transitions: Some(renewed.len() as i32),
                 ..Default::default()
             }),
-        };
-        let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        let mut passed = Box::pin(changes_of(rx, store, holder));
-        // Each event as the shared reflector hands it on: the store updated first.
-        let mut step = |event: watcher::Event<Lease>, obj: Lease| {
-            writer.apply_watcher_event(&event);
-            tx.unbounded_send(Arc::new(obj))
-                .expect("the filter listens");
-            passed.next().now_or_never().is_some()
-        };
-        for (l, pass, what) in [
-            (lease("a", "1"), true, "first seen"),
-            (lease("a", "22"), false, "renewed, same holder"),
-            (lease("b", "22"), true, "another holder"),
-            (lease("b", "333"), false, "renewed again"),
-        ] {
-            assert_eq!(step(watcher::Event::Apply(l.clone()), l), pass, "{what}");
         }
-        let gone = lease("b", "333");
-        assert!(step(watcher::Event::Delete(gone.clone()), gone), "deleted");
-        let back = lease("b", "1");
+    }
+
+    fn holder(l: &Lease) -> Option<String> {
+        l.spec.as_ref().and_then(|s| s.holder_identity.clone())
+    }
+
+    /// Each object as the shared reflector hands it on, the store updated first; whether
+    /// it passed.
+    struct Feed {
+        writer: reflector::store::Writer<Lease>,
+        tx: futures::channel::mpsc::UnboundedSender<Arc<Lease>>,
+        passed: std::pin::Pin<Box<dyn Stream<Item = Arc<Lease>> + Send>>,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            let (store, writer) = reflector::store::<Lease>();
+            let (tx, rx) = futures::channel::mpsc::unbounded();
+            Feed {
+                writer,
+                tx,
+                passed: Box::pin(changes_of(rx, store, holder)),
+            }
+        }
+
+        fn step(&mut self, event: watcher::Event<Lease>, obj: Lease) -> bool {
+            use futures::FutureExt;
+            self.writer.apply_watcher_event(&event);
+            self.tx
+                .unbounded_send(Arc::new(obj))
+                .expect("the filter listens");
+            self.passed.next().now_or_never().is_some()
+        }
+
+        fn apply(&mut self, l: Lease) -> bool {
+            self.step(watcher::Event::Apply(l.clone()), l)
+        }
+    }
+
+    /// A change of what is read passes, a write that changes nothing of it does not, and
+    /// another object of the same name does.
+    #[test]
+    fn only_changes_of_what_is_read_pass() {
+        let mut feed = Feed::new();
+        for (l, pass, what) in [
+            (lease("edge-1", "uid-1", "a", "1"), true, "first seen"),
+            (
+                lease("edge-1", "uid-1", "a", "22"),
+                false,
+                "renewed, same holder",
+            ),
+            (lease("edge-1", "uid-1", "b", "22"), true, "another holder"),
+            (lease("edge-1", "uid-1", "b", "333"), false, "renewed again"),
+            (
+                lease("edge-1", "uid-2", "b", "1"),
+                true,
+                "deleted and made again",
+            ),
+        ] {
+            assert_eq!(feed.apply(l), pass, "{what}");
+        }
+    }
+
+    /// What is remembered of objects that are gone goes once the entries outgrow the store
+    /// (the reflector hands on no deletions): the same object back passes again.
+    #[test]
+    fn what_is_remembered_of_objects_gone_is_dropped() {
+        let mut feed = Feed::new();
+        let many = 2 * PRUNE_FLOOR;
+        let leases: Vec<_> = (0..many)
+            .map(|i| lease(&format!("edge-{i}"), &format!("uid-{i}"), "a", "1"))
+            .collect();
+        for l in &leases {
+            assert!(feed.apply(l.clone()));
+        }
+        for l in &leases[1..] {
+            feed.writer
+                .apply_watcher_event(&watcher::Event::Delete(l.clone()));
+        }
+        let gone = leases[1].clone();
         assert!(
-            step(watcher::Event::Apply(back.clone()), back),
-            "back after deletion"
+            !feed.step(watcher::Event::Delete(gone.clone()), gone),
+            "still remembered"
         );
+        // One more object takes the entries past twice the floor: the gone ones go.
+        assert!(feed.apply(lease("edge-new", "uid-new", "a", "1")));
+        assert!(feed.apply(leases[1].clone()), "forgotten once gone");
+        assert!(!feed.apply(leases[0].clone()), "kept while in the store");
     }
 
     /// The Node cache keeps what tells a Node exists, and none of what its kubelet writes.

@@ -170,7 +170,7 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     };
 
     let desired = desired_state(&ctx, &device, &registration);
-    if !write_desired(&ctx, &device, &desired).await? {
+    if !write_desired(&ctx, &device, &desired, Write::Always).await? {
         ctx.metrics.skipped_write(CONTROLLER);
     }
 
@@ -245,21 +245,36 @@ pub fn desired_state(
     )
 }
 
+/// How [`write_desired`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Over whatever the EdgeDevice is now: the device reconcile owns its desired state.
+    Always,
+    /// Only over the version of the EdgeDevice it was decided from (a 409 otherwise): for a
+    /// write beside the device reconcile, which must not land on a newer state of its.
+    IfUnchanged,
+}
+
 /// Writes `desired` into the device's spec unless it is there already; whether it wrote.
 pub async fn write_desired(
     ctx: &Context,
     device: &EdgeDevice,
     desired: &DesiredState,
+    how: Write,
 ) -> Result<bool> {
     let current = device.spec.desired.as_deref();
     if current == Some(desired) {
         return Ok(false);
     }
     let name = device.name_any();
+    let mut metadata = json!({ "name": name });
+    if how == Write::IfUnchanged {
+        metadata["resourceVersion"] = json!(device.resource_version());
+    }
     let patch = json!({
         "apiVersion": EdgeDevice::api_version(&()),
         "kind": EdgeDevice::kind(&()),
-        "metadata": { "name": name },
+        "metadata": metadata,
         "spec": { "desired": desired },
     });
     Api::<EdgeDevice>::all(ctx.client.clone())

@@ -71,14 +71,25 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     // for a busy controller in hash order, not in order of arrival, so there a new device
     // could wait minutes behind devices long done (4,325 of 10,000 hollow devices, seven
     // minutes after their registration). The device reconcile then finds it written.
+    // Decided from the cache's latest EdgeDevice and written only over that version: a 409
+    // means the device reconcile (or a retirement) got there first, and it owns the rest.
     let latest = ctx
         .stores
         .devices
-        .get(&ObjectRef::from_obj(device.as_ref()));
-    let device = latest.as_deref().unwrap_or(&device);
-    if device.spec.desired.is_none() && ctx.node(&name).is_some() {
-        let desired = device::desired_state(&ctx, device, &device::Registration::Enrolled);
-        device::write_desired(&ctx, device, &desired).await?;
+        .get(&ObjectRef::from_obj(device.as_ref()))
+        .filter(|d| {
+            d.metadata.deletion_timestamp.is_none()
+                && d.spec.desired.is_none()
+                && ctx.node(&name).is_some()
+        });
+    if let Some(device) = latest {
+        let desired = device::desired_state(&ctx, &device, &device::Registration::Enrolled);
+        match device::write_desired(&ctx, &device, &desired, device::Write::IfUnchanged).await {
+            Err(Error::ApplyDevice(_, kube::Error::Api(s))) if s.code == 409 => {}
+            other => {
+                other?;
+            }
+        }
     }
     Ok(Action::await_change())
 }
