@@ -234,9 +234,10 @@ class Controller(unittest.TestCase):
             {"agent": {"paths": {"stateDir": "/a/{node}/{node}"}}},
             {"agent": {"server": "10.0.0.1:6443"}},
             {"agent": {"apiserverProtocol": "h2c"}},
-            # Precedence 1 is the apiserver's exempt schema's; 9900 on, the catch-alls'.
+            # Precedence 1 is the apiserver's exempt schema's; 9900 on, the catch-alls' (the
+            # devices' schema takes the next number).
             {"apiPriority": {"matchingPrecedence": 1}},
-            {"apiPriority": {"matchingPrecedence": 9900}},
+            {"apiPriority": {"matchingPrecedence": 9899}},
             {"apiPriority": {"devices": {"shares": 0}}},
             {"bootstrap": {"enabled": "yes"}},
             {"webhook": {"failurePolicy": "Sometimes"}},
