@@ -199,10 +199,10 @@ async fn controllers(
 
     let catalog_changes = futures::stream::select(
         futures::stream::select(
-            spec_changes(deployments_for_devices).map(|_| ()),
-            spec_changes(modules_for_devices).map(|_| ()),
+            spec_changes(deployments_for_devices, ctx.stores.deployments.clone()).map(|_| ()),
+            spec_changes(modules_for_devices, ctx.stores.modules.clone()).map(|_| ()),
         ),
-        spec_changes(grants_for_devices).map(|_| ()),
+        spec_changes(grants_for_devices, ctx.stores.grants.clone()).map(|_| ()),
     );
     let device_store = ctx.stores.devices.clone();
     let device_events = changes_of(devices, ctx.stores.devices.clone(), device::reads);
@@ -226,55 +226,62 @@ async fn controllers(
         )
         .for_each(|_| ready(()));
 
-    let registry_ctrl =
-        Controller::for_shared_stream(enrolments(devices_for_registry), ctx.stores.devices.clone())
-            .with_config(bounded.clone())
-            .graceful_shutdown_on(shutdown_signal())
-            .run(
-                registry::reconcile,
-                reconcile::retry(registry::CONTROLLER),
-                ctx.clone(),
-            )
-            .for_each(|_| ready(()));
+    let registry_ctrl = Controller::for_shared_stream(
+        enrolments(devices_for_registry, ctx.stores.devices.clone()),
+        ctx.stores.devices.clone(),
+    )
+    .with_config(bounded.clone())
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        registry::reconcile,
+        reconcile::retry(registry::CONTROLLER),
+        ctx.clone(),
+    )
+    .for_each(|_| ready(()));
 
     let dep_store = ctx.stores.deployments.clone();
     let dep_store_for_grants = ctx.stores.deployments.clone();
-    let deployment_ctrl =
-        Controller::for_shared_stream(spec_changes(deployments), ctx.stores.deployments.clone())
-            .with_config(bounded.clone())
-            .watches_shared_stream(devices_for_deployments, |d: Arc<EdgeDevice>| {
-                deployment::deployments_of_device(&d)
-            })
-            .watches_shared_stream(modules_for_deployments, move |m: Arc<EdgeModule>| {
-                deployment::deployments_using_module(&dep_store, &m)
-            })
-            .watches_shared_stream(spec_changes(grants_for_deployments), move |_| {
-                deployment::every_deployment(&dep_store_for_grants)
-            })
-            .graceful_shutdown_on(shutdown_signal())
-            .run(
-                throttled(STATUS_PERIOD, deployment::reconcile),
-                reconcile::retry(deployment::CONTROLLER),
-                ctx.clone(),
-            )
-            .for_each(|_| ready(()));
+    let deployment_ctrl = Controller::for_shared_stream(
+        spec_changes(deployments, ctx.stores.deployments.clone()),
+        ctx.stores.deployments.clone(),
+    )
+    .with_config(bounded.clone())
+    .watches_shared_stream(devices_for_deployments, |d: Arc<EdgeDevice>| {
+        deployment::deployments_of_device(&d)
+    })
+    .watches_shared_stream(modules_for_deployments, move |m: Arc<EdgeModule>| {
+        deployment::deployments_using_module(&dep_store, &m)
+    })
+    .watches_shared_stream(
+        spec_changes(grants_for_deployments, ctx.stores.grants.clone()),
+        move |_| deployment::every_deployment(&dep_store_for_grants),
+    )
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        throttled(STATUS_PERIOD, deployment::reconcile),
+        reconcile::retry(deployment::CONTROLLER),
+        ctx.clone(),
+    )
+    .for_each(|_| ready(()));
 
-    let module_ctrl =
-        Controller::for_shared_stream(spec_changes(modules), ctx.stores.modules.clone())
-            .with_config(bounded.clone())
-            .watches_shared_stream(devices_for_modules, |d: Arc<EdgeDevice>| {
-                module_status::modules_of_device(&d)
-            })
-            .watches_shared_stream(deployments_for_modules, |d: Arc<EdgeDeployment>| {
-                module_status::modules_of_deployment(&d)
-            })
-            .graceful_shutdown_on(shutdown_signal())
-            .run(
-                throttled(STATUS_PERIOD, module_status::reconcile),
-                reconcile::retry(module_status::CONTROLLER),
-                ctx.clone(),
-            )
-            .for_each(|_| ready(()));
+    let module_ctrl = Controller::for_shared_stream(
+        spec_changes(modules, ctx.stores.modules.clone()),
+        ctx.stores.modules.clone(),
+    )
+    .with_config(bounded.clone())
+    .watches_shared_stream(devices_for_modules, |d: Arc<EdgeDevice>| {
+        module_status::modules_of_device(&d)
+    })
+    .watches_shared_stream(deployments_for_modules, |d: Arc<EdgeDeployment>| {
+        module_status::modules_of_deployment(&d)
+    })
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        throttled(STATUS_PERIOD, module_status::reconcile),
+        reconcile::retry(module_status::CONTROLLER),
+        ctx.clone(),
+    )
+    .for_each(|_| ready(()));
 
     let csr_ctrl = Controller::new(
         Api::<CertificateSigningRequest>::all(ctx.client.clone()),

@@ -223,13 +223,16 @@ where
     rx
 }
 
-/// Passes on each object once (by uid): the registry acts when a device is enrolled, not
-/// on every status report its agent makes.
-pub fn enrolments<K: Resource + Send + Sync + 'static>(
+/// Passes on each object once (and again if it is made anew, another uid): the registry
+/// acts when a device is enrolled, not on every status report its agent makes.
+pub fn enrolments<K>(
     s: impl Stream<Item = Arc<K>> + Send,
-) -> impl Stream<Item = Arc<K>> + Send {
-    let mut seen: HashSet<String> = HashSet::new();
-    s.filter(move |o| ready(seen.insert(o.meta().uid.clone().unwrap_or_default())))
+    store: Store<K>,
+) -> impl Stream<Item = Arc<K>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    changes_of(s, store, |_| ())
 }
 
 /// Passes on an object when what `reads` takes of it changed since it last passed, or when
@@ -266,15 +269,14 @@ const PRUNE_FLOOR: usize = 64;
 
 /// Passes on only objects whose generation changed: our own status writes do not count as
 /// changes of what the user asked for.
-pub fn spec_changes<K: Resource + Send + Sync + 'static>(
+pub fn spec_changes<K>(
     s: impl Stream<Item = Arc<K>> + Send,
-) -> impl Stream<Item = Arc<K>> + Send {
-    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
-    s.filter(move |o| {
-        let uid = o.meta().uid.clone().unwrap_or_default();
-        let generation = o.meta().generation;
-        ready(seen.insert(uid, generation) != Some(generation))
-    })
+    store: Store<K>,
+) -> impl Stream<Item = Arc<K>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    changes_of(s, store, |o| o.meta().generation)
 }
 
 #[cfg(test)]
