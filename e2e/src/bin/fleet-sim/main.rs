@@ -340,20 +340,27 @@ async fn report(
     timeout: Duration,
 ) -> bool {
     let times = progress.wait(n, timeout).await;
-    let at = |share: f64| {
-        by_share(&times, n, share).map_or("-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+    let at = |sorted: &[Duration], share: f64| {
+        by_share(sorted, n, share).map_or("-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+    };
+    let shares = |sorted: &[Duration]| {
+        format!(
+            "50% {} / 99% {} / 100% {}",
+            at(sorted, 0.5),
+            at(sorted, 0.99),
+            at(sorted, 1.0)
+        )
     };
     println!(
-        "bench fleet: {what}, {n} devices: Ready 50% {} / 99% {} / 100% {}; {}",
-        at(0.5),
-        at(0.99),
-        at(1.0),
+        "bench fleet: {what}, {n} devices: Ready {} (desired state written {}); {}",
+        shares(&times.reached),
+        shares(&times.written),
         phase.end(admin, processes, n).await.text
     );
-    if times.len() < n {
+    if times.reached.len() < n {
         eprintln!(
             "fleet-sim: only {}/{n} devices within {timeout:?}",
-            times.len()
+            times.reached.len()
         );
         return false;
     }

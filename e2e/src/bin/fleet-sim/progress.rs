@@ -21,14 +21,23 @@ pub enum Goal {
 }
 
 impl Goal {
-    fn met_by(&self, d: &EdgeDevice) -> bool {
+    /// The controller's share: the device's desired state runs `image`.
+    fn written_for(&self, d: &EdgeDevice) -> bool {
         let Goal::Ready { image } = self else {
             return false;
         };
+        d.spec
+            .desired
+            .as_ref()
+            .is_some_and(|desired| desired.modules.iter().any(|m| &m.spec.image == image))
+    }
+
+    /// The whole way: besides, its agent applied that state and reports it Ready.
+    fn met_by(&self, d: &EdgeDevice) -> bool {
         let (Some(desired), Some(status)) = (d.spec.desired.as_ref(), d.status.as_ref()) else {
             return false;
         };
-        desired.modules.iter().any(|m| &m.spec.image == image)
+        self.written_for(d)
             && status.applied_revision.as_deref() == Some(desired.revision.as_str())
             && condition::find(&status.conditions, READY).is_some_and(|c| c.is_true())
     }
@@ -40,6 +49,9 @@ struct State {
     since: Instant,
     /// The latest object of every device, so that a new goal is judged at once.
     devices: HashMap<String, EdgeDevice>,
+    /// When each device's desired state first named the goal, counted from `since`: what
+    /// separates the controller's share of a phase from the agents'.
+    written: HashMap<String, Duration>,
     /// When each device met the goal, counted from `since`.
     reached: HashMap<String, Duration>,
 }
@@ -47,10 +59,20 @@ struct State {
 impl State {
     fn judge(&mut self, d: &EdgeDevice) {
         let name = d.name_any();
+        if !self.written.contains_key(&name) && self.goal.written_for(d) {
+            self.written.insert(name.clone(), self.since.elapsed());
+        }
         if !self.reached.contains_key(&name) && self.goal.met_by(d) {
             self.reached.insert(name, self.since.elapsed());
         }
     }
+}
+
+/// When each device of a phase got its desired state and met the goal, each sorted.
+#[derive(Debug)]
+pub struct Times {
+    pub written: Vec<Duration>,
+    pub reached: Vec<Duration>,
 }
 
 /// The watcher's findings, shared with the benchmark.
@@ -69,6 +91,7 @@ impl Progress {
             goal: Goal::None,
             since: Instant::now(),
             devices: HashMap::new(),
+            written: HashMap::new(),
             reached: HashMap::new(),
         }));
         let api: Api<EdgeDevice> = Api::all(client);
@@ -123,6 +146,7 @@ impl Progress {
         let mut s = self.lock();
         s.goal = goal;
         s.since = since;
+        s.written.clear();
         s.reached.clear();
         let devices: Vec<EdgeDevice> = s.devices.values().cloned().collect();
         for d in &devices {
@@ -130,8 +154,8 @@ impl Progress {
         }
     }
 
-    /// Waits until `n` devices met the goal, or `timeout`; the times they took, sorted.
-    pub async fn wait(&self, n: usize, timeout: Duration) -> Vec<Duration> {
+    /// Waits until `n` devices met the goal, or `timeout`; the times they took.
+    pub async fn wait(&self, n: usize, timeout: Duration) -> Times {
         let start = Instant::now();
         let mut shown = Instant::now();
         loop {
@@ -148,9 +172,16 @@ impl Progress {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let mut times: Vec<Duration> = self.lock().reached.values().copied().collect();
-        times.sort();
-        times
+        let sorted = |m: &HashMap<String, Duration>| {
+            let mut v: Vec<Duration> = m.values().copied().collect();
+            v.sort();
+            v
+        };
+        let s = self.lock();
+        Times {
+            written: sorted(&s.written),
+            reached: sorted(&s.reached),
+        }
     }
 }
 
