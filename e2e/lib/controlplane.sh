@@ -24,14 +24,30 @@ start_etcd() {
 ADMISSION_PLUGINS=NodeRestriction
 
 # The authorizers, in order: Node (kubelets), edgefleet's device authorizer for device
-# users, RBAC: the configuration controller/README.md#device-authorization documents, with
-# one more match condition. The device authorizer is a controller serving /authorize on
-# 127.0.0.1:$WEBHOOK_PORT with the lab's device-authorizer certificate (`e2e/lab info`),
-# run with `--device-authorization webhook`; only some tests and benches run one. When the
-# apiserver cannot reach an authorizer it names, it refuses with a 500 what RBAC does not
-# allow, instead of a 403: so it asks only about devices whose certificate also carries
-# $LAB_AUTHORIZER_GROUP, which those tests give theirs. authorizedTTL is how long a retired
-# device's certificate may still be allowed what it was allowed just before.
+# users, RBAC: the configuration controller/README.md#device-authorization documents for a
+# large fleet, with one more match condition. The device authorizer is a controller serving
+# /authorize on 127.0.0.1:$WEBHOOK_PORT with the lab's device-authorizer certificate
+# (`e2e/lab info`), run with `--device-authorization webhook`; only some tests and benches
+# run one. When the apiserver cannot reach an authorizer it names, it refuses with a 500 what
+# RBAC does not allow, instead of a 403: so it asks only about devices whose certificate also
+# carries $LAB_AUTHORIZER_GROUP, which those tests give theirs. authorizedTTL is how long a
+# retired device's certificate may still be allowed what it was allowed just before.
+#
+# The apiserver keeps at most 8,192 decisions per webhook authorizer (fixed in its code), and
+# a device's requests need about five, so one authorizer's cache thrashes past about 1,600
+# devices and every renewal becomes a call. The lab names the same authorizer
+# $AUTHORIZER_SHARDS times, each entry matching the devices whose name ends in its share of
+# the characters a name can end in, so each entry caches its share of the fleet.
+AUTHORIZER_SHARDS=10
+NAME_ENDINGS=0123456789abcdefghijklmnopqrstuvwxyz
+
+# The characters that shard $1 of $2 matches a device name's last character with.
+shard_endings() {
+  local i=$1 k=$2 p chars=""
+  for ((p = i; p < ${#NAME_ENDINGS}; p += k)); do chars+=${NAME_ENDINGS:p:1}; done
+  echo "$chars"
+}
+
 write_authorization_config() {
   cat >"$KUBE_DIR/device-authorizer.kubeconfig" <<KCFG
 apiVersion: v1
@@ -48,14 +64,19 @@ contexts:
   context: {cluster: device-authorizer, user: kube-apiserver}
 current-context: device-authorizer
 KCFG
-  cat >"$KUBE_DIR/authorization.yaml" <<YAML
+  {
+    cat <<YAML
 apiVersion: apiserver.config.k8s.io/v1
 kind: AuthorizationConfiguration
 authorizers:
 - type: Node
   name: node
+YAML
+    local i
+    for ((i = 0; i < AUTHORIZER_SHARDS; i++)); do
+      cat <<YAML
 - type: Webhook
-  name: edgefleet-devices
+  name: edgefleet-devices-$i
   webhook:
     timeout: 3s
     authorizedTTL: 60s
@@ -68,10 +89,15 @@ authorizers:
       kubeConfigFile: $KUBE_DIR/device-authorizer.kubeconfig
     matchConditions:
     - expression: "'edgefleet:devices' in request.groups"
+    - expression: "request.user.matches('[$(shard_endings "$i" "$AUTHORIZER_SHARDS")]\$')"
     - expression: "'$LAB_AUTHORIZER_GROUP' in request.groups"
+YAML
+    done
+    cat <<YAML
 - type: RBAC
   name: rbac
 YAML
+  } >"$KUBE_DIR/authorization.yaml"
 }
 
 # --enable-aggregator-routing: the lab has no kube-proxy, so the apiserver calls Services
