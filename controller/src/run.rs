@@ -199,7 +199,12 @@ async fn controllers(
 
     let catalog_changes = futures::stream::select(
         futures::stream::select(
-            spec_changes(deployments_for_devices, ctx.stores.deployments.clone()).map(|_| ()),
+            changes_of(
+                deployments_for_devices,
+                ctx.stores.deployments.clone(),
+                device::reads_of_deployment,
+            )
+            .map(|_| ()),
             spec_changes(modules_for_devices, ctx.stores.modules.clone()).map(|_| ()),
         ),
         spec_changes(grants_for_devices, ctx.stores.grants.clone()).map(|_| ()),

@@ -105,9 +105,17 @@ pub struct CompiledDeployment {
     pub retain: bool,
     /// How long a module must have been running to count as ready (staged rollouts).
     pub min_ready: std::time::Duration,
+    /// A staged deployment's current revision: see [`current_revision`].
+    pub current: Option<String>,
 }
 
 impl CompiledDeployment {
+    /// The revision a staged rollout has a device at: the one it moved the device to (the
+    /// device's `spec.rollouts` entry), or else the current revision.
+    pub fn staged_at<'a>(&'a self, rollouts: &'a BTreeMap<String, String>) -> Option<&'a String> {
+        rollouts.get(&self.key).or(self.current.as_ref())
+    }
+
     /// Whether this deployment selects a device with these labels and these targeting
     /// decisions (the device's present desired state). Never a device outside its grants'
     /// devices; a held deployment selects exactly the devices it already contributed to.
@@ -300,6 +308,17 @@ pub fn resolve_modules(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<R
     resolved
 }
 
+/// A staged deployment's current revision (its rollout status's `currentRevision`): the
+/// last one every targeted device ran ready. A device the rollout has not moved (no entry
+/// in its `spec.rollouts`: new to the deployment, or the deployment was not staged before)
+/// runs this one. Pinning each such device with a write of its own cost one write per
+/// device before the first wave: minutes at 10,000 devices, with the rollout standing still.
+pub fn current_revision(d: &EdgeDeployment) -> Option<String> {
+    d.spec.rollout.as_ref()?;
+    let current = &d.status.as_ref()?.rollout.as_ref()?.current_revision;
+    (!current.is_empty()).then(|| current.clone())
+}
+
 /// Compiles a deployment against the modules and grants as they are now.
 pub fn compile(
     d: &EdgeDeployment,
@@ -359,6 +378,7 @@ pub fn compile(
         min_ready: std::time::Duration::from_secs(u64::from(
             d.spec.rollout.as_ref().map_or(0, |r| r.min_ready_seconds),
         )),
+        current: current_revision(d),
     }
 }
 
@@ -423,6 +443,20 @@ mod tests {
     /// A route is tenant input the device acts on: one to a module the deployment does not
     /// run (perhaps another team's) or with a condition that does not parse holds the
     /// deployment with the reason; good routes reach the device with their module.
+    /// Only a staged deployment's devices follow its current revision, and only once it
+    /// has one.
+    #[test]
+    fn the_current_revision_is_a_staged_deployments_last_good_one() {
+        let with = |rollout: &str, current: &str| {
+            current_revision(&deployment(&format!(
+                "metadata: {{name: d, namespace: ns}}\nspec:\n  modules: []\n  {rollout}\nstatus:\n  rollout: {{currentRevision: '{current}'}}"
+            )))
+        };
+        assert_eq!(with("rollout: {}", "r1").as_deref(), Some("r1"));
+        assert_eq!(with("rollout: {}", ""), None);
+        assert_eq!(with("priority: 0", "r1"), None);
+    }
+
     #[test]
     fn a_route_outside_its_deployment_or_with_a_bad_condition_holds_it() {
         let spec = |routes: &str| {

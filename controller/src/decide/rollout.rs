@@ -21,6 +21,10 @@
 //!   last one that was fully ready), then stays RolledBack until the spec changes.
 //! - No device moved or became ready within the progress deadline: Stalled, while it still
 //!   moves devices whenever it can.
+//! - A device not moved yet is at the current revision (see `catalog::current_revision`),
+//!   so a device new to the deployment runs the last good revision whatever the rollout
+//!   does (stalled, paused, rolled back, or its turn not yet come), and moves on to the
+//!   target in turn.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,8 +56,9 @@ pub struct Device {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub online: bool,
-    /// The deployment's entry in the device's `spec.rollouts`: the revision the device was
-    /// moved to, if any.
+    /// The revision the rollout has the device at: the one it was moved to (the entry in the
+    /// device's `spec.rollouts`), or else the current one; none while the deployment has no
+    /// good revision and the device has not been moved.
     pub rollout: Option<String>,
     /// Its health at that revision.
     pub health: Health,
@@ -106,11 +111,6 @@ impl Policy {
 pub struct Plan {
     /// Devices to move to `status.target_revision` now, in order.
     pub moves: Vec<String>,
-    /// Devices that have nothing from this deployment (new to it), to place at
-    /// `status.current_revision`, the last good one, now: whatever the rollout does
-    /// (stalled, paused, rolled back, or its turn not yet come), a targeted device never
-    /// runs nothing while a good revision exists. They move on to the target in turn.
-    pub placements: Vec<String>,
     pub status: RolloutStatus,
     /// When to look again even if nothing changes (the soak or the deadline ends).
     pub recheck_in: Option<Duration>,
@@ -126,7 +126,7 @@ pub fn plan(
     now: Timestamp,
 ) -> Plan {
     let t = Tally::new(policy, update, devices, last, now);
-    let mut plan = if t.rolling_back {
+    if t.rolling_back {
         rolling_back(&t, update, devices)
     } else if t.done {
         complete(&t, update)
@@ -135,16 +135,7 @@ pub fn plan(
             .or_else(|| paused(&t, policy, now))
             .or_else(|| canary(&t, policy, now))
             .unwrap_or_else(|| next_wave(&t, policy, now))
-    };
-    let good = &plan.status.current_revision;
-    if !good.is_empty() {
-        plan.placements = devices
-            .iter()
-            .filter(|d| d.rollout.is_none() && !plan.moves.contains(&d.name))
-            .map(|d| d.name.clone())
-            .collect();
     }
-    plan
 }
 
 /// Where the rollout stands: the target, the devices in order, what they count to, and the
@@ -260,7 +251,6 @@ impl<'a> Tally<'a> {
     fn plan(&self, phase: RolloutPhase, message: String) -> Plan {
         Plan {
             moves: Vec::new(),
-            placements: Vec::new(),
             status: RolloutStatus {
                 phase,
                 message,
@@ -624,18 +614,27 @@ mod tests {
         }
     }
 
-    /// Applies a plan's moves the way the controller does: the device takes the target,
-    /// or, placed, the current revision.
+    /// Applies a plan's moves the way the controller does: the device takes the target.
     fn apply(devices: &mut [Device], plan: &Plan) {
         for d in devices.iter_mut() {
             if plan.moves.contains(&d.name) {
                 d.rollout = Some(plan.status.target_revision.clone());
                 d.health = Health::Updating;
-            } else if plan.placements.contains(&d.name) {
-                d.rollout = Some(plan.status.current_revision.clone());
-                d.health = Health::Updating;
             }
         }
+    }
+
+    /// What the rollup hands the planner for devices whose `rollout` is their entry in
+    /// `spec.rollouts`: one not moved yet is at the current revision.
+    fn rolled_up(devices: &[Device], last: &RolloutStatus) -> Vec<Device> {
+        let current = Some(last.current_revision.clone()).filter(|c| !c.is_empty());
+        devices
+            .iter()
+            .map(|d| Device {
+                rollout: d.rollout.clone().or_else(|| current.clone()),
+                ..d.clone()
+            })
+            .collect()
     }
 
     fn set(devices: &mut [Device], name: &str, f: impl FnOnce(&mut Device)) {
@@ -896,26 +895,7 @@ mod tests {
         set(&mut devices, "a", |d| d.health = Health::Failed);
         let plan = plan(&p, S, &devices, &stable(), t0());
         assert_eq!(plan.status.phase, RolloutPhase::Stalled);
-        assert!(plan.moves.is_empty() && plan.placements.is_empty());
-    }
-
-    /// A device new to a stalled, paused or rolled-back deployment gets the last good
-    /// revision at once instead of nothing.
-    #[test]
-    fn a_new_device_gets_the_good_revision_whatever_the_rollout_does() {
-        let mut p = policy(1);
-        p.paused = true;
-        let mut devices = fleet(&["a", "b"]);
-        devices.push(Device {
-            rollout: None,
-            health: Health::Updating,
-            ..fleet(&["new"]).remove(0)
-        });
-        let plan = plan(&p, U, &devices, &stable(), t0());
-        assert_eq!(plan.status.phase, RolloutPhase::Paused);
         assert!(plan.moves.is_empty());
-        assert_eq!(plan.placements, ["new"]);
-        assert_eq!(plan.status.current_revision, S);
     }
 
     /// Many random fleets, each through a whole rollout with devices going offline and
@@ -966,7 +946,7 @@ mod tests {
             let mut now = t0();
             let mut moves: BTreeSet<(String, String)> = BTreeSet::new();
             for step in 0..2000 {
-                let plan = plan(&p, U, &devices, &last, now);
+                let plan = plan(&p, U, &rolled_up(&devices, &last), &last, now);
                 for m in &plan.moves {
                     assert!(
                         moves.insert((m.clone(), plan.status.target_revision.clone())),
@@ -1046,10 +1026,10 @@ mod tests {
             let mut update = revisions[0];
             let mut now = t0();
             for step in 0..600 {
-                let plan = plan(&p, update, &devices, &last, now);
+                let plan = plan(&p, update, &rolled_up(&devices, &last), &last, now);
                 apply(&mut devices, &plan);
                 last = plan.status;
-                for d in &devices {
+                for d in &rolled_up(&devices, &last) {
                     assert!(
                         d.rollout.is_some(),
                         "seed {seed} step {step}: {} runs nothing ({:?}: {})",

@@ -145,14 +145,14 @@ pub fn rollup<'a>(
             .desired
             .and_then(|s| s.targeting.iter().find(|t| t.deployment == d.key));
         let selects_now = d.selects(dev.labels, dev.desired.map(|s| s.targeting.as_slice()));
-        let rollouts = dev.rollouts.get(&d.key);
+        let at = d.staged_at(dev.rollouts);
         let mut planner_view = |health: Health| {
             if d.staged {
                 r.rollout.push(rollout::Device {
                     name: dev.name.to_owned(),
                     labels: dev.labels.clone(),
                     online: dev.online,
-                    rollout: rollouts.cloned(),
+                    rollout: at.cloned(),
                     health,
                 });
             }
@@ -205,10 +205,10 @@ pub fn rollup<'a>(
             .filter(|m| m.deployment == d.key)
             .collect();
         let verdict = device_health(dev, &d.key, desired, &owned, ready_since);
-        // The planner judges a device at the revision it was moved to, once its desired
-        // state carries that revision.
+        // The planner judges a device at the revision the rollout has it at, once its
+        // desired state carries that revision.
         planner_view(match verdict {
-            _ if rollouts != Some(&decision.revision) => Health::Updating,
+            _ if at != Some(&decision.revision) => Health::Updating,
             DeviceHealth::Ready => Health::Ready,
             DeviceHealth::Rejected(_) | DeviceHealth::Failed(_) => Health::Failed,
             DeviceHealth::NotApplied | DeviceHealth::Starting => Health::Updating,
@@ -461,6 +461,59 @@ mod tests {
         assert_eq!(r.ready, 1, "only the module that ran 10 s counts");
         let health: Vec<Health> = r.rollout.iter().map(|x| x.health).collect();
         assert_eq!(health, [Health::Updating, Health::Ready]);
+    }
+
+    /// A device a staged rollout has not moved (no `spec.rollouts` entry, say it is new to
+    /// the deployment) runs the current revision and is judged there; without a current
+    /// revision it has nothing and is updating.
+    #[test]
+    fn a_device_not_moved_yet_runs_and_is_judged_at_the_current_revision() {
+        let mut d = compiled(
+            "selector: {matchLabels: {site: x}}\n  modules: [{name: a}]\n  rollout: {maxUnavailable: 1}",
+        );
+        let unmoved = |d: &CompiledDeployment| {
+            let labels = BTreeMap::from([("site".to_owned(), "x".to_owned())]);
+            let desired = crate::decide::targeting::resolve_staged(
+                &labels,
+                std::slice::from_ref(d),
+                None,
+                &crate::decide::targeting::StagedRevisions {
+                    rollouts: &BTreeMap::new(),
+                    snapshots: &(),
+                },
+            );
+            let report = format!(
+                "appliedRevision: {}\nmodules: [{{name: a, runtimeStatus: running}}]",
+                desired.revision
+            );
+            Dev {
+                name: "new".to_owned(),
+                labels,
+                desired,
+                status: Some(serde_yaml::from_str(&report).expect("status")),
+                online: true,
+                rollouts: BTreeMap::new(),
+            }
+        };
+        let nothing = unmoved(&d);
+        assert!(nothing.desired.modules.is_empty());
+        let r = run(&d, &[nothing]);
+        assert_eq!(
+            (r.rollout[0].rollout.as_deref(), r.rollout[0].health),
+            (None, Health::Updating)
+        );
+
+        d.current = Some(d.revision.clone());
+        let follows = unmoved(&d);
+        assert_eq!(
+            follows.desired.modules.len(),
+            1,
+            "the current revision's module"
+        );
+        let r = run(&d, &[follows]);
+        assert_eq!(r.rollout[0].rollout.as_ref(), Some(&d.revision));
+        assert_eq!(r.rollout[0].health, Health::Ready);
+        assert_eq!(r.ready, 1);
     }
 
     #[test]

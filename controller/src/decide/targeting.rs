@@ -62,7 +62,7 @@ impl CompiledDeployment {
                 revision: self.revision.clone(),
                 bytes: *bytes,
             },
-            Contribution::Fresh { modules, bytes, .. } => match staged.rollouts.get(&self.key) {
+            Contribution::Fresh { modules, bytes, .. } => match self.staged_at(staged.rollouts) {
                 Some(r) if *r == self.revision => Given {
                     modules: modules.clone(),
                     revision: r.clone(),

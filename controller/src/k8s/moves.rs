@@ -100,25 +100,6 @@ mod tests {
         assert_eq!(seen(&other), [("a", Some("r1"), Health::Ready)]);
     }
 
-    /// Moves to the target and placements at the current revision in one pass are both
-    /// remembered: neither write forgets the other.
-    #[test]
-    fn moves_and_placements_of_one_pass_are_both_remembered() {
-        let moves = Moves::default();
-        let t0 = Instant::now();
-        moves.remember("ns/d", "a", "r2", t0);
-        moves.remember("ns/d", "new", "r1", t0);
-        let mut cache = vec![device("a", Some("r1")), device("new", None)];
-        moves.recall("ns/d", &mut cache, t0);
-        assert_eq!(
-            seen(&cache),
-            [
-                ("a", Some("r2"), Health::Updating),
-                ("new", Some("r1"), Health::Updating)
-            ]
-        );
-    }
-
     /// Once the cache shows a move, the cache speaks: the device's health is its own again,
     /// and a later change in the cache is not overridden.
     #[test]

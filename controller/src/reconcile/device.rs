@@ -18,7 +18,7 @@ use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::condition::{self, Condition, ConditionStatus};
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED, STATUS_VALID};
 use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER, device_object_name};
-use edgefleet_crds::{DesiredState, EdgeDevice, TargetingOutcome};
+use edgefleet_crds::{DesiredState, EdgeDeployment, EdgeDevice, TargetingOutcome};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -32,7 +32,9 @@ use crate::decide::presence::presence;
 use crate::error::{Error, Result};
 use crate::k8s::context::Context;
 use crate::k8s::events::reference;
-use crate::{decide::status_check, decide::targeting, k8s::apply, reconcile::registry};
+use crate::{
+    decide::catalog, decide::status_check, decide::targeting, k8s::apply, reconcile::registry,
+};
 
 pub const CONTROLLER: &str = "device";
 
@@ -152,6 +154,13 @@ pub fn reads(device: &EdgeDevice) -> u64 {
         }
     }
     h.finish()
+}
+
+/// What device reconciles read of a deployment: its spec (by generation) and, when staged,
+/// its current revision, which the devices it has not moved run. Its other status writes
+/// wake no device.
+pub fn reads_of_deployment(d: &EdgeDeployment) -> (Option<i64>, Option<String>) {
+    (d.metadata.generation, catalog::current_revision(d))
 }
 
 fn same(a: &Condition, b: Option<&Condition>) -> bool {

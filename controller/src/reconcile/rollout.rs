@@ -3,8 +3,9 @@
 //! be moved back to it; for a staged deployment the planner (`rollout`) decides which
 //! devices move next, and each move is written to the device's `spec.rollouts` (field
 //! manager `edgefleet-rollout`). The device reconcile then takes the deployment's modules
-//! from that revision. Moves are remembered until the cache shows them, so that a quick
-//! second pass never moves more devices than the budget allows.
+//! from that revision (a device not moved yet runs the current revision: no write). Moves
+//! are remembered until the cache shows them, so that a quick second pass never moves more
+//! devices than the budget allows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -95,7 +96,7 @@ pub async fn step(
     prune(ctx, &ns, &name, &plan.status).await;
     // Agents report only changes, and a module becoming ready by running long enough is no
     // change: while devices are on the move, look again soon.
-    let moving = !plan.placements.is_empty()
+    let moving = !plan.moves.is_empty()
         || matches!(
             plan.status.phase,
             RolloutPhase::Progressing | RolloutPhase::Canary | RolloutPhase::RollingBack
@@ -138,34 +139,25 @@ fn all_at_once(revision: &str, r: &Rollup, last: &RolloutStatus) -> RolloutStatu
     }
 }
 
-/// Writes a wave's moves (and placements) side by side, up to the controller's concurrency:
-/// one after another, a wave of thousands took as many round trips. Each move written is
-/// remembered even if another fails; the failed ones are tried again with the reconcile.
+/// Writes a wave's moves side by side, up to the controller's concurrency: one after
+/// another, a wave of thousands took as many round trips. Each move written is remembered
+/// even if another fails; the failed ones are tried again with the reconcile.
 async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
-    let target = &plan.status.target_revision;
+    let revision = &plan.status.target_revision;
     let api = Api::<EdgeDevice>::all(ctx.client.clone());
     let params = PatchParams {
         field_manager: Some(ROLLOUT_MANAGER.to_owned()),
         ..Default::default()
     };
-    let good = &plan.status.current_revision;
-    let placed = plan.placements.iter().map(|d| (d, good));
-    let pairs: Vec<(String, String)> = plan
-        .moves
-        .iter()
-        .map(|d| (d, target))
-        .chain(placed)
-        .map(|(d, r)| (d.clone(), r.clone()))
-        .collect();
     let wave = plan.status.wave;
-    let writes = pairs.into_iter().map(|(device, revision)| {
+    let writes = plan.moves.iter().cloned().map(|device| {
         let (api, params) = (api.clone(), params.clone());
         async move {
-            let patch = json!({"spec": {"rollouts": {key: &revision}}});
+            let patch = json!({"spec": {"rollouts": {key: revision}}});
             api.patch(&device, &params, &Patch::Merge(&patch))
                 .await
                 .map_err(|e| Error::MoveDevice(device.clone(), e))?;
-            ctx.moves.remember(key, &device, &revision, Instant::now());
+            ctx.moves.remember(key, &device, revision, Instant::now());
             tracing::info!(deployment = key, device, %revision, wave, "moved");
             Ok(())
         }
