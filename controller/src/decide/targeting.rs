@@ -320,18 +320,20 @@ pub fn resolve_staged(
     DesiredState::new(modules.into_values().collect(), targeting)
 }
 
-/// Says so when a staged rollout has not brought the device to the latest revision yet.
+/// Says so when a staged rollout has given the device nothing yet. A device that runs an
+/// earlier revision gets no note: its decision's revision already says where it is, and a
+/// note naming the revision to come would rewrite every such device's desired state at
+/// each change of the spec, a write per device before the first wave.
 fn rollout_note(d: &CompiledDeployment, revision: &str) -> String {
-    if !d.staged || revision == d.revision {
-        return String::new();
-    }
-    let at = if revision.is_empty() {
-        "nothing yet".to_owned()
+    if d.staged && revision.is_empty() {
+        STAGED_NOTHING_YET.to_owned()
     } else {
-        format!("revision {revision}")
-    };
-    format!("staged rollout: {at}, revision {} to come", d.revision)
+        String::new()
+    }
 }
+
+/// The note of a device a staged rollout has not given anything yet.
+const STAGED_NOTHING_YET: &str = "staged rollout: nothing until the rollout moves this device";
 
 /// A deployment with the priority it competes with on this device.
 struct Ranked<'a> {
@@ -892,7 +894,7 @@ mod tests {
         assert!(
             fresh_device.targeting[0]
                 .reason
-                .contains("staged rollout: nothing yet")
+                .contains(STAGED_NOTHING_YET)
         );
         // Moved to v1 (kept as a snapshot): v1, although the spec says v2.
         let on_v1 = at(Some(&v1.revision), None);
@@ -900,6 +902,18 @@ mod tests {
         assert_eq!(on_v1.targeting[0].revision, v1.revision);
         // Not moved to v2: keeps what it has.
         assert_eq!(image(&at(None, Some(&on_v1))), ["app:v1"]);
+        // Word for word: a new spec rewrites no desired state of a device not moved yet.
+        let moved_to_v1 = BTreeMap::from([("a/app".to_owned(), v1.revision.clone())]);
+        let up_to_date = resolve_staged(
+            &BTreeMap::new(),
+            std::slice::from_ref(&v1),
+            None,
+            &StagedRevisions {
+                rollouts: &moved_to_v1,
+                snapshots: &snapshots,
+            },
+        );
+        assert_eq!(at(None, Some(&up_to_date)), up_to_date);
         // Moved to v2: v2.
         let on_v2 = at(Some(&v2.revision), Some(&on_v1));
         assert_eq!(image(&on_v2), ["app:v2"]);
