@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use edgefleet_agent::apiserver::Protocol;
 use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
-use edgefleet_crds::{EdgeDevice, EdgeModule};
+use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, RolloutPhase};
 use edgefleet_e2e::hollow::Behaviour;
 use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, LabCa, Timing, register};
 use edgefleet_e2e::{Lab, apply, fresh_namespace, install_and_enrol};
@@ -217,7 +217,8 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
 
     for (version, staged) in [("2", false), ("3", true)] {
         if staged {
-            // The rollout settings alone change no device's modules.
+            // The rollout settings alone change no device's modules, but they are a revision
+            // of their own, rolled out in waves: the phase times the module's change alone.
             apply(
                 admin,
                 &ns,
@@ -226,7 +227,9 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
                 deployment(Some("25%")),
             )
             .await;
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            if !staged_settings_rolled_out(admin, &ns, timeout).await {
+                return false;
+            }
         }
         let phase = Phase::begin(admin, &processes).await;
         progress.aim(ready(IMAGE, version), phase.started());
@@ -300,6 +303,32 @@ async fn settle(admin: &Client) {
         }
     }
     println!("bench fleet: not settled after 300s: the idle figure below includes that work");
+}
+
+/// Waits until the deployment's switch to staged has rolled out (its status has seen the
+/// new generation and says Complete), or `timeout`; says how long it took.
+async fn staged_settings_rolled_out(admin: &Client, ns: &str, timeout: Duration) -> bool {
+    let deployments: Api<EdgeDeployment> = Api::namespaced(admin.clone(), ns);
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let done = deployments.get("fleet").await.ok().is_some_and(|d| {
+            let status = d.status.unwrap_or_default();
+            status.observed_generation == d.metadata.generation
+                && status
+                    .rollout
+                    .is_some_and(|r| r.phase == RolloutPhase::Complete)
+        });
+        if done {
+            println!(
+                "bench fleet: the switch to staged (a revision of its own) rolled out in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+            return true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("bench fleet: the switch to staged did not roll out within {timeout:?}");
+    false
 }
 
 /// Waits until the controller made the Lease of every hollow device (in the reconcile that
