@@ -440,9 +440,6 @@ mod tests {
         ])
     }
 
-    /// A route is tenant input the device acts on: one to a module the deployment does not
-    /// run (perhaps another team's) or with a condition that does not parse holds the
-    /// deployment with the reason; good routes reach the device with their module.
     /// Only a staged deployment's devices follow its current revision, and only once it
     /// has one.
     #[test]
@@ -457,6 +454,9 @@ mod tests {
         assert_eq!(with("priority: 0", "r1"), None);
     }
 
+    /// A route is tenant input the device acts on: one to a module the deployment does not
+    /// run (perhaps another team's) or with a condition that does not parse holds the
+    /// deployment with the reason; good routes reach the device with their module.
     #[test]
     fn a_route_outside_its_deployment_or_with_a_bad_condition_holds_it() {
         let spec = |routes: &str| {

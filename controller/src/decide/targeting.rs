@@ -868,20 +868,23 @@ mod tests {
             panic!("v1 compiles");
         };
         let snapshots = OneSnapshot(v1.revision.clone(), v1_modules.clone());
-        let at = |moved: Option<&str>, current: Option<&DesiredState>| {
-            let rollouts: BTreeMap<String, String> = moved
-                .map(|r| [("a/app".to_owned(), r.to_owned())].into())
-                .unwrap_or_default();
-            resolve_staged(
-                &BTreeMap::new(),
-                std::slice::from_ref(&v2),
-                current,
-                &StagedRevisions {
-                    rollouts: &rollouts,
-                    snapshots: &snapshots,
-                },
-            )
-        };
+        // The desired state `spec` gives a device moved to `moved` that has `current`.
+        let under =
+            |spec: &CompiledDeployment, moved: Option<&str>, current: Option<&DesiredState>| {
+                let rollouts: BTreeMap<String, String> = moved
+                    .map(|r| [("a/app".to_owned(), r.to_owned())].into())
+                    .unwrap_or_default();
+                resolve_staged(
+                    &BTreeMap::new(),
+                    std::slice::from_ref(spec),
+                    current,
+                    &StagedRevisions {
+                        rollouts: &rollouts,
+                        snapshots: &snapshots,
+                    },
+                )
+            };
+        let at = |moved: Option<&str>, current: Option<&DesiredState>| under(&v2, moved, current);
         let image = |d: &DesiredState| {
             d.modules
                 .iter()
@@ -903,16 +906,7 @@ mod tests {
         // Not moved to v2: keeps what it has.
         assert_eq!(image(&at(None, Some(&on_v1))), ["app:v1"]);
         // Word for word: a new spec rewrites no desired state of a device not moved yet.
-        let moved_to_v1 = BTreeMap::from([("a/app".to_owned(), v1.revision.clone())]);
-        let up_to_date = resolve_staged(
-            &BTreeMap::new(),
-            std::slice::from_ref(&v1),
-            None,
-            &StagedRevisions {
-                rollouts: &moved_to_v1,
-                snapshots: &snapshots,
-            },
-        );
+        let up_to_date = under(&v1, Some(&v1.revision), None);
         assert_eq!(at(None, Some(&up_to_date)), up_to_date);
         // Moved to v2: v2.
         let on_v2 = at(Some(&v2.revision), Some(&on_v1));
