@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use crate::device::ResolvedModule;
 use crate::module::EdgeModuleSpec;
-use crate::names::{check_env_name, check_file_name, check_image};
+use crate::names::{check_dns_label, check_env_name, check_file_name, check_image};
 
 /// The largest config file edgefleet delivers, in bytes.
 pub const MAX_CONFIG_FILE_BYTES: usize = 64 * 1024;
@@ -49,6 +49,17 @@ pub fn over_device_budget(modules: usize, bytes: usize) -> Option<String> {
     (bytes > MAX_DEVICE_DESIRED_BYTES).then(|| {
         format!("{bytes} bytes of desired state, more than a device's {MAX_DEVICE_DESIRED_BYTES}")
     })
+}
+
+/// Why a module as the device gets it can't run there, in words for a status; `Ok` when
+/// it can. Namespace and name become a file name in kubelet's manifest directory, a config
+/// directory and the namespace of the module's pod: a DNS label cannot contain a path
+/// separator or `..`.
+pub fn check_resolved(m: &ResolvedModule) -> Result<(), String> {
+    check_dns_label(&m.name).map_err(|e| format!("name: {e}"))?;
+    check_dns_label(m.namespace())
+        .map_err(|e| format!("namespace (of {:?}): {e}", m.deployment))?;
+    check_module(&m.spec)
 }
 
 /// Why a module can't run on a device, in words for a status; `Ok` when it can.

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use edgefleet_crds::device::MAX_DESIRED_MODULES;
 use edgefleet_crds::limits;
-use edgefleet_crds::names::check_dns_label;
 use edgefleet_crds::route::Destination;
 use edgefleet_crds::{DesiredState, ResolvedModule, module_key};
 use serde_json::Value;
@@ -61,7 +60,7 @@ pub fn check(raw: &Value) -> Result<DesiredState, Rejection> {
     limits::check_device(&desired.modules).map_err(Rejection::Device)?;
     let mut keys = BTreeSet::new();
     for m in &desired.modules {
-        check_module(m).map_err(|why| Rejection::Module(m.key(), why))?;
+        limits::check_resolved(m).map_err(|why| Rejection::Module(m.key(), why))?;
         if !keys.insert(m.key()) {
             return Err(Rejection::Duplicate(m.key()));
         }
@@ -173,16 +172,6 @@ fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
         .and_then(|r| r.strip_prefix('#'))
         .and_then(|pointer| root.pointer(pointer))
         .unwrap_or(schema)
-}
-
-fn check_module(m: &ResolvedModule) -> Result<(), String> {
-    // Namespace and name become a file name in kubelet's manifest directory, a config
-    // directory and the namespace of the module's pod: a DNS label cannot contain a path
-    // separator or `..`.
-    check_dns_label(&m.name).map_err(|e| format!("name: {e}"))?;
-    check_dns_label(m.namespace())
-        .map_err(|e| format!("namespace (of {:?}): {e}", m.deployment))?;
-    limits::check_module(&m.spec)
 }
 
 #[cfg(test)]
