@@ -46,7 +46,8 @@ impl ControllerProcess {
             .env("KUBECONFIG", lab.kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
+            // The controller logs to stdout; a panic goes to stderr: both into the log.
+            .stdout(Stdio::from(file.try_clone().expect("controller log file")))
             .stderr(Stdio::from(file))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
