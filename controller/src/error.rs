@@ -24,6 +24,8 @@ pub enum Error {
     MoveDevice(String, #[source] kube::Error),
     #[error("cannot write the ControllerRevision {0}: {1}")]
     ApplyRevision(String, #[source] kube::Error),
+    #[error("cannot delete the ControllerRevision {0}, which edgefleet did not write: {1}")]
+    DeleteRevision(String, #[source] kube::Error),
     #[error("cannot read the pod {0} behind a certificate request: {1}")]
     ReadPod(String, #[source] kube::Error),
     #[error("cannot approve or deny the certificate request {0}: {1}")]
@@ -42,6 +44,7 @@ impl Error {
             Error::ApplyModuleStatus(..) => "module_status_write",
             Error::MoveDevice(..) => "device_move",
             Error::ApplyRevision(..) => "revision_write",
+            Error::DeleteRevision(..) => "revision_delete",
             Error::ReadPod(..) => "pod_read",
             Error::DecideCsr(..) => "csr_write",
         }

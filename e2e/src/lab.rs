@@ -179,6 +179,14 @@ impl Lab {
         client_from_at(&self.kubeconfig, Some(server)).await
     }
 
+    /// A client for the lab's apiserver as `user`, whom the admin impersonates: a team's
+    /// member, with only what the roles a test binds to that name allow.
+    pub async fn client_as(&self, user: &str) -> kube::Client {
+        let mut config = config_from(&self.kubeconfig, None).await;
+        config.auth_info.impersonate = Some(user.to_owned());
+        kube::Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a client: {e}"))
+    }
+
     /// The tasks (running or exited containers, pod sandboxes included) on the node's
     /// containerd, read from the device itself rather than from the apiserver.
     pub fn tasks(&self, node: &str) -> Vec<Task> {
@@ -239,6 +247,12 @@ pub async fn client_from(path: &Path) -> kube::Client {
 
 /// A client from the kubeconfig at `path`, at `server` instead of its address when given.
 pub async fn client_from_at(path: &Path, server: Option<&str>) -> kube::Client {
+    let config = config_from(path, server).await;
+    kube::Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a client: {e}"))
+}
+
+/// The client configuration of the kubeconfig at `path`, at `server` when given.
+async fn config_from(path: &Path, server: Option<&str>) -> kube::Config {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -249,5 +263,5 @@ pub async fn client_from_at(path: &Path, server: Option<&str>) -> kube::Client {
             .parse()
             .unwrap_or_else(|e| panic!("the apiserver's URL {server}: {e}"));
     }
-    kube::Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a client: {e}"))
+    config
 }

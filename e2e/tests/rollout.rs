@@ -14,7 +14,9 @@ use edgefleet_e2e::{
     ControllerProcess, Lab, RealAgents, apply, controller_binary, fresh_namespace,
     install_and_enrol, remove_every_deployment, wait_for,
 };
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -510,4 +512,179 @@ async fn a_rolled_back_deployment_never_starves_a_device() {
     )
     .await;
     label_devices(&devices, &DEVICES, LABEL, None).await;
+}
+
+/// A ControllerRevision as a team writes it: deployment `app`'s revision `revision`,
+/// keeping `modules`.
+fn forged_revision(ns: &str, revision: &str, modules: Value) -> ControllerRevision {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("app-{revision}"), "namespace": ns,
+                     "labels": {"edgefleet.io/deployment": "app", "edgefleet.io/revision": revision}},
+        "data": {"modules": modules},
+        "revision": i64::MAX,
+    }))
+    .expect("a ControllerRevision")
+}
+
+/// The modules a kept revision holds, when it is there.
+async fn kept(revisions: &Api<ControllerRevision>, revision: &str) -> Option<Value> {
+    let cr = revisions
+        .get_opt(&format!("app-{revision}"))
+        .await
+        .expect("read");
+    cr.and_then(|c| c.data).map(|d| d.0["modules"].clone())
+}
+
+/// A team that may write ControllerRevisions in its own namespace (a custom role; the
+/// built-in `edit` and `admin` do not allow it) forges its deployment's kept revisions:
+/// the one a device runs, with a module in another team's namespace on the host network,
+/// and the one to come, with modules edgefleet did not write. Neither reaches a device:
+/// the controller refuses both, with a Warning Event each, deletes the first (the device
+/// keeps what it runs) and writes the second again.
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_forged_revision_never_reaches_a_device() {
+    const LABEL: &str = "e2e-forge";
+    const FORGER: &str = "e2e-forger";
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_and_enrol(&client).await;
+    remove_every_deployment(&client).await;
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    label_devices(&devices, &DEVICES, LABEL, None).await;
+    label_devices(&devices, &["edge-1"], LABEL, Some("yes")).await;
+    let ns = fresh_namespace(&client, "e2e-forge").await;
+    let key = format!("{ns}/app");
+    let _ctrl = ControllerProcess::start(&controller_binary(), &lab, PORT + 2, &CONTROLLER_ARGS);
+    let _agents = RealAgents::install(&lab, &client, &["edge-1"]).await;
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": FORGER, "namespace": ns},
+        "rules": [{"apiGroups": ["apps"], "resources": ["controllerrevisions"],
+                   "verbs": ["get", "list", "create", "delete"]}],
+    }))
+    .expect("role");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": FORGER, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FORGER},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": FORGER}],
+    }))
+    .expect("binding");
+    let pp = kube::api::PostParams::default();
+    Api::<Role>::namespaced(client.clone(), &ns)
+        .create(&pp, &role)
+        .await
+        .expect("role");
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .create(&pp, &binding)
+        .await
+        .expect("binding");
+    let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    let spec = |paused: bool| {
+        json!({"selector": {"matchLabels": {LABEL: "yes"}}, "modules": [{"name": "app"}],
+               "rollout": {"maxUnavailable": 1, "paused": paused}})
+    };
+    apply(&client, &ns, "EdgeModule", "app", module("v1")).await;
+    apply(&client, &ns, "EdgeDeployment", "app", spec(false)).await;
+    let (_, v1) = follow(&devices, &deployments, &key, "", RolloutPhase::Complete, 1).await;
+    let (r1, admins) = (
+        v1.update_revision.clone(),
+        Api::<ControllerRevision>::namespaced(client.clone(), &ns),
+    );
+    assert!(kept(&admins, &r1).await.is_some(), "v1 is kept");
+
+    // Paused: edge-1 stays at r1 and runs it from the kept revision.
+    apply(&client, &ns, "EdgeDeployment", "app", spec(true)).await;
+    let r2 = wait_for(
+        "the paused revision to be kept",
+        Duration::from_secs(60),
+        || async {
+            let st = rollout_status(&deployments).await;
+            let r2 = st.update_revision;
+            (r2 != r1 && kept(&admins, &r2).await.is_some())
+                .then_some(r2.clone())
+                .ok_or(r2)
+        },
+    )
+    .await;
+    let r2_kept = kept(&admins, &r2).await;
+
+    let forger = Api::<ControllerRevision>::namespaced(lab.client_as(FORGER).await, &ns);
+    let victim = format!("{ns}-victim");
+    let foreign = json!([{"name": "app", "deployment": format!("{victim}/app"),
+        "moduleRef": format!("{victim}/app"), "image": BUSYBOX, "hostNetwork": true,
+        "command": ["sh", "-c", "while true; do sleep 1; done"]}]);
+    let mut unwritten = module("forged");
+    unwritten["name"] = json!("app");
+    unwritten["deployment"] = json!(key);
+    unwritten["moduleRef"] = json!(key);
+    for (revision, modules) in [(&r1, foreign), (&r2, json!([unwritten]))] {
+        let dp = kube::api::DeleteParams::default();
+        forger
+            .delete(&format!("app-{revision}"), &dp)
+            .await
+            .expect("the forger deletes");
+        forger
+            .create(&pp, &forged_revision(&ns, revision, modules))
+            .await
+            .expect("the forger creates");
+    }
+    // Something for edge-1's reconcile to look at: it reads r1 again.
+    label_devices(&devices, &["edge-1"], "e2e-poke", Some("1")).await;
+
+    let edge_1_runs_v1_only = || async {
+        let d = devices.get("edge-1").await.expect("edge-1");
+        let desired = d.spec.desired.expect("a desired state");
+        for m in &desired.modules {
+            assert_eq!(m.deployment, key, "a forged module reached edge-1: {m:?}");
+            assert!(
+                !m.spec.host_network,
+                "a forged module reached edge-1: {m:?}"
+            );
+        }
+        look(&devices, &key).await
+    };
+    wait_for(
+        "both forgeries refused",
+        Duration::from_secs(90),
+        || async {
+            let l = edge_1_runs_v1_only().await;
+            let refused = refusals(&client, &ns).await;
+            let gone = kept(&admins, &r1).await.is_none();
+            let again = kept(&admins, &r2).await == r2_kept;
+            (gone && again && refused.len() >= 2)
+                .then_some(())
+                .ok_or(format!(
+                    "r1 deleted {gone}, r2 written again {again}, events {refused:?}: {l:?}"
+                ))
+        },
+    )
+    .await;
+    let refused = refusals(&client, &ns).await;
+    for revision in [&r1, &r2] {
+        assert!(
+            refused
+                .iter()
+                .any(|note| note.contains(&format!("app-{revision}"))),
+            "an Event names app-{revision}: {refused:?}"
+        );
+    }
+    // Still v1, running, moved nowhere.
+    let l = edge_1_runs_v1_only().await;
+    assert_eq!(l.running_version["edge-1"].as_deref(), Some("v1"), "{l:?}");
+    assert_eq!(l.at["edge-1"].as_deref(), Some(r1.as_str()), "{l:?}");
+    label_devices(&devices, &DEVICES, LABEL, None).await;
+    label_devices(&devices, &["edge-1"], "e2e-poke", None).await;
+}
+
+/// The notes of the RevisionRefused Events on deployment `app`.
+async fn refusals(client: &Client, ns: &str) -> Vec<String> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RevisionRefused"))
+        .filter_map(|e| e.note)
+        .collect()
 }

@@ -77,6 +77,9 @@ pub enum Contribution {
         modules: Vec<ResolvedModule>,
         /// What `modules` cost a device's budget, in bytes ([`limits::module_bytes`]).
         bytes: usize,
+        /// The grants naming its namespace: an earlier revision's modules, which today's
+        /// grants did not admit, run only where one of them allows them (as `Held`'s).
+        reach: Vec<Grant>,
     },
     /// An invalid spec, or one no grant admits. Bad input must lose nothing, so every device
     /// keeps exactly what this deployment gave it before (read back from the device's own
@@ -354,6 +357,7 @@ pub fn compile(
                     Ok(granted) => Contribution::Fresh {
                         selector,
                         granted,
+                        reach: grant::reach(namespace, grants),
                         bytes: resolved.iter().map(limits::module_bytes).sum(),
                         modules: resolved,
                     },

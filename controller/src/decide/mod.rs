@@ -13,5 +13,6 @@ pub mod presence;
 pub mod rollout;
 pub mod rollup;
 pub mod selector;
+pub mod snapshot;
 pub mod status_check;
 pub mod targeting;

@@ -62,14 +62,22 @@ impl CompiledDeployment {
                 revision: self.revision.clone(),
                 bytes: *bytes,
             },
-            Contribution::Fresh { modules, bytes, .. } => match self.staged_at(staged.rollouts) {
+            Contribution::Fresh {
+                modules,
+                bytes,
+                reach,
+                ..
+            } => match self.staged_at(staged.rollouts) {
                 Some(r) if *r == self.revision => Given {
                     modules: modules.clone(),
                     revision: r.clone(),
                     bytes: *bytes,
                 },
                 Some(r) => match staged.snapshots.modules(&self.key, r) {
-                    Some(snapshot) => Given::new(snapshot, r.clone()),
+                    Some(mut snapshot) => {
+                        snapshot.retain(|m| reach.iter().any(|g| g.allows(labels, m)));
+                        Given::new(snapshot, r.clone())
+                    }
                     None => self.read_back(current),
                 },
                 None => self.read_back(current),
@@ -121,7 +129,8 @@ impl Budget {
 
 /// The earlier revisions of deployments (their ControllerRevisions).
 pub trait Snapshots {
-    /// The modules deployment `key` gave devices at `revision`, if that revision is kept.
+    /// The modules deployment `key` gave devices at `revision`, if that revision is kept
+    /// and its modules are ones edgefleet would have written ([`crate::decide::snapshot`]).
     fn modules(&self, key: &str, revision: &str) -> Option<Vec<ResolvedModule>>;
 }
 
@@ -913,5 +922,64 @@ mod tests {
         assert_eq!(image(&on_v2), ["app:v2"]);
         assert_eq!(on_v2.targeting[0].revision, v2.revision);
         assert!(on_v2.targeting[0].reason.is_empty());
+    }
+
+    /// A kept revision is judged by today's grants (issue 12's least privilege): a grant
+    /// narrowed after v1 was kept takes v1's privileged module off a device moved back to
+    /// v1, as it does a held deployment's.
+    #[test]
+    fn a_narrowed_grant_narrows_a_kept_revision_too() {
+        let grant = |host_network: bool| {
+            vec![crate::decide::grant::fixtures::grant(
+                "a",
+                &format!(
+                    "{{namespaces: [a], devices: {{}}, priority: {{min: 0, max: 10}}, hostNetwork: {host_network}}}"
+                ),
+            )]
+        };
+        let compiled = |image: &str,
+                        host_network: bool,
+                        grants: Vec<crate::decide::grant::Grant>| {
+            let mut lib = lib();
+            lib.insert(
+                "a/app".into(),
+                serde_yaml::from_str(&format!("image: {image}\nhostNetwork: {host_network}"))
+                    .expect("spec"),
+            );
+            compile(
+                &deployment(
+                    "metadata: {name: app, namespace: a}\nspec:\n  modules: [{name: app}]\n  rollout: {maxUnavailable: 1}",
+                ),
+                &lib,
+                &grants,
+            )
+        };
+        let v1 = compiled("app:v1", true, grant(true));
+        let Contribution::Fresh { modules, .. } = &v1.contribution else {
+            panic!("v1 is granted");
+        };
+        let snapshots = OneSnapshot(v1.revision.clone(), modules.clone());
+        let rollouts = [("a/app".to_owned(), v1.revision.clone())].into();
+        let on_v1 = |v2: &CompiledDeployment| {
+            resolve_staged(
+                &BTreeMap::new(),
+                std::slice::from_ref(v2),
+                None,
+                &StagedRevisions {
+                    rollouts: &rollouts,
+                    snapshots: &snapshots,
+                },
+            )
+        };
+        let still_granted = compiled("app:v2", false, grant(true));
+        assert_eq!(
+            on_v1(&still_granted).modules.len(),
+            1,
+            "v1 runs while granted"
+        );
+        let narrowed = compiled("app:v2", false, grant(false));
+        assert!(matches!(narrowed.contribution, Contribution::Fresh { .. }));
+        let got = on_v1(&narrowed);
+        assert!(got.modules.is_empty(), "{:?}", got.modules);
     }
 }

@@ -19,12 +19,28 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        self.event_related(regarding, None, type_, reason, action, note)
+            .await;
+    }
+
+    /// As [`Context::event`], about `related` as well. The recorder folds an Event into an
+    /// earlier one of the same object, reason and related object for minutes, keeping the
+    /// earlier note: Events about two different related objects need it to stay two.
+    pub async fn event_related(
+        &self,
+        regarding: &ObjectReference,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_,
             reason: reason.to_owned(),
             note: Some(truncate(note, 1000)),
             action: action.to_owned(),
-            secondary: None,
+            secondary: related,
         };
         let published = if regarding.namespace.is_some() {
             self.recorder.publish(&ev, regarding).await

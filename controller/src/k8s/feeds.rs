@@ -1,7 +1,6 @@
 //! Every watch the controller starts: the caches the reconciles read, and the feeds that
 //! wake the controllers, each with the one reader it is named for.
 
-use std::future::ready;
 use std::sync::Arc;
 
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
@@ -43,6 +42,7 @@ pub struct Feeds {
     pub grants_for_deployments: ReflectHandle<EdgeGrant>,
     pub lease_changes: BoxStream<'static, Result<Lease, watcher::Error>>,
     pub node_changes: BoxStream<'static, Result<PartialObjectMeta<Node>, watcher::Error>>,
+    pub revision_changes: BoxStream<'static, Result<ControllerRevision, watcher::Error>>,
 }
 
 impl std::fmt::Debug for Feeds {
@@ -114,7 +114,8 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         Cache::Nodes,
     );
 
-    // The deployments' revisions, for moving devices back to one: a cache, no controller.
+    // The deployments' revisions, for moving devices back to one. A revision's change wakes
+    // its deployment: one edgefleet did not write is refused there.
     let (revisions, revision_events) = cache(
         Api::<ControllerRevision>::all(client.clone()),
         watcher::Config::default().labels(rollout::DEPLOYMENT_LABEL),
@@ -122,7 +123,6 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         synced,
         Cache::Revisions,
     );
-    tokio::spawn(revision_events.for_each(|_| ready(())));
 
     let stores = Stores {
         revisions,
@@ -152,6 +152,7 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         // has it: from a second watch it could arrive first, and a device whose Node is gone
         // would be judged against a store that still has the Node.
         node_changes: arrivals_and_departures(node_events).boxed(),
+        revision_changes: revision_events.applied_objects().boxed(),
     };
     (stores, feeds)
 }

@@ -8,6 +8,7 @@
 //! devices than the budget allows.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
@@ -15,15 +16,16 @@ use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, RolloutPhase, R
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::decide::catalog::{CompiledDeployment, Contribution};
+use crate::decide::catalog::{self, CompiledDeployment, Contribution};
 use crate::decide::rollout::{self, Plan, Policy};
 use crate::decide::rollup::Rollup;
+use crate::decide::snapshot;
 use crate::decide::targeting::Snapshots;
 use crate::error::{Error, Result};
 use crate::k8s::context::Context;
@@ -42,6 +44,12 @@ pub fn revision_name(deployment: &str, revision: &str) -> String {
     format!("{deployment}-{revision}")
 }
 
+/// The deployment a ControllerRevision is labelled as a revision of.
+pub fn deployment_of_revision(cr: &ControllerRevision) -> Option<ObjectRef<EdgeDeployment>> {
+    let name = cr.labels().get(DEPLOYMENT_LABEL)?;
+    Some(ObjectRef::new(name).within(&cr.namespace()?))
+}
+
 impl Snapshots for Context {
     fn modules(&self, key: &str, revision: &str) -> Option<Vec<ResolvedModule>> {
         let (ns, name) = key.split_once('/')?;
@@ -49,8 +57,18 @@ impl Snapshots for Context {
             .stores
             .revisions
             .get(&ObjectRef::new(&revision_name(name, revision)).within(ns))?;
-        serde_json::from_value(cr.data.as_ref()?.0.get("modules")?.clone()).ok()
+        kept_modules(key, &cr).ok()
     }
+}
+
+/// The modules a ControllerRevision keeps for deployment `key`, or why they are not ones
+/// edgefleet wrote ([`snapshot`]).
+fn kept_modules(key: &str, cr: &ControllerRevision) -> Result<Vec<ResolvedModule>, String> {
+    let data = cr
+        .data
+        .as_ref()
+        .ok_or_else(|| "it has no data".to_owned())?;
+    snapshot::modules(key, &data.0)
 }
 
 /// Runs the rollout step and returns the rollout status, or `None` for a held spec (whose
@@ -71,7 +89,8 @@ pub async fn step(
         .as_ref()
         .and_then(|s| s.rollout.clone())
         .unwrap_or_default();
-    ensure_revision(ctx, d, &compiled.revision, modules).await?;
+    ensure_revision(ctx, d, compiled, modules).await?;
+    refuse_forged(ctx, d, compiled).await?;
 
     let Some(spec) = d.spec.rollout.as_ref() else {
         let status = all_at_once(&compiled.revision, r, &last);
@@ -169,37 +188,40 @@ async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
     results.into_iter().collect()
 }
 
-/// Creates the ControllerRevision of `revision` unless it exists.
+/// Creates the ControllerRevision of `revision` unless it exists with these modules. One
+/// that keeps other modules under this name was not written by edgefleet (see
+/// [`snapshot`]): it is replaced, with a Warning Event, before any device could read it.
 async fn ensure_revision(
     ctx: &Context,
     d: &EdgeDeployment,
-    revision: &str,
+    compiled: &CompiledDeployment,
     modules: &[ResolvedModule],
 ) -> Result<()> {
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
+    let revision = compiled.revision.as_str();
     let cr_name = revision_name(&name, revision);
-    if ctx
+    if let Some(existing) = ctx
         .stores
         .revisions
         .get(&ObjectRef::new(&cr_name).within(&ns))
-        .is_some()
     {
-        return Ok(());
+        let why = match kept_modules(&compiled.key, &existing) {
+            Ok(kept) if kept == modules => return Ok(()),
+            Ok(_) => "its modules are not this revision's".to_owned(),
+            Err(why) => why,
+        };
+        if existing.metadata.deletion_timestamp.is_none() {
+            remove_forged(ctx, d, &existing, &why, "written again").await?;
+        }
     }
-    let number = ctx
-        .stores
-        .revisions
-        .state()
+    // A forged revision number must not overflow the next one.
+    let number = revisions_of(ctx, &ns, &name)
         .iter()
-        .filter(|c| {
-            c.namespace().as_deref() == Some(ns.as_str())
-                && c.labels().get(DEPLOYMENT_LABEL) == Some(&name)
-        })
         .map(|c| c.revision)
         .max()
         .unwrap_or(0)
-        + 1;
+        .saturating_add(1);
     let cr = ControllerRevision {
         metadata: ObjectMeta {
             name: Some(cr_name.clone()),
@@ -211,7 +233,7 @@ async fn ensure_revision(
             owner_references: d.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
-        data: Some(RawExtension(json!({"spec": d.spec, "modules": modules}))),
+        data: Some(RawExtension(snapshot::data(&d.spec, modules))),
         revision: number,
     };
     let mut patch = serde_json::to_value(&cr).unwrap_or_default();
@@ -228,6 +250,95 @@ async fn ensure_revision(
     Ok(())
 }
 
+/// The ControllerRevisions labelled as deployment `ns/name`'s.
+fn revisions_of(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<ControllerRevision>> {
+    ctx.stores
+        .revisions
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.namespace().as_deref() == Some(ns)
+                && c.labels().get(DEPLOYMENT_LABEL).map(String::as_str) == Some(name)
+        })
+        .collect()
+}
+
+/// Deletes the deployment's earlier revisions whose modules edgefleet would not have
+/// written ([`snapshot`]). Targeting never uses them; deleting them says so once, and
+/// leaves the devices at such a revision with what they run.
+async fn refuse_forged(
+    ctx: &Context,
+    d: &EdgeDeployment,
+    compiled: &CompiledDeployment,
+) -> Result<()> {
+    let ns = d.namespace().unwrap_or_default();
+    for cr in revisions_of(ctx, &ns, &d.name_any()) {
+        if cr.metadata.deletion_timestamp.is_some()
+            || cr.labels().get(REVISION_LABEL) == Some(&compiled.revision)
+        {
+            continue;
+        }
+        if let Err(why) = kept_modules(&compiled.key, &cr) {
+            remove_forged(
+                ctx,
+                d,
+                &cr,
+                &why,
+                "deleted; devices at its revision keep what they run",
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one ControllerRevision edgefleet did not write (that object only: its UID is a
+/// precondition) and says why in a Warning Event on the deployment.
+async fn remove_forged(
+    ctx: &Context,
+    d: &EdgeDeployment,
+    cr: &ControllerRevision,
+    why: &str,
+    then: &str,
+) -> Result<()> {
+    let ns = d.namespace().unwrap_or_default();
+    let name = cr.name_any();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: cr.uid(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match Api::<ControllerRevision>::namespaced(ctx.client.clone(), &ns)
+        .delete(&name, &params)
+        .await
+    {
+        Ok(_) => {}
+        // Gone, or another object by now (the one written again, seen before the cache
+        // caught up): nothing of what was judged is left to refuse.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Ok(()),
+        Err(e) => return Err(Error::DeleteRevision(name, e)),
+    }
+    tracing::warn!(
+        deployment = %catalog::key(&ns, &d.name_any()),
+        revision = %name,
+        why,
+        "refused a ControllerRevision"
+    );
+    let note = format!("ControllerRevision {name} was not written by edgefleet ({why}): {then}");
+    ctx.event_related(
+        &reference(d),
+        Some(reference(cr)),
+        EventType::Warning,
+        "RevisionRefused",
+        "Rollout",
+        note,
+    )
+    .await;
+    Ok(())
+}
+
 /// Keeps the newest revisions and every one still in use; a failure only waits for the
 /// next pass.
 async fn prune(ctx: &Context, ns: &str, name: &str, status: &RolloutStatus) {
@@ -239,16 +350,7 @@ async fn prune(ctx: &Context, ns: &str, name: &str, status: &RolloutStatus) {
     .into_iter()
     .chain(status.revisions.iter().map(|r| r.revision.as_str()))
     .collect();
-    let mut mine: Vec<_> = ctx
-        .stores
-        .revisions
-        .state()
-        .into_iter()
-        .filter(|c| {
-            c.namespace().as_deref() == Some(ns)
-                && c.labels().get(DEPLOYMENT_LABEL).map(String::as_str) == Some(name)
-        })
-        .collect();
+    let mut mine = revisions_of(ctx, ns, name);
     mine.sort_by_key(|c| std::cmp::Reverse(c.revision));
     let api = Api::<ControllerRevision>::namespaced(ctx.client.clone(), ns);
     for old in mine.iter().skip(KEEP) {

@@ -1,0 +1,166 @@
+//! A kept revision's modules, judged before any device gets them.
+//!
+//! Every revision of a deployment is kept as a ControllerRevision in the deployment's own
+//! namespace, and devices at an earlier revision run the modules read back from it. Such an
+//! object is not the controller's alone: a role that lets a team write ControllerRevisions
+//! in its namespace (the built-in `edit` and `admin` roles do not; a custom one may) lets it
+//! put modules there under a revision's name that edgefleet never wrote: modules of another
+//! team's namespace, or ones a device would refuse, failing every team's change on it. So
+//! a snapshot is checked as the controller's own output is, and one that fails is never
+//! used: the devices at that revision keep what they run. (What a team's grants allow is
+//! judged again per device, in targeting, as for a held deployment.)
+
+use std::collections::BTreeSet;
+
+use edgefleet_crds::limits;
+use edgefleet_crds::route::Destination;
+use edgefleet_crds::{EdgeDeploymentSpec, ResolvedModule};
+use serde_json::{Value, json};
+
+/// What a ControllerRevision keeps of one revision: the spec (for people reading it) and
+/// the modules devices at that revision run.
+pub fn data(spec: &EdgeDeploymentSpec, modules: &[ResolvedModule]) -> Value {
+    json!({"spec": spec, "modules": modules})
+}
+
+/// The modules a ControllerRevision's `data` keeps for deployment `key` (`namespace/name`),
+/// or why they are not ones edgefleet would have written.
+pub fn modules(key: &str, data: &Value) -> Result<Vec<ResolvedModule>, String> {
+    let raw = data
+        .get("modules")
+        .ok_or_else(|| "it keeps no modules".to_owned())?;
+    let modules: Vec<ResolvedModule> = serde_json::from_value(raw.clone())
+        .map_err(|e| format!("its modules do not parse: {e}"))?;
+    check(key, &modules)?;
+    Ok(modules)
+}
+
+/// Why `modules` can't be what deployment `key` gave devices; `Ok` when they can.
+pub fn check(key: &str, modules: &[ResolvedModule]) -> Result<(), String> {
+    let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
+    let names: BTreeSet<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+    if names.len() != modules.len() {
+        return Err("a module name appears twice".to_owned());
+    }
+    for m in modules {
+        let wrap = |why: String| format!("module {:?}: {why}", m.name);
+        if m.deployment != key {
+            return Err(wrap(format!(
+                "it belongs to deployment {:?}, not {key:?}",
+                m.deployment
+            )));
+        }
+        if m.module_ref.split_once('/').map(|(ns, _)| ns) != Some(namespace) {
+            return Err(wrap(format!(
+                "its EdgeModule {:?} is outside namespace {namespace:?}",
+                m.module_ref
+            )));
+        }
+        limits::check_resolved(m).map_err(wrap)?;
+        for r in &m.routes {
+            match r.check().map_err(wrap)? {
+                Destination::Input { module, .. } if !names.contains(module) => {
+                    return Err(wrap(format!(
+                        "route from output {:?} goes to module {module:?}, which the revision does not run",
+                        r.output
+                    )));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::catalog::fixtures::{deployment, modules as library};
+    use crate::decide::catalog::resolve_modules;
+
+    fn module(name: &str, deployment: &str, module_ref: &str) -> Value {
+        json!({"name": name, "deployment": deployment, "moduleRef": module_ref,
+               "image": "localhost/app:1"})
+    }
+
+    /// What the controller keeps reads back equal, every field set: otherwise the controller
+    /// would take its own revision for a forged one and write it again on every pass.
+    #[test]
+    fn a_kept_revision_reads_back_as_written() {
+        let d = deployment(
+            "metadata: {name: web, namespace: team-a}\nspec:\n  modules:\n  - name: app\n    overrides: {args: [--fast]}\n    routes: [{output: out, to: {module: db, input: in}, when: \"$body.t > 1\"}]\n  - name: db",
+        );
+        let lib = library(&[
+            (
+                "team-a/app",
+                "image: localhost/app:1\nimagePullPolicy: Always\ncommand: [run]\nenv: [{name: A, value: b}, {name: EMPTY}]\nconfig: [{name: app.toml, content: 'x = 1'}]\nrestartPolicy: OnFailure\nstartupOrder: 2\ndevices: [{hostPath: /dev/ttyS0}]\nresources: {memory: 64Mi, cpu: 250m}\nhostNetwork: true\nreadOnlyRootFilesystem: true",
+            ),
+            ("team-a/db", "image: localhost/db:1"),
+        ]);
+        let written = resolve_modules(&d, &lib);
+        let app = &written[0];
+        assert!(
+            app.spec.resources.is_some() && app.spec.devices.len() == 1 && app.routes.len() == 1
+        );
+        let read = modules("team-a/web", &data(&d.spec, &written)).expect("its own revision");
+        assert_eq!(read, written);
+    }
+
+    /// What the controller writes passes.
+    #[test]
+    fn the_controllers_own_snapshot_is_used() {
+        let data = json!({"modules": [
+            module("app", "team-a/web", "team-a/app"),
+            {"name": "sensor", "deployment": "team-a/web", "moduleRef": "team-a/sensor",
+             "image": "localhost/sensor:1",
+             "routes": [{"output": "out", "to": {"module": "app", "input": "in"}}]},
+        ]});
+        let got = modules("team-a/web", &data).expect("the controller's own snapshot");
+        assert_eq!(got.len(), 2);
+    }
+
+    /// A team that may write ControllerRevisions puts modules under its revision's name that
+    /// would run in another team's namespace, or that a device would refuse (failing every
+    /// team's change on it): none of them is used.
+    #[test]
+    fn a_forged_snapshot_never_reaches_a_device() {
+        for (forged, says) in [
+            (
+                json!([module("app", "team-b/web", "team-a/app")]),
+                "belongs to deployment \"team-b/web\"",
+            ),
+            (
+                json!([module("app", "team-a/web", "team-b/app")]),
+                "outside namespace \"team-a\"",
+            ),
+            (
+                json!([module("../etc", "team-a/web", "team-a/app")]),
+                "name",
+            ),
+            (
+                json!([{"name": "app", "deployment": "team-a/web", "moduleRef": "team-a/app",
+                        "image": "not an image"}]),
+                "image",
+            ),
+            (
+                json!([
+                    module("app", "team-a/web", "team-a/app"),
+                    module("app", "team-a/web", "team-a/app")
+                ]),
+                "appears twice",
+            ),
+            (
+                json!([{"name": "app", "deployment": "team-a/web", "moduleRef": "team-a/app",
+                        "image": "localhost/app:1",
+                        "routes": [{"output": "out", "to": {"module": "db", "input": "in"}}]}]),
+                "does not run",
+            ),
+            (json!("modules"), "do not parse"),
+        ] {
+            let err = modules("team-a/web", &json!({"modules": forged}))
+                .expect_err(&format!("{forged} must be refused"));
+            assert!(err.contains(says), "{forged}: {err}");
+        }
+        assert!(modules("team-a/web", &json!({"spec": {}})).is_err());
+    }
+}
