@@ -108,6 +108,16 @@ fn events(requests: &[Request]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The notes of the Events of `reason` published.
+fn notes(requests: &[Request], reason: &str) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path.ends_with("/events"))
+        .filter(|r| r.body["reason"] == reason)
+        .map(|r| r.body["note"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// The one request to `path`.
 fn to<'a>(requests: &[&'a Request], path: &str) -> &'a Request {
     let mut found = requests.iter().filter(|r| r.path == path);
@@ -429,6 +439,41 @@ async fn a_held_deployment_is_stalled_with_its_reason_and_writes_to_no_device() 
         assert_eq!(
             events(&requests),
             [("Warning".to_owned(), reason.to_owned())]
+        );
+    }
+}
+
+/// Two Events of one reason about one deployment, moments apart, each say their own words:
+/// kube's `Recorder` folded the second into the first for six minutes (a patch of its
+/// series) and kept the first's note, so a rollout's second revision read as its first.
+#[tokio::test]
+async fn each_event_keeps_its_own_note() {
+    let d = munich();
+    let mut world = team_a(d.clone());
+    let berlin = munich_device("edge-2").replace("munich", "berlin");
+    world.device(&berlin);
+    let ctx = world.context();
+    resolve(&mut world, &ctx, &edge_1()).await;
+    let edge_2: EdgeDevice = parse(&berlin);
+    for (device, targets) in [
+        (None, "targets 1 devices (was 0)"),
+        (Some(&edge_2), "targets 2 devices (was 1)"),
+    ] {
+        if let Some(dev) = device {
+            let moved = world.write(dev, &json!({"metadata": {"labels": {"site": "munich"}}}));
+            resolve(&mut world, &ctx, &moved).await;
+        }
+        world.log.take();
+        deployment::reconcile(world.update(&d), ctx.clone())
+            .await
+            .expect("deployment reconcile");
+        let requests = world.log.take();
+        assert!(
+            notes(&requests, "TargetsChanged")
+                .iter()
+                .any(|n| n.starts_with(targets)),
+            "{targets}: {:#?}",
+            notes(&requests, "TargetsChanged")
         );
     }
 }

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use edgefleet_crds::identity::CONTROLLER_NAME;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule, EdgeModuleSpec};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -13,7 +12,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::config::Config;
@@ -42,7 +40,6 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
-    pub(super) recorder: Recorder,
     catalog: Mutex<Option<(u64, Arc<Vec<CompiledDeployment>>)>>,
     /// (device, module) pairs seen failing, so "module failed" is an Event once per failure.
     pub failing: Mutex<HashSet<(String, String)>>,
@@ -65,12 +62,7 @@ impl Context {
         stores: Stores,
         synced: Arc<Synced>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: CONTROLLER_NAME.to_owned(),
-            instance: Some(config.identity.clone()),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
             metrics,

@@ -23,9 +23,7 @@ impl Context {
             .await;
     }
 
-    /// As [`Context::event`], about `related` as well. The recorder folds an Event into an
-    /// earlier one of the same object, reason and related object for minutes, keeping the
-    /// earlier note: Events about two different related objects need it to stay two.
+    /// As [`Context::event`], about `related` as well.
     pub async fn event_related(
         &self,
         regarding: &ObjectReference,
@@ -43,13 +41,52 @@ impl Context {
             secondary: related,
         };
         let published = if regarding.namespace.is_some() {
-            self.recorder.publish(&ev, regarding).await
+            self.publish_namespaced(&ev, regarding).await
         } else {
             self.publish_cluster_scoped(&ev, regarding).await
         };
         if let Err(e) = published {
             tracing::warn!(reason, error = %e, "cannot publish event");
         }
+    }
+
+    /// Events about a namespaced object go through events.k8s.io/v1, a new Event each time.
+    /// kube's `Recorder` folds an Event into an earlier one of the same object, reason and
+    /// related object for six minutes and keeps the earlier note, so a rollout's second
+    /// revision within that time read as its first. Events are published on transitions
+    /// only: there is no series to fold.
+    async fn publish_namespaced(
+        &self,
+        ev: &Event,
+        regarding: &ObjectReference,
+    ) -> kube::Result<()> {
+        use k8s_openapi::api::events::v1::Event as NewEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        let namespace = regarding.namespace.clone().unwrap_or_default();
+        let event = NewEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!(
+                    "{}.",
+                    regarding.name.as_deref().unwrap_or("object")
+                )),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            action: Some(ev.action.clone()),
+            reason: Some(ev.reason.clone()),
+            note: ev.note.clone(),
+            type_: Some(type_name(ev.type_).to_owned()),
+            regarding: Some(regarding.clone()),
+            related: ev.secondary.clone(),
+            event_time: Some(MicroTime(jiff::Timestamp::now())),
+            reporting_controller: Some(CONTROLLER_NAME.to_owned()),
+            reporting_instance: Some(self.config.identity.clone()),
+            ..Default::default()
+        };
+        kube::Api::<NewEvent>::namespaced(self.client.clone(), &namespace)
+            .create(&Default::default(), &event)
+            .await
+            .map(|_| ())
     }
 
     /// Events about a cluster-scoped object (an EdgeDevice) go through core/v1 into the
@@ -76,13 +113,7 @@ impl Context {
             involved_object: regarding.clone(),
             reason: Some(ev.reason.clone()),
             message: ev.note.clone(),
-            type_: Some(
-                match ev.type_ {
-                    EventType::Normal => "Normal",
-                    EventType::Warning => "Warning",
-                }
-                .to_owned(),
-            ),
+            type_: Some(type_name(ev.type_).to_owned()),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
             count: Some(1),
@@ -98,6 +129,13 @@ impl Context {
             .create(&Default::default(), &event)
             .await
             .map(|_| ())
+    }
+}
+
+fn type_name(t: EventType) -> &'static str {
+    match t {
+        EventType::Normal => "Normal",
+        EventType::Warning => "Warning",
     }
 }
 
