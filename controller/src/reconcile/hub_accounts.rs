@@ -46,18 +46,22 @@ pub async fn run(ctx: Arc<Context>, changes: impl Stream<Item = ()> + Send + 'st
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let mut written: Option<String> = None;
     loop {
-        let devices = ctx.stores.devices.state();
-        let enrolled: Vec<&str> = devices
-            .iter()
-            .filter(|d| ctx.is_enrolled(d))
-            .filter_map(|d| d.metadata.name.as_deref())
-            .collect();
-        let text = hub_accounts::accounts(&enrolled);
+        // The snapshot of the devices goes before any wait: held, it would keep every
+        // device the watch replaces meanwhile in memory twice.
+        let (text, enrolled) = {
+            let devices = ctx.stores.devices.state();
+            let enrolled: Vec<&str> = devices
+                .iter()
+                .filter(|d| ctx.is_enrolled(d))
+                .filter_map(|d| d.metadata.name.as_deref())
+                .collect();
+            (hub_accounts::accounts(&enrolled), enrolled.len())
+        };
         if written.as_ref() != Some(&text) {
             let _timer = ctx.metrics.reconcile(CONTROLLER);
             match apply::object(&api, &secret(&ctx.config.namespace, &text)).await {
                 Ok(_) => {
-                    tracing::info!(devices = enrolled.len(), "cloud hub accounts written");
+                    tracing::info!(devices = enrolled, "cloud hub accounts written");
                     written = Some(text);
                 }
                 Err(e) => {
