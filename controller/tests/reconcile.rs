@@ -468,6 +468,15 @@ async fn each_event_keeps_its_own_note() {
             .await
             .expect("deployment reconcile");
         let requests = world.log.take();
+        // The apiserver holds an events.k8s.io/v1 name to a DNS subdomain: `munich.` is
+        // refused (422), `munich-` is a prefix it completes.
+        for e in requests.iter().filter(|r| r.path.ends_with("/events")) {
+            assert_eq!(
+                e.body["metadata"]["generateName"], "munich-",
+                "{:#?}",
+                e.body
+            );
+        }
         assert!(
             notes(&requests, "TargetsChanged")
                 .iter()

@@ -65,8 +65,10 @@ impl Context {
         let namespace = regarding.namespace.clone().unwrap_or_default();
         let event = NewEvent {
             metadata: ObjectMeta {
+                // events.k8s.io/v1 holds the name to a DNS subdomain, which may not end in a
+                // dot (core/v1 does not): a generated name ends in `-`, which it allows.
                 generate_name: Some(format!(
-                    "{}.",
+                    "{}-",
                     regarding.name.as_deref().unwrap_or("object")
                 )),
                 namespace: Some(namespace.clone()),
