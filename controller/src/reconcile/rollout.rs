@@ -189,8 +189,9 @@ async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
 }
 
 /// Creates the ControllerRevision of `revision` unless it exists with these modules. One
-/// that keeps other modules under this name was not written by edgefleet (see
-/// [`snapshot`]): it is replaced, with a Warning Event, before any device could read it.
+/// that keeps other modules under this name was forged (see [`snapshot`]), or written by a
+/// controller that resolved modules differently: either way it is replaced, with a Warning
+/// Event, before any device could read it.
 async fn ensure_revision(
     ctx: &Context,
     d: &EdgeDeployment,
@@ -326,7 +327,7 @@ async fn remove_forged(
         why,
         "refused a ControllerRevision"
     );
-    let note = format!("ControllerRevision {name} was not written by edgefleet ({why}): {then}");
+    let note = format!("ControllerRevision {name} is not what edgefleet keeps ({why}): {then}");
     ctx.event_related(
         &reference(d),
         Some(reference(cr)),
