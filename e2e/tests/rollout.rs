@@ -186,7 +186,8 @@ fn arrival_order(looks: &[Look], revision: &str) -> Vec<String> {
     order
 }
 
-async fn events(client: &Client, ns: &str) -> BTreeSet<String> {
+/// The Events about deployment `app` in `ns`.
+async fn app_events(client: &Client, ns: &str) -> Vec<Event> {
     Api::<Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await
@@ -194,6 +195,14 @@ async fn events(client: &Client, ns: &str) -> BTreeSet<String> {
         .items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("app"))
+        .collect()
+}
+
+/// The reasons of the Events about deployment `app`.
+async fn events(client: &Client, ns: &str) -> BTreeSet<String> {
+    app_events(client, ns)
+        .await
+        .into_iter()
         .filter_map(|e| e.reason)
         .collect()
 }
@@ -434,6 +443,24 @@ async fn label_devices(devices: &Api<EdgeDevice>, names: &[&str], key: &str, val
     }
 }
 
+/// The lab, enrolled, with no deployment, label `label: yes` on the `selected` devices only,
+/// and a fresh namespace `namespace`, granted everything.
+async fn labelled(
+    label: &str,
+    selected: &[&str],
+    namespace: &str,
+) -> (Lab, Client, Api<EdgeDevice>, String) {
+    let lab = Lab::get();
+    let client = lab.client().await;
+    install_and_enrol(&client).await;
+    remove_every_deployment(&client).await;
+    let devices: Api<EdgeDevice> = Api::all(client.clone());
+    label_devices(&devices, &DEVICES, label, None).await;
+    label_devices(&devices, selected, label, Some("yes")).await;
+    let ns = fresh_namespace(&client, namespace).await;
+    (lab, client, devices, ns)
+}
+
 /// A stalled deployment starves its devices (issue 12, attack 4): while a deployment is
 /// rolled back, and so stands still until its spec is fixed, a device that comes into its
 /// selector gets the last good revision at once, runs it and is counted, instead of
@@ -442,14 +469,7 @@ async fn label_devices(devices: &Api<EdgeDevice>, names: &[&str], key: &str, val
 #[ignore = "needs the lab: make e2e"]
 async fn a_rolled_back_deployment_never_starves_a_device() {
     const LABEL: &str = "e2e-starve";
-    let lab = Lab::get();
-    let client = lab.client().await;
-    install_and_enrol(&client).await;
-    remove_every_deployment(&client).await;
-    let devices: Api<EdgeDevice> = Api::all(client.clone());
-    label_devices(&devices, &DEVICES, LABEL, None).await;
-    label_devices(&devices, &["edge-1", "edge-3"], LABEL, Some("yes")).await;
-    let ns = fresh_namespace(&client, "e2e-starve").await;
+    let (lab, client, devices, ns) = labelled(LABEL, &["edge-1", "edge-3"], "e2e-starve").await;
     let key = format!("{ns}/app");
     let _ctrl = ControllerProcess::start(&controller_binary(), &lab, PORT + 1, &CONTROLLER_ARGS);
     let _agents = RealAgents::install(&lab, &client, &DEVICES).await;
@@ -546,14 +566,7 @@ async fn kept(revisions: &Api<ControllerRevision>, revision: &str) -> Option<Val
 async fn a_forged_revision_never_reaches_a_device() {
     const LABEL: &str = "e2e-forge";
     const FORGER: &str = "e2e-forger";
-    let lab = Lab::get();
-    let client = lab.client().await;
-    install_and_enrol(&client).await;
-    remove_every_deployment(&client).await;
-    let devices: Api<EdgeDevice> = Api::all(client.clone());
-    label_devices(&devices, &DEVICES, LABEL, None).await;
-    label_devices(&devices, &["edge-1"], LABEL, Some("yes")).await;
-    let ns = fresh_namespace(&client, "e2e-forge").await;
+    let (lab, client, devices, ns) = labelled(LABEL, &["edge-1"], "e2e-forge").await;
     let key = format!("{ns}/app");
     let _ctrl = ControllerProcess::start(&controller_binary(), &lab, PORT + 2, &CONTROLLER_ARGS);
     let _agents = RealAgents::install(&lab, &client, &["edge-1"]).await;
@@ -678,11 +691,8 @@ async fn a_forged_revision_never_reaches_a_device() {
 
 /// The notes of the RevisionRefused Events on deployment `app`.
 async fn refusals(client: &Client, ns: &str) -> Vec<String> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
+    app_events(client, ns)
         .await
-        .expect("events")
-        .items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("RevisionRefused"))
         .filter_map(|e| e.note)
