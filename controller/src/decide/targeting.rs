@@ -21,6 +21,7 @@ use edgefleet_crds::{DesiredState, ResolvedModule, TargetingDecision, TargetingO
 use edgefleet_crds::limits;
 
 use crate::decide::catalog::{CompiledDeployment, Contribution};
+use crate::decide::grant::Grant;
 
 /// What one deployment gives a device: its modules there, the revision they are from, and
 /// their cost to the device's budget (bytes, [`limits::module_bytes`]).
@@ -53,8 +54,7 @@ impl CompiledDeployment {
         match &self.contribution {
             Contribution::Held { reach, .. } => {
                 let mut kept = self.read_back(current);
-                kept.modules
-                    .retain(|m| reach.iter().any(|g| g.allows(labels, m)));
+                keep_allowed(&mut kept.modules, reach, labels);
                 Given::new(kept.modules, kept.revision)
             }
             Contribution::Fresh { modules, bytes, .. } if !self.staged => Given {
@@ -75,7 +75,7 @@ impl CompiledDeployment {
                 },
                 Some(r) => match staged.snapshots.modules(&self.key, r) {
                     Some(mut snapshot) => {
-                        snapshot.retain(|m| reach.iter().any(|g| g.allows(labels, m)));
+                        keep_allowed(&mut snapshot, reach, labels);
                         Given::new(snapshot, r.clone())
                     }
                     None => self.read_back(current),
@@ -105,6 +105,23 @@ impl CompiledDeployment {
             .map(|t| t.revision.clone())
             .unwrap_or_default();
         Given::new(modules, revision)
+    }
+}
+
+/// Keeps the modules one of `reach` (the grants naming their namespace) lets run on a device
+/// with these labels, as grants are today, and drops the routes to the others: a route to a
+/// module the device does not run would have the agent refuse its whole desired state,
+/// every team's change on it with it.
+fn keep_allowed(
+    modules: &mut Vec<ResolvedModule>,
+    reach: &[Grant],
+    labels: &BTreeMap<String, String>,
+) {
+    modules.retain(|m| reach.iter().any(|g| g.allows(labels, m)));
+    let names: BTreeSet<String> = modules.iter().map(|m| m.name.clone()).collect();
+    for m in modules.iter_mut() {
+        m.routes
+            .retain(|r| r.to.module.as_ref().is_none_or(|to| names.contains(to)));
     }
 }
 
@@ -926,7 +943,8 @@ mod tests {
 
     /// A kept revision is judged by today's grants (issue 12's least privilege): a grant
     /// narrowed after v1 was kept takes v1's privileged module off a device moved back to
-    /// v1, as it does a held deployment's.
+    /// v1, as it does a held deployment's, and the route to it from the module that stays
+    /// (the agent refuses a desired state with a route to a module it does not run).
     #[test]
     fn a_narrowed_grant_narrows_a_kept_revision_too() {
         let grant = |host_network: bool| {
@@ -946,9 +964,13 @@ mod tests {
                 serde_yaml::from_str(&format!("image: {image}\nhostNetwork: {host_network}"))
                     .expect("spec"),
             );
+            lib.insert(
+                "a/sensor".into(),
+                serde_yaml::from_str("image: sensor:v1").expect("spec"),
+            );
             compile(
                 &deployment(
-                    "metadata: {name: app, namespace: a}\nspec:\n  modules: [{name: app}]\n  rollout: {maxUnavailable: 1}",
+                    "metadata: {name: app, namespace: a}\nspec:\n  modules:\n  - name: app\n  - name: sensor\n    routes: [{output: out, to: {module: app, input: in}}, {output: out, to: {upstream: up}}]\n  rollout: {maxUnavailable: 1}",
                 ),
                 &lib,
                 &grants,
@@ -971,15 +993,18 @@ mod tests {
                 },
             )
         };
-        let still_granted = compiled("app:v2", false, grant(true));
-        assert_eq!(
-            on_v1(&still_granted).modules.len(),
-            1,
-            "v1 runs while granted"
-        );
+        let still_granted = on_v1(&compiled("app:v2", false, grant(true)));
+        assert_eq!(still_granted.modules.len(), 2, "v1 runs while granted");
+        assert_eq!(still_granted.modules[1].routes.len(), 2);
         let narrowed = compiled("app:v2", false, grant(false));
         assert!(matches!(narrowed.contribution, Contribution::Fresh { .. }));
         let got = on_v1(&narrowed);
-        assert!(got.modules.is_empty(), "{:?}", got.modules);
+        let names: Vec<&str> = got.modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["sensor"]);
+        let routes = &got.modules[0].routes;
+        assert!(
+            routes.len() == 1 && routes[0].to.upstream.as_deref() == Some("up"),
+            "only the route upstream stays: {routes:?}"
+        );
     }
 }
