@@ -29,7 +29,7 @@ use crate::k8s::throttle::throttled;
 use crate::k8s::watches::{Synced, changes_of, enrolments, spec_changes};
 use crate::metrics::{HubTotals, Metrics};
 use crate::reconcile::{
-    self, csr_approval, deployment, device, hub_accounts, module_status, registry, rollout,
+    self, csr_approval, deployment, device, hub_accounts, module_status, registry,
 };
 use crate::serve::http::{self, Health};
 use crate::serve::webhooks;
@@ -262,7 +262,7 @@ async fn controllers(
         spec_changes(grants_for_deployments, ctx.stores.grants.clone()),
         move |_| deployment::every_deployment(&dep_store_for_grants),
     )
-    .watches_stream(revision_changes, |cr| rollout::deployment_of_revision(&cr))
+    .reconcile_on(revision_changes)
     .graceful_shutdown_on(shutdown_signal())
     .run(
         throttled(STATUS_PERIOD, deployment::reconcile),

@@ -625,6 +625,50 @@ async fn a_devices_oversized_words_reach_a_deployment_status_cut_and_only_once()
     assert!(again.is_empty(), "{again:#?}");
 }
 
+/// A ControllerRevision under the name of the revision being rolled out, but labelled as
+/// another deployment's (a team that may write ControllerRevisions in its namespace could
+/// make one): the cache judged it as that other deployment's, so it is refused here too,
+/// deleted (that object only) and written again, with an Event that says why.
+#[tokio::test]
+async fn a_revision_labelled_as_another_deployments_is_written_again() {
+    let d = munich();
+    let mut world = team_a(d.clone());
+    let ctx = world.context();
+    deployment::reconcile(world.update(&d), ctx.clone())
+        .await
+        .expect("first pass");
+    let requests = world.log.take();
+    let kept = writes(&requests)
+        .into_iter()
+        .find(|w| w.path.contains("/controllerrevisions/"))
+        .map(|w| parse::<ControllerRevision>(&w.body.to_string()))
+        .expect("the revision is kept");
+    let path = path_of(&kept);
+    let relabelled = json!({"metadata": {"uid": "uid-forged",
+        "labels": {"edgefleet.io/deployment": "berlin"}}});
+    world.write(&kept, &relabelled);
+
+    deployment::reconcile(world.update(&d), ctx.clone())
+        .await
+        .expect("second pass");
+    let requests = world.log.take();
+    let deleted = requests
+        .iter()
+        .find(|r| r.method == Method::DELETE && r.path == path)
+        .unwrap_or_else(|| panic!("{path} deleted: {requests:#?}"));
+    assert_eq!(deleted.body["preconditions"]["uid"], "uid-forged");
+    let again = writes(&requests)
+        .into_iter()
+        .find(|r| r.method == Method::PATCH && r.path == path)
+        .unwrap_or_else(|| panic!("{path} written again: {requests:#?}"));
+    assert_eq!(again.body["metadata"]["labels"]["edgefleet.io/deployment"], "munich");
+    let refused = notes(&requests, "RevisionRefused");
+    assert!(
+        refused.len() == 1 && refused[0].contains("labelled as another deployment's"),
+        "{refused:#?}"
+    );
+}
+
 /// Device `name`'s Lease, renewed just now: the device is online.
 fn renewed_lease(name: &str) -> Lease {
     Lease {

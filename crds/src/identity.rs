@@ -55,6 +55,12 @@ pub fn device_object_name(device: &str) -> String {
     format!("{DEVICE_OBJECT_PREFIX}{device}")
 }
 
+/// Labels of a deployment's ControllerRevisions: the deployment (its name, in its own
+/// namespace) and the revision the object keeps. The controller watches only objects with
+/// the first.
+pub const DEPLOYMENT_LABEL: &str = "edgefleet.io/deployment";
+pub const REVISION_LABEL: &str = "edgefleet.io/revision";
+
 /// On a device's Lease: the fingerprint of the Lease and RBAC the controller last wrote
 /// for the device, whole. A controller that starts again finds it and writes nothing for
 /// a device whose objects are already what they should be.

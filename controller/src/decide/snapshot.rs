@@ -10,12 +10,106 @@
 //! used: the devices at that revision keep what they run. (What a team's grants allow is
 //! judged again per device, in targeting, as for a held deployment.)
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use edgefleet_crds::bounds::{ROLLOUT_MESSAGE_MAX, clamp};
+use edgefleet_crds::identity::{DEPLOYMENT_LABEL, REVISION_LABEL};
 use edgefleet_crds::limits;
 use edgefleet_crds::route::Destination;
 use edgefleet_crds::{EdgeDeploymentSpec, ResolvedModule};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 use serde_json::{Value, json};
+
+use crate::decide::catalog;
+
+/// A deployment's ControllerRevision as the controller's cache holds it: what the rollout
+/// step reads of its metadata, and its modules judged once, when the watch delivers the
+/// object. Devices at an earlier revision read it on every reconcile of theirs (thousands
+/// in a wave), so it is not parsed and checked again for each; and the JSON it was read
+/// from, whoever wrote it (up to an object's 1.5 MiB, the spec kept for people included),
+/// is not held.
+#[derive(Clone, Debug)]
+pub struct KeptRevision {
+    /// Name, namespace, UID, resourceVersion, deletionTimestamp and edgefleet's two labels.
+    pub metadata: ObjectMeta,
+    /// The object's `revision` number.
+    pub revision: i64,
+    /// Its modules, or why they are not ones edgefleet wrote (in words for an Event, cut to
+    /// a rollout message's length: a forger chooses what a parse error quotes).
+    pub modules: Result<Arc<[ResolvedModule]>, String>,
+}
+
+impl KeptRevision {
+    /// Judges a ControllerRevision the watch delivered, keeping only what is read of it.
+    pub fn judge(cr: ControllerRevision) -> Self {
+        let ControllerRevision {
+            metadata,
+            data,
+            revision,
+        } = cr;
+        let mut labels = metadata.labels.unwrap_or_default();
+        labels.retain(|k, _| k == DEPLOYMENT_LABEL || k == REVISION_LABEL);
+        let key = catalog::key(
+            metadata.namespace.as_deref().unwrap_or_default(),
+            labels.get(DEPLOYMENT_LABEL).map_or("", String::as_str),
+        );
+        let mut modules = data
+            .ok_or_else(|| "it has no data".to_owned())
+            .and_then(|d| self::modules(&key, d.0))
+            .map(Arc::from);
+        if let Err(why) = &mut modules {
+            clamp(why, ROLLOUT_MESSAGE_MAX);
+        }
+        KeptRevision {
+            metadata: ObjectMeta {
+                name: metadata.name,
+                namespace: metadata.namespace,
+                uid: metadata.uid,
+                resource_version: metadata.resource_version,
+                deletion_timestamp: metadata.deletion_timestamp,
+                labels: Some(labels),
+                ..Default::default()
+            },
+            revision,
+            modules,
+        }
+    }
+}
+
+/// A ControllerRevision still, for object references (the Events that name one) and keys.
+impl Resource for KeptRevision {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        ControllerRevision::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        ControllerRevision::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        ControllerRevision::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        ControllerRevision::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// What a ControllerRevision keeps of one revision: the spec (for people reading it) and
 /// the modules devices at that revision run.
@@ -25,12 +119,13 @@ pub fn data(spec: &EdgeDeploymentSpec, modules: &[ResolvedModule]) -> Value {
 
 /// The modules a ControllerRevision's `data` keeps for deployment `key` (`namespace/name`),
 /// or why they are not ones edgefleet would have written.
-pub fn modules(key: &str, data: &Value) -> Result<Vec<ResolvedModule>, String> {
+pub fn modules(key: &str, mut data: Value) -> Result<Vec<ResolvedModule>, String> {
     let raw = data
-        .get("modules")
+        .get_mut("modules")
+        .map(Value::take)
         .ok_or_else(|| "it keeps no modules".to_owned())?;
-    let modules: Vec<ResolvedModule> = serde_json::from_value(raw.clone())
-        .map_err(|e| format!("its modules do not parse: {e}"))?;
+    let modules: Vec<ResolvedModule> =
+        serde_json::from_value(raw).map_err(|e| format!("its modules do not parse: {e}"))?;
     check(key, &modules)?;
     Ok(modules)
 }
@@ -102,7 +197,7 @@ mod tests {
         assert!(
             app.spec.resources.is_some() && app.spec.devices.len() == 1 && app.routes.len() == 1
         );
-        let read = modules("team-a/web", &data(&d.spec, &written)).expect("its own revision");
+        let read = modules("team-a/web", data(&d.spec, &written)).expect("its own revision");
         assert_eq!(read, written);
     }
 
@@ -115,7 +210,7 @@ mod tests {
              "image": "localhost/sensor:1",
              "routes": [{"output": "out", "to": {"module": "app", "input": "in"}}]},
         ]});
-        let got = modules("team-a/web", &data).expect("the controller's own snapshot");
+        let got = modules("team-a/web", data).expect("the controller's own snapshot");
         assert_eq!(got.len(), 2);
     }
 
@@ -157,10 +252,70 @@ mod tests {
             ),
             (json!("modules"), "do not parse"),
         ] {
-            let err = modules("team-a/web", &json!({"modules": forged}))
+            let err = modules("team-a/web", json!({"modules": forged.clone()}))
                 .expect_err(&format!("{forged} must be refused"));
             assert!(err.contains(says), "{forged}: {err}");
         }
-        assert!(modules("team-a/web", &json!({"spec": {}})).is_err());
+        assert!(modules("team-a/web", json!({"spec": {}})).is_err());
+    }
+
+    fn revision(labels: serde_json::Value, data: Value) -> ControllerRevision {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "team-a", "uid": "u1",
+                         "resourceVersion": "7", "labels": labels,
+                         "annotations": {"big": "x".repeat(100_000)}},
+            "data": data, "revision": 3,
+        }))
+        .expect("a ControllerRevision")
+    }
+
+    /// The cache keeps the modules of the controller's own revision, judged as the
+    /// deployment its label names, and of the object only what the rollout step reads.
+    #[test]
+    fn the_cache_keeps_a_revisions_modules_and_little_else() {
+        let own = json!({"spec": {"big": "x".repeat(100_000)},
+                         "modules": [module("app", "team-a/web", "team-a/app")]});
+        let labels = json!({"edgefleet.io/deployment": "web", "edgefleet.io/revision": "abc",
+                            "other": "x"});
+        let kept = KeptRevision::judge(revision(labels, own.clone()));
+        let got = kept.modules.expect("the controller's own revision");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, "app");
+        assert_eq!(
+            (kept.revision, kept.metadata.uid.as_deref()),
+            (3, Some("u1"))
+        );
+        assert_eq!(
+            kept.metadata
+                .labels
+                .unwrap_or_default()
+                .keys()
+                .collect::<Vec<_>>(),
+            [DEPLOYMENT_LABEL, REVISION_LABEL]
+        );
+        assert!(kept.metadata.annotations.is_none());
+
+        // Labelled as another deployment's, the same modules are not that one's.
+        let other = json!({"edgefleet.io/deployment": "api"});
+        assert!(KeptRevision::judge(revision(other, own)).modules.is_err());
+    }
+
+    /// A forger chooses what a parse error quotes: the cache holds, and an Event says, a
+    /// rollout message's length of it at most.
+    #[test]
+    fn a_forged_revisions_words_are_cut() {
+        let labels = json!({"edgefleet.io/deployment": "web"});
+        for forged in [
+            json!({"modules": [module(&"a".repeat(200_000), "team-a/web", "team-a/app")]}),
+            json!({"modules": [{"name": "app", "image": 1, "deployment": "x".repeat(200_000)}]}),
+            json!({"modules": "y".repeat(200_000)}),
+        ] {
+            let why = KeptRevision::judge(revision(labels.clone(), forged))
+                .modules
+                .expect_err("forged");
+            assert!(why.chars().count() <= ROLLOUT_MESSAGE_MAX, "{}", why.len());
+        }
+        let none = KeptRevision::judge(ControllerRevision::default()).modules;
+        assert_eq!(none.expect_err("no data"), "it has no data");
     }
 }

@@ -6,7 +6,6 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule, EdgeModuleSpec};
-use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -17,6 +16,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use crate::config::Config;
 use crate::decide::catalog::{self, CompiledDeployment};
 use crate::decide::grant::Grant;
+use crate::decide::snapshot::KeptRevision;
 use crate::k8s::moves::Moves;
 use crate::k8s::watches::Synced;
 use crate::metrics::Metrics;
@@ -30,8 +30,8 @@ pub struct Stores {
     pub deployments: Store<EdgeDeployment>,
     pub modules: Store<EdgeModule>,
     pub leases: Store<Lease>,
-    /// The deployments' ControllerRevisions (labelled `edgefleet.io/deployment`).
-    pub revisions: Store<ControllerRevision>,
+    /// The deployments' ControllerRevisions (labelled `edgefleet.io/deployment`), judged.
+    pub revisions: Store<KeptRevision>,
     pub grants: Store<EdgeGrant>,
 }
 

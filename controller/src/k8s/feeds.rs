@@ -1,8 +1,10 @@
 //! Every watch the controller starts: the caches the reconciles read, and the feeds that
 //! wake the controllers, each with the one reader it is named for.
 
+use std::future::ready;
 use std::sync::Arc;
 
+use edgefleet_crds::identity::DEPLOYMENT_LABEL;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -10,14 +12,15 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::ReflectHandle;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use crate::decide::snapshot::KeptRevision;
 use crate::k8s::context::Stores;
 use crate::k8s::intern::Interner;
 use crate::k8s::watches::{
-    Cache, Synced, arrivals_and_departures, cache, drop_managed_fields, keep_name_only,
+    Cache, Synced, arrivals_and_departures, cache, cache_as, drop_managed_fields, keep_name_only,
     keep_renew_time, shared,
 };
 use crate::reconcile::rollout;
@@ -42,7 +45,8 @@ pub struct Feeds {
     pub grants_for_deployments: ReflectHandle<EdgeGrant>,
     pub lease_changes: BoxStream<'static, Result<Lease, watcher::Error>>,
     pub node_changes: BoxStream<'static, Result<PartialObjectMeta<Node>, watcher::Error>>,
-    pub revision_changes: BoxStream<'static, Result<ControllerRevision, watcher::Error>>,
+    /// The deployments whose ControllerRevisions changed.
+    pub revision_changes: BoxStream<'static, ObjectRef<EdgeDeployment>>,
 }
 
 impl std::fmt::Debug for Feeds {
@@ -114,12 +118,12 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         Cache::Nodes,
     );
 
-    // The deployments' revisions, for moving devices back to one. A revision's change wakes
-    // its deployment: one edgefleet did not write is refused there.
-    let (revisions, revision_events) = cache(
+    // The deployments' revisions, for moving devices back to one, each judged as it comes.
+    // A revision's change wakes its deployment: one edgefleet did not write is refused there.
+    let (revisions, revision_events) = cache_as(
         Api::<ControllerRevision>::all(client.clone()),
-        watcher::Config::default().labels(rollout::DEPLOYMENT_LABEL),
-        drop_managed_fields,
+        watcher::Config::default().labels(DEPLOYMENT_LABEL),
+        KeptRevision::judge,
         synced,
         Cache::Revisions,
     );
@@ -152,7 +156,18 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         // has it: from a second watch it could arrive first, and a device whose Node is gone
         // would be judged against a store that still has the Node.
         node_changes: arrivals_and_departures(node_events).boxed(),
-        revision_changes: revision_events.applied_objects().boxed(),
+        revision_changes: revision_events
+            .applied_objects()
+            .filter_map(|cr| {
+                ready(match cr {
+                    Ok(cr) => rollout::deployment_of_revision(&cr),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching ControllerRevisions");
+                        None
+                    }
+                })
+            })
+            .boxed(),
     };
     (stores, feeds)
 }

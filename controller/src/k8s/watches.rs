@@ -148,15 +148,51 @@ pub fn cache<K>(
 where
     K: Cached,
 {
+    let keep = move |mut o: K| {
+        trim(&mut o);
+        o
+    };
+    cache_as(api, config, keep, synced, cache)
+}
+
+/// A cache only its owner reads, over the objects `config` selects, each turned by `into`
+/// into what the cache holds of it before it is stored. Returns the store and the watch's
+/// events, as [`cache`] does.
+pub fn cache_as<K, D, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut into: F,
+    synced: &Arc<Synced>,
+    cache: Cache,
+) -> (
+    Store<D>,
+    impl Stream<Item = Result<watcher::Event<D>, watcher::Error>> + Send + use<K, D, F>,
+)
+where
+    K: Cached,
+    D: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    F: FnMut(K) -> D + Send + 'static,
+{
     synced.expect(cache);
     let (reader, writer) = reflector::store();
     let synced = synced.clone();
     let events = watcher(api, config)
-        .modify(trim)
+        .map(move |e| e.map(|e| map_event(e, &mut into)))
         .default_backoff()
         .reflect(writer)
         .inspect(move |e| synced.observe(cache, e));
     (reader, events)
+}
+
+/// A watch event about what `into` makes of its object.
+fn map_event<K, D>(e: watcher::Event<K>, into: &mut impl FnMut(K) -> D) -> watcher::Event<D> {
+    match e {
+        watcher::Event::Apply(o) => watcher::Event::Apply(into(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(into(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(into(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 /// The caches never read managedFields, which are often the largest part of an object.

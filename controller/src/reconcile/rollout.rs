@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
+use edgefleet_crds::identity::{
+    CONTROLLER_MANAGER, DEPLOYMENT_LABEL, REVISION_LABEL, ROLLOUT_MANAGER,
+};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, RolloutPhase, RolloutStatus};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -25,15 +27,12 @@ use serde_json::json;
 use crate::decide::catalog::{self, CompiledDeployment, Contribution};
 use crate::decide::rollout::{self, Plan, Policy};
 use crate::decide::rollup::Rollup;
-use crate::decide::snapshot;
+use crate::decide::snapshot::{self, KeptRevision};
 use crate::decide::targeting::Snapshots;
 use crate::error::{Error, Result};
 use crate::k8s::context::Context;
 use crate::k8s::events::reference;
 
-/// Labels of a deployment's ControllerRevisions.
-pub const DEPLOYMENT_LABEL: &str = "edgefleet.io/deployment";
-pub const REVISION_LABEL: &str = "edgefleet.io/revision";
 /// Revisions kept per deployment, besides those still in use.
 const KEEP: usize = 5;
 /// How often a rollout with devices on the move is looked at.
@@ -45,7 +44,7 @@ pub fn revision_name(deployment: &str, revision: &str) -> String {
 }
 
 /// The deployment a ControllerRevision is labelled as a revision of.
-pub fn deployment_of_revision(cr: &ControllerRevision) -> Option<ObjectRef<EdgeDeployment>> {
+pub fn deployment_of_revision(cr: &KeptRevision) -> Option<ObjectRef<EdgeDeployment>> {
     let name = cr.labels().get(DEPLOYMENT_LABEL)?;
     Some(ObjectRef::new(name).within(&cr.namespace()?))
 }
@@ -57,18 +56,12 @@ impl Snapshots for Context {
             .stores
             .revisions
             .get(&ObjectRef::new(&revision_name(name, revision)).within(ns))?;
-        kept_modules(key, &cr).ok()
+        // The cache judged it as the deployment its label names: that must be this one.
+        if cr.labels().get(DEPLOYMENT_LABEL).map(String::as_str) != Some(name) {
+            return None;
+        }
+        cr.modules.as_ref().ok().map(|m| m.to_vec())
     }
-}
-
-/// The modules a ControllerRevision keeps for deployment `key`, or why they are not ones
-/// edgefleet wrote ([`snapshot`]).
-fn kept_modules(key: &str, cr: &ControllerRevision) -> Result<Vec<ResolvedModule>, String> {
-    let data = cr
-        .data
-        .as_ref()
-        .ok_or_else(|| "it has no data".to_owned())?;
-    snapshot::modules(key, &data.0)
 }
 
 /// Runs the rollout step and returns the rollout status, or `None` for a held spec (whose
@@ -89,12 +82,15 @@ pub async fn step(
         .as_ref()
         .and_then(|s| s.rollout.clone())
         .unwrap_or_default();
-    ensure_revision(ctx, d, compiled, modules).await?;
-    refuse_forged(ctx, d, compiled).await?;
+    // One look at the deployment's revisions for the whole pass: what it writes or deletes
+    // reaches the cache later anyway.
+    let mine = revisions_of(ctx, &ns, &name);
+    ensure_revision(ctx, d, compiled, modules, &mine).await?;
+    refuse_forged(ctx, d, compiled, &mine).await?;
 
     let Some(spec) = d.spec.rollout.as_ref() else {
         let status = all_at_once(&compiled.revision, r, &last);
-        prune(ctx, &ns, &name, &status).await;
+        prune(ctx, &ns, &mine, &status).await;
         return Ok(Some((status, None)));
     };
     // The catalog holds a spec whose canary selector does not parse, so this parses.
@@ -112,7 +108,7 @@ pub async fn step(
         jiff::Timestamp::now(),
     );
     move_devices(ctx, &compiled.key, &plan).await?;
-    prune(ctx, &ns, &name, &plan.status).await;
+    prune(ctx, &ns, &mine, &plan.status).await;
     // Agents report only changes, and a module becoming ready by running long enough is no
     // change: while devices are on the move, look again soon.
     let moving = !plan.moves.is_empty()
@@ -191,33 +187,40 @@ async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
 /// Creates the ControllerRevision of `revision` unless it exists with these modules. One
 /// that keeps other modules under this name was forged (see [`snapshot`]), or written by a
 /// controller that resolved modules differently: either way it is replaced, with a Warning
-/// Event, before any device could read it.
+/// Event, before any device could read it. `mine` are the deployment's revisions, for the
+/// next revision number.
 async fn ensure_revision(
     ctx: &Context,
     d: &EdgeDeployment,
     compiled: &CompiledDeployment,
     modules: &[ResolvedModule],
+    mine: &[Arc<KeptRevision>],
 ) -> Result<()> {
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
     let revision = compiled.revision.as_str();
     let cr_name = revision_name(&name, revision);
+    // By name, not among `mine`: one under this name labelled as another deployment's is
+    // in the way too.
     if let Some(existing) = ctx
         .stores
         .revisions
         .get(&ObjectRef::new(&cr_name).within(&ns))
     {
-        let why = match kept_modules(&compiled.key, &existing) {
-            Ok(kept) if kept == modules => return Ok(()),
-            Ok(_) => "its modules are not this revision's".to_owned(),
-            Err(why) => why,
+        let why = match &existing.modules {
+            _ if existing.labels().get(DEPLOYMENT_LABEL) != Some(&name) => {
+                "it is labelled as another deployment's"
+            }
+            Ok(kept) if **kept == *modules => return Ok(()),
+            Ok(_) => "its modules are not this revision's",
+            Err(why) => why.as_str(),
         };
         if existing.metadata.deletion_timestamp.is_none() {
-            remove_forged(ctx, d, &existing, &why, "written again").await?;
+            remove_forged(ctx, d, &existing, why, "written again").await?;
         }
     }
     // A forged revision number must not overflow the next one.
-    let number = revisions_of(ctx, &ns, &name)
+    let number = mine
         .iter()
         .map(|c| c.revision)
         .max()
@@ -252,7 +255,7 @@ async fn ensure_revision(
 }
 
 /// The ControllerRevisions labelled as deployment `ns/name`'s.
-fn revisions_of(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<ControllerRevision>> {
+fn revisions_of(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<KeptRevision>> {
     ctx.stores
         .revisions
         .state()
@@ -271,20 +274,20 @@ async fn refuse_forged(
     ctx: &Context,
     d: &EdgeDeployment,
     compiled: &CompiledDeployment,
+    mine: &[Arc<KeptRevision>],
 ) -> Result<()> {
-    let ns = d.namespace().unwrap_or_default();
-    for cr in revisions_of(ctx, &ns, &d.name_any()) {
+    for cr in mine {
         if cr.metadata.deletion_timestamp.is_some()
             || cr.labels().get(REVISION_LABEL) == Some(&compiled.revision)
         {
             continue;
         }
-        if let Err(why) = kept_modules(&compiled.key, &cr) {
+        if let Err(why) = &cr.modules {
             remove_forged(
                 ctx,
                 d,
-                &cr,
-                &why,
+                cr,
+                why,
                 "deleted; devices at its revision keep what they run",
             )
             .await?;
@@ -298,7 +301,7 @@ async fn refuse_forged(
 async fn remove_forged(
     ctx: &Context,
     d: &EdgeDeployment,
-    cr: &ControllerRevision,
+    cr: &KeptRevision,
     why: &str,
     then: &str,
 ) -> Result<()> {
@@ -340,9 +343,9 @@ async fn remove_forged(
     Ok(())
 }
 
-/// Keeps the newest revisions and every one still in use; a failure only waits for the
-/// next pass.
-async fn prune(ctx: &Context, ns: &str, name: &str, status: &RolloutStatus) {
+/// Keeps the newest of the deployment's revisions (`mine`) and every one still in use; a
+/// failure only waits for the next pass.
+async fn prune(ctx: &Context, ns: &str, mine: &[Arc<KeptRevision>], status: &RolloutStatus) {
     let in_use: BTreeSet<&str> = [
         status.current_revision.as_str(),
         status.update_revision.as_str(),
@@ -351,7 +354,7 @@ async fn prune(ctx: &Context, ns: &str, name: &str, status: &RolloutStatus) {
     .into_iter()
     .chain(status.revisions.iter().map(|r| r.revision.as_str()))
     .collect();
-    let mut mine = revisions_of(ctx, ns, name);
+    let mut mine = mine.to_vec();
     mine.sort_by_key(|c| std::cmp::Reverse(c.revision));
     let api = Api::<ControllerRevision>::namespaced(ctx.client.clone(), ns);
     for old in mine.iter().skip(KEEP) {
@@ -363,8 +366,13 @@ async fn prune(ctx: &Context, ns: &str, name: &str, status: &RolloutStatus) {
         if in_use.contains(rev) {
             continue;
         }
-        if let Err(e) = api.delete(&old.name_any(), &DeleteParams::default()).await {
-            tracing::warn!(revision = %old.name_any(), error = %e, "cannot delete an old revision");
+        match api.delete(&old.name_any(), &DeleteParams::default()).await {
+            // Refused as forged earlier in this pass.
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(revision = %old.name_any(), error = %e, "cannot delete an old revision");
+            }
         }
     }
 }

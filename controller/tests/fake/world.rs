@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use edgefleet_controller::Config;
+use edgefleet_controller::decide::snapshot::KeptRevision;
 use edgefleet_controller::k8s::context::{Context, Stores};
 use edgefleet_controller::k8s::watches::{Cache, Synced};
 use edgefleet_controller::metrics::Metrics;
@@ -24,11 +25,13 @@ use super::apiserver::{self, Handler, Log, Objects};
 /// The namespace of device Leases and RBAC in these tests.
 pub const SYSTEM_NAMESPACE: &str = "edgefleet-system";
 
-/// A kind the controller caches.
+/// A kind the controller caches, and what its cache holds of an object.
 pub trait Cached:
     Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + 'static
 {
-    fn writer(w: &mut Writers) -> &mut Writer<Self>;
+    type Held: Resource<DynamicType = ()> + Clone + 'static;
+    fn writer(w: &mut Writers) -> &mut Writer<Self::Held>;
+    fn hold(self) -> Self::Held;
 }
 
 /// The write halves of the caches.
@@ -38,15 +41,19 @@ pub struct Writers {
     deployments: Writer<EdgeDeployment>,
     modules: Writer<EdgeModule>,
     leases: Writer<Lease>,
-    revisions: Writer<ControllerRevision>,
+    revisions: Writer<KeptRevision>,
     grants: Writer<EdgeGrant>,
 }
 
 macro_rules! cached {
     ($($kind:ty => $field:ident),* $(,)?) => {
         $(impl Cached for $kind {
+            type Held = Self;
             fn writer(w: &mut Writers) -> &mut Writer<Self> {
                 &mut w.$field
+            }
+            fn hold(self) -> Self {
+                self
             }
         })*
     };
@@ -58,8 +65,18 @@ cached! {
     EdgeDeployment => deployments,
     EdgeModule => modules,
     Lease => leases,
-    ControllerRevision => revisions,
     EdgeGrant => grants,
+}
+
+/// The cache judges a ControllerRevision as the controller's watch does.
+impl Cached for ControllerRevision {
+    type Held = KeptRevision;
+    fn writer(w: &mut Writers) -> &mut Writer<KeptRevision> {
+        &mut w.revisions
+    }
+    fn hold(self) -> KeptRevision {
+        KeptRevision::judge(self)
+    }
 }
 
 /// The caches and the apiserver of one test. Objects added before [`World::context`] make
@@ -118,7 +135,7 @@ impl World {
     /// Adds `obj` to the caches' initial list and to the apiserver.
     pub fn add<K: Cached>(&mut self, obj: K) -> &mut Self {
         self.objects.insert(path_of(&obj), to_json(&obj));
-        K::writer(&mut self.writers).apply_watcher_event(&Event::InitApply(obj));
+        K::writer(&mut self.writers).apply_watcher_event(&Event::InitApply(obj.hold()));
         self
     }
 
@@ -202,7 +219,7 @@ impl World {
     pub fn write<K: Cached>(&mut self, obj: &K, patch: &serde_json::Value) -> Arc<K> {
         self.objects.patch(path_of(obj), patch);
         let stored = self.stored(obj);
-        K::writer(&mut self.writers).apply_watcher_event(&Event::Apply(stored.clone()));
+        K::writer(&mut self.writers).apply_watcher_event(&Event::Apply(stored.clone().hold()));
         Arc::new(stored)
     }
 }
