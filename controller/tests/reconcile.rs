@@ -661,7 +661,10 @@ async fn a_revision_labelled_as_another_deployments_is_written_again() {
         .into_iter()
         .find(|r| r.method == Method::PATCH && r.path == path)
         .unwrap_or_else(|| panic!("{path} written again: {requests:#?}"));
-    assert_eq!(again.body["metadata"]["labels"]["edgefleet.io/deployment"], "munich");
+    assert_eq!(
+        again.body["metadata"]["labels"]["edgefleet.io/deployment"],
+        "munich"
+    );
     let refused = notes(&requests, "RevisionRefused");
     assert!(
         refused.len() == 1 && refused[0].contains("labelled as another deployment's"),

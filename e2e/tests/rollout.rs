@@ -105,6 +105,22 @@ async fn rollout_status(deployments: &Api<EdgeDeployment>) -> edgefleet_crds::Ro
         .unwrap_or_default()
 }
 
+/// Waits until the controller has seen deployment `app`'s spec as it is now (its status
+/// says so): a change of the rollout's settings alone is no new revision to wait for.
+async fn spec_seen(deployments: &Api<EdgeDeployment>) {
+    wait_for("the spec to be seen", Duration::from_secs(60), || async {
+        let d = deployments.get("app").await.map_err(|e| e.to_string())?;
+        let observed = d.status.and_then(|s| s.observed_generation);
+        (observed == d.metadata.generation)
+            .then_some(())
+            .ok_or(format!(
+                "observed {observed:?} of {:?}",
+                d.metadata.generation
+            ))
+    })
+    .await;
+}
+
 /// Watches the fleet every 200 ms until the rollout of a revision other than `previous`
 /// reaches `until`; returns every distinct look, and fails when more than
 /// `max_unavailable` devices are at the target revision and not ready at the same time.
@@ -376,8 +392,14 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
     // continues the same soak and the waves, and no device moves twice.
     let canary = json!({"maxUnavailable": 1, "failureThreshold": 0, "onFailure": "Rollback",
                         "canary": {"count": 1, "soakSeconds": 15}});
-    apply(&client, &ns, "EdgeModule", "app", module("v5")).await;
     apply(&client, &ns, "EdgeDeployment", "app", deployment(canary)).await;
+    spec_seen(&deployments).await;
+    assert_eq!(
+        rollout_status(&deployments).await.update_revision,
+        v4.update_revision,
+        "the rollout's settings alone are no new revision"
+    );
+    apply(&client, &ns, "EdgeModule", "app", module("v5")).await;
     let soaking = wait_for("the canary to soak", Duration::from_secs(90), || async {
         let st = rollout_status(&deployments).await;
         (st.phase == RolloutPhase::Soaking)
@@ -531,6 +553,32 @@ async fn a_rolled_back_deployment_never_starves_a_device() {
         },
     )
     .await;
+
+    // A change of the rollout's settings alone (a failure threshold that tolerates the
+    // failing device) is the same revision: the new spec is what tries it again.
+    let tolerant = json!({
+        "selector": {"matchLabels": {LABEL: "yes"}}, "modules": [{"name": "app"}],
+        "rollout": {"maxUnavailable": 1, "failureThreshold": 3, "onFailure": "Rollback"},
+    });
+    apply(&client, &ns, "EdgeDeployment", "app", tolerant).await;
+    wait_for(
+        "the rolled-back revision to be tried again",
+        Duration::from_secs(60),
+        || async {
+            let st = rollout_status(&deployments).await;
+            let l = look(&devices, &key).await;
+            let at_v2 =
+                l.at.values()
+                    .filter(|a| a.as_deref() == Some(v2.update_revision.as_str()));
+            (st.update_revision == v2.update_revision
+                && st.target_revision == v2.update_revision
+                && st.phase != RolloutPhase::RolledBack
+                && at_v2.count() >= 1)
+                .then_some(())
+                .ok_or(format!("{st:?} {l:?}"))
+        },
+    )
+    .await;
     label_devices(&devices, &DEVICES, LABEL, None).await;
 }
 
@@ -605,8 +653,11 @@ async fn a_forged_revision_never_reaches_a_device() {
     );
     assert!(kept(&admins, &r1).await.is_some(), "v1 is kept");
 
-    // Paused: edge-1 stays at r1 and runs it from the kept revision.
+    // Paused: edge-1 stays at r1 and runs it from the kept revision, while a new module
+    // makes the revision r2.
     apply(&client, &ns, "EdgeDeployment", "app", spec(true)).await;
+    spec_seen(&deployments).await;
+    apply(&client, &ns, "EdgeModule", "app", module("v2")).await;
     let r2 = wait_for(
         "the paused revision to be kept",
         Duration::from_secs(60),

@@ -160,8 +160,11 @@ impl CompiledDeployment {
     }
 }
 
-/// The revision of a deployment: a 16-hex-digit hash of its spec and of the specs of the
-/// EdgeModules it refers to (in the spec's order; a missing one hashes as null).
+/// The revision of a deployment: a 16-hex-digit hash of what its devices run, its modules
+/// (with their overrides and routes) and the specs of the EdgeModules they refer to (in
+/// the spec's order; a missing one hashes as null). Its selector, priority and rollout
+/// settings are not part of it: changing them changes what devices run nowhere, and a new
+/// revision would roll the same modules out to the whole fleet again, in waves.
 pub fn revision(d: &EdgeDeployment, modules: &impl ModuleLookup) -> String {
     let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
     let referenced: Vec<Option<&EdgeModuleSpec>> = d
@@ -170,7 +173,7 @@ pub fn revision(d: &EdgeDeployment, modules: &impl ModuleLookup) -> String {
         .iter()
         .map(|m| modules.module(namespace, m.module_name()))
         .collect();
-    let bytes = serde_json::to_vec(&(&d.spec, referenced)).unwrap_or_default();
+    let bytes = serde_json::to_vec(&(&d.spec.modules, referenced)).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -442,6 +445,42 @@ mod tests {
                 ),
             ),
         ])
+    }
+
+    /// A revision is what devices run: the selector, the priority and the rollout's
+    /// settings are not part of it (changing them would roll the same modules out again),
+    /// a module's override, route or EdgeModule is.
+    #[test]
+    fn a_revision_changes_with_what_devices_run_only() {
+        let lib = modules(&[("ns/app", "image: app:v1"), ("ns/db", "image: db:v1")]);
+        let rev = |spec: &str| {
+            revision(
+                &deployment(&format!(
+                    "metadata: {{name: d, namespace: ns}}\nspec: {spec}"
+                )),
+                &lib,
+            )
+        };
+        let base = rev("{modules: [{name: app}, {name: db}]}");
+        for same in [
+            "{modules: [{name: app}, {name: db}], selector: {matchLabels: {site: x}}}",
+            "{modules: [{name: app}, {name: db}], priority: 7, layered: true}",
+            "{modules: [{name: app}, {name: db}], rollout: {maxUnavailable: 2, paused: true}}",
+        ] {
+            assert_eq!(rev(same), base, "{same}");
+        }
+        for other in [
+            "{modules: [{name: app, overrides: {image: app:v2}}, {name: db}]}",
+            "{modules: [{name: app, routes: [{output: o, to: {module: db, input: i}}]}, {name: db}]}",
+            "{modules: [{name: app}]}",
+        ] {
+            assert_ne!(rev(other), base, "{other}");
+        }
+        let newer = modules(&[("ns/app", "image: app:v2"), ("ns/db", "image: db:v1")]);
+        let d = deployment(
+            "metadata: {name: d, namespace: ns}\nspec: {modules: [{name: app}, {name: db}]}",
+        );
+        assert_ne!(revision(&d, &newer), base);
     }
 
     /// Only a staged deployment's devices follow its current revision, and only once it

@@ -83,6 +83,11 @@ pub struct Policy {
     pub failure_threshold: Count,
     pub on_failure: OnFailure,
     pub progress_deadline: Duration,
+    /// The deployment's spec changed since the rollout's last status (a new generation,
+    /// `status.observedGeneration` behind). The revision hashes only what devices run, so a
+    /// change of the rollout's settings is the same revision: this is what tries a
+    /// rolled-back one again, with the new settings.
+    pub spec_changed: bool,
 }
 
 impl Policy {
@@ -102,6 +107,7 @@ impl Policy {
             failure_threshold: spec.failure_threshold.clone(),
             on_failure: spec.on_failure,
             progress_deadline: Duration::from_secs(u64::from(spec.progress_deadline_seconds)),
+            spec_changed: false,
         })
     }
 }
@@ -169,7 +175,14 @@ impl<'a> Tally<'a> {
         last: &RolloutStatus,
         now: Timestamp,
     ) -> Self {
-        let same_update = last.update_revision == update;
+        // A rolled-back update tried again after a spec change starts afresh, as a new
+        // revision would.
+        let retried = policy.spec_changed
+            && matches!(
+                last.phase,
+                RolloutPhase::RollingBack | RolloutPhase::RolledBack
+            );
+        let same_update = last.update_revision == update && !retried;
         // The progress clock and the soak start only carry over within one update.
         let carried = |t: &Option<Time>| t.as_ref().filter(|_| same_update).map(|t| t.0);
         let rolling_back = same_update
@@ -589,6 +602,7 @@ mod tests {
             failure_threshold: Count::Devices(0),
             on_failure: OnFailure::Pause,
             progress_deadline: Duration::from_secs(600),
+            spec_changed: false,
         }
     }
 
@@ -808,6 +822,52 @@ mod tests {
         let fresh = plan(&p, "rev-fixed", &devices, &stays.status, t0());
         assert_eq!(fresh.moves, ["a"]);
         assert_eq!(fresh.status.target_revision, "rev-fixed");
+    }
+
+    /// A change of the rollout's settings alone is no new revision (the revision hashes what
+    /// devices run), so after a rollback it is the spec's new generation that tries the
+    /// same revision again: afresh, its clocks restarted, and only once.
+    #[test]
+    fn a_rolled_back_revision_is_tried_again_when_the_spec_changes() {
+        let mut devices = fleet(&["a", "b", "c"]);
+        let mut p = policy(1);
+        p.on_failure = OnFailure::Rollback;
+        p.progress_deadline = Duration::from_secs(60);
+        let first = plan(&p, U, &devices, &stable(), t0());
+        apply(&mut devices, &first);
+        set(&mut devices, "a", |d| d.health = Health::Failed);
+        let tripped = plan(&p, U, &devices, &first.status, t0());
+        let back = plan(&p, U, &devices, &tripped.status, t0());
+        apply(&mut devices, &back);
+        set(&mut devices, "a", |d| d.health = Health::Ready);
+        let later = t0() + Duration::from_secs(3600);
+        let done = plan(&p, U, &devices, &back.status, later);
+        assert_eq!(done.status.phase, RolloutPhase::RolledBack);
+
+        p.failure_threshold = Count::Devices(1);
+        p.spec_changed = true;
+        let again = plan(&p, U, &devices, &done.status, later);
+        assert_eq!(again.status.phase, RolloutPhase::Progressing, "{again:?}");
+        assert_eq!(again.moves, ["a"]);
+        assert_eq!(
+            (
+                again.status.target_revision.as_str(),
+                again.status.failed_revision.as_str()
+            ),
+            (U, "")
+        );
+        assert_eq!(
+            again.status.last_progress_time,
+            Some(Time(later)),
+            "a fresh clock"
+        );
+        apply(&mut devices, &again);
+
+        // The status written, the spec is seen: the rollout goes on from there.
+        p.spec_changed = false;
+        let on = plan(&p, U, &devices, &again.status, later);
+        assert_eq!(on.status.phase, RolloutPhase::Progressing, "{on:?}");
+        assert!(on.status.failed_revision.is_empty());
     }
 
     #[test]

@@ -94,9 +94,11 @@ pub async fn step(
         return Ok(Some((status, None)));
     };
     // The catalog holds a spec whose canary selector does not parse, so this parses.
-    let Ok(policy) = Policy::from_spec(spec) else {
+    let Ok(mut policy) = Policy::from_spec(spec) else {
         return Ok(None);
     };
+    policy.spec_changed =
+        d.status.as_ref().and_then(|s| s.observed_generation) != d.metadata.generation;
     let mut devices = r.rollout.clone();
     ctx.moves
         .recall(&compiled.key, &mut devices, Instant::now());

@@ -217,8 +217,9 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
 
     for (version, staged) in [("2", false), ("3", true)] {
         if staged {
-            // The rollout settings alone change no device's modules, but they are a revision
-            // of their own, rolled out in waves: the phase times the module's change alone.
+            // The rollout settings alone change no device's modules (no new revision): the
+            // phase waits until the controller has seen them, and times the module's change
+            // alone.
             apply(
                 admin,
                 &ns,
@@ -305,8 +306,8 @@ async fn settle(admin: &Client) {
     println!("bench fleet: not settled after 300s: the idle figure below includes that work");
 }
 
-/// Waits until the deployment's switch to staged has rolled out (its status has seen the
-/// new generation and says Complete), or `timeout`; says how long it took.
+/// Waits until the deployment's switch to staged is seen (its status has the new generation
+/// and says Complete), or `timeout`; says how long it took.
 async fn staged_settings_rolled_out(admin: &Client, ns: &str, timeout: Duration) -> bool {
     let deployments: Api<EdgeDeployment> = Api::namespaced(admin.clone(), ns);
     let start = Instant::now();
@@ -320,7 +321,7 @@ async fn staged_settings_rolled_out(admin: &Client, ns: &str, timeout: Duration)
         });
         if done {
             println!(
-                "bench fleet: the switch to staged (a revision of its own) rolled out in {:.1}s",
+                "bench fleet: the switch to staged seen, rollout Complete, in {:.1}s",
                 start.elapsed().as_secs_f64()
             );
             return true;
