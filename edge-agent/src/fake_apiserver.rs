@@ -10,15 +10,21 @@ use kube::client::Body;
 use serde_json::json;
 
 /// A client whose every request is answered with `status` after `delay` (or, with `None`,
-/// not at all: the connection fails), counting the requests.
+/// not at all: the connection fails), counting the requests. A success answers with an
+/// EdgeDevice (what the status writer writes), a failure with a Status.
 pub fn apiserver(status: Option<u16>, delay: Duration) -> (Client, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
     let service = tower::service_fn(move |_: http::Request<Body>| {
         seen.fetch_add(1, Ordering::SeqCst);
         let answer = status.map(|code| {
-            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                              "message": "busy", "reason": "TooManyRequests", "code": code});
+            let body = if (200..300).contains(&code) {
+                json!({"apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
+                       "metadata": {"name": "edge-1"}, "spec": {}})
+            } else {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": "busy", "reason": "TooManyRequests", "code": code})
+            };
             http::Response::builder()
                 .status(code)
                 .header("content-type", "application/json")

@@ -2,11 +2,16 @@
 //! only when it changed since the last successful write, and once more whenever the link to
 //! the apiserver comes back (the status may have been lost or gone stale meanwhile). A
 //! refusal for load (429) is retried at the longer pauses of [`Jittered::busy`].
+//!
+//! A status with a module still starting is held back up to [`SETTLE`] for the one that
+//! follows: a change whose modules start within it is one write (applied and running), not
+//! two. At fleet size each status write is one of the apiserver's most expensive requests,
+//! and a change made two of them a device besides the controller's one.
 
 use std::time::Duration;
 
 use edgefleet_crds::identity::AGENT_MANAGER;
-use edgefleet_crds::{EdgeDevice, EdgeDeviceStatus};
+use edgefleet_crds::{EdgeDevice, EdgeDeviceStatus, RuntimeStatus};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::utils::Backoff;
 use kube::{Api, Client, Resource};
@@ -15,6 +20,18 @@ use tokio::sync::watch;
 
 use crate::backoff::Jittered;
 use crate::link::{Failure, within_deadline};
+
+/// The longest a status with a module still starting waits for the next one before it is
+/// written anyway: how late the apiserver may hear that a change was applied.
+pub const SETTLE: Duration = Duration::from_secs(3);
+
+/// A module of `status` is still starting: the status is about to change.
+fn starting(status: &EdgeDeviceStatus) -> bool {
+    status
+        .modules
+        .iter()
+        .any(|m| m.runtime_status == RuntimeStatus::Pending)
+}
 
 pub async fn run(
     client: Client,
@@ -28,11 +45,25 @@ pub async fn run(
     let mut backoff = Jittered::new(max_backoff);
     let mut busy = Jittered::busy();
     let mut failing = false;
+    // Since when a status with a module starting waits to be written.
+    let mut held_since: Option<tokio::time::Instant> = None;
     loop {
         let want = status.borrow_and_update().clone();
         if let Some(want) = want.filter(|w| written.as_ref() != Some(w)) {
+            if starting(&want) {
+                let held = held_since.get_or_insert_with(tokio::time::Instant::now);
+                let left = SETTLE.saturating_sub(held.elapsed());
+                if !left.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(left) => {}
+                        r = status.changed() => if r.is_err() { return },
+                    }
+                    continue;
+                }
+            }
             match within_deadline(write(&api, &device, &want)).await {
                 Ok(()) => {
+                    held_since = None;
                     written = Some(want);
                     backoff.reset();
                     busy.reset();
@@ -82,4 +113,87 @@ async fn write(api: &Api<EdgeDevice>, device: &str, status: &EdgeDeviceStatus) -
     )
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use edgefleet_crds::ModuleStatus;
+
+    use super::*;
+    use crate::fake_apiserver::apiserver;
+
+    fn with_module(revision: &str, runtime_status: RuntimeStatus) -> Option<EdgeDeviceStatus> {
+        Some(EdgeDeviceStatus {
+            applied_revision: Some(revision.to_owned()),
+            modules: vec![ModuleStatus {
+                namespace: "team-a".into(),
+                name: "app".into(),
+                runtime_status,
+                exit_code: None,
+                restart_count: 0,
+                last_start_time: None,
+                last_exit_time: None,
+                image_id: None,
+                message: String::new(),
+            }],
+            ..Default::default()
+        })
+    }
+
+    /// Runs the writer over `statuses`, each `(after, status)` sent `after` the one before,
+    /// and returns the writes made by `end` of paused time.
+    async fn writes(statuses: Vec<(Duration, Option<EdgeDeviceStatus>)>, end: Duration) -> usize {
+        let (client, count) = apiserver(Some(200), Duration::ZERO);
+        let (tx, rx) = watch::channel(None);
+        let (_link_tx, link_rx) = watch::channel(true);
+        let start = tokio::time::Instant::now();
+        let writer = tokio::spawn(run(
+            client,
+            "edge-1".into(),
+            Duration::from_secs(2),
+            rx,
+            link_rx,
+        ));
+        for (after, status) in statuses {
+            tokio::time::sleep(after).await;
+            tx.send_replace(status);
+        }
+        tokio::time::sleep_until(start + end).await;
+        writer.abort();
+        count.load(Ordering::SeqCst)
+    }
+
+    /// A change whose module starts a second after it is applied is one write, not two.
+    #[tokio::test(start_paused = true)]
+    async fn a_module_that_starts_at_once_is_one_status_write() {
+        let n = writes(
+            vec![
+                (Duration::ZERO, with_module("r2", RuntimeStatus::Pending)),
+                (
+                    Duration::from_secs(1),
+                    with_module("r2", RuntimeStatus::Running),
+                ),
+            ],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(n, 1);
+    }
+
+    /// A module that takes long to start (an image pull) is reported applied after SETTLE,
+    /// and running when it runs: held back, never withheld.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_module_is_reported_starting_after_a_moment() {
+        let slow = vec![(Duration::ZERO, with_module("r2", RuntimeStatus::Pending))];
+        assert_eq!(writes(slow.clone(), SETTLE / 2).await, 0);
+        assert_eq!(writes(slow.clone(), SETTLE * 2).await, 1);
+        let mut runs = slow;
+        runs.push((SETTLE * 3, with_module("r2", RuntimeStatus::Running)));
+        assert_eq!(writes(runs, SETTLE * 5).await, 2);
+        // Nothing starting: written at once.
+        let ready = vec![(Duration::ZERO, with_module("r2", RuntimeStatus::Running))];
+        assert_eq!(writes(ready, Duration::from_millis(10)).await, 1);
+    }
 }
