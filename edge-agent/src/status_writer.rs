@@ -127,17 +127,12 @@ mod tests {
     fn with_module(revision: &str, runtime_status: RuntimeStatus) -> Option<EdgeDeviceStatus> {
         Some(EdgeDeviceStatus {
             applied_revision: Some(revision.to_owned()),
-            modules: vec![ModuleStatus {
-                namespace: "team-a".into(),
-                name: "app".into(),
-                runtime_status,
-                exit_code: None,
-                restart_count: 0,
-                last_start_time: None,
-                last_exit_time: None,
-                image_id: None,
-                message: String::new(),
-            }],
+            modules: vec![
+                serde_json::from_value::<ModuleStatus>(json!({
+                    "namespace": "team-a", "name": "app", "runtimeStatus": runtime_status,
+                }))
+                .expect("a module status"),
+            ],
             ..Default::default()
         })
     }
