@@ -114,9 +114,29 @@ pub struct CompiledDeployment {
 
 impl CompiledDeployment {
     /// The revision a staged rollout has a device at: the one it moved the device to (the
-    /// device's `spec.rollouts` entry), or else the current revision.
-    pub fn staged_at<'a>(&'a self, rollouts: &'a BTreeMap<String, String>) -> Option<&'a String> {
-        rollouts.get(&self.key).or(self.current.as_ref())
+    /// device's `spec.rollouts` entry); else the revision being rolled out, when the
+    /// device's desired state (`decisions`) already has it from this deployment; else the
+    /// current revision.
+    ///
+    /// The second case is a device an all-at-once change reached before the deployment
+    /// became staged (the change still going on, or its Complete not yet in the status):
+    /// at the current revision it would be given the older modules, and moved forward again
+    /// in waves, every such device restarting its modules twice.
+    pub fn staged_at<'a>(
+        &'a self,
+        rollouts: &'a BTreeMap<String, String>,
+        decisions: Option<&[TargetingDecision]>,
+    ) -> Option<&'a String> {
+        let runs_update = || {
+            decisions
+                .into_iter()
+                .flatten()
+                .any(|t| t.deployment == self.key && t.revision == self.revision)
+        };
+        rollouts
+            .get(&self.key)
+            .or_else(|| runs_update().then_some(&self.revision))
+            .or(self.current.as_ref())
     }
 
     /// Whether this deployment selects a device with these labels and these targeting

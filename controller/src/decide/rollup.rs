@@ -145,7 +145,7 @@ pub fn rollup<'a>(
             .desired
             .and_then(|s| s.targeting.iter().find(|t| t.deployment == d.key));
         let selects_now = d.selects(dev.labels, dev.desired.map(|s| s.targeting.as_slice()));
-        let at = d.staged_at(dev.rollouts);
+        let at = d.staged_at(dev.rollouts, dev.desired.map(|s| s.targeting.as_slice()));
         let mut planner_view = |health: Health| {
             if d.staged {
                 r.rollout.push(rollout::Device {

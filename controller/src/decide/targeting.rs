@@ -67,7 +67,7 @@ impl CompiledDeployment {
                 bytes,
                 reach,
                 ..
-            } => match self.staged_at(staged.rollouts) {
+            } => match self.staged_at(staged.rollouts, current.map(|c| c.targeting.as_slice())) {
                 Some(r) if *r == self.revision => Given {
                     modules: modules.clone(),
                     revision: r.clone(),
@@ -939,6 +939,66 @@ mod tests {
         assert_eq!(image(&on_v2), ["app:v2"]);
         assert_eq!(on_v2.targeting[0].revision, v2.revision);
         assert!(on_v2.targeting[0].reason.is_empty());
+    }
+
+    /// A deployment made staged while its all-at-once change is still going on (or before
+    /// its status says Complete): a device the change reached stays on it, though the
+    /// current revision is still the older one, and the planner counts it there. Sent back
+    /// to the current revision, it would restart its modules now and again in its wave.
+    #[test]
+    fn a_device_an_all_at_once_change_reached_keeps_it_when_the_deployment_becomes_staged() {
+        let lib = |image: &str| {
+            let mut lib = lib();
+            lib.insert(
+                "a/app".into(),
+                serde_yaml::from_str(&format!("image: {image}")).expect("spec"),
+            );
+            lib
+        };
+        let spec = |rollout: &str| {
+            deployment(&format!(
+                "metadata: {{name: app, namespace: a}}\nspec:\n  modules: [{{name: app}}]\n  {rollout}"
+            ))
+        };
+        let v1 = compile(&spec("priority: 0"), &lib("app:v1"), &open_grants(&["a"]));
+        let v2 = compile(&spec("priority: 0"), &lib("app:v2"), &open_grants(&["a"]));
+        let mut staged = compile(
+            &spec("rollout: {maxUnavailable: 1}"),
+            &lib("app:v2"),
+            &open_grants(&["a"]),
+        );
+        staged.current = Some(v1.revision.clone());
+        assert_eq!(staged.revision, v2.revision, "settings are no revision");
+        let Contribution::Fresh { modules: kept, .. } = &v1.contribution else {
+            panic!("v1 compiles");
+        };
+        let snapshots = OneSnapshot(v1.revision.clone(), kept.clone());
+        let no_moves = BTreeMap::new();
+        let under = |d: &CompiledDeployment, current: Option<&DesiredState>| {
+            resolve_staged(
+                &BTreeMap::new(),
+                std::slice::from_ref(d),
+                current,
+                &StagedRevisions {
+                    rollouts: &no_moves,
+                    snapshots: &snapshots,
+                },
+            )
+        };
+        let reached = resolve(&BTreeMap::new(), std::slice::from_ref(&v2), None);
+        let not_yet = resolve(&BTreeMap::new(), std::slice::from_ref(&v1), None);
+        // Reached: it keeps v2, word for word (no write).
+        assert_eq!(under(&staged, Some(&reached)), reached);
+        assert_eq!(
+            staged.staged_at(&no_moves, Some(&reached.targeting)),
+            Some(&v2.revision)
+        );
+        // Not reached yet: the current revision, v1, until its wave.
+        assert_eq!(under(&staged, Some(&not_yet)), not_yet);
+        assert_eq!(
+            staged.staged_at(&no_moves, Some(&not_yet.targeting)),
+            Some(&v1.revision)
+        );
     }
 
     /// A kept revision is judged by today's grants (issue 12's least privilege): a grant
