@@ -868,14 +868,20 @@ mod tests {
         }
     }
 
+    /// The test library with module `a/app` of `image`.
+    fn lib_with_app(image: &str) -> BTreeMap<String, edgefleet_crds::EdgeModuleSpec> {
+        let mut lib = lib();
+        lib.insert(
+            "a/app".into(),
+            serde_yaml::from_str(&format!("image: {image}")).expect("spec"),
+        );
+        lib
+    }
+
     #[test]
     fn a_staged_deployment_gives_each_device_the_revision_it_was_moved_to() {
         let staged = |image: &str| {
-            let mut lib = lib();
-            lib.insert(
-                "a/app".into(),
-                serde_yaml::from_str(&format!("image: {image}")).expect("spec"),
-            );
+            let lib = lib_with_app(image);
             compile(
                 &deployment(
                     "metadata: {name: app, namespace: a}\nspec:\n  modules: [{name: app}]\n  rollout: {maxUnavailable: 1}",
@@ -947,14 +953,7 @@ mod tests {
     /// to the current revision, it would restart its modules now and again in its wave.
     #[test]
     fn a_device_an_all_at_once_change_reached_keeps_it_when_the_deployment_becomes_staged() {
-        let lib = |image: &str| {
-            let mut lib = lib();
-            lib.insert(
-                "a/app".into(),
-                serde_yaml::from_str(&format!("image: {image}")).expect("spec"),
-            );
-            lib
-        };
+        let lib = lib_with_app;
         let spec = |rollout: &str| {
             deployment(&format!(
                 "metadata: {{name: app, namespace: a}}\nspec:\n  modules: [{{name: app}}]\n  {rollout}"
