@@ -582,6 +582,83 @@ async fn a_rolled_back_deployment_never_starves_a_device() {
     label_devices(&devices, &DEVICES, LABEL, None).await;
 }
 
+/// A move lasts one staged period. A deployment made all at once forgets where its staged
+/// rollout moved each device; made staged again, it sends no device back to the earlier
+/// period's revision (a move left from it outranked what the device ran).
+#[tokio::test]
+#[ignore = "needs the lab: make e2e"]
+async fn a_move_of_an_earlier_staged_period_sends_no_device_back() {
+    const LABEL: &str = "e2e-period";
+    let (lab, client, devices, ns) = labelled(LABEL, &DEVICES, "e2e-period").await;
+    let key = format!("{ns}/app");
+    let _ctrl = ControllerProcess::start(&controller_binary(), &lab, PORT + 3, &CONTROLLER_ARGS);
+    let _agents = RealAgents::install(&lab, &client, &DEVICES).await;
+    let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ns);
+    let spec = |rollout: Option<Value>| {
+        let mut s =
+            json!({"selector": {"matchLabels": {LABEL: "yes"}}, "modules": [{"name": "app"}]});
+        if let Some(r) = rollout {
+            s["rollout"] = r;
+        }
+        s
+    };
+    let staged = || spec(Some(json!({"maxUnavailable": 3})));
+    apply(&client, &ns, "EdgeModule", "app", module("v1")).await;
+    apply(&client, &ns, "EdgeDeployment", "app", staged()).await;
+    let (_, v1) = follow(&devices, &deployments, &key, "", RolloutPhase::Complete, 3).await;
+    let l = look(&devices, &key).await;
+    assert!(
+        l.at.values()
+            .all(|a| a.as_deref() == Some(v1.update_revision.as_str())),
+        "the staged rollout moved every device: {l:?}"
+    );
+
+    // All at once: the moves are forgotten, and the next change reaches every device.
+    apply(&client, &ns, "EdgeDeployment", "app", spec(None)).await;
+    wait_for(
+        "the moves to be forgotten",
+        Duration::from_secs(60),
+        || async {
+            let l = look(&devices, &key).await;
+            l.at.values()
+                .all(Option::is_none)
+                .then_some(())
+                .ok_or(format!("{l:?}"))
+        },
+    )
+    .await;
+    apply(&client, &ns, "EdgeModule", "app", module("v2")).await;
+    wait_for(
+        "every device to run v2",
+        Duration::from_secs(90),
+        || async {
+            let l = look(&devices, &key).await;
+            l.running_version
+                .values()
+                .all(|v| v.as_deref() == Some("v2"))
+                .then_some(())
+                .ok_or(format!("{l:?}"))
+        },
+    )
+    .await;
+    let v2 = look(&devices, &key).await.rendered["edge-1"].clone();
+    assert!(v2.is_some() && v2.as_deref() != Some(v1.update_revision.as_str()));
+
+    // Staged again, the same modules: every device keeps v2.
+    apply(&client, &ns, "EdgeDeployment", "app", staged()).await;
+    spec_seen(&deployments).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let l = look(&devices, &key).await;
+        assert!(
+            l.rendered.values().all(|r| *r == v2),
+            "a device was given another revision than {v2:?}: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    label_devices(&devices, &DEVICES, LABEL, None).await;
+}
+
 /// A ControllerRevision as a team writes it: deployment `app`'s revision `revision`,
 /// keeping `modules`.
 fn forged_revision(ns: &str, revision: &str, modules: Value) -> ControllerRevision {

@@ -99,7 +99,7 @@ pub struct CompiledDeployment {
     pub priority: i32,
     pub layered: bool,
     pub contribution: Contribution,
-    /// The hash of the deployment's spec and every EdgeModule spec it refers to.
+    /// What its devices run, hashed: see [`revision`].
     pub revision: String,
     /// Whether changes reach devices in a staged rollout (the planner moves devices one
     /// by one) instead of all at once.

@@ -173,6 +173,33 @@ impl std::fmt::Debug for StagedRevisions<'_> {
     }
 }
 
+/// The deployments whose entries in a device's `spec.rollouts` are to be forgotten, once the
+/// device's desired state is `desired`:
+/// - those that no longer give the device anything (gone, or no longer selecting it): if
+///   one selects the device again, the device arrives in its waves like any device, not at
+///   once;
+/// - those no longer staged. An entry is the revision a staged rollout moved the device to;
+///   one left from an earlier staged period would outrank what the device runs when the
+///   deployment is made staged again, and send the device back to that period's revision.
+pub fn forgotten_rollouts<'a>(
+    rollouts: &'a BTreeMap<String, String>,
+    catalog: &[CompiledDeployment],
+    desired: &DesiredState,
+) -> Vec<&'a str> {
+    let gives = |key: &str| {
+        desired
+            .targeting
+            .iter()
+            .any(|t| t.deployment == key && t.outcome != TargetingOutcome::Lost)
+    };
+    let staged = |key: &str| catalog.iter().any(|d| d.key == key && d.staged);
+    rollouts
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !gives(k) || !staged(k))
+        .collect()
+}
+
 /// The desired state of one device with these labels, when no deployment is staged.
 pub fn resolve(
     labels: &BTreeMap<String, String>,
@@ -1065,5 +1092,32 @@ mod tests {
             routes.len() == 1 && routes[0].to.upstream.as_deref() == Some("up"),
             "only the route upstream stays: {routes:?}"
         );
+    }
+
+    /// A device's rollout entry lasts while its deployment is staged and gives the device
+    /// something. One kept after the deployment stopped being staged would, when it is
+    /// made staged again, send the device back to the earlier staged period's revision.
+    #[test]
+    fn a_move_of_an_earlier_staged_period_is_forgotten() {
+        let spec = |rollout: &str| {
+            compile(
+                &deployment(&format!(
+                    "metadata: {{name: app, namespace: a}}\nspec:\n  modules: [{{name: app}}]\n  {rollout}"
+                )),
+                &lib_with_app("app:v1"),
+                &open_grants(&["a"]),
+            )
+        };
+        let staged = spec("rollout: {maxUnavailable: 1}");
+        let at_once = spec("priority: 0");
+        let rollouts: BTreeMap<String, String> =
+            [("a/app".to_owned(), "0123456789abcdef".to_owned())].into();
+        let forgotten = |catalog: &[CompiledDeployment]| {
+            let desired = resolve(&BTreeMap::new(), catalog, None);
+            forgotten_rollouts(&rollouts, catalog, &desired)
+        };
+        assert!(forgotten(std::slice::from_ref(&staged)).is_empty());
+        assert_eq!(forgotten(std::slice::from_ref(&at_once)), ["a/app"]);
+        assert_eq!(forgotten(&[]), ["a/app"], "the deployment is gone");
     }
 }

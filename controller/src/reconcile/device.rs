@@ -18,7 +18,7 @@ use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::condition::{self, Condition, ConditionStatus};
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED, STATUS_VALID};
 use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER, device_object_name};
-use edgefleet_crds::{DesiredState, EdgeDeployment, EdgeDevice, TargetingOutcome};
+use edgefleet_crds::{DesiredState, EdgeDeployment, EdgeDevice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -178,12 +178,13 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         None => Registration::NodeGone,
     };
 
-    let desired = desired_state(&ctx, &device, &registration);
+    let catalog = ctx.catalog();
+    let desired = desired_state(&ctx, &catalog, &device, &registration);
     if !write_desired(&ctx, &device, &desired, Write::Always).await? {
         ctx.metrics.skipped_write(CONTROLLER);
     }
 
-    forget_rollouts(&ctx, &device, &desired).await?;
+    forget_rollouts(&ctx, &catalog, &device, &desired).await?;
 
     // The controller's conditions.
     let lease = ctx
@@ -236,6 +237,7 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
 /// unless it is enrolled.
 pub fn desired_state(
     ctx: &Context,
+    catalog: &[catalog::CompiledDeployment],
     device: &EdgeDevice,
     registration: &Registration,
 ) -> DesiredState {
@@ -248,7 +250,7 @@ pub fn desired_state(
     };
     targeting::resolve_staged(
         device.labels(),
-        &ctx.catalog(),
+        catalog,
         device.spec.desired.as_deref(),
         &staged,
     )
@@ -300,23 +302,18 @@ pub async fn write_desired(
     Ok(true)
 }
 
-/// Drops the rollout entries of deployments that no longer give this device anything (gone,
-/// or no longer selecting it): if such a deployment selects the device again, it arrives
-/// in that deployment's waves like any device, not at once.
-async fn forget_rollouts(ctx: &Context, device: &EdgeDevice, desired: &DesiredState) -> Result<()> {
-    let gives = |key: &str| {
-        desired
-            .targeting
-            .iter()
-            .any(|t| t.deployment == key && t.outcome != TargetingOutcome::Lost)
-    };
-    let stale: serde_json::Map<String, serde_json::Value> = device
-        .spec
-        .rollouts
-        .keys()
-        .filter(|k| !gives(k))
-        .map(|k| (k.clone(), serde_json::Value::Null))
-        .collect();
+/// Drops the device's rollout entries [`targeting::forgotten_rollouts`] names.
+async fn forget_rollouts(
+    ctx: &Context,
+    catalog: &[catalog::CompiledDeployment],
+    device: &EdgeDevice,
+    desired: &DesiredState,
+) -> Result<()> {
+    let stale: serde_json::Map<String, serde_json::Value> =
+        targeting::forgotten_rollouts(&device.spec.rollouts, catalog, desired)
+            .into_iter()
+            .map(|k| (k.to_owned(), serde_json::Value::Null))
+            .collect();
     if stale.is_empty() {
         return Ok(());
     }

@@ -83,7 +83,12 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
                 && ctx.node(&name).is_some()
         });
     if let Some(device) = latest {
-        let desired = device::desired_state(&ctx, &device, &device::Registration::Enrolled);
+        let desired = device::desired_state(
+            &ctx,
+            &ctx.catalog(),
+            &device,
+            &device::Registration::Enrolled,
+        );
         match device::write_desired(&ctx, &device, &desired, device::Write::IfUnchanged).await {
             Err(Error::ApplyDevice(_, kube::Error::Api(s))) if s.code == 409 => {}
             other => {
