@@ -22,7 +22,7 @@ use edgefleet_crds::{EdgeDeploymentSpec, ResolvedModule};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::decide::catalog;
@@ -78,6 +78,17 @@ impl KeptRevision {
             revision,
             modules,
         }
+    }
+}
+
+impl KeptRevision {
+    /// Its modules as deployment `name`'s (of its namespace), or why they are not: the
+    /// cache judged them as the deployment the label names, which must be this one.
+    pub fn modules_of(&self, name: &str) -> Result<&Arc<[ResolvedModule]>, &str> {
+        if self.labels().get(DEPLOYMENT_LABEL).map(String::as_str) != Some(name) {
+            return Err("it is labelled as another deployment's");
+        }
+        self.modules.as_ref().map_err(String::as_str)
     }
 }
 
@@ -278,6 +289,8 @@ mod tests {
         let labels = json!({"edgefleet.io/deployment": "web", "edgefleet.io/revision": "abc",
                             "other": "x"});
         let kept = KeptRevision::judge(revision(labels, own.clone()));
+        assert!(kept.modules_of("web").is_ok());
+        assert!(kept.modules_of("api").is_err(), "not another deployment's");
         let got = kept.modules.expect("the controller's own revision");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].name, "app");

@@ -56,11 +56,7 @@ impl Snapshots for Context {
             .stores
             .revisions
             .get(&ObjectRef::new(&revision_name(name, revision)).within(ns))?;
-        // The cache judged it as the deployment its label names: that must be this one.
-        if cr.labels().get(DEPLOYMENT_LABEL).map(String::as_str) != Some(name) {
-            return None;
-        }
-        cr.modules.as_ref().ok().map(|m| m.to_vec())
+        cr.modules_of(name).ok().map(|m| m.to_vec())
     }
 }
 
@@ -209,13 +205,10 @@ async fn ensure_revision(
         .revisions
         .get(&ObjectRef::new(&cr_name).within(&ns))
     {
-        let why = match &existing.modules {
-            _ if existing.labels().get(DEPLOYMENT_LABEL) != Some(&name) => {
-                "it is labelled as another deployment's"
-            }
+        let why = match existing.modules_of(&name) {
             Ok(kept) if **kept == *modules => return Ok(()),
             Ok(_) => "its modules are not this revision's",
-            Err(why) => why.as_str(),
+            Err(why) => why,
         };
         if existing.metadata.deletion_timestamp.is_none() {
             remove_forged(ctx, d, &existing, why, "written again").await?;
