@@ -3,10 +3,15 @@
 //! the apiserver comes back (the status may have been lost or gone stale meanwhile). A
 //! refusal for load (429) is retried at the longer pauses of [`Jittered::busy`].
 //!
-//! A status with a module still starting is held back up to [`SETTLE`] for the one that
-//! follows: a change whose modules start within it is one write (applied and running), not
-//! two. At fleet size each status write is one of the apiserver's most expensive requests,
-//! and a change made two of them a device besides the controller's one.
+//! A status about to change is held back for the one that follows ([`hold`]). At fleet
+//! size each status write is one of the apiserver's most expensive requests:
+//! - one with a module still starting, up to [`SETTLE`]: a change whose modules start
+//!   within it is one write (applied and running), not two;
+//! - one of an agent that has no desired state yet (none journaled, none read), up to
+//!   [`FIRST_READ`]: an agent's first status then says what it runs, and a fleet starting
+//!   together (a new fleet, or every agent back after an apiserver outage) does not write
+//!   10,000 statuses of nothing first, in the rush when the apiserver can least afford
+//!   them.
 
 use std::time::Duration;
 
@@ -25,12 +30,20 @@ use crate::link::{Failure, within_deadline};
 /// written anyway: how late the apiserver may hear that a change was applied.
 pub const SETTLE: Duration = Duration::from_secs(3);
 
-/// A module of `status` is still starting: the status is about to change.
-fn starting(status: &EdgeDeviceStatus) -> bool {
-    status
+/// The longest the status of an agent with no desired state waits for it to be read: how
+/// late the apiserver may hear of an agent that cannot read its desired state.
+pub const FIRST_READ: Duration = Duration::from_secs(30);
+
+/// How long `status` may wait for the one that follows, when it is about to change.
+fn hold(status: &EdgeDeviceStatus) -> Option<Duration> {
+    if status.applied_revision.is_none() && status.rejected_revision.is_none() {
+        return Some(FIRST_READ);
+    }
+    let starting = status
         .modules
         .iter()
-        .any(|m| m.runtime_status == RuntimeStatus::Pending)
+        .any(|m| m.runtime_status == RuntimeStatus::Pending);
+    starting.then_some(SETTLE)
 }
 
 pub async fn run(
@@ -45,14 +58,18 @@ pub async fn run(
     let mut backoff = Jittered::new(max_backoff);
     let mut busy = Jittered::busy();
     let mut failing = false;
-    // Since when a status with a module starting waits to be written.
-    let mut held_since: Option<tokio::time::Instant> = None;
+    // Since when a status about to change has waited to be written, and for how long it
+    // may (a hold of another kind starts afresh).
+    let mut held: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         let want = status.borrow_and_update().clone();
         if let Some(want) = want.filter(|w| written.as_ref() != Some(w)) {
-            if starting(&want) {
-                let held = held_since.get_or_insert_with(tokio::time::Instant::now);
-                let left = SETTLE.saturating_sub(held.elapsed());
+            if let Some(limit) = hold(&want) {
+                let since = match held {
+                    Some((since, l)) if l == limit => since,
+                    _ => held.insert((tokio::time::Instant::now(), limit)).0,
+                };
+                let left = limit.saturating_sub(since.elapsed());
                 if !left.is_zero() {
                     tokio::select! {
                         () = tokio::time::sleep(left) => {}
@@ -63,7 +80,7 @@ pub async fn run(
             }
             match within_deadline(write(&api, &device, &want)).await {
                 Ok(()) => {
-                    held_since = None;
+                    held = None;
                     written = Some(want);
                     backoff.reset();
                     busy.reset();
@@ -175,6 +192,36 @@ mod tests {
         )
         .await;
         assert_eq!(n, 1);
+    }
+
+    /// A fresh agent's first status says what it runs: the one of nothing, before its
+    /// desired state is read, is not written.
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_agents_first_status_waits_for_its_desired_state() {
+        let n = writes(
+            vec![
+                (Duration::ZERO, Some(EdgeDeviceStatus::default())),
+                (
+                    Duration::from_secs(10),
+                    with_module("r1", RuntimeStatus::Pending),
+                ),
+                (
+                    Duration::from_secs(1),
+                    with_module("r1", RuntimeStatus::Running),
+                ),
+            ],
+            FIRST_READ * 2,
+        )
+        .await;
+        assert_eq!(n, 1);
+    }
+
+    /// An agent that cannot read its desired state still says so, a moment late.
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_without_a_desired_state_reports_after_a_while() {
+        let nothing = vec![(Duration::ZERO, Some(EdgeDeviceStatus::default()))];
+        assert_eq!(writes(nothing.clone(), FIRST_READ / 2).await, 0);
+        assert_eq!(writes(nothing, FIRST_READ + SETTLE).await, 1);
     }
 
     /// A module that takes long to start (an image pull) is reported applied after SETTLE,
