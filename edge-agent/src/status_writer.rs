@@ -61,6 +61,8 @@ pub async fn run(
     // Since when a status about to change has waited to be written, and for how long it
     // may (a hold of another kind starts afresh).
     let mut held: Option<(tokio::time::Instant, Duration)> = None;
+    // The link went down: once it is back, the apiserver may not have what was written.
+    let mut lost = false;
     loop {
         let want = status.borrow_and_update().clone();
         if let Some(want) = want.filter(|w| written.as_ref() != Some(w)) {
@@ -97,7 +99,7 @@ pub async fn run(
                     };
                     tokio::select! {
                         () = tokio::time::sleep(pause.unwrap_or(max_backoff)) => {}
-                        _ = link_up.changed() => {}
+                        _ = link_up.changed() => lost |= !*link_up.borrow_and_update(),
                     }
                     continue;
                 }
@@ -107,8 +109,13 @@ pub async fn run(
             r = status.changed() => if r.is_err() { return },
             r = link_up.changed() => {
                 if r.is_err() { return }
-                if *link_up.borrow_and_update() {
-                    // Back online: report the current state now, whatever was written before.
+                let up = *link_up.borrow_and_update();
+                lost |= !up;
+                // Back online after an outage: report the current state now, whatever was
+                // written before. Not when the link first comes up: a status written before
+                // the first renewal was answered is there, and a fleet starting together
+                // would write each one twice.
+                if up && std::mem::take(&mut lost) {
                     written = None;
                 }
             }
@@ -157,10 +164,27 @@ mod tests {
     /// Runs the writer over `statuses`, each `(after, status)` sent `after` the one before,
     /// and returns the writes made by `end` of paused time.
     async fn writes(statuses: Vec<(Duration, Option<EdgeDeviceStatus>)>, end: Duration) -> usize {
+        writes_over_link(statuses, vec![], end).await
+    }
+
+    /// [`writes`], the link to the apiserver starting down and taking each of `link`'s
+    /// states `(at, up)` at that time.
+    async fn writes_over_link(
+        statuses: Vec<(Duration, Option<EdgeDeviceStatus>)>,
+        link: Vec<(Duration, bool)>,
+        end: Duration,
+    ) -> usize {
         let (client, count) = apiserver(Some(200), Duration::ZERO);
         let (tx, rx) = watch::channel(None);
-        let (_link_tx, link_rx) = watch::channel(true);
+        let (link_tx, link_rx) = watch::channel(false);
         let start = tokio::time::Instant::now();
+        let _link = tokio::spawn(async move {
+            for (at, up) in link {
+                tokio::time::sleep_until(start + at).await;
+                link_tx.send_replace(up);
+            }
+            std::future::pending::<()>().await;
+        });
         let writer = tokio::spawn(run(
             client,
             "edge-1".into(),
@@ -222,6 +246,20 @@ mod tests {
         let nothing = vec![(Duration::ZERO, Some(EdgeDeviceStatus::default()))];
         assert_eq!(writes(nothing.clone(), FIRST_READ / 2).await, 0);
         assert_eq!(writes(nothing, FIRST_READ + SETTLE).await, 1);
+    }
+
+    /// The link coming up for the first time is no outage: what was written stays written.
+    /// After an outage, the status is written again.
+    #[tokio::test(start_paused = true)]
+    async fn only_an_outage_has_the_status_written_again() {
+        let ready = || vec![(Duration::ZERO, with_module("r1", RuntimeStatus::Running))];
+        let s = Duration::from_secs;
+        assert_eq!(
+            writes_over_link(ready(), vec![(s(1), true)], s(10)).await,
+            1
+        );
+        let outage = vec![(s(1), true), (s(2), false), (s(5), true)];
+        assert_eq!(writes_over_link(ready(), outage, s(10)).await, 2);
     }
 
     /// A module that takes long to start (an image pull) is reported applied after SETTLE,
