@@ -189,6 +189,23 @@ async fn follow(
     }
 }
 
+/// Waits until every device runs `version` of the module; the look that showed it.
+async fn all_run(devices: &Api<EdgeDevice>, key: &str, version: &str, within: Duration) -> Look {
+    wait_for(
+        &format!("every device to run {version}"),
+        within,
+        || async {
+            let l = look(devices, key).await;
+            l.running_version
+                .values()
+                .all(|v| v.as_deref() == Some(version))
+                .then_some(l.clone())
+                .ok_or(format!("{l:?}"))
+        },
+    )
+    .await
+}
+
 /// The order in which devices reached `revision`, from a sequence of looks.
 fn arrival_order(looks: &[Look], revision: &str) -> Vec<String> {
     let mut order = Vec::new();
@@ -295,19 +312,7 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
     assert_eq!(v3.failed_revision, v3.update_revision);
     assert_eq!(v3.current_revision, v2.update_revision);
     assert_eq!(arrival_order(&looks, &v3.update_revision), ["edge-1"]);
-    let back = wait_for(
-        "every device to run v2 again",
-        Duration::from_secs(60),
-        || async {
-            let l = look(&devices, &key).await;
-            l.running_version
-                .values()
-                .all(|v| v.as_deref() == Some("v2"))
-                .then_some(l.clone())
-                .ok_or(format!("{l:?}"))
-        },
-    )
-    .await;
+    let back = all_run(&devices, &key, "v2", Duration::from_secs(60)).await;
     assert!(
         back.at
             .values()
@@ -628,34 +633,28 @@ async fn a_move_of_an_earlier_staged_period_sends_no_device_back() {
     )
     .await;
     apply(&client, &ns, "EdgeModule", "app", module("v2")).await;
-    wait_for(
-        "every device to run v2",
-        Duration::from_secs(90),
-        || async {
-            let l = look(&devices, &key).await;
-            l.running_version
-                .values()
-                .all(|v| v.as_deref() == Some("v2"))
-                .then_some(())
-                .ok_or(format!("{l:?}"))
-        },
-    )
-    .await;
-    let v2 = look(&devices, &key).await.rendered["edge-1"].clone();
+    let on_v2 = all_run(&devices, &key, "v2", Duration::from_secs(90)).await;
+    let v2 = on_v2.rendered["edge-1"].clone();
     assert!(v2.is_some() && v2.as_deref() != Some(v1.update_revision.as_str()));
 
-    // Staged again, the same modules: every device keeps v2.
+    // Staged again, the same modules: every device keeps v2, and its module runs on
+    // (sent back and forth, a device would restart it twice).
     apply(&client, &ns, "EdgeDeployment", "app", staged()).await;
-    spec_seen(&deployments).await;
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(15);
     while Instant::now() < until {
         let l = look(&devices, &key).await;
         assert!(
             l.rendered.values().all(|r| *r == v2),
             "a device was given another revision than {v2:?}: {l:?}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    spec_seen(&deployments).await;
+    let after = look(&devices, &key).await;
+    assert_eq!(
+        after.started, on_v2.started,
+        "a module restarted: {after:?}"
+    );
     label_devices(&devices, &DEVICES, LABEL, None).await;
 }
 
