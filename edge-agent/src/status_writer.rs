@@ -183,6 +183,7 @@ mod tests {
                 tokio::time::sleep_until(start + at).await;
                 link_tx.send_replace(up);
             }
+            // Holds the link's sender to the end: its drop would stop the writer.
             std::future::pending::<()>().await;
         });
         let writer = tokio::spawn(run(

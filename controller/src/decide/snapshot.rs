@@ -79,9 +79,7 @@ impl KeptRevision {
             modules,
         }
     }
-}
 
-impl KeptRevision {
     /// Its modules as deployment `name`'s (of its namespace), or why they are not: the
     /// cache judged them as the deployment the label names, which must be this one.
     pub fn modules_of(&self, name: &str) -> Result<&Arc<[ResolvedModule]>, &str> {
