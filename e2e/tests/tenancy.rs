@@ -78,16 +78,26 @@ async fn desired_from(client: &Client) -> Result<Vec<Vec<String>>, String> {
     Ok(seen)
 }
 
-/// Deployment `ns/base`'s (targeted, failed) counts.
-async fn base_counts(client: &Client, ns: &str) -> (u32, u32) {
+/// Waits for deployment `ns/base` to count three devices targeted and none failed. The
+/// controller writes a deployment's status at most once a second, so a count read right
+/// after the devices' desired states may still be the one before.
+async fn base_counts_three_healthy(client: &Client, ns: &str) {
     let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), ns);
-    let st = api
-        .get("base")
-        .await
-        .expect("base")
-        .status
-        .unwrap_or_default();
-    (st.targeted, st.failed)
+    wait_for("base to count 3 targeted, 0 failed", WAIT, || async {
+        let st = api
+            .get("base")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        ((st.targeted, st.failed) == (3, 0))
+            .then_some(())
+            .ok_or(format!(
+                "(targeted, failed) = ({}, {})",
+                st.targeted, st.failed
+            ))
+    })
+    .await;
 }
 
 /// The lab's admin client on a fleet nobody targets, with a controller of its own on
@@ -382,7 +392,7 @@ async fn one_teams_oversized_module_never_reaches_a_device() {
         },
     )
     .await;
-    assert_eq!(base_counts(&client, &base_ns).await, (3, 0));
+    base_counts_three_healthy(&client, &base_ns).await;
 }
 
 /// Hijacking by name: another team, granted a higher priority, layers a module named like
@@ -510,7 +520,7 @@ async fn a_team_cannot_fill_devices_past_their_budget() {
         desired_from(&client).await.expect("devices"),
         vec![vec![base.clone(), base]; 3]
     );
-    assert_eq!(base_counts(&client, &owner).await, (3, 0));
+    base_counts_three_healthy(&client, &owner).await;
 }
 
 /// The same attacks at the door: with the controller's admission webhook registered, the
