@@ -22,7 +22,8 @@ pub fn controller_binary() -> PathBuf {
 }
 
 /// A running controller. Dropping it stops it; if the test is failing, the end of its log
-/// is printed first, as that is what a person would look at.
+/// is printed first, as that is what a person would look at, and the log is kept (a
+/// passing test's is removed).
 #[derive(Debug)]
 pub struct ControllerProcess {
     child: Child,
@@ -87,11 +88,12 @@ impl ControllerProcess {
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let failing = std::thread::panicking();
+        if failing {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!(
-                "--- last lines of the controller log ({}):",
+                "--- last lines of the controller log ({}, kept):",
                 self.log.display()
             );
             for l in tail.iter().rev() {
@@ -100,5 +102,9 @@ impl Drop for ControllerProcess {
         }
         // SIGTERM first, so the controller gives up its leader lease like in a cluster.
         self.stop();
+        // A passing test's log is of no use to anyone: only a failing one's is kept.
+        if !failing {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }

@@ -14,12 +14,14 @@ use serde_json::json;
 /// The webhook configuration's name: one per lab, replaced by each test that serves one.
 const NAME: &str = "edgefleet-e2e";
 
-/// The files a controller serves the webhook with.
+/// The files a controller serves the webhook with, in a directory of their own that goes
+/// with them: a test leaves no key behind.
 #[derive(Debug)]
 pub struct WebhookCert {
     pub cert: PathBuf,
     pub key: PathBuf,
     ca_pem: String,
+    _dir: tempfile::TempDir,
 }
 
 impl WebhookCert {
@@ -36,16 +38,18 @@ impl WebhookCert {
             .expect("params")
             .signed_by(&key, &ca)
             .expect("certificate");
-        let dir =
-            std::env::temp_dir().join(format!("edgefleet-e2e-webhook-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("webhook dir");
-        let (cert, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let dir = tempfile::Builder::new()
+            .prefix("edgefleet-e2e-webhook-")
+            .tempdir()
+            .expect("webhook dir");
+        let (cert, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         std::fs::write(&cert, leaf.pem()).expect("write cert");
         std::fs::write(&key_path, key.serialize_pem()).expect("write key");
         WebhookCert {
             cert,
             key: key_path,
             ca_pem: ca.pem(),
+            _dir: dir,
         }
     }
 
