@@ -9,8 +9,8 @@ use edgefleet_crds::limits;
 use edgefleet_crds::names::{NameError, check_dns_label, check_env_name, check_image};
 use edgefleet_crds::route::Destination;
 use edgefleet_crds::{
-    DeploymentModule, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, OnUntarget, ResolvedModule,
-    TargetingDecision, TargetingOutcome,
+    DeploymentModule, DeviceSelector, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, OnUntarget,
+    ResolvedModule, TargetingDecision, TargetingOutcome,
 };
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -110,6 +110,9 @@ pub struct CompiledDeployment {
     pub min_ready: std::time::Duration,
     /// A staged deployment's current revision: see [`current_revision`].
     pub current: Option<String>,
+    /// The devices a staged rollout moves first: its canary's selector, parsed (none when
+    /// it does not parse: the deployment is held then, and nothing moves).
+    pub prefer: Option<Selector>,
 }
 
 impl CompiledDeployment {
@@ -167,6 +170,12 @@ impl CompiledDeployment {
             }
         }
     }
+
+    /// Whether a staged rollout moves a device with these labels among the first.
+    pub fn prefers(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.prefer.as_ref().is_some_and(|s| s.matches(labels))
+    }
+
     /// The priority this deployment competes with on a device. A held one competes with
     /// the priority it had there when it was last admitted, so a priority its grants
     /// refuse (raised to outrank another team, say) outranks nobody.
@@ -249,13 +258,7 @@ pub fn problems(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<SpecProb
     if let Err(e) = Selector::parse(&d.spec.selector) {
         out.push(e.into());
     }
-    let canary_selector = d
-        .spec
-        .rollout
-        .as_ref()
-        .and_then(|r| r.canary.as_ref())
-        .and_then(|c| c.selector.as_ref());
-    if let Some(Err(e)) = canary_selector.map(Selector::parse) {
+    if let Some(Err(e)) = canary_selector(d).map(Selector::parse) {
         out.push(e.into());
     }
     let mut seen = BTreeSet::new();
@@ -345,6 +348,11 @@ pub fn current_revision(d: &EdgeDeployment) -> Option<String> {
     (!current.is_empty()).then(|| current.clone())
 }
 
+/// The selector of the devices a staged deployment's canary prefers.
+fn canary_selector(d: &EdgeDeployment) -> Option<&DeviceSelector> {
+    d.spec.rollout.as_ref()?.canary.as_ref()?.selector.as_ref()
+}
+
 /// Compiles a deployment against the modules and grants as they are now.
 pub fn compile(
     d: &EdgeDeployment,
@@ -406,6 +414,7 @@ pub fn compile(
             d.spec.rollout.as_ref().map_or(0, |r| r.min_ready_seconds),
         )),
         current: current_revision(d),
+        prefer: canary_selector(d).and_then(|s| Selector::parse(s).ok()),
     }
 }
 

@@ -150,7 +150,7 @@ pub fn rollup<'a>(
             if d.staged {
                 r.rollout.push(rollout::Device {
                     name: dev.name.to_owned(),
-                    labels: dev.labels.clone(),
+                    preferred: d.prefers(dev.labels),
                     online: dev.online,
                     rollout: at.cloned(),
                     health,
@@ -461,6 +461,34 @@ mod tests {
         assert_eq!(r.ready, 1, "only the module that ran 10 s counts");
         let health: Vec<Health> = r.rollout.iter().map(|x| x.health).collect();
         assert_eq!(health, [Health::Updating, Health::Ready]);
+    }
+
+    /// The planner's view keeps whether the canary's selector matches a device, not its
+    /// labels: the devices it matches are marked, the others not, and a deployment without
+    /// that selector marks none.
+    #[test]
+    fn the_planner_view_marks_the_canarys_preferred_devices() {
+        let marked = |rollout: &str| {
+            let d = compiled(&format!(
+                "selector: {{matchLabels: {{site: x}}}}\n  modules: [{{name: a}}]\n  rollout: {rollout}"
+            ));
+            let mut beta = dev("beta", &d, None, true);
+            beta.labels.insert("channel".to_owned(), "beta".to_owned());
+            let stable = dev("stable", &d, None, true);
+            let r = run(&d, &[beta, stable]);
+            r.rollout
+                .iter()
+                .map(|x| (x.name.clone(), x.preferred))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            marked("{canary: {count: 1, selector: {matchLabels: {channel: beta}}}}"),
+            [("beta".to_owned(), true), ("stable".to_owned(), false)]
+        );
+        assert_eq!(
+            marked("{canary: {count: 1}}"),
+            [("beta".to_owned(), false), ("stable".to_owned(), false)]
+        );
     }
 
     /// A device a staged rollout has not moved (no `spec.rollouts` entry, say it is new to

@@ -65,7 +65,7 @@ mod tests {
     fn device(name: &str, rollout: Option<&str>) -> Device {
         Device {
             name: name.to_owned(),
-            labels: Default::default(),
+            preferred: false,
             online: true,
             rollout: rollout.map(str::to_owned),
             health: Health::Ready,

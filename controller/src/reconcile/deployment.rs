@@ -39,7 +39,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
     // The snapshot of the devices is dropped before the rollout step writes: held across
     // a wave's moves (seconds at 10,000 devices), it kept every device the watch replaced
     // meanwhile in memory twice. The rollup owns what it keeps.
-    let r = {
+    let mut r = {
         let devices = ctx.stores.devices.state();
         let views = devices
             .iter()
@@ -59,7 +59,7 @@ pub async fn reconcile(d: Arc<EdgeDeployment>, ctx: Arc<Context>) -> Result<Acti
         rollup::rollup(&compiled, views, jiff::Timestamp::now())
     };
     let old = d.status.clone().unwrap_or_default();
-    let (rollout, recheck_in) = match rollout::step(&ctx, &d, &compiled, &r).await? {
+    let (rollout, recheck_in) = match rollout::step(&ctx, &d, &compiled, &mut r).await? {
         Some((rollout, recheck_in)) => (Some(rollout), recheck_in),
         None => (old.rollout.clone(), None),
     };

@@ -61,12 +61,13 @@ impl Snapshots for Context {
 }
 
 /// Runs the rollout step and returns the rollout status, or `None` for a held spec (whose
-/// rollout stands still). `r` is the deployment's rollup, whose planner view it reads.
+/// rollout stands still). `r` is the deployment's rollup; its planner view is taken, not
+/// copied: at 10,000 devices a copy held across a wave's writes was megabytes.
 pub async fn step(
     ctx: &Context,
     d: &EdgeDeployment,
     compiled: &CompiledDeployment,
-    r: &Rollup,
+    r: &mut Rollup,
 ) -> Result<Option<(RolloutStatus, Option<Duration>)>> {
     let Contribution::Fresh { modules, .. } = &compiled.contribution else {
         return Ok(None);
@@ -89,13 +90,10 @@ pub async fn step(
         prune(ctx, &ns, &mine, &status).await;
         return Ok(Some((status, None)));
     };
-    // The catalog holds a spec whose canary selector does not parse, so this parses.
-    let Ok(mut policy) = Policy::from_spec(spec) else {
-        return Ok(None);
-    };
+    let mut policy = Policy::from_spec(spec);
     policy.spec_changed =
         d.status.as_ref().and_then(|s| s.observed_generation) != d.metadata.generation;
-    let mut devices = r.rollout.clone();
+    let mut devices = std::mem::take(&mut r.rollout);
     ctx.moves
         .recall(&compiled.key, &mut devices, Instant::now());
     let plan = rollout::plan(
