@@ -394,9 +394,12 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
     assert_eq!(v4.update_revision, deferred.update_revision);
 
     // v5 with a canary that soaks: the controller is killed while it soaks; its successor
-    // continues the same soak and the waves, and no device moves twice.
+    // continues the same soak and the waves, and no device moves twice. The canary's
+    // selector prefers edge-3, which name order would move last.
+    label_devices(&devices, &["edge-3"], CANARY_LABEL, Some("yes")).await;
     let canary = json!({"maxUnavailable": 1, "failureThreshold": 0, "onFailure": "Rollback",
-                        "canary": {"count": 1, "soakSeconds": 15}});
+                        "canary": {"count": 1, "soakSeconds": 15,
+                                   "selector": {"matchLabels": {CANARY_LABEL: "yes"}}}});
     apply(&client, &ns, "EdgeDeployment", "app", deployment(canary)).await;
     spec_seen(&deployments).await;
     assert_eq!(
@@ -412,6 +415,18 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
             .ok_or(format!("{st:?}"))
     })
     .await;
+    let canaries: Vec<String> = look(&devices, &key)
+        .await
+        .at
+        .into_iter()
+        .filter(|(_, at)| at.as_deref() == Some(soaking.update_revision.as_str()))
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(
+        canaries,
+        ["edge-3"],
+        "the device the canary's selector prefers"
+    );
     let _ = ctrl.stop();
     ctrl = ControllerProcess::start(&controller_binary(), &lab, PORT, &CONTROLLER_ARGS);
     let mut moves: BTreeMap<String, usize> = BTreeMap::new();
@@ -454,7 +469,11 @@ async fn staged_rollout_waves_rollback_offline_and_restart() {
         "{previous:?}"
     );
     assert!(ctrl.running(), "the controller keeps running");
+    label_devices(&devices, &["edge-3"], CANARY_LABEL, None).await;
 }
+
+/// The label of the device the staged test's canary prefers.
+const CANARY_LABEL: &str = "e2e-canary";
 
 /// Sets (or with `None` removes) label `key` on the lab's devices.
 async fn label_devices(devices: &Api<EdgeDevice>, names: &[&str], key: &str, value: Option<&str>) {
