@@ -14,9 +14,8 @@ use edgefleet_crds::identity::{LEADER_LEASE, device_of_object};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule};
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 
@@ -24,6 +23,7 @@ use crate::config::Config;
 use crate::decide::{join, presence};
 use crate::k8s::context::Context;
 use crate::k8s::feeds::{Feeds, watch};
+use crate::k8s::kept_lease::KeptLease;
 use crate::k8s::leader::Elector;
 use crate::k8s::throttle::throttled;
 use crate::k8s::watches::{Synced, changes_of, enrolments, spec_changes};
@@ -214,12 +214,7 @@ async fn controllers(
     let device_events = changes_of(devices, ctx.stores.devices.clone(), device::reads);
     let device_ctrl = Controller::for_shared_stream(device_events, ctx.stores.devices.clone())
         .with_config(bounded.clone())
-        .watches_stream(lease_changes, move |l: Lease| {
-            let device = ObjectRef::<EdgeDevice>::new(device_of_object(&l.name_any())?);
-            let reported = device_store.get(&device);
-            presence::renewal_may_change(reported.as_ref().and_then(|d| d.status.as_ref()))
-                .then_some(device)
-        })
+        .reconcile_on(lease_changes.filter_map(move |l| ready(woken_by(&device_store, &l))))
         .watches_stream(node_changes, |n| {
             Some(ObjectRef::<EdgeDevice>::new(&n.name_any()))
         })
@@ -320,6 +315,15 @@ async fn controllers(
         module_ctrl,
         csr_ctrl
     );
+}
+
+/// The device a renewal of Lease `l` wakes, if any: only one the controller does not
+/// report online can be changed by it (`presence::renewal_may_change`).
+fn woken_by(devices: &Store<EdgeDevice>, l: &KeptLease) -> Option<ObjectRef<EdgeDevice>> {
+    let device = ObjectRef::<EdgeDevice>::new(device_of_object(&l.name_any())?);
+    let reported = devices.get(&device);
+    presence::renewal_may_change(reported.as_ref().and_then(|d| d.status.as_ref()))
+        .then_some(device)
 }
 
 /// Keeps the devices-by-state and the fleet's hub gauges current.

@@ -8,7 +8,6 @@ mod fake;
 
 use std::sync::Arc;
 
-use edgefleet_controller::k8s::watches::keep_renew_time;
 use edgefleet_controller::k8s::{apply, context::Context};
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
@@ -212,7 +211,7 @@ async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device()
     // Its Lease, its RBAC and its first desired state.
     assert_eq!(writes(&first.log.take()).len(), 6);
     let name = "edgefleet-device-edge-1";
-    let mut lease = first.stored(&Lease {
+    let lease = first.stored(&Lease {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(SYSTEM_NAMESPACE.into()),
@@ -220,8 +219,6 @@ async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device()
         },
         ..Default::default()
     });
-    // As the controller's Lease cache keeps it.
-    keep_renew_time(&mut lease);
 
     let mut again = World::new();
     again.device(&munich_device("edge-1")).add(lease.clone());

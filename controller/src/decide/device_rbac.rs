@@ -16,6 +16,7 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use crate::decide::device_access::{RIGHTS, Scope};
+use crate::k8s::kept_lease::KeptLease;
 
 fn owner(device: &EdgeDevice) -> Option<OwnerReference> {
     device.controller_owner_ref(&())
@@ -184,15 +185,14 @@ impl Registration {
     }
 
     /// Whether `written` (the device's Lease as cached) says this registration is in place.
-    pub fn is_in(&self, written: Option<&Lease>) -> bool {
-        let annotation = |l: &Lease| {
-            l.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(REGISTRATION_ANNOTATION))
-                .cloned()
-        };
-        written.is_some_and(|w| annotation(w).is_some() && annotation(w) == annotation(&self.lease))
+    pub fn is_in(&self, written: Option<&KeptLease>) -> bool {
+        let mine = self
+            .lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REGISTRATION_ANNOTATION));
+        written.is_some_and(|w| w.registration.is_some() && w.registration.as_ref() == mine)
     }
 }
 
@@ -213,28 +213,33 @@ mod tests {
     fn a_registration_in_place_is_not_written_again() {
         let d = device();
         let r = Registration::of("edge-1", "edgefleet-system", &d, 40, true);
-        assert!(r.is_in(Some(&r.lease)));
+        // What the Lease cache keeps of the Lease a registration writes.
+        let cached = |r: &Registration| KeptLease::keep(r.lease.clone());
+        assert!(r.is_in(Some(&cached(&r))));
         assert!(!r.is_in(None), "no Lease yet");
         let mut bare = r.lease.clone();
         bare.metadata.annotations = None;
-        assert!(!r.is_in(Some(&bare)), "a Lease without the fingerprint");
+        assert!(
+            !r.is_in(Some(&KeptLease::keep(bare))),
+            "a Lease without the fingerprint"
+        );
         let longer = Registration::of("edge-1", "edgefleet-system", &d, 90, true);
-        assert!(!longer.is_in(Some(&r.lease)), "another lease duration");
+        assert!(!longer.is_in(Some(&cached(&r))), "another lease duration");
         let mut again = d.clone();
         again.metadata.uid = Some("uid-2".into());
         let recreated = Registration::of("edge-1", "edgefleet-system", &again, 40, true);
         assert!(
-            !recreated.is_in(Some(&r.lease)),
+            !recreated.is_in(Some(&cached(&r))),
             "a device deleted and created again owns new objects"
         );
         let authorized = Registration::of("edge-1", "edgefleet-system", &d, 40, false);
         assert!(authorized.rbac.is_none());
         assert!(
-            !authorized.is_in(Some(&r.lease)),
+            !authorized.is_in(Some(&cached(&r))),
             "switching to the device authorizer is a new registration"
         );
         assert!(
-            !r.is_in(Some(&authorized.lease)),
+            !r.is_in(Some(&cached(&authorized))),
             "and so is switching back: the RBAC is written again"
         );
     }

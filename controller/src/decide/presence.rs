@@ -7,7 +7,8 @@ use edgefleet_crds::EdgeDeviceStatus;
 use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::ONLINE;
 use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::Lease;
+
+use crate::k8s::kept_lease::KeptLease;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Presence {
@@ -16,11 +17,8 @@ pub struct Presence {
     pub recheck_in: Option<Duration>,
 }
 
-pub fn presence(lease: Option<&Lease>, now: Timestamp, threshold: Duration) -> Presence {
-    let renewed = lease
-        .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.renew_time.as_ref())
-        .map(|t| t.0);
+pub fn presence(lease: Option<&KeptLease>, now: Timestamp, threshold: Duration) -> Presence {
+    let renewed = lease.and_then(|l| l.renewed.as_ref()).map(|t| t.0);
     let Some(renewed) = renewed else {
         return Presence {
             online: false,
@@ -57,19 +55,20 @@ pub fn renewal_may_change(reported: Option<&EdgeDeviceStatus>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     use super::*;
 
-    fn lease(renewed: &str) -> Lease {
-        Lease {
+    /// A Lease renewed at `renewed`, as the cache keeps it.
+    fn lease(renewed: &str) -> KeptLease {
+        KeptLease::keep(Lease {
             spec: Some(LeaseSpec {
                 renew_time: Some(MicroTime(renewed.parse().expect("ts"))),
                 ..Default::default()
             }),
             ..Default::default()
-        }
+        })
     }
 
     #[test]
@@ -95,7 +94,7 @@ mod tests {
             let p = presence(l.as_ref(), now, t);
             assert_eq!((p.online, p.recheck_in), (online, recheck), "{l:?}");
         }
-        let never_renewed = Lease::default();
+        let never_renewed = KeptLease::keep(Lease::default());
         assert!(!presence(Some(&never_renewed), now, t).online);
     }
 

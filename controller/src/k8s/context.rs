@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
+use crate::k8s::kept_lease::KeptLease;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule, EdgeModuleSpec};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::ResourceExt;
@@ -29,7 +29,7 @@ pub struct Stores {
     pub devices: Store<EdgeDevice>,
     pub deployments: Store<EdgeDeployment>,
     pub modules: Store<EdgeModule>,
-    pub leases: Store<Lease>,
+    pub leases: Store<KeptLease>,
     /// The deployments' ControllerRevisions (labelled `edgefleet.io/deployment`), judged.
     pub revisions: Store<KeptRevision>,
     pub grants: Store<EdgeGrant>,

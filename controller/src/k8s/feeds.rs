@@ -19,9 +19,10 @@ use kube::{Api, Client};
 use crate::decide::snapshot::KeptRevision;
 use crate::k8s::context::Stores;
 use crate::k8s::intern::Interner;
+use crate::k8s::kept_lease::KeptLease;
 use crate::k8s::watches::{
     Cache, Synced, arrivals_and_departures, cache, cache_as, drop_managed_fields, keep_name_only,
-    keep_renew_time, shared,
+    shared,
 };
 use crate::reconcile::rollout;
 
@@ -43,7 +44,7 @@ pub struct Feeds {
     pub modules_for_deployments: ReflectHandle<EdgeModule>,
     pub grants_for_devices: ReflectHandle<EdgeGrant>,
     pub grants_for_deployments: ReflectHandle<EdgeGrant>,
-    pub lease_changes: BoxStream<'static, Result<Lease, watcher::Error>>,
+    pub lease_changes: BoxStream<'static, KeptLease>,
     pub node_changes: BoxStream<'static, Result<PartialObjectMeta<Node>, watcher::Error>>,
     /// The deployments whose ControllerRevisions changed.
     pub revision_changes: BoxStream<'static, ObjectRef<EdgeDeployment>>,
@@ -99,10 +100,10 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         Cache::Grants,
     );
 
-    let (leases, lease_events) = cache(
+    let (leases, lease_events) = cache_as(
         Api::<Lease>::namespaced(client.clone(), namespace),
         watcher::Config::default(),
-        keep_renew_time,
+        KeptLease::keep,
         synced,
         Cache::Leases,
     );
@@ -151,7 +152,15 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         modules_for_deployments: mod_for_deployments,
         grants_for_devices: grant_for_devices,
         grants_for_deployments: grant_for_deployments,
-        lease_changes: lease_events.applied_objects().boxed(),
+        lease_changes: lease_events
+            .applied_objects()
+            .filter_map(|l| {
+                ready(
+                    l.inspect_err(|e| tracing::warn!(error = %e, "watching Leases"))
+                        .ok(),
+                )
+            })
+            .boxed(),
         // A Node's arrival or deletion reaches the device reconcile only after the store
         // has it: from a second watch it could arrive first, and a device whose Node is gone
         // would be judged against a store that still has the Node.

@@ -7,6 +7,7 @@ pub mod context;
 pub mod events;
 pub mod feeds;
 pub mod intern;
+pub mod kept_lease;
 pub mod leader;
 pub mod moves;
 pub mod throttle;

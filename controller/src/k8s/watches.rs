@@ -6,10 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::ready;
 use std::sync::Arc;
 
-use edgefleet_crds::identity::REGISTRATION_ANNOTATION;
-
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -213,25 +211,6 @@ pub fn keep_name_only<K: Resource>(obj: &mut K) {
     };
 }
 
-/// Presence needs only a Lease's renew time, and the registry its fingerprint: at 10,000
-/// devices the rest (managedFields of two writers, holder, durations) would be most of the
-/// cache.
-pub fn keep_renew_time(lease: &mut Lease) {
-    let renew_time = lease.spec.as_mut().and_then(|s| s.renew_time.take());
-    lease.spec = Some(LeaseSpec {
-        renew_time,
-        ..Default::default()
-    });
-    let meta = &mut lease.metadata;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.labels = None;
-    // Only the registry's fingerprint (`device_rbac::Registration`) is read back.
-    if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k == REGISTRATION_ANNOTATION);
-    }
-}
-
 /// Passes on a watched object when it appears or disappears, not when it changes (a Node's
 /// status changes every few seconds; a device cares only whether its Node exists). The
 /// events come from the cache's own stream, so the store already has what they say.
@@ -317,6 +296,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+
     use super::*;
 
     fn lease(name: &str, uid: &str, holder: &str, renewed: &str) -> Lease {

@@ -193,10 +193,7 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         .get(&ObjectRef::new(&device_object_name(&name)).within(&ctx.config.namespace));
     let now = jiff::Timestamp::now();
     let p = presence(lease.as_deref(), now, ctx.config.offline_threshold);
-    let ever_renewed = lease
-        .as_ref()
-        .and_then(|l| l.spec.as_ref())
-        .is_some_and(|s| s.renew_time.is_some());
+    let ever_renewed = lease.as_ref().is_some_and(|l| l.renewed.is_some());
     let status = device.status.clone().unwrap_or_default();
     let status_problems = status_check::problems(&status, Some(&desired));
     let mut conditions = controller_conditions(

@@ -7,6 +7,7 @@ use clap::Parser;
 use edgefleet_controller::Config;
 use edgefleet_controller::decide::snapshot::KeptRevision;
 use edgefleet_controller::k8s::context::{Context, Stores};
+use edgefleet_controller::k8s::kept_lease::KeptLease;
 use edgefleet_controller::k8s::watches::{Cache, Synced};
 use edgefleet_controller::metrics::Metrics;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule};
@@ -40,7 +41,7 @@ pub struct Writers {
     devices: Writer<EdgeDevice>,
     deployments: Writer<EdgeDeployment>,
     modules: Writer<EdgeModule>,
-    leases: Writer<Lease>,
+    leases: Writer<KeptLease>,
     revisions: Writer<KeptRevision>,
     grants: Writer<EdgeGrant>,
 }
@@ -64,8 +65,18 @@ cached! {
     EdgeDevice => devices,
     EdgeDeployment => deployments,
     EdgeModule => modules,
-    Lease => leases,
     EdgeGrant => grants,
+}
+
+/// The cache keeps of a Lease what the controller's watch does.
+impl Cached for Lease {
+    type Held = KeptLease;
+    fn writer(w: &mut Writers) -> &mut Writer<KeptLease> {
+        &mut w.leases
+    }
+    fn hold(self) -> KeptLease {
+        KeptLease::keep(self)
+    }
 }
 
 /// The cache judges a ControllerRevision as the controller's watch does.
