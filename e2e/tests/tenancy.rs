@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use edgefleet_crds::condition;
 use edgefleet_crds::deployment::conditions::READY;
-use edgefleet_crds::{EdgeDeployment, EdgeDevice, TargetingOutcome};
+use edgefleet_crds::{EdgeDeployment, EdgeDeploymentStatus, EdgeDevice, TargetingOutcome};
 use edgefleet_e2e::{
     ControllerProcess, Lab, RealAgents, WebhookCert, apply, controller_binary, fresh_namespace,
     grant, install_and_enrol, remove_every_deployment, try_apply, ungranted_namespace,
@@ -78,18 +78,19 @@ async fn desired_from(client: &Client) -> Result<Vec<Vec<String>>, String> {
     Ok(seen)
 }
 
+/// Deployment `base`'s status in `api`'s namespace (the default one before its first).
+async fn base_status(api: &Api<EdgeDeployment>) -> Result<EdgeDeploymentStatus, String> {
+    let base = api.get("base").await.map_err(|e| e.to_string())?;
+    Ok(base.status.unwrap_or_default())
+}
+
 /// Waits for deployment `ns/base` to count three devices targeted and none failed. The
 /// controller writes a deployment's status at most once a second, so a count read right
 /// after the devices' desired states may still be the one before.
 async fn base_counts_three_healthy(client: &Client, ns: &str) {
     let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), ns);
     wait_for("base to count 3 targeted, 0 failed", WAIT, || async {
-        let st = api
-            .get("base")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
+        let st = base_status(&api).await?;
         ((st.targeted, st.failed) == (3, 0))
             .then_some(())
             .ok_or(format!(
@@ -201,13 +202,14 @@ async fn an_ungranted_team_cannot_take_over_the_fleet() {
     .await;
     assert_eq!(owners(&client).await, vec![Some(base.clone()); 3]);
     let deployments: Api<EdgeDeployment> = Api::namespaced(client.clone(), &owner);
-    let st = deployments
-        .get("base")
-        .await
-        .expect("base")
-        .status
-        .unwrap_or_default();
-    assert_eq!((st.targeted, st.lost), (3, 0), "{st:?}");
+    // Waited for, as the counts above are: written at most once a second.
+    wait_for("base to count 3 targeted, none lost", WAIT, || async {
+        let st = base_status(&deployments).await?;
+        ((st.targeted, st.lost) == (3, 0))
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
 
     // The platform team lets it outrank the owner after all: the owner loses every
     // device, is not Ready, and a Warning Event names the winner.
@@ -219,12 +221,7 @@ async fn an_ungranted_team_cannot_take_over_the_fleet() {
     .await;
     let takeover = format!("{rogue_ns}/takeover");
     wait_for("the owner to say it was outranked", WAIT, || async {
-        let st = deployments
-            .get("base")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
+        let st = base_status(&deployments).await?;
         match condition::find(&st.conditions, READY) {
             Some(c)
                 if !c.is_true()
@@ -466,12 +463,7 @@ async fn another_team_cannot_replace_our_module_by_its_name() {
     .await;
     let api: Api<EdgeDeployment> = Api::namespaced(client.clone(), &ours);
     wait_for("our deployment Ready on edge-2", WAIT, || async {
-        let st = api
-            .get("base")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
+        let st = base_status(&api).await?;
         let ready = condition::find(&st.conditions, READY).is_some_and(|c| c.is_true());
         (ready && st.lost == 0)
             .then_some(())
