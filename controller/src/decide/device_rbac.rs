@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256};
 use crate::decide::device_access::{RIGHTS, Scope};
 use crate::k8s::kept_lease::KeptLease;
 
+/// How long the registry's fingerprint is: 16 hex digits, 8 bytes of a SHA-256.
+pub const FINGERPRINT_LEN: usize = 16;
+
 fn owner(device: &EdgeDevice) -> Option<OwnerReference> {
     device.controller_owner_ref(&())
 }
@@ -178,7 +181,7 @@ impl Registration {
             None => serde_json::to_vec(&(&self.lease,)),
         }
         .unwrap_or_default();
-        Sha256::digest(&bytes)[..8]
+        Sha256::digest(&bytes)[..FINGERPRINT_LEN / 2]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()

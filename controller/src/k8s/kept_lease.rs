@@ -11,6 +11,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Resource;
 
+use crate::decide::device_rbac::FINGERPRINT_LEN;
+use crate::k8s::watches::keep_name_only;
+
 /// A Lease as the controller's cache holds it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeptLease {
@@ -23,21 +26,21 @@ pub struct KeptLease {
 }
 
 impl KeptLease {
-    /// Keeps what the controller reads of `lease`.
-    pub fn keep(lease: Lease) -> KeptLease {
-        let Lease { metadata, spec } = lease;
-        let registration = metadata
+    /// Keeps what the controller reads of `lease`. The device may write its own Lease's
+    /// annotations: a fingerprint of another length than the registry's is none it wrote
+    /// (the registry writes the Lease again), and is not kept, whatever its size.
+    pub fn keep(mut lease: Lease) -> KeptLease {
+        let registration = lease
+            .metadata
             .annotations
-            .and_then(|mut a| a.remove(REGISTRATION_ANNOTATION));
+            .as_mut()
+            .and_then(|a| a.remove(REGISTRATION_ANNOTATION))
+            .filter(|f| f.len() == FINGERPRINT_LEN);
+        let renewed = lease.spec.take().and_then(|s| s.renew_time);
+        keep_name_only(&mut lease);
         KeptLease {
-            metadata: ObjectMeta {
-                name: metadata.name,
-                namespace: metadata.namespace,
-                uid: metadata.uid,
-                resource_version: metadata.resource_version,
-                ..Default::default()
-            },
-            renewed: spec.and_then(|s| s.renew_time),
+            metadata: lease.metadata,
+            renewed,
             registration,
         }
     }
@@ -125,5 +128,30 @@ mod tests {
             }
         );
         assert_eq!(KeptLease::keep(Lease::default()), KeptLease::default());
+    }
+
+    /// A device that fills its Lease's fingerprint annotation (its own Lease: it may) puts
+    /// none of it in the controller's cache.
+    #[test]
+    fn a_devices_oversized_fingerprint_is_not_kept() {
+        let lease = |fingerprint: String| Lease {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([(
+                    REGISTRATION_ANNOTATION.to_owned(),
+                    fingerprint,
+                )])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            KeptLease::keep(lease("a".repeat(256 * 1024))).registration,
+            None
+        );
+        let fits = "0".repeat(FINGERPRINT_LEN);
+        assert_eq!(
+            KeptLease::keep(lease(fits.clone())).registration,
+            Some(fits)
+        );
     }
 }

@@ -7,7 +7,6 @@ use std::future::ready;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
