@@ -11,7 +11,7 @@ use serde::Deserialize;
 use edgefleet_controller::decide::catalog::{CompiledDeployment, compile};
 use edgefleet_controller::decide::grant::Grant;
 use edgefleet_controller::decide::targeting::{StagedRevisions, resolve, resolve_staged};
-use edgefleet_crds::{EdgeDeployment, EdgeGrant, EdgeModule, EdgeModuleSpec, limits};
+use edgefleet_crds::{EdgeDeployment, EdgeGrant, EdgeModule, EdgeModuleSpec, Rollouts, limits};
 
 const DEVICES: usize = 10_000;
 const DEPLOYMENTS: usize = 100;
@@ -131,7 +131,7 @@ fn example_bytes() {
             .flat_map(|f| example::<EdgeDeployment>(f))
             .map(|d| compile(&d, &specs, &grants))
             .collect();
-    let rollouts: BTreeMap<String, String> = catalog
+    let rollouts: Rollouts = catalog
         .iter()
         .map(|d| (d.key.clone(), d.revision.clone()))
         .collect();

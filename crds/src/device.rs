@@ -2,7 +2,6 @@
 //! the Online and Registered conditions; the device's agent owns the rest of the status.
 //! Heartbeats go to a Lease, not to this object, so idle devices cost no writes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -13,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::condition::{Condition, conditions_schema};
 use crate::deployment::DesiredStatus;
+use crate::device_rollouts::Rollouts;
 use crate::module::EdgeModuleSpec;
 use crate::names::DNS_LABEL_PATTERN;
 use crate::route::Route;
@@ -60,19 +60,24 @@ pub struct EdgeDeviceSpec {
     /// Written by edgefleet-controller's rollout planner only: for each deployment with a
     /// staged rollout (`namespace/name`), the revision this device has been moved to. The
     /// desired state takes that deployment's modules from this revision.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub rollouts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Rollouts::is_empty")]
+    pub rollouts: Rollouts,
 }
 
 /// The most modules one device runs.
 pub const MAX_DESIRED_MODULES: usize = 256;
+/// The most deployments that target one device (`DesiredState::targeting`), and so the most
+/// entries of its `spec.rollouts`.
+pub const MAX_TARGETING: usize = 1000;
+/// A revision: a desired state's, a deployment's.
+pub const REVISION_MAX: usize = 64;
 
 /// A device's full desired module set, resolved from every deployment that targets it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredState {
     /// The hash of `modules` ([`DesiredState::revision_of`]).
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = REVISION_MAX))]
     pub revision: String,
     /// Sorted by namespace, then name.
     #[serde(default)]
@@ -80,7 +85,7 @@ pub struct DesiredState {
     pub modules: Vec<ResolvedModule>,
     /// Every deployment that selects this device and what became of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = MAX_TARGETING))]
     pub targeting: Vec<TargetingDecision>,
 }
 

@@ -6,6 +6,7 @@ pub mod bounds;
 pub mod condition;
 pub mod deployment;
 pub mod device;
+pub mod device_rollouts;
 pub mod duration;
 pub mod grant;
 pub mod hub;
@@ -26,6 +27,7 @@ pub use device::{
     DesiredState, EdgeDevice, EdgeDeviceSpec, EdgeDeviceStatus, ModuleStatus, ResolvedModule,
     RuntimeStatus, TargetingDecision, TargetingOutcome, module_key,
 };
+pub use device_rollouts::Rollouts;
 pub use grant::{EdgeGrant, EdgeGrantSpec, PriorityRange};
 pub use module::{EdgeModule, EdgeModuleSpec, EdgeModuleStatus};
 pub use rollout::{

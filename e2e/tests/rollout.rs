@@ -65,7 +65,7 @@ async fn look(devices: &Api<EdgeDevice>, key: &str) -> Look {
     };
     for name in DEVICES {
         let d = devices.get(name).await.expect("device");
-        let at = d.spec.rollouts.get(key).cloned();
+        let at = d.spec.rollouts.get(key).map(str::to_owned);
         let desired = d.spec.desired.as_ref();
         let rendered = desired
             .and_then(|s| s.targeting.iter().find(|t| t.deployment == key))

@@ -10,7 +10,7 @@ use edgefleet_crds::names::{NameError, check_dns_label, check_env_name, check_im
 use edgefleet_crds::route::Destination;
 use edgefleet_crds::{
     DeploymentModule, DeviceSelector, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, OnUntarget,
-    ResolvedModule, TargetingDecision, TargetingOutcome,
+    ResolvedModule, Rollouts, TargetingDecision, TargetingOutcome,
 };
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -127,9 +127,9 @@ impl CompiledDeployment {
     /// in waves, every such device restarting its modules twice.
     pub fn staged_at<'a>(
         &'a self,
-        rollouts: &'a BTreeMap<String, String>,
+        rollouts: &'a Rollouts,
         decisions: Option<&[TargetingDecision]>,
-    ) -> Option<&'a String> {
+    ) -> Option<&'a str> {
         let runs_update = || {
             decisions
                 .into_iter()
@@ -138,8 +138,8 @@ impl CompiledDeployment {
         };
         rollouts
             .get(&self.key)
-            .or_else(|| runs_update().then_some(&self.revision))
-            .or(self.current.as_ref())
+            .or_else(|| runs_update().then_some(self.revision.as_str()))
+            .or(self.current.as_deref())
     }
 
     /// Whether this deployment selects a device with these labels and these targeting

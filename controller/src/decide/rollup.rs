@@ -9,7 +9,7 @@ use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
 use edgefleet_crds::device::conditions as device_conditions;
 use edgefleet_crds::{
     DesiredState, DesiredStatus, EdgeDeploymentStatus, EdgeDeviceStatus, FailureSample,
-    ResolvedModule, RolloutStatus, RuntimeStatus, TargetingOutcome,
+    ResolvedModule, RolloutStatus, Rollouts, RuntimeStatus, TargetingOutcome,
 };
 
 use jiff::Timestamp;
@@ -27,7 +27,7 @@ pub struct DeviceView<'a> {
     pub status: Option<&'a EdgeDeviceStatus>,
     pub online: bool,
     /// The device's `spec.rollouts`: which revision each staged deployment moved it to.
-    pub rollouts: &'a BTreeMap<String, String>,
+    pub rollouts: &'a Rollouts,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -152,7 +152,7 @@ pub fn rollup<'a>(
                     name: dev.name.to_owned(),
                     preferred: d.prefers(dev.labels),
                     online: dev.online,
-                    rollout: at.cloned(),
+                    rollout: at.map(str::to_owned),
                     health,
                 });
             }
@@ -353,7 +353,7 @@ mod tests {
         desired: DesiredState,
         status: Option<EdgeDeviceStatus>,
         online: bool,
-        rollouts: BTreeMap<String, String>,
+        rollouts: Rollouts,
     }
 
     fn compiled(yaml_spec: &str) -> CompiledDeployment {
@@ -381,7 +381,7 @@ mod tests {
             desired,
             status,
             online,
-            rollouts: BTreeMap::new(),
+            rollouts: Rollouts::new(),
         }
     }
 
@@ -416,7 +416,7 @@ mod tests {
             desired: Some(desired),
             status: None,
             online: true,
-            rollouts: labels,
+            rollouts: const { &Rollouts::new() },
         }
     }
 
@@ -427,7 +427,7 @@ mod tests {
         let d = compiled(
             "selector: {matchLabels: {site: x}}\n  modules: [{name: a}]\n  rollout: {minReadySeconds: 10}",
         );
-        let rollouts = BTreeMap::from([("ns/d".to_owned(), d.revision.clone())]);
+        let rollouts = Rollouts::from_iter([("ns/d".to_owned(), d.revision.clone())]);
         let device = |name: &str, started: &str| {
             let labels = BTreeMap::from([("site".to_owned(), "x".to_owned())]);
             let staged = crate::decide::targeting::StagedRevisions {
@@ -506,7 +506,7 @@ mod tests {
                 std::slice::from_ref(d),
                 None,
                 &crate::decide::targeting::StagedRevisions {
-                    rollouts: &BTreeMap::new(),
+                    rollouts: &Rollouts::new(),
                     snapshots: &(),
                 },
             );
@@ -520,7 +520,7 @@ mod tests {
                 desired,
                 status: Some(serde_yaml::from_str(&report).expect("status")),
                 online: true,
-                rollouts: BTreeMap::new(),
+                rollouts: Rollouts::new(),
             }
         };
         let nothing = unmoved(&d);

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_crds::{DesiredState, ResolvedModule, TargetingDecision, TargetingOutcome};
+use edgefleet_crds::{DesiredState, ResolvedModule, Rollouts, TargetingDecision, TargetingOutcome};
 
 use edgefleet_crds::limits;
 
@@ -68,15 +68,15 @@ impl CompiledDeployment {
                 reach,
                 ..
             } => match self.staged_at(staged.rollouts, current.map(|c| c.targeting.as_slice())) {
-                Some(r) if *r == self.revision => Given {
+                Some(r) if r == self.revision => Given {
                     modules: modules.clone(),
-                    revision: r.clone(),
+                    revision: r.to_owned(),
                     bytes: *bytes,
                 },
                 Some(r) => match staged.snapshots.modules(&self.key, r) {
                     Some(mut snapshot) => {
                         keep_allowed(&mut snapshot, reach, labels);
-                        Given::new(snapshot, r.clone())
+                        Given::new(snapshot, r.to_owned())
                     }
                     None => self.read_back(current),
                 },
@@ -161,7 +161,7 @@ impl Snapshots for () {
 /// Where staged deployments' modules come from on one device.
 pub struct StagedRevisions<'a> {
     /// The device's `spec.rollouts`: the revision each staged deployment moved it to.
-    pub rollouts: &'a BTreeMap<String, String>,
+    pub rollouts: &'a Rollouts,
     pub snapshots: &'a dyn Snapshots,
 }
 
@@ -182,7 +182,7 @@ impl std::fmt::Debug for StagedRevisions<'_> {
 ///   one left from an earlier staged period would outrank what the device runs when the
 ///   deployment is made staged again, and send the device back to that period's revision.
 pub fn forgotten_rollouts<'a>(
-    rollouts: &'a BTreeMap<String, String>,
+    rollouts: &'a Rollouts,
     catalog: &[CompiledDeployment],
     desired: &DesiredState,
 ) -> Vec<&'a str> {
@@ -194,8 +194,8 @@ pub fn forgotten_rollouts<'a>(
     };
     let staged = |key: &str| catalog.iter().any(|d| d.key == key && d.staged);
     rollouts
-        .keys()
-        .map(String::as_str)
+        .iter()
+        .map(|(k, _)| k)
         .filter(|k| !gives(k) || !staged(k))
         .collect()
 }
@@ -206,7 +206,7 @@ pub fn resolve(
     catalog: &[CompiledDeployment],
     current: Option<&DesiredState>,
 ) -> DesiredState {
-    let none = BTreeMap::new();
+    let none = Rollouts::default();
     resolve_staged(
         labels,
         catalog,
@@ -930,9 +930,10 @@ mod tests {
         // The desired state `spec` gives a device moved to `moved` that has `current`.
         let under =
             |spec: &CompiledDeployment, moved: Option<&str>, current: Option<&DesiredState>| {
-                let rollouts: BTreeMap<String, String> = moved
-                    .map(|r| [("a/app".to_owned(), r.to_owned())].into())
-                    .unwrap_or_default();
+                let rollouts: Rollouts = moved
+                    .map(|r| ("a/app".to_owned(), r.to_owned()))
+                    .into_iter()
+                    .collect();
                 resolve_staged(
                     &BTreeMap::new(),
                     std::slice::from_ref(spec),
@@ -999,7 +1000,7 @@ mod tests {
             panic!("v1 compiles");
         };
         let snapshots = OneSnapshot(v1.revision.clone(), kept.clone());
-        let no_moves = BTreeMap::new();
+        let no_moves = Rollouts::new();
         let under = |d: &CompiledDeployment, current: Option<&DesiredState>| {
             resolve_staged(
                 &BTreeMap::new(),
@@ -1017,13 +1018,13 @@ mod tests {
         assert_eq!(under(&staged, Some(&reached)), reached);
         assert_eq!(
             staged.staged_at(&no_moves, Some(&reached.targeting)),
-            Some(&v2.revision)
+            Some(v2.revision.as_str())
         );
         // Not reached yet: the current revision, v1, until its wave.
         assert_eq!(under(&staged, Some(&not_yet)), not_yet);
         assert_eq!(
             staged.staged_at(&no_moves, Some(&not_yet.targeting)),
-            Some(&v1.revision)
+            Some(v1.revision.as_str())
         );
     }
 
@@ -1067,7 +1068,7 @@ mod tests {
             panic!("v1 is granted");
         };
         let snapshots = OneSnapshot(v1.revision.clone(), modules.clone());
-        let rollouts = [("a/app".to_owned(), v1.revision.clone())].into();
+        let rollouts = Rollouts::from_iter([("a/app".to_owned(), v1.revision.clone())]);
         let on_v1 = |v2: &CompiledDeployment| {
             resolve_staged(
                 &BTreeMap::new(),
@@ -1110,8 +1111,7 @@ mod tests {
         };
         let staged = spec("rollout: {maxUnavailable: 1}");
         let at_once = spec("priority: 0");
-        let rollouts: BTreeMap<String, String> =
-            [("a/app".to_owned(), "0123456789abcdef".to_owned())].into();
+        let rollouts = Rollouts::from_iter([("a/app".to_owned(), "0123456789abcdef".to_owned())]);
         let forgotten = |catalog: &[CompiledDeployment]| {
             let desired = resolve(&BTreeMap::new(), catalog, None);
             forgotten_rollouts(&rollouts, catalog, &desired)
