@@ -72,10 +72,7 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         let mut desired_states = Interner::default();
         shared(
             Api::<EdgeDevice>::all(client.clone()),
-            move |device| {
-                drop_managed_fields(device);
-                desired_states.intern(device);
-            },
+            move |device| keep_device(device, &mut desired_states),
             synced,
             Cache::Devices,
         )
@@ -179,4 +176,48 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
             .boxed(),
     };
     (stores, feeds)
+}
+
+/// What the device cache keeps of an EdgeDevice: no managed fields and no annotations (the
+/// controller reads none, and a device enrolled with `kubectl apply` carries a copy of its
+/// manifest in one, with a map node around it, for each of 10,000 devices), and one shared
+/// copy of each distinct desired state.
+fn keep_device(device: &mut EdgeDevice, desired_states: &mut Interner) {
+    drop_managed_fields(device);
+    device.metadata.annotations = None;
+    desired_states.intern(device);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use edgefleet_crds::DesiredState;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    use super::*;
+
+    #[test]
+    fn a_cached_device_keeps_what_the_controller_reads() {
+        let enrolled = || {
+            let mut d = EdgeDevice::new("edge-1", Default::default());
+            d.metadata.labels = Some(BTreeMap::from([("site".into(), "berlin".into())]));
+            d.metadata.annotations = Some(BTreeMap::from([(
+                "kubectl.kubernetes.io/last-applied-configuration".into(),
+                "{}".repeat(500),
+            )]));
+            d.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+            d.spec.desired = Some(Arc::new(DesiredState::new(vec![], vec![])));
+            d
+        };
+        let mut desired_states = Interner::default();
+        let (mut a, mut b) = (enrolled(), enrolled());
+        keep_device(&mut a, &mut desired_states);
+        keep_device(&mut b, &mut desired_states);
+        assert_eq!(a.metadata.annotations, None);
+        assert_eq!(a.metadata.managed_fields, None);
+        assert_eq!(a.metadata.labels, enrolled().metadata.labels);
+        let shared = |d: &EdgeDevice| d.spec.desired.clone().expect("desired");
+        assert!(Arc::ptr_eq(&shared(&a), &shared(&b)));
+    }
 }
