@@ -746,3 +746,42 @@ async fn a_staged_rollout_moves_one_device_at_a_time_even_before_the_cache_shows
         .expect("third pass");
     assert_eq!(moved(&world.log.take()), ["edge-2"]);
 }
+
+/// The controller's status writes on edge-1.
+fn status_writes(requests: &[Request]) -> usize {
+    requests
+        .iter()
+        .filter(|r| r.path == "/apis/edgefleet.io/v1alpha1/edgedevices/edge-1/status")
+        .count()
+}
+
+/// A device reconcile that runs again before the watch shows its status write (its own
+/// desired-state write woke it) writes the same conditions once, not twice.
+#[tokio::test]
+async fn conditions_on_their_way_to_the_cache_are_not_written_again() {
+    let mut world = team_a(munich());
+    let ctx = world.context();
+    let before = world.update(edge_1().as_ref());
+    device::reconcile(before.clone(), ctx.clone())
+        .await
+        .expect("first pass");
+    assert_eq!(status_writes(&world.log.take()), 1);
+
+    // The cache still shows the device as it was before the first pass wrote.
+    device::reconcile(before, ctx.clone())
+        .await
+        .expect("second pass");
+    assert_eq!(status_writes(&world.log.take()), 0);
+
+    // Once the cache shows them, other conditions are written at once: here Online, as
+    // the Lease is renewed.
+    let shown = world.update(edge_1().as_ref());
+    device::reconcile(shown.clone(), ctx.clone())
+        .await
+        .expect("the cache shows the write");
+    assert_eq!(status_writes(&world.log.take()), 0);
+    let lease = renewed_lease("edge-1");
+    world.write(&lease, &serde_json::to_value(&lease).expect("lease"));
+    device::reconcile(shown, ctx).await.expect("renewed");
+    assert_eq!(status_writes(&world.log.take()), 1);
+}

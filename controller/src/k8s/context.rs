@@ -19,6 +19,7 @@ use crate::decide::grant::Grant;
 use crate::decide::snapshot::KeptRevision;
 use crate::k8s::moves::Moves;
 use crate::k8s::watches::Synced;
+use crate::k8s::written_conditions::WrittenConditions;
 use crate::metrics::Metrics;
 
 /// The caches every reconcile reads. Nodes are kept as metadata only: a device needs a
@@ -45,6 +46,8 @@ pub struct Context {
     pub failing: Mutex<HashSet<(String, String)>>,
     /// The rollout moves written that the device cache may not show yet.
     pub moves: Moves,
+    /// The devices' conditions written that the device cache may not show yet.
+    pub written_conditions: WrittenConditions,
     synced: Arc<Synced>,
 }
 
@@ -70,6 +73,7 @@ impl Context {
             catalog: Mutex::new(None),
             failing: Mutex::new(HashSet::new()),
             moves: Moves::default(),
+            written_conditions: WrittenConditions::default(),
             synced,
         }
     }

@@ -12,3 +12,4 @@ pub mod leader;
 pub mod moves;
 pub mod throttle;
 pub mod watches;
+pub mod written_conditions;

@@ -12,7 +12,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::condition::{self, Condition, ConditionStatus};
@@ -32,6 +32,7 @@ use crate::decide::presence::presence;
 use crate::error::{Error, Result};
 use crate::k8s::context::Context;
 use crate::k8s::events::reference;
+use crate::k8s::written_conditions;
 use crate::{
     decide::catalog, decide::status_check, decide::targeting, k8s::apply, reconcile::registry,
 };
@@ -205,10 +206,19 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     );
     conditions.bound();
     let old = &status.conditions;
+    let written = &ctx.written_conditions;
+    let mut recheck_in = p.recheck_in.unwrap_or(Duration::from_secs(300));
     if conditions
         .iter()
-        .any(|c| !same(c, condition::find(old, &c.type_)))
+        .all(|c| same(c, condition::find(old, &c.type_)))
     {
+        written.shown(&name);
+    } else if written.on_their_way(&name, &conditions, Instant::now()) {
+        // Written by a reconcile a moment ago; its watch event wakes this device again. A
+        // write that was overwritten meanwhile is written again after a while.
+        ctx.metrics.skipped_write(CONTROLLER);
+        recheck_in = recheck_in.min(written_conditions::REMEMBERED);
+    } else {
         condition::carry_transition_times(&mut conditions, old, &Time(now));
         apply::status(
             &api,
@@ -219,14 +229,12 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         )
         .await
         .map_err(|e| Error::ApplyDeviceStatus(name.clone(), e))?;
+        written.note(&name, &conditions, Instant::now());
         publish_transitions(&ctx, &device, old, &conditions).await;
     }
     report_module_failures(&ctx, &device, &desired).await;
 
-    Ok(match p.recheck_in {
-        Some(d) => Action::requeue(d),
-        None => Action::requeue(Duration::from_secs(300)),
-    })
+    Ok(Action::requeue(recheck_in))
 }
 
 /// The device's desired state, from the labels an administrator gave the EdgeDevice (a
