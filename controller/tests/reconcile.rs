@@ -669,6 +669,76 @@ async fn a_revision_labelled_as_another_deployments_is_written_again() {
     );
 }
 
+/// A ControllerRevision under the name of the deployment's revision but without
+/// edgefleet's label (a team's own, say): the revision cache, which selects on the label,
+/// never shows it, and the apiserver refuses to change its data. It is deleted (that object
+/// only) and the revision written again, with an Event that says why; before, the apply
+/// failed with 422 on every retry and the deployment's status stood still.
+#[tokio::test]
+async fn an_unlabelled_revision_in_the_way_is_replaced() {
+    let d = munich();
+    let mut world = World::answering(|objects| {
+        Arc::new(move |req: &Request| {
+            let in_the_way = req.method == Method::PATCH
+                && req.path.contains("/controllerrevisions/")
+                && objects
+                    .get(req.object_path())
+                    .is_some_and(|o| o["metadata"]["labels"]["edgefleet.io/deployment"].is_null());
+            if in_the_way {
+                apiserver::failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid")
+            } else {
+                objects.answer(req)
+            }
+        })
+    });
+    world
+        .add(parse::<EdgeGrant>(GRANT))
+        .add(parse::<EdgeModule>(MODULE))
+        .add(d.clone())
+        .device(&munich_device("edge-1"));
+    let ctx = world.context();
+    deployment::reconcile(world.update(&d), ctx.clone())
+        .await
+        .expect("first pass");
+    let requests = world.log.take();
+    let path = writes(&requests)
+        .into_iter()
+        .find(|w| w.path.contains("/controllerrevisions/"))
+        .map(|w| w.path.clone())
+        .expect("the revision is kept");
+    // The team replaces it with one of its own, unlabelled.
+    world.objects.patch(
+        path.clone(),
+        &json!({"metadata": {"uid": "uid-unlabelled", "labels": null}, "data": {"mine": 1}}),
+    );
+
+    deployment::reconcile(world.update(&d), ctx.clone())
+        .await
+        .expect("second pass");
+    let requests = world.log.take();
+    let deleted = requests
+        .iter()
+        .position(|r| r.method == Method::DELETE && r.path == path)
+        .unwrap_or_else(|| panic!("{path} deleted: {requests:#?}"));
+    assert_eq!(
+        requests[deleted].body["preconditions"]["uid"],
+        "uid-unlabelled"
+    );
+    let again = requests[deleted..]
+        .iter()
+        .find(|r| r.method == Method::PATCH && r.path == path)
+        .unwrap_or_else(|| panic!("{path} written again: {requests:#?}"));
+    assert_eq!(
+        again.body["metadata"]["labels"]["edgefleet.io/deployment"],
+        "munich"
+    );
+    let refused = notes(&requests, "RevisionRefused");
+    assert!(
+        refused.len() == 1 && refused[0].contains("carries no edgefleet.io/deployment label"),
+        "{refused:#?}"
+    );
+}
+
 /// Device `name`'s Lease, renewed just now: the device is online.
 fn renewed_lease(name: &str) -> Lease {
     Lease {

@@ -703,7 +703,9 @@ async fn kept(revisions: &Api<ControllerRevision>, revision: &str) -> Option<Val
 /// the one a device runs, with a module in another team's namespace on the host network,
 /// and the one to come, with modules edgefleet did not write. Neither reaches a device:
 /// the controller refuses both, with a Warning Event each, deletes the first (the device
-/// keeps what it runs) and writes the second again.
+/// keeps what it runs) and writes the second again. Then the one to come once more, on an
+/// object without edgefleet's label, which the controller's cache never shows: replaced
+/// too.
 #[tokio::test]
 #[ignore = "needs the lab: make e2e"]
 async fn a_forged_revision_never_reaches_a_device() {
@@ -831,6 +833,40 @@ async fn a_forged_revision_never_reaches_a_device() {
     let l = edge_1_runs_v1_only().await;
     assert_eq!(l.running_version["edge-1"].as_deref(), Some("v1"), "{l:?}");
     assert_eq!(l.at["edge-1"].as_deref(), Some(r1.as_str()), "{l:?}");
+
+    // r2's name again, on an object without edgefleet's label: the controller's revision
+    // cache (which selects on the label) never shows it, and the apiserver refuses to change
+    // its data. It is replaced all the same, with an Event.
+    let mut unlabelled = forged_revision(&ns, &r2, json!([]));
+    unlabelled.metadata.labels = None;
+    wait_for(
+        "the forger's unlabelled revision in place",
+        Duration::from_secs(30),
+        || async {
+            // The controller may write r2 again between the two: then once more.
+            let dp = kube::api::DeleteParams::default();
+            let _ = forger.delete(&format!("app-{r2}"), &dp).await;
+            forger.create(&pp, &unlabelled).await.map(|_| ())
+        },
+    )
+    .await;
+    wait_for(
+        "the unlabelled revision replaced",
+        Duration::from_secs(90),
+        || async {
+            let refused = refusals(&client, &ns).await;
+            let noted = refused
+                .iter()
+                .any(|n| n.contains("carries no edgefleet.io/deployment label"));
+            let again = kept(&admins, &r2).await == r2_kept;
+            (noted && again)
+                .then_some(())
+                .ok_or(format!("r2 written again {again}, events {refused:?}"))
+        },
+    )
+    .await;
+    let l = edge_1_runs_v1_only().await;
+    assert_eq!(l.running_version["edge-1"].as_deref(), Some("v1"), "{l:?}");
     label_devices(&devices, &DEVICES, LABEL, None).await;
     label_devices(&devices, &["edge-1"], "e2e-poke", None).await;
 }

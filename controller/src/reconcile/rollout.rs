@@ -236,12 +236,35 @@ async fn ensure_revision(
     let mut patch = serde_json::to_value(&cr).unwrap_or_default();
     patch["apiVersion"] = json!("apps/v1");
     patch["kind"] = json!("ControllerRevision");
-    Api::<ControllerRevision>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &cr_name,
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
+    let api = Api::<ControllerRevision>::namespaced(ctx.client.clone(), &ns);
+    let params = PatchParams::apply(CONTROLLER_MANAGER).force();
+    let refused = match api.patch(&cr_name, &params, &Patch::Apply(&patch)).await {
+        Ok(_) => return Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 422 => kube::Error::Api(e),
+        Err(e) => return Err(Error::ApplyRevision(cr_name, e)),
+    };
+    // Refused as invalid: a revision's data can't change, so an object under this name
+    // keeps other data. One the cache does not show is one without edgefleet's label
+    // (the watch selects on it), which no reconcile would ever judge: it is removed like
+    // a forgery, and this revision written again. Any other refusal is retried.
+    let in_the_way = api
+        .get_opt(&cr_name)
+        .await
+        .map_err(|e| Error::ApplyRevision(cr_name.clone(), e))?;
+    let Some(unlabelled) = in_the_way.filter(|cr| !cr.labels().contains_key(DEPLOYMENT_LABEL))
+    else {
+        return Err(Error::ApplyRevision(cr_name, refused));
+    };
+    let why = format!("it carries no {DEPLOYMENT_LABEL} label");
+    remove_forged(
+        ctx,
+        d,
+        &KeptRevision::judge(unlabelled),
+        &why,
+        "written again",
+    )
+    .await?;
+    api.patch(&cr_name, &params, &Patch::Apply(&patch))
         .await
         .map_err(|e| Error::ApplyRevision(cr_name, e))?;
     Ok(())
