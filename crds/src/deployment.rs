@@ -17,6 +17,11 @@ use crate::route::Route;
 /// The most failing devices a deployment's status lists: enough to act on, small at any
 /// fleet size.
 pub const MAX_FAILURE_SAMPLES: usize = 10;
+/// The longest name an EdgeDeployment may have: a label value's (63), since the name labels
+/// the ControllerRevisions that keep its revisions (`edgefleet.io/deployment`). Object
+/// names may be longer; the controller holds such a deployment, and the admission webhook
+/// refuses it.
+pub const MAX_NAME: usize = 63;
 
 /// Condition types on an EdgeDeployment (the controller decides them; see its
 /// `decide::conditions`). Exactly one of Ready, Reconciling and Stalled is True.

@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_crds::limits;
 use edgefleet_crds::names::{NameError, check_dns_label, check_env_name, check_image};
 use edgefleet_crds::route::Destination;
 use edgefleet_crds::{
     DeploymentModule, DeviceSelector, EdgeDeployment, EdgeModuleSpec, ModuleOverrides, OnUntarget,
     ResolvedModule, Rollouts, TargetingDecision, TargetingOutcome,
 };
+use edgefleet_crds::{deployment, limits};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -40,6 +40,11 @@ pub enum SpecProblem {
     OverLimit { module: String, why: String },
     #[error("module {module:?}: {why}")]
     InvalidRoute { module: String, why: String },
+    #[error(
+        "its name is {0} characters long; at most {max} are allowed, since it labels the ControllerRevisions that keep its revisions",
+        max = deployment::MAX_NAME
+    )]
+    NameTooLong(usize),
     #[error(transparent)]
     Grant(#[from] GrantProblem),
 }
@@ -55,6 +60,7 @@ impl SpecProblem {
             SpecProblem::InvalidOverride { .. } => "InvalidOverride",
             SpecProblem::OverLimit { .. } => "ModuleOverLimit",
             SpecProblem::InvalidRoute { .. } => "InvalidRoute",
+            SpecProblem::NameTooLong(_) => "NameTooLong",
             SpecProblem::Grant(GrantProblem::NoGrant(_)) => "NoGrant",
             SpecProblem::Grant(GrantProblem::NotGranted(_)) => "NotGranted",
         }
@@ -255,6 +261,9 @@ fn check_overrides(m: &DeploymentModule) -> Result<(), SpecProblem> {
 pub fn problems(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<SpecProblem> {
     let namespace = d.metadata.namespace.as_deref().unwrap_or_default();
     let mut out = Vec::new();
+    if let Some(p) = name_problem(d) {
+        out.push(p);
+    }
     if let Err(e) = Selector::parse(&d.spec.selector) {
         out.push(e.into());
     }
@@ -282,6 +291,18 @@ pub fn problems(d: &EdgeDeployment, modules: &impl ModuleLookup) -> Vec<SpecProb
     }
     out.extend(route_problems(d));
     out
+}
+
+/// A name too long to label the deployment's kept revisions with.
+pub fn name_problem(d: &EdgeDeployment) -> Option<SpecProblem> {
+    let chars = d
+        .metadata
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .chars()
+        .count();
+    (chars > deployment::MAX_NAME).then_some(SpecProblem::NameTooLong(chars))
 }
 
 /// Routes that do not parse, or that go to a module this deployment does not run: a route
@@ -658,6 +679,33 @@ spec:
             let reasons: Vec<_> = problems.iter().map(SpecProblem::reason).collect();
             assert_eq!(reasons, want, "{spec}");
         }
+    }
+
+    /// A name that can't label the deployment's kept revisions: held, with the reason,
+    /// before any revision is written (the apiserver would refuse every one).
+    #[test]
+    fn a_name_too_long_for_a_label_holds_the_deployment() {
+        let named = |name: &str| {
+            let d = deployment(&format!(
+                "metadata: {{name: {name}, namespace: ns}}\nspec:\n  modules: [{{name: sensor}}]"
+            ));
+            compile(&d, &lib(), &open_grants(&["ns"]))
+        };
+        let longest = named(&"d".repeat(deployment::MAX_NAME));
+        assert!(matches!(longest.contribution, Contribution::Fresh { .. }));
+        let Contribution::Held { problems, .. } =
+            named(&"d".repeat(deployment::MAX_NAME + 1)).contribution
+        else {
+            panic!("a name of 64 characters is held")
+        };
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("its name is 64 characters long; at most 63"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub fn deployment_refusal(
     modules: &impl catalog::ModuleLookup,
     grants: &[Grant],
 ) -> Option<String> {
+    if let Some(bad) = catalog::name_problem(d) {
+        return Some(bad.to_string());
+    }
     if let Some(bad) = catalog::route_problems(d).first() {
         return Some(bad.to_string());
     }
@@ -287,6 +290,26 @@ mod tests {
         );
         let refusal = deployment_refusal(&d, &lib, &grants).expect("refused");
         assert!(refusal.contains("module \"theirs\""), "{refusal}");
+    }
+
+    #[test]
+    fn a_deployment_named_too_long_for_a_label_is_refused() {
+        let grants = [grant("open", "{namespaces: [team-a], devices: {}}")];
+        let lib = modules(&[("team-a/app", "image: app:1")]);
+        let named = |name: &str| {
+            deployment(&format!(
+                "metadata: {{name: {name}, namespace: team-a}}\nspec:\n  modules: [{{name: app}}]"
+            ))
+        };
+        assert_eq!(
+            deployment_refusal(&named(&"d".repeat(63)), &lib, &grants),
+            None
+        );
+        let refusal = deployment_refusal(&named(&"d".repeat(64)), &lib, &grants).expect("refused");
+        assert!(
+            refusal.contains("labels the ControllerRevisions"),
+            "{refusal}"
+        );
     }
 
     #[test]
