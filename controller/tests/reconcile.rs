@@ -669,22 +669,20 @@ async fn a_revision_labelled_as_another_deployments_is_written_again() {
     );
 }
 
-/// A ControllerRevision under the name of the deployment's revision but without
-/// edgefleet's label (a team's own, say): the revision cache, which selects on the label,
-/// never shows it, and the apiserver refuses to change its data. It is deleted (that object
-/// only) and the revision written again, with an Event that says why; before, the apply
-/// failed with 422 on every retry and the deployment's status stood still.
-#[tokio::test]
-async fn an_unlabelled_revision_in_the_way_is_replaced() {
+/// Deployment munich's kept revision, then an object under its name as `metadata` makes it
+/// (the revision cache, which selects on edgefleet's label, not shown it), then a second
+/// pass against an apiserver that refuses, as the real one does, to change a
+/// ControllerRevision's data (422). The second pass's outcome and requests, and the path.
+async fn revision_in_the_way(metadata: Value) -> (bool, Vec<Request>, String) {
     let d = munich();
     let mut world = World::answering(|objects| {
         Arc::new(move |req: &Request| {
-            let in_the_way = req.method == Method::PATCH
+            let changes_data = req.method == Method::PATCH
                 && req.path.contains("/controllerrevisions/")
                 && objects
                     .get(req.object_path())
-                    .is_some_and(|o| o["metadata"]["labels"]["edgefleet.io/deployment"].is_null());
-            if in_the_way {
+                    .is_some_and(|o| o["data"] != req.body["data"]);
+            if changes_data {
                 apiserver::failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid")
             } else {
                 objects.answer(req)
@@ -706,16 +704,24 @@ async fn an_unlabelled_revision_in_the_way_is_replaced() {
         .find(|w| w.path.contains("/controllerrevisions/"))
         .map(|w| w.path.clone())
         .expect("the revision is kept");
-    // The team replaces it with one of its own, unlabelled.
     world.objects.patch(
         path.clone(),
-        &json!({"metadata": {"uid": "uid-unlabelled", "labels": null}, "data": {"mine": 1}}),
+        &json!({"metadata": metadata, "data": {"mine": 1}}),
     );
+    let second = deployment::reconcile(world.update(&d), ctx.clone()).await;
+    (second.is_ok(), world.log.take(), path)
+}
 
-    deployment::reconcile(world.update(&d), ctx.clone())
-        .await
-        .expect("second pass");
-    let requests = world.log.take();
+/// A ControllerRevision under the name of the deployment's revision but without
+/// edgefleet's label (a team's own, say): the revision cache never shows it, and the
+/// apiserver refuses to change its data. It is deleted (that object only) and the revision
+/// written again, with an Event that says why; before, the apply failed on every retry and
+/// the deployment's status stood still.
+#[tokio::test]
+async fn an_unlabelled_revision_in_the_way_is_replaced() {
+    let (ok, requests, path) =
+        revision_in_the_way(json!({"uid": "uid-unlabelled", "labels": null})).await;
+    assert!(ok, "{requests:#?}");
     let deleted = requests
         .iter()
         .position(|r| r.method == Method::DELETE && r.path == path)
@@ -737,6 +743,27 @@ async fn an_unlabelled_revision_in_the_way_is_replaced() {
         refused.len() == 1 && refused[0].contains("carries no edgefleet.io/deployment label"),
         "{refused:#?}"
     );
+}
+
+/// What the cache will judge (an object labelled as the deployment's), and an unlabelled
+/// one already being deleted (a finalizer holds it), are not deleted on a 422: the write is
+/// retried, and the first is judged once the cache shows it; the second is not deleted and
+/// announced again at every retry.
+#[tokio::test]
+async fn a_refused_revision_write_deletes_nothing_else() {
+    for metadata in [
+        json!({"uid": "uid-labelled"}),
+        json!({"uid": "uid-going", "labels": null,
+               "deletionTimestamp": "2026-06-01T00:00:00Z", "finalizers": ["team/keep"]}),
+    ] {
+        let (ok, requests, _) = revision_in_the_way(metadata.clone()).await;
+        assert!(!ok, "{metadata}: {requests:#?}");
+        assert!(
+            !requests.iter().any(|r| r.method == Method::DELETE),
+            "{metadata}: {requests:#?}"
+        );
+        assert!(notes(&requests, "RevisionRefused").is_empty(), "{metadata}");
+    }
 }
 
 /// Device `name`'s Lease, renewed just now: the device is online.

@@ -162,8 +162,9 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
         // has it: from a second watch it could arrive first, and a device whose Node is gone
         // would be judged against a store that still has the Node.
         node_changes: arrivals_and_departures(node_events).boxed(),
+        // Deletions too: a deployment whose kept revision went writes it again.
         revision_changes: revision_events
-            .applied_objects()
+            .touched_objects()
             .filter_map(|cr| {
                 ready(match cr {
                     Ok(cr) => rollout::deployment_of_revision(&cr),

@@ -246,13 +246,16 @@ async fn ensure_revision(
     // Refused as invalid: a revision's data can't change, so an object under this name
     // keeps other data. One the cache does not show is one without edgefleet's label
     // (the watch selects on it), which no reconcile would ever judge: it is removed like
-    // a forgery, and this revision written again. Any other refusal is retried.
+    // a forgery, and this revision written again. Any other refusal is retried, and so is
+    // this one while the object is being deleted (a finalizer holds it): deleted once,
+    // said once.
     let in_the_way = api
         .get_opt(&cr_name)
         .await
         .map_err(|e| Error::ApplyRevision(cr_name.clone(), e))?;
-    let Some(unlabelled) = in_the_way.filter(|cr| !cr.labels().contains_key(DEPLOYMENT_LABEL))
-    else {
+    let Some(unlabelled) = in_the_way.filter(|cr| {
+        !cr.labels().contains_key(DEPLOYMENT_LABEL) && cr.metadata.deletion_timestamp.is_none()
+    }) else {
         return Err(Error::ApplyRevision(cr_name, refused));
     };
     let why = format!("it carries no {DEPLOYMENT_LABEL} label");
