@@ -8,7 +8,7 @@ mod fake;
 
 use std::sync::Arc;
 
-use edgefleet_controller::k8s::{apply, context::Context};
+use edgefleet_controller::k8s::{apply, context::Context, written_conditions};
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
 use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
@@ -25,6 +25,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
+use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 /// Device `name` at the munich site.
@@ -864,19 +865,28 @@ async fn conditions_on_their_way_to_the_cache_are_not_written_again() {
         .expect("first pass");
     assert_eq!(status_writes(&world.log.take()), 1);
 
-    // The cache still shows the device as it was before the first pass wrote.
-    device::reconcile(before, ctx.clone())
+    // The cache still shows the device as it was before the first pass wrote: nothing
+    // written, and a look again once the write would have shown.
+    let action = device::reconcile(before, ctx.clone())
         .await
         .expect("second pass");
     assert_eq!(status_writes(&world.log.take()), 0);
+    assert_eq!(action, Action::requeue(written_conditions::REMEMBERED));
 
-    // Once the cache shows them, other conditions are written at once: here Online, as
-    // the Lease is renewed.
+    // Once the cache has shown them, conditions overwritten (by the device, whose status
+    // it is) are written again at once.
     let shown = world.update(edge_1().as_ref());
     device::reconcile(shown.clone(), ctx.clone())
         .await
         .expect("the cache shows the write");
     assert_eq!(status_writes(&world.log.take()), 0);
+    let overwritten = world.write(shown.as_ref(), &json!({"status": {"conditions": []}}));
+    device::reconcile(overwritten, ctx.clone())
+        .await
+        .expect("overwritten");
+    assert_eq!(status_writes(&world.log.take()), 1);
+
+    // Other conditions are written at once: here Online, as the Lease is renewed.
     let lease = renewed_lease("edge-1");
     world.write(&lease, &serde_json::to_value(&lease).expect("lease"));
     device::reconcile(shown, ctx).await.expect("renewed");

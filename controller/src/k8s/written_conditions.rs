@@ -4,11 +4,12 @@
 //! found the old conditions and wrote the same ones again, with a new transition time: 1.34
 //! status writes a device when 10,000 devices registered. So each write is noted, and a
 //! reconcile that would write what was noted within [`REMEMBERED`] leaves it to the cache.
-//! A note goes once the cache shows it, or after [`REMEMBERED`] (the write was overwritten):
-//! the cache is the truth, the notes only bridge its delay.
+//! A note goes once the cache shows it; after [`REMEMBERED`] (the write was overwritten,
+//! say by the device, whose status it is) it is no longer heeded, and goes with the next
+//! write. The cache is the truth, the notes only bridge its delay.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,42 +20,47 @@ use edgefleet_crds::Condition;
 pub const REMEMBERED: Duration = Duration::from_secs(10);
 
 /// Per device: what its conditions say (types, statuses, reasons and messages; not when
-/// they changed) and when they were written.
+/// they changed), hashed, and when they were written.
 #[derive(Debug, Default)]
-pub struct WrittenConditions(Mutex<HashMap<String, (u64, Instant)>>);
+pub struct WrittenConditions {
+    notes: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Keyed per process: a device's own words are in the messages (StatusValid's), and it
+    /// must not find two that hash alike.
+    hasher: RandomState,
+}
 
 impl WrittenConditions {
     /// Notes that `conditions` were written on `device` at `now`. Notes older than
     /// [`REMEMBERED`] go too, those of devices gone among them.
     pub fn note(&self, device: &str, conditions: &[Condition], now: Instant) {
-        let mut notes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
         notes.retain(|_, (_, at)| now.duration_since(*at) < REMEMBERED);
-        notes.insert(device.to_owned(), (said(conditions), now));
+        notes.insert(device.to_owned(), (self.said(conditions), now));
     }
 
     /// Whether `conditions` are what was written on `device` less than [`REMEMBERED`]
     /// before `now`, and so on their way to the cache.
     pub fn on_their_way(&self, device: &str, conditions: &[Condition], now: Instant) -> bool {
-        let notes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
         notes.get(device).is_some_and(|(what, at)| {
-            *what == said(conditions) && now.duration_since(*at) < REMEMBERED
+            *what == self.said(conditions) && now.duration_since(*at) < REMEMBERED
         })
+    }
+
+    /// What the conditions say, hashed: what the reconcile compares before it writes.
+    fn said(&self, conditions: &[Condition]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for c in conditions {
+            (&c.type_, c.status, &c.reason, &c.message).hash(&mut h);
+        }
+        h.finish()
     }
 
     /// The cache shows what `device`'s conditions should say: its note, if any, goes.
     pub fn shown(&self, device: &str) {
-        let mut notes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
         notes.remove(device);
     }
-}
-
-/// What the conditions say, hashed: what the reconcile compares before it writes.
-fn said(conditions: &[Condition]) -> u64 {
-    let mut h = DefaultHasher::new();
-    for c in conditions {
-        (&c.type_, c.status, &c.reason, &c.message).hash(&mut h);
-    }
-    h.finish()
 }
 
 #[cfg(test)]
@@ -91,7 +97,7 @@ mod tests {
         let up = online(ConditionStatus::True, "LeaseRenewed");
         notes.note("gone", &up, t0);
         notes.note("edge-1", &up, t0 + REMEMBERED);
-        let held = notes.0.lock().expect("lock").len();
+        let held = notes.notes.lock().expect("lock").len();
         assert_eq!(held, 1);
     }
 }
