@@ -176,7 +176,8 @@ class Controller(unittest.TestCase):
         (cr,) = [o for o in self.kind(objs, "ClusterRole") if o["metadata"]["name"] == "edgefleet-controller"]
         verbs = {v for r in cr["rules"] for v in r["verbs"]}
         self.assertNotIn("*", verbs)
-        # It deletes nothing but its own old ControllerRevisions.
+        # It deletes nothing but ControllerRevisions: its own old ones, and forged or
+        # unlabelled ones under a revision's name in a deployment's namespace.
         deleting = [r["resources"] for r in cr["rules"] if "delete" in r["verbs"]]
         self.assertEqual(deleting, [["controllerrevisions"]])
         self.assertNotIn("escalate", verbs)

@@ -69,7 +69,7 @@ pub const MAX_DESIRED_MODULES: usize = 256;
 /// The most deployments that target one device (`DesiredState::targeting`), and so the most
 /// entries of its `spec.rollouts`.
 pub const MAX_TARGETING: usize = 1000;
-/// A revision: a desired state's, a deployment's.
+/// The longest revision, a desired state's or a deployment's (they are 16 hex digits).
 pub const REVISION_MAX: usize = 64;
 
 /// A device's full desired module set, resolved from every deployment that targets it.

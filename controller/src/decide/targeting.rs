@@ -206,7 +206,7 @@ pub fn resolve(
     catalog: &[CompiledDeployment],
     current: Option<&DesiredState>,
 ) -> DesiredState {
-    let none = Rollouts::default();
+    let none = Rollouts::new();
     resolve_staged(
         labels,
         catalog,
