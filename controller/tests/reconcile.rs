@@ -650,22 +650,33 @@ async fn a_revision_labelled_as_another_deployments_is_written_again() {
         .await
         .expect("second pass");
     let requests = world.log.take();
+    assert_replaced(
+        &requests,
+        &path,
+        "uid-forged",
+        "labelled as another deployment's",
+    );
+}
+
+/// `requests` deleted the object at `path` (by UID `uid`), then wrote munich's revision
+/// there again, and said once, in a RevisionRefused Event, `why`.
+fn assert_replaced(requests: &[Request], path: &str, uid: &str, why: &str) {
     let deleted = requests
         .iter()
-        .find(|r| r.method == Method::DELETE && r.path == path)
+        .position(|r| r.method == Method::DELETE && r.path == path)
         .unwrap_or_else(|| panic!("{path} deleted: {requests:#?}"));
-    assert_eq!(deleted.body["preconditions"]["uid"], "uid-forged");
-    let again = writes(&requests)
-        .into_iter()
+    assert_eq!(requests[deleted].body["preconditions"]["uid"], uid);
+    let again = requests[deleted..]
+        .iter()
         .find(|r| r.method == Method::PATCH && r.path == path)
         .unwrap_or_else(|| panic!("{path} written again: {requests:#?}"));
     assert_eq!(
         again.body["metadata"]["labels"]["edgefleet.io/deployment"],
         "munich"
     );
-    let refused = notes(&requests, "RevisionRefused");
+    let refused = notes(requests, "RevisionRefused");
     assert!(
-        refused.len() == 1 && refused[0].contains("labelled as another deployment's"),
+        refused.len() == 1 && refused[0].contains(why),
         "{refused:#?}"
     );
 }
@@ -723,26 +734,11 @@ async fn an_unlabelled_revision_in_the_way_is_replaced() {
     let (ok, requests, path) =
         revision_in_the_way(json!({"uid": "uid-unlabelled", "labels": null})).await;
     assert!(ok, "{requests:#?}");
-    let deleted = requests
-        .iter()
-        .position(|r| r.method == Method::DELETE && r.path == path)
-        .unwrap_or_else(|| panic!("{path} deleted: {requests:#?}"));
-    assert_eq!(
-        requests[deleted].body["preconditions"]["uid"],
-        "uid-unlabelled"
-    );
-    let again = requests[deleted..]
-        .iter()
-        .find(|r| r.method == Method::PATCH && r.path == path)
-        .unwrap_or_else(|| panic!("{path} written again: {requests:#?}"));
-    assert_eq!(
-        again.body["metadata"]["labels"]["edgefleet.io/deployment"],
-        "munich"
-    );
-    let refused = notes(&requests, "RevisionRefused");
-    assert!(
-        refused.len() == 1 && refused[0].contains("carries no edgefleet.io/deployment label"),
-        "{refused:#?}"
+    assert_replaced(
+        &requests,
+        &path,
+        "uid-unlabelled",
+        "carries no edgefleet.io/deployment label",
     );
 }
 
