@@ -57,6 +57,13 @@ impl Condition {
         }
     }
 
+    /// What the condition says, without when it changed: its type, status, reason and
+    /// message. Two conditions that say the same need no write; what a reconcile reads of
+    /// them, and what a written status is remembered by, is this.
+    pub fn says(&self) -> (&str, ConditionStatus, &str, &str) {
+        (&self.type_, self.status, &self.reason, &self.message)
+    }
+
     pub fn is_true(&self) -> bool {
         self.status == ConditionStatus::True
     }

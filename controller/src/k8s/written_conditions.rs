@@ -51,7 +51,7 @@ impl WrittenConditions {
     fn said(&self, conditions: &[Condition]) -> u64 {
         let mut h = self.hasher.build_hasher();
         for c in conditions {
-            (&c.type_, c.status, &c.reason, &c.message).hash(&mut h);
+            c.says().hash(&mut h);
         }
         h.finish()
     }

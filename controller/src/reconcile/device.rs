@@ -151,7 +151,7 @@ pub fn reads(device: &EdgeDevice) -> u64 {
             m.name.hash(&mut h);
         }
         for c in &status.conditions {
-            (&c.type_, c.status, &c.reason, &c.message).hash(&mut h);
+            c.says().hash(&mut h);
         }
     }
     h.finish()
@@ -165,7 +165,7 @@ pub fn reads_of_deployment(d: &EdgeDeployment) -> (Option<i64>, Option<String>) 
 }
 
 fn same(a: &Condition, b: Option<&Condition>) -> bool {
-    b.is_some_and(|b| a.status == b.status && a.reason == b.reason && a.message == b.message)
+    b.is_some_and(|b| a.says() == b.says())
 }
 
 pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Action> {

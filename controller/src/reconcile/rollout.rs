@@ -209,7 +209,7 @@ async fn ensure_revision(
             Err(why) => why,
         };
         if existing.metadata.deletion_timestamp.is_none() {
-            remove_forged(ctx, d, &existing, why, "written again").await?;
+            remove_forged(ctx, d, existing.as_ref(), why, "written again").await?;
         }
     }
     // A forged revision number must not overflow the next one.
@@ -259,14 +259,7 @@ async fn ensure_revision(
         return Err(Error::ApplyRevision(cr_name, refused));
     };
     let why = format!("it carries no {DEPLOYMENT_LABEL} label");
-    remove_forged(
-        ctx,
-        d,
-        &KeptRevision::judge(unlabelled),
-        &why,
-        "written again",
-    )
-    .await?;
+    remove_forged(ctx, d, &unlabelled, &why, "written again").await?;
     api.patch(&cr_name, &params, &Patch::Apply(&patch))
         .await
         .map_err(|e| Error::ApplyRevision(cr_name, e))?;
@@ -305,7 +298,7 @@ async fn refuse_forged(
             remove_forged(
                 ctx,
                 d,
-                cr,
+                cr.as_ref(),
                 why,
                 "deleted; devices at its revision keep what they run",
             )
@@ -317,10 +310,10 @@ async fn refuse_forged(
 
 /// Deletes one ControllerRevision edgefleet did not write (that object only: its UID is a
 /// precondition) and says why in a Warning Event on the deployment.
-async fn remove_forged(
+async fn remove_forged<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     d: &EdgeDeployment,
-    cr: &KeptRevision,
+    cr: &K,
     why: &str,
     then: &str,
 ) -> Result<()> {
