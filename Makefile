@@ -24,7 +24,7 @@ help:
 	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
 	@echo "make lab-down    stop the lab and remove its state"
 	@echo "make bench       print figures: resolve speed, hub messaging, lab start and memory, controller memory"
-	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs (N=$(N) LEASE=$(LEASE) s AUTHZ=$(AUTHZ): rbac or webhook, PROTOCOL=$(PROTOCOL): http1 or http2, CONCURRENCY=$(or $(CONCURRENCY),default), PRIORITY=$(PRIORITY): on or off, lab up)"
+	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs, a controller restart (N=$(N) LEASE=$(LEASE) s AUTHZ=$(AUTHZ): rbac or webhook, PROTOCOL=$(PROTOCOL): http1 or http2, CONCURRENCY=$(or $(CONCURRENCY),default), PRIORITY=$(PRIORITY): on or off, lab up)"
 
 # The lab fleet, the images loaded into it, edgefleet installed with Helm (controller and
 # the bootstrap that joins every device), examples/ applied and waited for. Run again, it
@@ -105,8 +105,8 @@ lab-status:
 # per device), the agent's footprint on a device, and the controller's memory with a
 # simulated fleet of BENCH_DEVICES (3,000 by default, what a CI run affords; 10,000 takes
 # this machine more than 15 minutes to register today), and BENCH_HOLLOW hollow devices
-# running the real agent through a rollout and two changes (make bench-fleet's figures, with
-# the chart's defaults; larger fleets: make bench-fleet N=...).
+# running the real agent through a rollout, two changes and a controller restart (make
+# bench-fleet's figures, with the chart's defaults; larger fleets: make bench-fleet N=...).
 BENCH_DEVICES ?= 3000
 BENCH_HOLLOW ?= 300
 bench: tools $(HELM_PY)/bin/python
@@ -117,7 +117,8 @@ bench: tools $(HELM_PY)/bin/python
 
 # N hollow devices, each running the real agent loop under its own identity, against the
 # real controller and apiserver: registration, an all-at-once and a staged change, timed to
-# 50/99/100 % Ready, with the apiserver's writes and 429s and everyone's CPU and memory.
+# 50/99/100 % Ready, with the apiserver's writes and 429s and everyone's CPU and memory;
+# then a controller restart (its relist of the fleet: time, writes, memory).
 # Needs the lab: make lab-up.
 N ?= 100
 LEASE ?= 10

@@ -29,6 +29,6 @@ pub use fleet::{all_joined, all_ready, edge_devices};
 pub use helm::{Helm, lab_values};
 pub use hub::{CloudReader, CloudStream, agent_password, cloud_stream, mqtt, reader_password};
 pub use lab::{Lab, NodeInfo, client_from};
-pub use process::{ControllerProcess, controller_binary};
+pub use process::{ControllerProcess, controller_binary, stop_child};
 pub use wait::{wait_for, wait_showing};
 pub use webhook::{WebhookCert, unregister_webhook};

@@ -68,22 +68,28 @@ impl ControllerProcess {
 
     /// Stops it with SIGTERM, as Kubernetes would, and waits.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        if let Ok(Some(s)) = self.child.try_wait() {
+        stop_child(&mut self.child)
+    }
+}
+
+/// Stops a child with SIGTERM, as Kubernetes would, and waits up to ten seconds for it to
+/// exit before it is killed.
+pub fn stop_child(child: &mut Child) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    let _ = Command::new("kill")
+        .arg(child.id().to_string())
+        .stderr(Stdio::null())
+        .status();
+    for _ in 0..100 {
+        if let Ok(Some(s)) = child.try_wait() {
             return Some(s);
         }
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .stderr(Stdio::null())
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        self.child.wait().ok()
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let _ = child.kill();
+    child.wait().ok()
 }
 
 impl Drop for ControllerProcess {

@@ -128,7 +128,7 @@ pub struct Process {
 
 impl Process {
     /// CPU seconds (user and system) so far; `None` once the process is gone.
-    fn cpu_s(&self) -> Option<f64> {
+    pub fn cpu_s(&self) -> Option<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
         // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
         let fields: Vec<&str> = stat

@@ -1,20 +1,24 @@
 //! The fleet benchmark (issue 15), one process: N hollow devices, each with its own
 //! identity signed by the lab's cluster CA and registered as a joined device is (its Node
 //! and the administrator's EdgeDevice), each running the real agent loop on an in-memory
-//! runtime. With the controller running (`e2e/bench-fleet` starts it), it registers them,
+//! runtime. It starts the controller (the command `e2e/bench-fleet` gives), registers them,
 //! rolls a deployment out, changes it all at once and then with a staged rollout, and
 //! prints for each phase how long the fleet took to report the new revision Ready, as a
-//! watch on the apiserver sees it, and what that cost. Every wait is bounded; whatever it
+//! watch on the apiserver sees it, and what that cost. Last it restarts the controller and
+//! measures the new one's relist of the whole fleet. Every wait is bounded; whatever it
 //! created is removed at the end (and leftovers of an earlier run at the start).
 
+mod controller;
 mod figures;
 mod progress;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use controller::{Controller, Launch};
 use edgefleet_agent::apiserver::Protocol;
 use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, RolloutPhase};
@@ -39,9 +43,12 @@ struct Args {
     /// How many hollow devices.
     #[arg(long, default_value_t = 100)]
     devices: usize,
-    /// The controller's pid, to measure it.
+    /// Where the controller's output goes (appended: the restarted one's follows).
     #[arg(long)]
-    controller_pid: u32,
+    controller_log: PathBuf,
+    /// The address the controller serves /readyz on (given to it as `--http-addr`).
+    #[arg(long, default_value = "127.0.0.1:18098")]
+    controller_http: String,
     /// Registrations in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -68,6 +75,9 @@ struct Args {
     /// The protocol the agents speak to the apiserver (the agent's `--apiserver-protocol`).
     #[arg(long, value_enum, default_value_t)]
     apiserver_protocol: Protocol,
+    /// The controller's command, started (and restarted) by the benchmark.
+    #[arg(last = true, required = true)]
+    controller: Vec<String>,
 }
 
 fn device_name(i: usize) -> String {
@@ -83,8 +93,24 @@ async fn main() -> ExitCode {
         None => lab.client().await,
     };
     install_and_enrol(&admin).await;
+    let launch = Launch {
+        command: args.controller.clone(),
+        log: args.controller_log.clone(),
+        http: args.controller_http.clone(),
+    };
+    let mut controller = match Controller::start(launch) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleet-sim: cannot start the controller: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if controller.ready(Duration::from_secs(60)).await.is_none() {
+        eprintln!("fleet-sim: the controller did not sync its caches within 60s");
+        return ExitCode::FAILURE;
+    }
     remove(&admin).await;
-    let ok = bench(&args, &lab, &admin).await;
+    let ok = bench(&args, &lab, &admin, &mut controller).await;
     remove(&admin).await;
     if ok {
         ExitCode::SUCCESS
@@ -94,7 +120,7 @@ async fn main() -> ExitCode {
 }
 
 /// Runs the phases; false when one did not finish in time.
-async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
+async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controller) -> bool {
     let n = args.devices;
     let Some(apiserver) = figures::find("kube-apiserver") else {
         eprintln!("fleet-sim: no single kube-apiserver process to measure");
@@ -108,13 +134,13 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
         name: "fleet-sim (the hollow agents)",
         pid: std::process::id(),
     };
-    let controller = Process {
+    let controller_process = Process {
         name: "controller",
-        pid: args.controller_pid,
+        pid: controller.pid(),
     };
     // The two ends of every agent's connections.
     warn_of_open_files(&[apiserver, simulator], n, args.apiserver_protocol);
-    let processes = [controller, apiserver, simulator];
+    let processes = [controller_process, apiserver, simulator];
     let timeout = Duration::from_secs(120 + n as u64 / 5);
     let ns = fresh_namespace(admin, NAMESPACE).await;
     apply(admin, &ns, "EdgeModule", "app", module("1")).await;
@@ -199,7 +225,7 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
         return false;
     }
 
-    settle(admin).await;
+    settle(admin, "the last device reported").await;
     // Whole Lease intervals, two at least: agents that started together renew in waves
     // (jitter spreads them only slowly), and a shorter window catches a wave or misses it.
     let window = args.idle_s.max(2 * args.lease_interval_s);
@@ -244,8 +270,75 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client) -> bool {
             return false;
         }
     }
+    settle(admin, "the last device reported").await;
+    let ok = restart(
+        controller,
+        admin,
+        &progress,
+        [apiserver, simulator],
+        n,
+        timeout,
+    )
+    .await;
     fleet.stop().await;
-    true
+    ok
+}
+
+/// Restarts the controller with the fleet at rest and measures the new one: how long its
+/// relist of every device, Lease and deployment took, what it wrote (nothing should be
+/// written again), its CPU and peak memory, and whether every device stayed Ready.
+async fn restart(
+    controller: &mut Controller,
+    admin: &Client,
+    progress: &Progress,
+    others: [Process; 2],
+    n: usize,
+    timeout: Duration,
+) -> bool {
+    if let Err(e) = controller.restart() {
+        eprintln!("fleet-sim: cannot start the controller again: {e}");
+        return false;
+    }
+    let new = Process {
+        name: "controller (restarted)",
+        pid: controller.pid(),
+    };
+    let processes = [new, others[0], others[1]];
+    let phase = Phase::begin(admin, &processes).await;
+    let Some(synced) = controller.ready(timeout).await else {
+        eprintln!("fleet-sim: the restarted controller did not sync its caches within {timeout:?}");
+        return false;
+    };
+    let quiet = busy_until_quiet(&new, timeout).await;
+    settle(admin, "the new controller went quiet").await;
+    let still = progress.meeting();
+    println!(
+        "bench fleet: controller restart, {n} devices: caches synced in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision; {}",
+        synced.as_secs_f64(),
+        quiet.map_or("more than the timeout".to_owned(), |d| format!(
+            "{:.1}s",
+            d.as_secs_f64()
+        )),
+        phase.end(admin, &processes, n).await.text
+    );
+    still == n
+}
+
+/// Waits until `p` used under a tenth of a core over five seconds (a controller done with
+/// the reconciles its relist queued), or `timeout`; how long it was busy before that.
+async fn busy_until_quiet(p: &Process, timeout: Duration) -> Option<Duration> {
+    const WINDOW: Duration = Duration::from_secs(5);
+    let start = Instant::now();
+    let mut before = p.cpu_s()?;
+    while start.elapsed() < timeout {
+        tokio::time::sleep(WINDOW).await;
+        let now = p.cpu_s()?;
+        if now - before < 0.1 * WINDOW.as_secs_f64() {
+            return Some(start.elapsed().saturating_sub(WINDOW));
+        }
+        before = now;
+    }
+    None
 }
 
 /// The connections a hollow agent holds to the apiserver, as measured at 1,000 agents: on
@@ -285,7 +378,7 @@ fn warn_of_open_files(ends: &[Process], n: usize, protocol: Protocol) {
 /// minutes, and an idle rate measured over them is not idle. Settled means at most one write a
 /// second besides Leases (the lab's own background), over five seconds; it waits five minutes
 /// at most, and says so if the fleet never settled.
-async fn settle(admin: &Client) {
+async fn settle(admin: &Client, after: &str) {
     const QUIET: f64 = 5.0;
     let start = Instant::now();
     let besides_leases = async || figures::requests(admin).await.map(|r| r.besides_leases());
@@ -297,7 +390,7 @@ async fn settle(admin: &Client) {
         before = now;
         if quiet {
             println!(
-                "bench fleet: settled {:.0}s after the last device reported",
+                "bench fleet: settled {:.0}s after {after}",
                 start.elapsed().as_secs_f64()
             );
             return;

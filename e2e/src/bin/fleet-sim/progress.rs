@@ -154,6 +154,12 @@ impl Progress {
         }
     }
 
+    /// How many devices meet the goal now, as last seen (not when they first did).
+    pub fn meeting(&self) -> usize {
+        let s = self.lock();
+        s.devices.values().filter(|d| s.goal.met_by(d)).count()
+    }
+
     /// Waits until `n` devices met the goal, or `timeout`; the times they took.
     pub async fn wait(&self, n: usize, timeout: Duration) -> Times {
         let start = Instant::now();
