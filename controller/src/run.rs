@@ -19,7 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 
-use crate::config::Config;
+use crate::config::{Config, DeviceAuthorization};
 use crate::decide::{join, presence};
 use crate::k8s::context::Context;
 use crate::k8s::feeds::{Feeds, watch};
@@ -32,7 +32,7 @@ use crate::reconcile::{
     self, csr_approval, deployment, device, hub_accounts, module_status, registry,
 };
 use crate::serve::http::{self, Health};
-use crate::serve::webhooks;
+use crate::serve::{device_authorizer, webhooks};
 
 /// How often at most a deployment's or a module's status follows its devices: once a second
 /// while they keep changing, at once after a quiet second.
@@ -60,18 +60,26 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let metrics = Arc::new(Metrics::default());
     let ready_flag = Arc::new(AtomicBool::new(false));
+    // Every replica with a webhook port authorizes devices, from a watch of its own.
+    let enrolled = config
+        .webhook_addr
+        .map(|_| device_authorizer::Enrolled::follow_from(client.clone()));
     let health = Health {
         metrics: metrics.clone(),
         ready: ready_flag.clone(),
+        authorizer: enrolled
+            .clone()
+            .filter(|_| config.device_authorization == DeviceAuthorization::Webhook),
     };
     let addr = config.http_addr;
     let listener = tokio::spawn(http::serve(addr, health));
     // Every replica answers admission and authorizes devices, leader or not; the webhook
     // server ends only on an error.
     let webhook = {
-        let serving = config.webhook_addr.map(|a| {
+        let serving = config.webhook_addr.zip(enrolled).map(|(a, enrolled)| {
             webhooks::serve(
                 client.clone(),
+                enrolled,
                 a,
                 config.webhook_cert.clone(),
                 config.webhook_key.clone(),

@@ -44,7 +44,16 @@ const STALE_AFTER: Duration = Duration::from_secs(120);
 /// The names of the enrolled devices; `None` until the watch has listed them all, and while
 /// it has been failing for longer than `STALE_AFTER`.
 #[derive(Clone, Default)]
-struct Enrolled(Arc<RwLock<Option<HashSet<String>>>>);
+pub struct Enrolled(Arc<RwLock<Option<HashSet<String>>>>);
+
+/// How many devices it knows, not their names: a fleet's worth of names is no debug line.
+impl std::fmt::Debug for Enrolled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolled")
+            .field("devices", &self.read().as_ref().map(HashSet::len))
+            .finish()
+    }
+}
 
 /// Whether the registry would give this EdgeDevice its rights: the same condition, so that
 /// the authorizer and RBAC agree on who is enrolled.
@@ -54,6 +63,20 @@ fn enrols(meta: &ObjectMeta) -> bool {
 }
 
 impl Enrolled {
+    /// The enrolled devices, followed from now on by a watch of their own.
+    pub fn follow_from(client: Client) -> Enrolled {
+        let enrolled = Enrolled::default();
+        tokio::spawn(enrolled.clone().follow(client));
+        enrolled
+    }
+
+    /// Whether the authorizer can decide: it has listed the fleet and its watch is not
+    /// stale. Part of a replica's readiness where devices are authorized here, so that the
+    /// webhook Service sends the apiserver's reviews only to replicas that can answer them.
+    pub fn listed(&self) -> bool {
+        self.read().is_some()
+    }
+
     /// Follows the EdgeDevices' metadata, forever (the watcher retries with backoff).
     async fn follow(self, client: Client) {
         loop {
@@ -123,6 +146,12 @@ impl Enrolled {
         }
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<HashSet<String>>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<HashSet<String>>> {
         self.0
             .write()
@@ -131,11 +160,7 @@ impl Enrolled {
 
     /// The decision, or `None` while this replica does not know the enrolled devices.
     fn decide(&self, spec: &SubjectAccessReviewSpec, namespace: &str) -> Option<Access> {
-        let guard = self
-            .0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard
+        self.read()
             .as_ref()
             .map(|set| decide(spec, namespace, |d| set.contains(d)))
     }
@@ -147,14 +172,8 @@ struct Authorizer {
     namespace: Arc<str>,
 }
 
-/// The authorizer's route, on a watch of its own.
-pub fn router(client: Client, system_namespace: String) -> Router {
-    let enrolled = Enrolled::default();
-    tokio::spawn(enrolled.clone().follow(client));
-    routes(enrolled, system_namespace)
-}
-
-fn routes(enrolled: Enrolled, system_namespace: String) -> Router {
+/// The authorizer's route, deciding from `enrolled` ([`Enrolled::follow_from`]).
+pub fn router(enrolled: Enrolled, system_namespace: String) -> Router {
     Router::new()
         .route(PATH, post(authorize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -240,8 +259,12 @@ mod tests {
         let e = Enrolled::default();
         let own = own_edgedevice("edgefleet:device:edge-1");
         assert_eq!(e.decide(&own, "ns"), None);
+        assert!(!e.listed(), "a replica that can't decide is not ready");
         *e.write() = Some(HashSet::from(["edge-1".to_owned()]));
         assert_eq!(e.decide(&own, "ns"), Some(Access::Allowed));
+        assert!(e.listed());
+        e.write().take();
+        assert!(!e.listed(), "nor is one whose watch went stale");
     }
 
     /// The route as the apiserver meets it: 503 (an error it does not cache) before the
@@ -262,7 +285,7 @@ mod tests {
         })
         .expect("json");
         let e = Enrolled::default();
-        let app = routes(e.clone(), "ns".to_owned());
+        let app = router(e.clone(), "ns".to_owned());
         let early = app
             .clone()
             .oneshot(post(review.clone()))

@@ -57,9 +57,11 @@ fn tls_config(cert: &Path, key_path: &Path) -> Result<rustls::ServerConfig, Webh
         .map_err(|e| WebhookError::Tls(cert.to_path_buf(), e.to_string()))
 }
 
-/// Serves both webhooks over TLS on `addr` until the process ends.
+/// Serves both webhooks over TLS on `addr` until the process ends; the authorizer decides
+/// from `enrolled`.
 pub async fn serve(
     client: Client,
+    enrolled: device_authorizer::Enrolled,
     addr: SocketAddr,
     cert: PathBuf,
     key_path: PathBuf,
@@ -69,8 +71,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| WebhookError::Bind(addr, e))?;
-    let app = admission::router(client.clone(), addr)
-        .merge(device_authorizer::router(client, system_namespace));
+    let app = admission::router(client, addr)
+        .merge(device_authorizer::router(enrolled, system_namespace));
     tracing::info!(%addr, admission = admission::PATH, authorizer = device_authorizer::PATH, "serving the webhooks");
     accept(listener, acceptor, app, Limits::WEBHOOK).await
 }
