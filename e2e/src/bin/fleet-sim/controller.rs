@@ -50,8 +50,9 @@ impl Controller {
         Ok(())
     }
 
-    /// Waits until it says its caches are synced (/readyz answers 200), or `timeout`, or it
-    /// exits; how long after its start that was, `None` if it never did.
+    /// Waits until it says it is ready (/readyz answers 200: its caches synced and, where it
+    /// authorizes devices, the fleet listed), or `timeout`, or it exits; how long after its
+    /// start that was, `None` if it never did.
     pub async fn ready(&mut self, timeout: Duration) -> Option<Duration> {
         let start = Instant::now();
         while start.elapsed() < timeout {

@@ -30,12 +30,14 @@ impl std::fmt::Display for Write {
     }
 }
 
-/// The apiserver's request counters: writes made (2xx) by verb and resource, and requests
-/// rejected as too many (429).
+/// The apiserver's request counters: writes made (2xx) by verb and resource, requests
+/// rejected as too many (429), and requests that failed in the apiserver (5xx: a 500 when an
+/// authorizer errs, a 504 when it gave up; an agent takes either for its link down).
 #[derive(Debug, Clone, Default)]
 pub struct Requests {
     pub writes: BTreeMap<Write, f64>,
     pub rejected: f64,
+    pub failed: f64,
 }
 
 impl Requests {
@@ -98,6 +100,9 @@ impl Requests {
             }
             if code == Some("429") {
                 r.rejected += value;
+            }
+            if code.is_some_and(|c| c.starts_with('5')) {
+                r.failed += value;
             }
         }
         r
@@ -221,11 +226,12 @@ impl Phase {
                     .map(|(what, n)| format!("{n:.0} {what}"))
                     .collect();
                 let text = format!(
-                    "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device; most {}), 429s {:.0}; over {seconds:.1}s",
+                    "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device; most {}), 429s {:.0}, 5xx {:.0}; over {seconds:.1}s",
                     writes / seconds,
                     writes / devices.max(1) as f64,
                     most.join(", "),
                     now.rejected - before.rejected,
+                    now.failed - before.failed,
                 );
                 (text, Some(writes / seconds))
             }
@@ -291,6 +297,7 @@ apiserver_request_duration_seconds_count{code="200",resource="leases",verb="PATC
         assert_eq!(r.total(), 39.0);
         assert_eq!(r.besides_leases(), 9.0);
         assert_eq!(r.rejected, 6.0, "every 429, reads and writes alike");
+        assert_eq!(r.failed, 11.0, "every 5xx");
     }
 
     #[test]

@@ -106,7 +106,7 @@ async fn main() -> ExitCode {
         }
     };
     if controller.ready(Duration::from_secs(60)).await.is_none() {
-        eprintln!("fleet-sim: the controller did not sync its caches within 60s");
+        eprintln!("fleet-sim: the controller was not ready within 60s");
         return ExitCode::FAILURE;
     }
     remove(&admin).await;
@@ -306,14 +306,14 @@ async fn restart(
     let processes = [new, others[0], others[1]];
     let phase = Phase::begin(admin, &processes).await;
     let Some(synced) = controller.ready(timeout).await else {
-        eprintln!("fleet-sim: the restarted controller did not sync its caches within {timeout:?}");
+        eprintln!("fleet-sim: the restarted controller was not ready within {timeout:?}");
         return false;
     };
     let quiet = busy_until_quiet(&new, timeout).await;
     settle(admin, "the new controller went quiet").await;
     let still = progress.meeting();
     println!(
-        "bench fleet: controller restart, {n} devices: caches synced in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision; {}",
+        "bench fleet: controller restart, {n} devices: ready in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision; {}",
         synced.as_secs_f64(),
         quiet.map_or("more than the timeout".to_owned(), |d| format!(
             "{:.1}s",
