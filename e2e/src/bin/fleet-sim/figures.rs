@@ -146,10 +146,20 @@ impl Process {
 
     /// The peak resident memory since the last [`Process::reset_peak`], in MiB.
     fn peak_mib(&self) -> Option<f64> {
+        self.memory_mib("VmHWM:")
+    }
+
+    /// The resident memory now, in MiB: after a burst, what the allocator kept.
+    fn rss_mib(&self) -> Option<f64> {
+        self.memory_mib("VmRSS:")
+    }
+
+    /// A memory figure of /proc's status (`field` with its colon), in MiB.
+    fn memory_mib(&self, field: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .map(|kib| kib / 1024.0)
     }
@@ -244,10 +254,13 @@ impl Phase {
             let cpu = before
                 .zip(p.cpu_s())
                 .map_or("unknown".to_owned(), |(b, n)| format!("{:.1}", n - b));
-            let peak = p
-                .peak_mib()
-                .map_or("unknown".to_owned(), |m| format!("{m:.0} MiB"));
-            text.push_str(&format!("\n    {}: {cpu} CPU s, peak RSS {peak}", p.name));
+            let mib = |m: Option<f64>| m.map_or("unknown".to_owned(), |m| format!("{m:.0} MiB"));
+            text.push_str(&format!(
+                "\n    {}: {cpu} CPU s, peak RSS {}, at the end {}",
+                p.name,
+                mib(p.peak_mib()),
+                mib(p.rss_mib())
+            ));
         }
         Cost { text, writes_per_s }
     }

@@ -295,6 +295,7 @@ async fn restart(
     n: usize,
     timeout: Duration,
 ) -> bool {
+    let restarted = jiff::Timestamp::now();
     if let Err(e) = controller.restart() {
         eprintln!("fleet-sim: cannot start the controller again: {e}");
         return false;
@@ -312,13 +313,23 @@ async fn restart(
     let quiet = busy_until_quiet(&new, timeout).await;
     settle(admin, "the new controller went quiet").await;
     let still = progress.meeting();
+    let writers: Vec<String> = progress
+        .status_writers_since(restarted)
+        .iter()
+        .map(|(manager, devices)| format!("{manager} {devices}"))
+        .collect();
     println!(
-        "bench fleet: controller restart, {n} devices: ready in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision; {}",
+        "bench fleet: controller restart, {n} devices: ready in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision; statuses written since by {}; {}",
         synced.as_secs_f64(),
         quiet.map_or("more than the timeout".to_owned(), |d| format!(
             "{:.1}s",
             d.as_secs_f64()
         )),
+        if writers.is_empty() {
+            "no one".to_owned()
+        } else {
+            writers.join(", ")
+        },
         phase.end(admin, &processes, n).await.text
     );
     still == n

@@ -1,7 +1,7 @@
 //! How far the fleet is, from the apiserver's point of view: one watch over the hollow
 //! devices' EdgeDevices, and for the current goal the moment each device first met it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,25 @@ impl Progress {
     pub fn meeting(&self) -> usize {
         let s = self.lock();
         s.devices.values().filter(|d| s.goal.met_by(d)).count()
+    }
+
+    /// Who wrote devices' statuses at or after `since` (the second it is in), as the
+    /// objects' managed fields say: each field manager and how many devices it wrote. What
+    /// tells the controller's writes from the agents' in a phase.
+    pub fn status_writers_since(&self, since: jiff::Timestamp) -> BTreeMap<String, usize> {
+        let since = since.as_second();
+        let mut writers = BTreeMap::new();
+        for d in self.lock().devices.values() {
+            for m in d.metadata.managed_fields.iter().flatten() {
+                let wrote = m.subresource.as_deref() == Some("status")
+                    && m.time.as_ref().is_some_and(|t| t.0.as_second() >= since);
+                if wrote {
+                    let manager = m.manager.clone().unwrap_or_default();
+                    *writers.entry(manager).or_default() += 1;
+                }
+            }
+        }
+        writers
     }
 
     /// Waits until `n` devices met the goal, or `timeout`; the times they took.
