@@ -31,8 +31,9 @@ impl std::fmt::Display for Write {
 }
 
 /// The apiserver's request counters: writes made (2xx) by verb and resource, requests
-/// rejected as too many (429), and requests that failed in the apiserver (5xx: a 500 when an
-/// authorizer errs, a 504 when it gave up; an agent takes either for its link down).
+/// rejected as too many (429), and requests that failed in the apiserver as it counts them
+/// (5xx, a 504 when it gave up; an agent takes any 5xx for its link down). A request its
+/// authorization filter fails, such as one whose authorizer errs, is not among them.
 #[derive(Debug, Clone, Default)]
 pub struct Requests {
     pub writes: BTreeMap<Write, f64>,

@@ -319,7 +319,7 @@ async fn restart(
         .map(|(manager, devices)| format!("{manager} {devices}"))
         .collect();
     println!(
-        "bench fleet: controller restart, {n} devices: ready in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision; statuses written since by {}; {}",
+        "bench fleet: controller restart, {n} devices: ready in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision; statuses changed since by {}; {}",
         synced.as_secs_f64(),
         quiet.map_or("more than the timeout".to_owned(), |d| format!(
             "{:.1}s",

@@ -160,9 +160,10 @@ impl Progress {
         s.devices.values().filter(|d| s.goal.met_by(d)).count()
     }
 
-    /// Who wrote devices' statuses at or after `since` (the second it is in), as the
-    /// objects' managed fields say: each field manager and how many devices it wrote. What
-    /// tells the controller's writes from the agents' in a phase.
+    /// Who changed devices' statuses at or after `since` (the second it is in), as the
+    /// objects' managed fields say: each field manager and how many devices it changed. What
+    /// tells the controller's writes from the agents' in a phase; an apply that changes
+    /// nothing leaves no trace here.
     pub fn status_writers_since(&self, since: jiff::Timestamp) -> BTreeMap<String, usize> {
         let since = since.as_second();
         let mut writers = BTreeMap::new();
