@@ -3,21 +3,22 @@
 //! phase measures a new controller's full relist of a fleet it did not see grow.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgefleet_e2e::stop_child;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How a controller is started: its command, where it logs, where it serves /readyz.
+/// How a controller is started: its command, where it logs, where it serves /readyz, and
+/// where its pid goes (for the script's cleanup, should fleet-sim die without stopping it).
 #[derive(Debug)]
 pub struct Launch {
     pub command: Vec<String>,
     pub log: PathBuf,
     /// The address its `--http-addr` is given.
     pub http: String,
+    pub pidfile: PathBuf,
 }
 
 /// A running controller; dropping it stops it with SIGTERM.
@@ -29,7 +30,15 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn start(launch: Launch) -> std::io::Result<Controller> {
+    /// Starts it; refused while something else answers on its health address (a controller
+    /// an earlier run left behind would answer this one's probes).
+    pub async fn start(launch: Launch) -> std::io::Result<Controller> {
+        if answers_ok(&launch.http, "/healthz").await {
+            return Err(std::io::Error::other(format!(
+                "something already answers on {}: a controller of another bench?",
+                launch.http
+            )));
+        }
         let child = spawn(&launch)?;
         Ok(Controller {
             launch,
@@ -57,13 +66,10 @@ impl Controller {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if !matches!(self.child.try_wait(), Ok(None)) {
-                eprintln!(
-                    "fleet-sim: the controller exited; its log is {}",
-                    self.launch.log.display()
-                );
+                eprintln!("fleet-sim: the controller exited (the end of its log follows)");
                 return None;
             }
-            if answers_ok(&self.launch.http, "/readyz") {
+            if answers_ok(&self.launch.http, "/readyz").await {
                 return Some(self.started.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -78,7 +84,7 @@ impl Drop for Controller {
     }
 }
 
-/// Starts the command with `--http-addr`, its output appended to the log.
+/// Starts the command with `--http-addr`, its output appended to the log, its pid written.
 fn spawn(launch: &Launch) -> std::io::Result<Child> {
     let (program, args) = launch
         .command
@@ -88,25 +94,31 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .create(true)
         .append(true)
         .open(&launch.log)?;
-    Command::new(program)
+    let child = Command::new(program)
         .args(args)
         .args(["--http-addr", &launch.http])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .spawn()
+        .spawn()?;
+    std::fs::write(&launch.pidfile, child.id().to_string())?;
+    Ok(child)
 }
 
 /// Whether a plain HTTP GET of `path` at `addr` answers 200. The controller's health port is
 /// plain HTTP on loopback: one request line is all it takes.
-fn answers_ok(addr: &str, path: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return false;
+async fn answers_ok(addr: &str, path: &str) -> bool {
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.ends_with(b" 200"))
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

@@ -223,6 +223,13 @@ impl Phase {
         self.start
     }
 
+    /// The `i`th process was started during the phase (a restart): all its CPU time counts.
+    pub fn started_anew(&mut self, i: usize) {
+        if let Some(cpu) = self.cpu.get_mut(i) {
+            *cpu = Some(0.0);
+        }
+    }
+
     /// What the phase cost. A figure that cannot be read at both ends (the apiserver did
     /// not answer, a process is gone) is printed as unknown, never as a difference with zero.
     pub async fn end(&self, admin: &Client, processes: &[Process], devices: usize) -> Cost {

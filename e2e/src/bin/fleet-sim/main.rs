@@ -49,6 +49,9 @@ struct Args {
     /// The address the controller serves /readyz on (given to it as `--http-addr`).
     #[arg(long, default_value = "127.0.0.1:18098")]
     controller_http: String,
+    /// Where the running controller's pid is written, at each start.
+    #[arg(long)]
+    controller_pidfile: PathBuf,
     /// Registrations in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -97,8 +100,9 @@ async fn main() -> ExitCode {
         command: args.controller.clone(),
         log: args.controller_log.clone(),
         http: args.controller_http.clone(),
+        pidfile: args.controller_pidfile.clone(),
     };
-    let mut controller = match Controller::start(launch) {
+    let mut controller = match Controller::start(launch).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("fleet-sim: cannot start the controller: {e}");
@@ -286,7 +290,8 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
 
 /// Restarts the controller with the fleet at rest and measures the new one: how long its
 /// relist of every device, Lease and deployment took, what it wrote (nothing should be
-/// written again), its CPU and peak memory, and whether every device stayed Ready.
+/// written again), its CPU and peak memory, and whether every device stayed Ready and
+/// Online.
 async fn restart(
     controller: &mut Controller,
     admin: &Client,
@@ -296,30 +301,37 @@ async fn restart(
     timeout: Duration,
 ) -> bool {
     let restarted = jiff::Timestamp::now();
+    let mut processes = [
+        Process {
+            name: "controller (restarted)",
+            pid: controller.pid(),
+        },
+        others[0],
+        others[1],
+    ];
+    // Counted from before the stop: the seconds without a controller are the restart's too.
+    let mut phase = Phase::begin(admin, &processes).await;
     if let Err(e) = controller.restart() {
         eprintln!("fleet-sim: cannot start the controller again: {e}");
         return false;
     }
-    let new = Process {
-        name: "controller (restarted)",
-        pid: controller.pid(),
-    };
-    let processes = [new, others[0], others[1]];
-    let phase = Phase::begin(admin, &processes).await;
+    processes[0].pid = controller.pid();
+    phase.started_anew(0);
+    let new = processes[0];
     let Some(synced) = controller.ready(timeout).await else {
         eprintln!("fleet-sim: the restarted controller was not ready within {timeout:?}");
         return false;
     };
     let quiet = busy_until_quiet(&new, timeout).await;
     settle(admin, "the new controller went quiet").await;
-    let still = progress.meeting();
+    let still = progress.meeting_online();
     let writers: Vec<String> = progress
         .status_writers_since(restarted)
         .iter()
         .map(|(manager, devices)| format!("{manager} {devices}"))
         .collect();
     println!(
-        "bench fleet: controller restart, {n} devices: ready in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision; statuses changed since by {}; {}",
+        "bench fleet: controller restart, {n} devices: ready in {:.1}s, then busy for {}; {still}/{n} devices Ready at the last revision and Online; statuses changed since by {}; {}",
         synced.as_secs_f64(),
         quiet.map_or("more than the timeout".to_owned(), |d| format!(
             "{:.1}s",

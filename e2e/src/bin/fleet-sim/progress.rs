@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use edgefleet_crds::device::conditions::READY;
+use edgefleet_crds::device::conditions::{ONLINE, READY};
 use edgefleet_crds::{EdgeDevice, condition};
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -154,10 +154,19 @@ impl Progress {
         }
     }
 
-    /// How many devices meet the goal now, as last seen (not when they first did).
-    pub fn meeting(&self) -> usize {
+    /// How many devices meet the goal now and are Online as the controller says, as last
+    /// seen (not when they first did): what a controller's restart must leave as it was.
+    pub fn meeting_online(&self) -> usize {
         let s = self.lock();
-        s.devices.values().filter(|d| s.goal.met_by(d)).count()
+        s.devices
+            .values()
+            .filter(|d| {
+                let online = d.status.as_ref().is_some_and(|st| {
+                    condition::find(&st.conditions, ONLINE).is_some_and(|c| c.is_true())
+                });
+                online && s.goal.met_by(d)
+            })
+            .count()
     }
 
     /// Who changed devices' statuses at or after `since` (the second it is in), as the
