@@ -11,6 +11,7 @@
 mod controller;
 mod figures;
 mod progress;
+mod quiet;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use progress::{Goal, Progress, by_share};
+use quiet::{QUIET_WINDOW, until_quiet};
 use serde_json::json;
 
 const NAMESPACE: &str = "fleet-sim";
@@ -347,21 +349,11 @@ async fn restart(
     still == n
 }
 
-/// Waits until `p` used under a tenth of a core over five seconds (a controller done with
-/// the reconciles its relist queued), or `timeout`; how long it was busy before that.
+/// Waits until `p` used under a tenth of a core over a window (a controller done with the
+/// reconciles its relist queued), or `timeout`; how long it was busy before that.
 async fn busy_until_quiet(p: &Process, timeout: Duration) -> Option<Duration> {
-    const WINDOW: Duration = Duration::from_secs(5);
-    let start = Instant::now();
-    let mut before = p.cpu_s()?;
-    while start.elapsed() < timeout {
-        tokio::time::sleep(WINDOW).await;
-        let now = p.cpu_s()?;
-        if now - before < 0.1 * WINDOW.as_secs_f64() {
-            return Some(start.elapsed().saturating_sub(WINDOW));
-        }
-        before = now;
-    }
-    None
+    let bound = 0.1 * QUIET_WINDOW.as_secs_f64();
+    until_quiet(bound, timeout, async || p.cpu_s()).await
 }
 
 /// The connections a hollow agent holds to the apiserver, as measured at 1,000 agents: on
@@ -402,24 +394,18 @@ fn warn_of_open_files(ends: &[Process], n: usize, protocol: Protocol) {
 /// second besides Leases (the lab's own background), over five seconds; it waits five minutes
 /// at most, and says so if the fleet never settled.
 async fn settle(admin: &Client, after: &str) {
-    const QUIET: f64 = 5.0;
-    let start = Instant::now();
+    const LIMIT: Duration = Duration::from_secs(300);
     let besides_leases = async || figures::requests(admin).await.map(|r| r.besides_leases());
-    let mut before = besides_leases().await;
-    while start.elapsed() < Duration::from_secs(300) {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = besides_leases().await;
-        let quiet = before.zip(now).is_some_and(|(b, n)| n - b <= QUIET);
-        before = now;
-        if quiet {
-            println!(
-                "bench fleet: settled {:.0}s after {after}",
-                start.elapsed().as_secs_f64()
-            );
-            return;
-        }
+    match until_quiet(5.0, LIMIT, besides_leases).await {
+        Some(quiet) => println!(
+            "bench fleet: settled {:.0}s after {after}",
+            (quiet + QUIET_WINDOW).as_secs_f64()
+        ),
+        None => println!(
+            "bench fleet: not settled after {}s: the idle figure below includes that work",
+            LIMIT.as_secs()
+        ),
     }
-    println!("bench fleet: not settled after 300s: the idle figure below includes that work");
 }
 
 /// Waits until the deployment's switch to staged is seen (its status has the new generation
