@@ -104,6 +104,13 @@ impl Config {
                  served there, and without it no device would be authorized",
             )
     }
+
+    /// Whether `/readyz` waits for the device authorizer to have listed the enrolled
+    /// devices. Only when the apiserver asks it about every device request: until then it
+    /// refuses them all, and a Service must not send it reviews. With RBAC nothing asks.
+    pub fn readiness_waits_for_authorizer(&self) -> bool {
+        self.device_authorization == DeviceAuthorization::Webhook
+    }
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -160,5 +167,22 @@ mod tests {
         ]);
         assert_eq!(served.problem(), None);
         assert_eq!(parse(&[]).problem(), None);
+    }
+
+    #[test]
+    fn readiness_waits_for_the_authorizer_only_when_it_authorizes() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(
+                [
+                    &["edgefleet-controller", "--webhook-addr", "127.0.0.1:9443"],
+                    args,
+                ]
+                .concat(),
+            )
+            .expect("parses")
+        };
+        assert!(parse(&["--device-authorization", "webhook"]).readiness_waits_for_authorizer());
+        assert!(!parse(&["--device-authorization", "rbac"]).readiness_waits_for_authorizer());
+        assert!(!parse(&[]).readiness_waits_for_authorizer());
     }
 }

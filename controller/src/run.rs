@@ -19,7 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 
-use crate::config::{Config, DeviceAuthorization};
+use crate::config::Config;
 use crate::decide::{join, presence};
 use crate::k8s::context::Context;
 use crate::k8s::feeds::{Feeds, watch};
@@ -69,7 +69,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ready: ready_flag.clone(),
         authorizer: enrolled
             .clone()
-            .filter(|_| config.device_authorization == DeviceAuthorization::Webhook),
+            .filter(|_| config.readiness_waits_for_authorizer()),
     };
     let addr = config.http_addr;
     let listener = tokio::spawn(http::serve(addr, health));
