@@ -77,6 +77,13 @@ impl Enrolled {
         self.read().is_some()
     }
 
+    /// An authorizer that has listed `devices`, for the tests of what depends on it.
+    #[cfg(test)]
+    pub fn listing(devices: &[&str]) -> Enrolled {
+        let names = devices.iter().map(|d| (*d).to_owned()).collect();
+        Enrolled(Arc::new(RwLock::new(Some(names))))
+    }
+
     /// Follows the EdgeDevices' metadata, forever (the watcher retries with backoff).
     async fn follow(self, client: Client) {
         loop {

@@ -77,6 +77,15 @@ mod tests {
     async fn a_replica_is_not_ready_before_its_authorizer_can_decide() {
         let (status, _) = readyz(State(health(true, Some(Enrolled::default())))).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let listed = || Some(Enrolled::listing(&["edge-1"]));
+        let (status, _) = readyz(State(health(true, listed()))).await;
+        assert_eq!(status, StatusCode::OK, "caches synced, the fleet listed");
+        let (status, _) = readyz(State(health(false, listed()))).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "listed, caches not synced"
+        );
         let (status, _) = readyz(State(health(true, None))).await;
         assert_eq!(status, StatusCode::OK, "devices authorized by RBAC");
         let (status, _) = readyz(State(health(false, None))).await;
