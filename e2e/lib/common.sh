@@ -75,6 +75,18 @@ progress_done() {
 # the host runs it as the cluster does. Read it with `read -ra`.
 image_env() { sed -n 's/^ENV //p' "$1/Containerfile"; }
 
+# The Cargo profile the images' binaries are built with (Cargo.toml's [profile.image]).
+IMAGE_PROFILE=image
+
+# build_as_shipped PACKAGE: builds PACKAGE's binary for the host the way its image is built
+# (the images' profile; dynamically linked) and prints its path, so that a bench measures
+# the code the cluster runs.
+build_as_shipped() {
+  # `|| return`: a caller's `$(...)` does not stop on a failed command by itself.
+  cargo build -q --locked --profile "$IMAGE_PROFILE" -p "$1" --bin "$1" >&2 || return
+  echo "${CARGO_TARGET_DIR:-target}/$IMAGE_PROFILE/$1"
+}
+
 # wait_for DESCRIPTION TIMEOUT_S CMD...: polls CMD until it succeeds, showing progress.
 wait_for() {
   local what=$1 timeout=$2 start=$SECONDS
