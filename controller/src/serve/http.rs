@@ -80,6 +80,8 @@ mod tests {
         let listed = || Some(Enrolled::listing(&["edge-1"]));
         let (status, _) = readyz(State(health(true, listed()))).await;
         assert_eq!(status, StatusCode::OK, "caches synced, the fleet listed");
+        let (status, _) = readyz(State(health(true, Some(Enrolled::listing(&[]))))).await;
+        assert_eq!(status, StatusCode::OK, "a fleet listed empty is listed");
         let (status, _) = readyz(State(health(false, listed()))).await;
         assert_eq!(
             status,
