@@ -181,12 +181,32 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
 
 /// What the device cache keeps of an EdgeDevice: no managed fields and no annotations (the
 /// controller reads none, and a device enrolled with `kubectl apply` carries a copy of its
-/// manifest in one, with a map node around it, for each of 10,000 devices), and one shared
-/// copy of each distinct desired state.
+/// manifest in one, with a map node around it, for each of 10,000 devices), one shared
+/// copy of each distinct desired state, and of the agent's status only what the controller
+/// reads ([`forget_unread_status`]).
 fn keep_device(device: &mut EdgeDevice, desired_states: &mut Interner) {
     drop_managed_fields(device);
     device.metadata.annotations = None;
+    forget_unread_status(device);
     desired_states.intern(device);
+}
+
+/// Drops the strings the agent reports for people and the controller never reads: its
+/// version, OS and architecture, and each module's image ID. The device chooses them (an
+/// image ID up to 512 bytes, for each of up to 256 modules), so the cache would otherwise
+/// hold whatever every device sends within the schema's bounds; a real image ID is 71
+/// bytes, some 400 bytes a device of five modules. The controller writes only its own
+/// conditions into a status, so nothing dropped here is lost from the object.
+fn forget_unread_status(device: &mut EdgeDevice) {
+    let Some(status) = device.status.as_mut() else {
+        return;
+    };
+    status.agent_version = None;
+    status.os = None;
+    status.arch = None;
+    for m in &mut status.modules {
+        m.image_id = None;
+    }
 }
 
 #[cfg(test)]
@@ -220,5 +240,63 @@ mod tests {
         assert_eq!(a.metadata.labels, enrolled().metadata.labels);
         let shared = |d: &EdgeDevice| d.spec.desired.clone().expect("desired");
         assert!(Arc::ptr_eq(&shared(&a), &shared(&b)));
+    }
+
+    #[test]
+    fn a_cached_device_forgets_what_its_agent_reports_for_people_only() {
+        let reported: EdgeDevice = serde_json::from_value(serde_json::json!({
+            "apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
+            "metadata": {"name": "edge-1"}, "spec": {},
+            "status": {
+                "agentVersion": "0.1.0", "os": "linux", "arch": "x86_64",
+                "appliedRevision": "0123456789abcdef", "modulesReady": "0/1",
+                "modules": [{
+                    "namespace": "team", "name": "app", "runtimeStatus": "failed",
+                    "exitCode": 3, "restartCount": 2, "message": "out of memory",
+                    "lastStartTime": "2026-12-05T09:27:57Z",
+                    "lastExitTime": "2026-12-05T09:28:57Z",
+                    "imageId": format!("sha256:{}", "f".repeat(500)),
+                }],
+                "conditions": [{"type": "Ready", "status": "False", "reason": "ModulesFailing",
+                                "lastTransitionTime": "2026-12-05T09:28:57Z"}],
+            },
+        }))
+        .expect("a reported device");
+        let mut kept = reported.clone();
+        keep_device(&mut kept, &mut Interner::default());
+        let (before, after) = (
+            reported.status.expect("status"),
+            kept.status.expect("status"),
+        );
+        assert_eq!(
+            (&after.agent_version, &after.os, &after.arch),
+            (&None, &None, &None)
+        );
+        let (m, was) = (&after.modules[0], &before.modules[0]);
+        assert_eq!(m.image_id, None);
+        // What the rollup, the status checks and the reconciles read stays.
+        assert_eq!(
+            (
+                &m.namespace,
+                &m.name,
+                m.runtime_status,
+                m.exit_code,
+                m.restart_count
+            ),
+            (
+                &was.namespace,
+                &was.name,
+                was.runtime_status,
+                was.exit_code,
+                was.restart_count
+            )
+        );
+        assert_eq!(
+            (&m.message, &m.last_start_time),
+            (&was.message, &was.last_start_time)
+        );
+        assert_eq!(after.applied_revision, before.applied_revision);
+        assert_eq!(after.modules_ready, before.modules_ready);
+        assert_eq!(after.conditions, before.conditions);
     }
 }
