@@ -78,14 +78,23 @@ image_env() { sed -n 's/^ENV //p' "$1/Containerfile"; }
 # The Cargo profile the images' binaries are built with (Cargo.toml's [profile.image]).
 IMAGE_PROFILE=image
 
-# build_as_shipped PACKAGE: builds PACKAGE's binary for the host the way its image is built
-# (the images' profile; dynamically linked) and prints its path, so that a bench measures
-# the code the cluster runs.
-build_as_shipped() {
+# build_bin PROFILE PACKAGE BIN: builds PACKAGE's binary BIN for the host with Cargo profile
+# PROFILE and prints its path (under CARGO_TARGET_DIR when set).
+build_bin() {
   # `|| return`: a caller's `$(...)` does not stop on a failed command by itself.
-  cargo build -q --locked --profile "$IMAGE_PROFILE" -p "$1" --bin "$1" >&2 || return
-  echo "${CARGO_TARGET_DIR:-target}/$IMAGE_PROFILE/$1"
+  cargo build -q --locked --profile "$1" -p "$2" --bin "$3" >&2 || return
+  echo "${CARGO_TARGET_DIR:-target}/$1/$3"
 }
+
+# build_as_shipped PACKAGE: builds PACKAGE's binary the way its image is built (the images'
+# profile; dynamically linked) and prints its path, so that a bench measures the code the
+# cluster runs.
+build_as_shipped() { build_bin "$IMAGE_PROFILE" "$1" "$1"; }
+
+# build_tool BIN: builds one of e2e's own tools (the load generators, the hub bench) with
+# the release profile, which links in seconds where the images' takes minutes, and prints
+# its path.
+build_tool() { build_bin release edgefleet-e2e "$1"; }
 
 # wait_for DESCRIPTION TIMEOUT_S CMD...: polls CMD until it succeeds, showing progress.
 wait_for() {
