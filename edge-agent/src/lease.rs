@@ -119,6 +119,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_apiserver_failing_on_its_side_is_no_outage() {
+        // A 500: the apiserver could not reach an authorizer. The link stays up, so nothing
+        // relists or reports again when the renewals get through.
+        let (requests, up) = beat(Some(500), Duration::ZERO, Duration::from_secs(60)).await;
+        assert!(up, "an apiserver that fails a request still answers");
+        assert!(requests >= 25, "retried at the backoff: {requests} in 60 s");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_apiserver_that_does_not_answer_is_an_outage_probed_at_the_backoff() {
         let (requests, up) = beat(None, Duration::ZERO, Duration::from_secs(60)).await;
         assert!(!up);

@@ -6,6 +6,13 @@
 //! answer too. Counted as an outage, it made every agent of a fleet that started at once
 //! relist and rewrite its status each time one of its renewals got through: more load, more
 //! refusals, and 1,000 hollow devices never all reported Ready.
+//!
+//! So is the apiserver's own failure (500): it is what the apiserver answers when it cannot
+//! reach an authorizer, the device authorizer among them while the controller restarts.
+//! Counted as an outage, one controller's restart at 10,000 devices made agents relist and
+//! rewrite statuses the apiserver already had, 1,572 of them in one run. A failed write is
+//! retried anyway; only an outage can lose what was written. The answers a proxy gives in
+//! front of a dead or overloaded apiserver (502, 503, 504) stay outages.
 
 use std::fmt;
 use std::time::Duration;
@@ -22,21 +29,27 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why a request to the apiserver failed, as the link sees it; displays as the text to log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Failure {
-    /// No answer: the connection, TLS, the deadline, or a server error (which a proxy in front
-    /// of a dead apiserver gives too).
+    /// No answer: the connection, TLS, the deadline, or a gateway's or an unavailable
+    /// apiserver's 5xx (which a proxy in front of a dead apiserver gives too).
     NoAnswer(String),
     /// The apiserver is shedding load: try again later, not sooner.
     Busy(String),
-    /// The apiserver answered no (a 403 until the controller has made the device's RBAC, ...).
+    /// The apiserver answered but did not do it: no (a 403 from an authorizer that does not
+    /// know the device yet, ...), or it failed on its side ([`INTERNAL_ERROR`]).
     Refused(String),
 }
+
+/// The code of the apiserver's own failure: an answer, not an outage.
+const INTERNAL_ERROR: u16 = 500;
 
 impl Failure {
     pub fn of(e: &kube::Error) -> Failure {
         let why = e.to_string();
         match e {
             kube::Error::Api(s) if s.code == 429 => Failure::Busy(why),
-            kube::Error::Api(s) if (400..500).contains(&s.code) => Failure::Refused(why),
+            kube::Error::Api(s) if (400..500).contains(&s.code) || s.code == INTERNAL_ERROR => {
+                Failure::Refused(why)
+            }
             _ => Failure::NoAnswer(why),
         }
     }
@@ -80,7 +93,15 @@ mod tests {
         assert!(matches!(Failure::of(&status(429)), Failure::Busy(_)));
         assert!(matches!(Failure::of(&status(403)), Failure::Refused(_)));
         assert!(Failure::of(&status(404)).answered());
-        assert!(!Failure::of(&status(503)).answered());
+        for gateway in [502, 503, 504] {
+            assert!(!Failure::of(&status(gateway)).answered(), "{gateway}");
+        }
         assert!(!Failure::of(&kube::Error::LinesCodecMaxLineLengthExceeded).answered());
+    }
+
+    #[test]
+    fn an_apiserver_that_cannot_reach_its_authorizer_still_answers() {
+        // What a device's request gets while the device authorizer's only replica restarts.
+        assert!(matches!(Failure::of(&status(500)), Failure::Refused(_)));
     }
 }
