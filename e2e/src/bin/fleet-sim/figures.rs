@@ -1,6 +1,7 @@
 //! The costs of a phase: the apiserver's requests from its own /metrics
-//! (`apiserver_request_total` by verb and code), and the CPU time and peak memory of the
-//! controller, the apiserver and this simulator, from /proc.
+//! (`apiserver_request_total` by verb and code, and its authorization webhooks' failures),
+//! and the CPU time and peak memory of the controller, the apiserver and this simulator,
+//! from /proc.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -32,13 +33,20 @@ impl std::fmt::Display for Write {
 
 /// The apiserver's request counters: writes made (2xx) by verb and resource, requests
 /// rejected as too many (429), and requests that failed in the apiserver as it counts them
-/// (5xx, a 504 when it gave up; an agent takes any 5xx for its link down). A request its
-/// authorization filter fails, such as one whose authorizer errs, is not among them.
+/// (5xx, a 504 when it gave up; an agent takes a 502, 503 or 504 for its link down). A
+/// request its authorization filter fails, such as one whose authorizer errs, is not among
+/// them: those are `undecided`.
 #[derive(Debug, Clone, Default)]
 pub struct Requests {
     pub writes: BTreeMap<Write, f64>,
     pub rejected: f64,
     pub failed: f64,
+    /// Calls to an authorization webhook that failed (no answer in time, an error) and left
+    /// the decision to the authorizers after it
+    /// (`apiserver_authorization_webhook_evaluations_fail_open_total`). For a device, whom
+    /// only the device authorizer allows, the apiserver then answers 500: what devices get
+    /// while no controller replica can decide.
+    pub undecided: f64,
 }
 
 impl Requests {
@@ -71,6 +79,13 @@ impl Requests {
     fn parse(text: &str) -> Requests {
         let mut r = Requests::default();
         for line in text.lines() {
+            if let Some(rest) =
+                line.strip_prefix("apiserver_authorization_webhook_evaluations_fail_open_total{")
+            {
+                let value = rest.rsplit_once("} ").map(|(_, v)| v.trim().parse());
+                r.undecided += value.and_then(Result::ok).unwrap_or(0.0);
+                continue;
+            }
             let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
                 continue;
             };
@@ -244,12 +259,13 @@ impl Phase {
                     .map(|(what, n)| format!("{n:.0} {what}"))
                     .collect();
                 let text = format!(
-                    "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device; most {}), 429s {:.0}, 5xx {:.0}; over {seconds:.1}s",
+                    "apiserver writes {writes:.0} ({:.0}/s, {:.1} per device; most {}), 429s {:.0}, 5xx {:.0}, undecided (authorizer failed) {:.0}; over {seconds:.1}s",
                     writes / seconds,
                     writes / devices.max(1) as f64,
                     most.join(", "),
                     now.rejected - before.rejected,
                     now.failed - before.failed,
+                    now.undecided - before.undecided,
                 );
                 (text, Some(writes / seconds))
             }
@@ -294,6 +310,9 @@ apiserver_request_total{code="504",component="apiserver",dry_run="",group="edgef
 apiserver_request_total{code="429",component="apiserver",dry_run="",group="edgefleet.io",resource="edgedevices",scope="cluster",subresource="",verb="WATCH",version="v1"} 1
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="edgefleet.io",resource="edgedevices",scope="cluster",subresource="",verb="LIST",version="v1"} 40
 apiserver_request_duration_seconds_count{code="200",resource="leases",verb="PATCH"} 99
+apiserver_authorization_webhook_evaluations_fail_open_total{name="edgefleet-devices-0",result="error"} 4
+apiserver_authorization_webhook_evaluations_fail_open_total{name="edgefleet-devices-7",result="timeout"} 3
+apiserver_authorization_webhook_evaluations_total{name="edgefleet-devices-0",result="error"} 16
 "#;
 
     fn write(verb: &str, resource: &str) -> Write {
@@ -319,6 +338,10 @@ apiserver_request_duration_seconds_count{code="200",resource="leases",verb="PATC
         assert_eq!(r.besides_leases(), 9.0);
         assert_eq!(r.rejected, 6.0, "every 429, reads and writes alike");
         assert_eq!(r.failed, 11.0, "every 5xx");
+        assert_eq!(
+            r.undecided, 7.0,
+            "every authorizer's failed calls, not its retries"
+        );
     }
 
     #[test]
