@@ -22,7 +22,7 @@ use crate::k8s::intern::Interner;
 use crate::k8s::kept_lease::KeptLease;
 use crate::k8s::watches::{
     Cache, Synced, arrivals_and_departures, cache, cache_as, drop_managed_fields, keep_name_only,
-    paged, shared,
+    shared,
 };
 use crate::reconcile::rollout;
 
@@ -99,7 +99,7 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
 
     let (leases, lease_events) = cache_as(
         Api::<Lease>::namespaced(client.clone(), namespace),
-        paged(),
+        watcher::Config::default(),
         KeptLease::keep,
         synced,
         Cache::Leases,
@@ -110,7 +110,7 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
     // rest on the EdgeDevice, which only administrators write).
     let (nodes, node_events) = cache(
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
-        paged(),
+        watcher::Config::default(),
         keep_name_only,
         synced,
         Cache::Nodes,

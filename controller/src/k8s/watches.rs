@@ -12,19 +12,57 @@ use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 
-/// How many objects a cache asks for in one page of its list (kube's watcher asks for 500).
-/// A page is decoded whole, every object with its managed fields (a tree of small
-/// allocations: a hollow device's are some 1.7 KB of JSON), before the cache trims it; the
-/// allocator keeps the room the largest page took, so a restarted controller held 3 to 6
-/// MiB more than the one it replaced at 10,000 devices. A smaller page is more requests,
-/// one after another: 100 for 10,000 devices instead of 20, and a slower restart
-/// (controller/README.md, "What a restart lists").
+/// How many objects a cache asks for in one page of its list, where the apiserver cannot
+/// stream it ([`watch`]; kube's watcher asks for 500). A page is decoded whole, every object
+/// with its managed fields (a tree of small allocations: a hollow device's are some 1.7 KB
+/// of JSON), before the cache trims it; the allocator keeps the room the largest page took,
+/// so a restarted controller held 3 to 6 MiB more than the one it replaced at 10,000
+/// devices. A smaller page is more requests, one after another: 100 for 10,000 devices
+/// instead of 20, and a slower restart (controller/README.md, "What a restart lists").
 pub const LIST_PAGE: u32 = 100;
 
-/// A watch whose list comes in pages of [`LIST_PAGE`]: for every shared cache, and every
-/// other cache that grows with the fleet.
-pub fn paged() -> watcher::Config {
-    watcher::Config::default().page_size(LIST_PAGE)
+/// The events of a watch over what `config` selects, as kube's watcher gives them, its
+/// initial list streamed: one watch request whose first events are the objects, each
+/// decoded on its own (`sendInitialEvents`). Where the apiserver refuses that (422: its
+/// `WatchList` feature gate is off, as by default in Kubernetes 1.30, 1.31 and 1.33), the
+/// watch starts over listing in pages of [`LIST_PAGE`], and stays so.
+pub fn watch<K: Cached>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K> {
+    let streamed = Box::pin(watcher(api.clone(), config.clone().streaming_lists()));
+    futures::stream::unfold((streamed, false), move |(mut events, mut paged)| {
+        let (api, config) = (api.clone(), config.clone());
+        async move {
+            loop {
+                let event = events.next().await?;
+                if !paged && let Some(why) = streaming_refused(&event) {
+                    tracing::warn!(
+                        kind = K::kind(&()).as_ref(),
+                        why,
+                        "the apiserver does not stream lists; listing in pages"
+                    );
+                    events = Box::pin(watcher(api.clone(), config.clone().page_size(LIST_PAGE)));
+                    paged = true;
+                    continue;
+                }
+                return Some((event, (events, paged)));
+            }
+        }
+    })
+}
+
+/// Why the apiserver refused a streamed list, if `event` is that refusal. A watch's
+/// parameters are this controller's own, and `sendInitialEvents` (with the
+/// `resourceVersionMatch` it needs) is the only one a paged list does not send: a 422 to
+/// it says the apiserver does not take it.
+fn streaming_refused<K>(event: &watcher::Result<watcher::Event<K>>) -> Option<String> {
+    match event {
+        Err(watcher::Error::WatchStartFailed(kube::Error::Api(s))) if s.code == 422 => {
+            Some(s.message.clone())
+        }
+        _ => None,
+    }
 }
 
 /// The caches, named for readiness tracking and logs.
@@ -110,10 +148,10 @@ const SHARED_BUFFER: usize = 1024;
 /// the store and each subscriber, each object trimmed by `trim` before it is stored. The
 /// watch runs in its own task.
 ///
-/// It lists in pages ([`paged`]), not with `resourceVersion=0`: the apiserver answers
-/// that from its watch cache in one piece whatever the page size (`computeListLimit` in
-/// k8s.io/apiserver's cacher), which at 10,000 devices is some 44 MB of JSON, all of it
-/// decoded before the first object is trimmed.
+/// It lists as [`watch`] does, never with `resourceVersion=0` (kube's "any" semantic): the
+/// apiserver answers that from its watch cache in one piece whatever the page size
+/// (`computeListLimit` in k8s.io/apiserver's cacher), which at 10,000 devices is some 44 MB
+/// of JSON, all of it decoded before the first object is trimmed.
 pub fn shared<K, const N: usize>(
     api: Api<K>,
     trim: impl FnMut(&mut K) + Send + 'static,
@@ -131,7 +169,7 @@ where
             .expect("a shared store hands out subscriptions")
     });
     let synced = synced.clone();
-    let watch = watcher(api, paged())
+    let watch = watch(api, watcher::Config::default())
         .default_backoff()
         .modify(trim)
         .reflect_shared(writer)
@@ -187,7 +225,7 @@ where
     synced.expect(cache);
     let (reader, writer) = reflector::store();
     let synced = synced.clone();
-    let events = watcher(api, config)
+    let events = watch(api, config)
         .map(move |e| e.map(|e| map_event(e, &mut into)))
         .default_backoff()
         .reflect(writer)
@@ -331,6 +369,101 @@ mod tests {
 
     fn holder(l: &Lease) -> Option<String> {
         l.spec.as_ref().and_then(|s| s.holder_identity.clone())
+    }
+
+    /// An apiserver with two Leases whose watch either streams its list (`streams`) or
+    /// refuses `sendInitialEvents` as one with the `WatchList` gate off does; a plain watch
+    /// gets nothing new. It records each request's query.
+    fn apiserver(streams: bool) -> (kube::Client, Arc<std::sync::Mutex<Vec<String>>>) {
+        use kube::client::Body;
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let item = |name: &str| {
+            serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                               "metadata": {"name": name, "namespace": "ns", "resourceVersion": "7"}})
+        };
+        let service = tower::service_fn(move |r: http::Request<Body>| {
+            let query = r.uri().query().unwrap_or_default().to_owned();
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(query.clone());
+            let (code, body) = if !query.contains("watch=true") {
+                let list = serde_json::json!({"apiVersion": "coordination.k8s.io/v1",
+                    "kind": "LeaseList", "metadata": {"resourceVersion": "7"},
+                    "items": [item("a"), item("b")]});
+                (200, list.to_string())
+            } else if !query.contains("sendInitialEvents=true") {
+                (200, String::new())
+            } else if streams {
+                let end = serde_json::json!({"apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease", "metadata": {"resourceVersion": "7",
+                    "annotations": {"k8s.io/initial-events-end": "true"}}});
+                let events = [
+                    ("ADDED", item("a")),
+                    ("ADDED", item("b")),
+                    ("BOOKMARK", end),
+                ];
+                let lines: Vec<String> = events
+                    .iter()
+                    .map(|(t, o)| serde_json::json!({"type": t, "object": o}).to_string())
+                    .collect();
+                (200, lines.join("\n") + "\n")
+            } else {
+                let refusal = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "Invalid", "code": 422,
+                    "message": "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"});
+                (422, refusal.to_string())
+            };
+            let answer = http::Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Body::from(body.into_bytes()))
+                .expect("a response");
+            std::future::ready(Ok::<_, std::convert::Infallible>(answer))
+        });
+        (kube::Client::new(service, "ns"), asked)
+    }
+
+    /// The initial events of a watch of the Leases: what a cache is filled from.
+    async fn listed(streams: bool) -> (Vec<String>, Vec<String>) {
+        let (client, asked) = apiserver(streams);
+        let events = watch(
+            Api::<Lease>::namespaced(client, "ns"),
+            watcher::Config::default(),
+        );
+        let seen: Vec<String> = events
+            .take(4)
+            .map(|e| match e.expect("no error reaches the cache") {
+                watcher::Event::Init => "init".to_owned(),
+                watcher::Event::InitApply(l) => l.name_any(),
+                watcher::Event::InitDone => "done".to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+            .await;
+        let asked = asked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (seen, asked)
+    }
+
+    #[tokio::test]
+    async fn a_cache_is_filled_by_one_streamed_watch_where_the_apiserver_can() {
+        let (seen, asked) = listed(true).await;
+        assert_eq!(seen, ["init", "a", "b", "done"]);
+        assert_eq!(asked.len(), 1, "one request, no list: {asked:?}");
+        assert!(asked[0].contains("sendInitialEvents=true"), "{asked:?}");
+    }
+
+    #[tokio::test]
+    async fn an_apiserver_that_cannot_stream_a_list_gets_asked_for_pages() {
+        let (seen, asked) = listed(false).await;
+        assert_eq!(seen, ["init", "a", "b", "done"], "the refusal is no error");
+        assert!(asked[0].contains("sendInitialEvents=true"), "{asked:?}");
+        let list = &asked[1];
+        assert!(!list.contains("watch=true"), "then a list: {asked:?}");
+        assert!(
+            list.contains(&format!("limit={LIST_PAGE}")),
+            "in pages: {asked:?}"
+        );
     }
 
     /// Each object as the shared reflector hands it on, the store updated first; whether

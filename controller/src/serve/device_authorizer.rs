@@ -28,7 +28,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::decide::device_access::{Access, decide};
-use crate::k8s::watches::paged;
+use crate::k8s::watches::watch;
 use crate::reconcile::registry::enrolment_problem;
 
 /// The path the authorizer is served at.
@@ -98,8 +98,11 @@ impl Enrolled {
     /// the authorizer would stay without a set.
     async fn follow_until_stale(&self, client: Client) {
         let mut listing: HashSet<String> = HashSet::new();
-        let events =
-            watcher(Api::<PartialObjectMeta<EdgeDevice>>::all(client), paged()).default_backoff();
+        let events = watch(
+            Api::<PartialObjectMeta<EdgeDevice>>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff();
         futures::pin_mut!(events);
         let mut failing_since: Option<Instant> = None;
         while let Some(event) = events.next().await {
