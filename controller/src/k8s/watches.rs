@@ -148,10 +148,11 @@ const SHARED_BUFFER: usize = 1024;
 /// the store and each subscriber, each object trimmed by `trim` before it is stored. The
 /// watch runs in its own task.
 ///
-/// It lists as [`watch`] does, never with `resourceVersion=0` (kube's "any" semantic): the
-/// apiserver answers that from its watch cache in one piece whatever the page size
-/// (`computeListLimit` in k8s.io/apiserver's cacher), which at 10,000 devices is some 44 MB
-/// of JSON, all of it decoded before the first object is trimmed.
+/// Its initial objects come as [`watch`] gets them, never as a list with
+/// `resourceVersion=0` (kube's "any" semantic): the apiserver answers that from its watch
+/// cache in one piece whatever the page size (`computeListLimit` in k8s.io/apiserver's
+/// cacher), which at 10,000 devices is some 44 MB of JSON, all of it decoded before the
+/// first object is trimmed.
 pub fn shared<K, const N: usize>(
     api: Api<K>,
     trim: impl FnMut(&mut K) + Send + 'static,
