@@ -12,10 +12,13 @@
 //! Counted as an outage, one controller's restart at 10,000 devices made agents relist and
 //! rewrite statuses the apiserver already had, 1,572 of them in one run. A failed write is
 //! retried anyway; only an outage can lose what was written. The answers a proxy gives in
-//! front of a dead or overloaded apiserver (502, 503, 504) stay outages.
+//! front of a dead or overloaded apiserver (502, 503, 504, or a 500 page of its own) stay
+//! outages.
 
 use std::fmt;
 use std::time::Duration;
+
+use kube::core::Status;
 
 /// A request that takes longer than this counts as unanswered: offline, a connection can hang.
 /// It is longer than a live apiserver takes to answer, however busy: its priority and fairness
@@ -35,19 +38,25 @@ pub enum Failure {
     /// The apiserver is shedding load: try again later, not sooner.
     Busy(String),
     /// The apiserver answered but did not do it: no (a 403 from an authorizer that does not
-    /// know the device yet, ...), or it failed on its side ([`INTERNAL_ERROR`]).
+    /// know the device yet, ...), or it failed on its side ([`apiservers_own_failure`]).
     Refused(String),
 }
 
-/// The code of the apiserver's own failure: an answer, not an outage.
-const INTERNAL_ERROR: u16 = 500;
+/// Whether a 500 is the apiserver's own: a Status it wrote (reason `InternalError`), or the
+/// text its request filters write when they fail, authorization among them when no
+/// authorizer can be reached (`Internal Server Error: "<uri>": <error>`, k8s.io/apiserver's
+/// `responsewriters.InternalError`). A proxy's error page is neither.
+fn apiservers_own_failure(s: &Status) -> bool {
+    s.code == 500
+        && (s.reason == "InternalError" || s.message.starts_with("Internal Server Error: \""))
+}
 
 impl Failure {
     pub fn of(e: &kube::Error) -> Failure {
         let why = e.to_string();
         match e {
             kube::Error::Api(s) if s.code == 429 => Failure::Busy(why),
-            kube::Error::Api(s) if (400..500).contains(&s.code) || s.code == INTERNAL_ERROR => {
+            kube::Error::Api(s) if (400..500).contains(&s.code) || apiservers_own_failure(s) => {
                 Failure::Refused(why)
             }
             _ => Failure::NoAnswer(why),
@@ -82,7 +91,6 @@ pub async fn within_deadline<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::Status;
 
     fn status(code: u16) -> kube::Error {
         kube::Error::Api(Box::new(Status::failure("no", "Reason").with_code(code)))
@@ -99,9 +107,31 @@ mod tests {
         assert!(!Failure::of(&kube::Error::LinesCodecMaxLineLengthExceeded).answered());
     }
 
+    /// A 500 with `body`, as kube's client makes of one whose body is not a JSON Status.
+    fn text_500(body: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            Status::failure(body, "Failed to parse error data").with_code(500),
+        ))
+    }
+
     #[test]
     fn an_apiserver_that_cannot_reach_its_authorizer_still_answers() {
         // What a device's request gets while the device authorizer's only replica restarts.
-        assert!(matches!(Failure::of(&status(500)), Failure::Refused(_)));
+        let unauthorized = text_500(
+            "Internal Server Error: \"/apis/coordination.k8s.io/v1/namespaces/edgefleet-system/leases/edgefleet-device-edge-1\": Post \"https://127.0.0.1:8443/authorize?timeout=3s\": dial tcp 127.0.0.1:8443: connect: connection refused",
+        );
+        assert!(matches!(Failure::of(&unauthorized), Failure::Refused(_)));
+        let internal = Status::failure("etcd says no", "InternalError").with_code(500);
+        assert!(Failure::of(&kube::Error::Api(Box::new(internal))).answered());
+    }
+
+    #[test]
+    fn a_proxys_error_page_is_no_answer() {
+        let page = text_500("<html><head><title>500 Internal Server Error</title></head></html>");
+        assert!(!Failure::of(&page).answered());
+        assert!(
+            !Failure::of(&status(500)).answered(),
+            "a 500 Status of another reason"
+        );
     }
 }
