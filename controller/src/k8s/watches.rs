@@ -23,44 +23,69 @@ pub const LIST_PAGE: u32 = 100;
 
 /// The events of a watch over what `config` selects, as kube's watcher gives them, its
 /// initial list streamed: one watch request whose first events are the objects, each
-/// decoded on its own (`sendInitialEvents`). Where the apiserver refuses that (422: its
-/// `WatchList` feature gate is off, as by default in Kubernetes 1.30, 1.31 and 1.33), the
-/// watch starts over listing in pages of [`LIST_PAGE`], and stays so.
+/// decoded on its own (`sendInitialEvents`). Where the apiserver refuses that or fails it
+/// ([`streaming_failed`]), the watch starts over listing in pages of [`LIST_PAGE`], and
+/// stays so.
+///
+/// kube starts a streamed list at `resourceVersion=0`: the apiserver sends what its watch
+/// cache holds without waiting for it to catch up with etcd, where a paged list is a
+/// consistent read. The watch that follows lags the same way, and the lag is that of one
+/// apiserver's cache behind etcd (a moment, unless several apiservers are far apart). For
+/// the device authorizer's view that means a device retired just before a restart may be
+/// allowed for that moment more: the apiserver itself caches an allowed decision for far
+/// longer (its webhook's `authorizedTTL`, 5 minutes by default).
 pub fn watch<K: Cached>(
     api: Api<K>,
     config: watcher::Config,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K> {
     let streamed = Box::pin(watcher(api.clone(), config.clone().streaming_lists()));
-    futures::stream::unfold((streamed, false), move |(mut events, mut paged)| {
-        let (api, config) = (api.clone(), config.clone());
-        async move {
+    // The paged watch, until it replaces the streamed one; and whether the watch is in its
+    // initial list (from its start, or an Init, to its InitDone).
+    let paged = Some((api, config));
+    futures::stream::unfold(
+        (streamed, paged, true),
+        |(mut events, mut paged, mut listing)| async move {
             loop {
                 let event = events.next().await?;
-                if !paged && let Some(why) = streaming_refused(&event) {
+                match &event {
+                    Ok(watcher::Event::Init) => listing = true,
+                    Ok(watcher::Event::InitDone) => listing = false,
+                    _ => {}
+                }
+                if listing
+                    && let Some(why) = streaming_failed(&event)
+                    && let Some((api, config)) = paged.take()
+                {
                     tracing::warn!(
                         kind = K::kind(&()).as_ref(),
                         why,
-                        "the apiserver does not stream lists; listing in pages"
+                        "the apiserver does not stream this list; listing in pages"
                     );
-                    events = Box::pin(watcher(api.clone(), config.clone().page_size(LIST_PAGE)));
-                    paged = true;
+                    events = Box::pin(watcher(api, config.page_size(LIST_PAGE)));
                     continue;
                 }
-                return Some((event, (events, paged)));
+                return Some((event, (events, paged, listing)));
             }
-        }
-    })
+        },
+    )
 }
 
-/// Why the apiserver refused a streamed list, if `event` is that refusal. A watch's
-/// parameters are this controller's own, and `sendInitialEvents` (with the
-/// `resourceVersionMatch` it needs) is the only one a paged list does not send: a 422 to
-/// it says the apiserver does not take it.
-fn streaming_refused<K>(event: &watcher::Result<watcher::Event<K>>) -> Option<String> {
+/// Why the apiserver would not stream a list, if `event`, during one, says so:
+/// - a 422 to the watch's start: a watch's parameters are this controller's own, and
+///   `sendInitialEvents` (with the `resourceVersionMatch` it needs) is the only one a paged
+///   list does not send. Kubernetes 1.30, 1.31 and 1.33 refuse it by default (their
+///   `WatchList` feature gate is off);
+/// - an error event in the list: the apiserver accepted the watch and then could not
+///   stream (k8s.io/apiserver's cacher does so when etcd is too old for it, counting on
+///   the client to list instead, as client-go does).
+///
+/// Errors of the connection are not the apiserver's answer: kube's watcher retries them.
+fn streaming_failed<K>(event: &watcher::Result<watcher::Event<K>>) -> Option<String> {
     match event {
         Err(watcher::Error::WatchStartFailed(kube::Error::Api(s))) if s.code == 422 => {
             Some(s.message.clone())
         }
+        Err(watcher::Error::WatchError(s)) => Some(s.message.clone()),
         _ => None,
     }
 }
@@ -372,10 +397,21 @@ mod tests {
         l.spec.as_ref().and_then(|s| s.holder_identity.clone())
     }
 
-    /// An apiserver with two Leases whose watch either streams its list (`streams`) or
-    /// refuses `sendInitialEvents` as one with the `WatchList` gate off does; a plain watch
-    /// gets nothing new. It records each request's query.
-    fn apiserver(streams: bool) -> (kube::Client, Arc<std::sync::Mutex<Vec<String>>>) {
+    /// What the stand-in apiserver does with a watch that asks for a streamed list.
+    #[derive(Clone, Copy)]
+    enum Streamed {
+        Sent,
+        /// Refused, as by an apiserver with the `WatchList` gate off.
+        Refused,
+        /// Accepted, then failed with an error event, as by a cacher whose etcd is too old.
+        FailedInside,
+        /// Sent, and then the watch expired (410), as any watch may.
+        SentThenExpired,
+    }
+
+    /// An apiserver with two Leases whose watch with `sendInitialEvents` goes as `streamed`
+    /// says; a plain watch gets nothing new. It records each request's query.
+    fn apiserver(streamed: Streamed) -> (kube::Client, Arc<std::sync::Mutex<Vec<String>>>) {
         use kube::client::Body;
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = asked.clone();
@@ -395,20 +431,31 @@ mod tests {
                 (200, list.to_string())
             } else if !query.contains("sendInitialEvents=true") {
                 (200, String::new())
-            } else if streams {
+            } else if let Streamed::Sent | Streamed::SentThenExpired = streamed {
                 let end = serde_json::json!({"apiVersion": "coordination.k8s.io/v1",
                     "kind": "Lease", "metadata": {"resourceVersion": "7",
                     "annotations": {"k8s.io/initial-events-end": "true"}}});
-                let events = [
+                let gone = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "Expired", "code": 410,
+                    "message": "too old resource version"});
+                let mut events = vec![
                     ("ADDED", item("a")),
                     ("ADDED", item("b")),
                     ("BOOKMARK", end),
                 ];
+                if let Streamed::SentThenExpired = streamed {
+                    events.push(("ERROR", gone));
+                }
                 let lines: Vec<String> = events
                     .iter()
                     .map(|(t, o)| serde_json::json!({"type": t, "object": o}).to_string())
                     .collect();
                 (200, lines.join("\n") + "\n")
+            } else if let Streamed::FailedInside = streamed {
+                let failure = serde_json::json!({"type": "ERROR", "object": {"kind": "Status",
+                    "apiVersion": "v1", "status": "Failure", "reason": "InternalError",
+                    "code": 500, "message": "Internal error occurred: etcd too old for watch-list"}});
+                (200, failure.to_string() + "\n")
             } else {
                 let refusal = serde_json::json!({"kind": "Status", "apiVersion": "v1",
                     "status": "Failure", "reason": "Invalid", "code": 422,
@@ -425,20 +472,22 @@ mod tests {
         (kube::Client::new(service, "ns"), asked)
     }
 
-    /// The initial events of a watch of the Leases: what a cache is filled from.
-    async fn listed(streams: bool) -> (Vec<String>, Vec<String>) {
-        let (client, asked) = apiserver(streams);
+    /// The first `n` events of a watch of the Leases, what a cache is filled from, and the
+    /// queries of the requests made meanwhile.
+    async fn listed(streamed: Streamed, n: usize) -> (Vec<String>, Vec<String>) {
+        let (client, asked) = apiserver(streamed);
         let events = watch(
             Api::<Lease>::namespaced(client, "ns"),
             watcher::Config::default(),
         );
         let seen: Vec<String> = events
-            .take(4)
-            .map(|e| match e.expect("no error reaches the cache") {
-                watcher::Event::Init => "init".to_owned(),
-                watcher::Event::InitApply(l) => l.name_any(),
-                watcher::Event::InitDone => "done".to_owned(),
-                other => format!("{other:?}"),
+            .take(n)
+            .map(|e| match e {
+                Ok(watcher::Event::Init) => "init".to_owned(),
+                Ok(watcher::Event::InitApply(l)) => l.name_any(),
+                Ok(watcher::Event::InitDone) => "done".to_owned(),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("error: {e}"),
             })
             .collect()
             .await;
@@ -448,7 +497,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cache_is_filled_by_one_streamed_watch_where_the_apiserver_can() {
-        let (seen, asked) = listed(true).await;
+        let (seen, asked) = listed(Streamed::Sent, 4).await;
         assert_eq!(seen, ["init", "a", "b", "done"]);
         assert_eq!(asked.len(), 1, "one request, no list: {asked:?}");
         assert!(asked[0].contains("sendInitialEvents=true"), "{asked:?}");
@@ -456,7 +505,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_apiserver_that_cannot_stream_a_list_gets_asked_for_pages() {
-        let (seen, asked) = listed(false).await;
+        let (seen, asked) = listed(Streamed::Refused, 4).await;
         assert_eq!(seen, ["init", "a", "b", "done"], "the refusal is no error");
         assert!(asked[0].contains("sendInitialEvents=true"), "{asked:?}");
         let list = &asked[1];
@@ -464,6 +513,37 @@ mod tests {
         assert!(
             list.contains(&format!("limit={LIST_PAGE}")),
             "in pages: {asked:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_list_the_apiserver_fails_is_listed_in_pages() {
+        let (seen, asked) = listed(Streamed::FailedInside, 5).await;
+        // The streamed watch had started; the paged one starts the cache's list over.
+        assert_eq!(
+            seen,
+            ["init", "init", "a", "b", "done"],
+            "the failure is no error"
+        );
+        assert!(asked[0].contains("sendInitialEvents=true"), "{asked:?}");
+        assert!(
+            asked[1].contains(&format!("limit={LIST_PAGE}")),
+            "{asked:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_expires_after_its_streamed_list_streams_again() {
+        let (seen, asked) = listed(Streamed::SentThenExpired, 6).await;
+        assert_eq!(seen[..4], ["init", "a", "b", "done"]);
+        assert!(
+            seen[4].starts_with("error"),
+            "kube's watcher handles it: {seen:?}"
+        );
+        assert_eq!(seen[5], "init", "{seen:?}");
+        assert!(
+            asked.iter().all(|q| q.contains("sendInitialEvents=true")),
+            "no list: {asked:?}"
         );
     }
 

@@ -45,7 +45,8 @@ pub struct Requests {
     /// the decision to the authorizers after it
     /// (`apiserver_authorization_webhook_evaluations_fail_open_total`). For a device, whom
     /// only the device authorizer allows, the apiserver then answers 500: what devices get
-    /// while no controller replica can decide.
+    /// while no controller replica can decide. Counted only under the lab's
+    /// `failurePolicy: NoOpinion`; with `Deny` the devices get their 500s uncounted.
     pub undecided: f64,
 }
 
@@ -75,7 +76,8 @@ impl Requests {
         d
     }
 
-    /// The counters in the apiserver's metrics text (`apiserver_request_total`).
+    /// The counters in the apiserver's metrics text (`apiserver_request_total`, and the
+    /// webhooks' fail-open evaluations).
     fn parse(text: &str) -> Requests {
         let mut r = Requests::default();
         for line in text.lines() {
