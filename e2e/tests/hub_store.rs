@@ -214,7 +214,10 @@ async fn live_messages_do_not_wait_behind_a_backlog() {
             .await
             .expect("publish");
         sent_at.insert(name, Instant::now());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // 100 ms for all 20, well inside the drain of the 19,000 left (a second or more): at
+        // 50 ms apart, on a machine that drained in 2.3 s, the last live message went as the
+        // backlog's last did, and came after it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drained = until_cloud_holds(&cloud, backlog + live, back).await;
     let arrived = tokio::time::timeout(Duration::from_secs(30), arrived)
