@@ -81,20 +81,16 @@ impl Requests {
     fn parse(text: &str) -> Requests {
         let mut r = Requests::default();
         for line in text.lines() {
-            if let Some(rest) =
-                line.strip_prefix("apiserver_authorization_webhook_evaluations_fail_open_total{")
-            {
-                let value = rest.rsplit_once("} ").map(|(_, v)| v.trim().parse());
-                r.undecided += value.and_then(Result::ok).unwrap_or(0.0);
+            if let Some((_, value)) = sample(
+                line,
+                "apiserver_authorization_webhook_evaluations_fail_open_total",
+            ) {
+                r.undecided += value;
                 continue;
             }
-            let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            let Some((labels, value)) = sample(line, "apiserver_request_total") else {
                 continue;
             };
-            let Some((labels, value)) = rest.rsplit_once("} ") else {
-                continue;
-            };
-            let value: f64 = value.trim().parse().unwrap_or(0.0);
             let label = |k: &str| {
                 labels
                     .split(',')
@@ -125,6 +121,16 @@ impl Requests {
         }
         r
     }
+}
+
+/// A sample of the counter `name` in a metrics text's `line`: its labels and its value (0
+/// when unreadable), or `None` for another line.
+fn sample<'a>(line: &'a str, name: &str) -> Option<(&'a str, f64)> {
+    let (labels, value) = line
+        .strip_prefix(name)?
+        .strip_prefix('{')?
+        .rsplit_once("} ")?;
+    Some((labels, value.trim().parse().unwrap_or(0.0)))
 }
 
 /// Reads the counters from the apiserver's metrics; `None` (and why, on stderr) if it
