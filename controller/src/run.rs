@@ -326,11 +326,11 @@ async fn controllers(
 }
 
 /// The device a renewal of Lease `l` wakes, if any: only one the controller does not
-/// report online can be changed by it (`presence::renewal_may_change`).
+/// report online can be changed by it (`presence::hearing_may_change`).
 fn woken_by(devices: &Store<EdgeDevice>, l: &KeptLease) -> Option<ObjectRef<EdgeDevice>> {
     let device = ObjectRef::<EdgeDevice>::new(device_of_object(&l.name_any())?);
     let reported = devices.get(&device);
-    presence::renewal_may_change(reported.as_ref().and_then(|d| d.status.as_ref()))
+    presence::hearing_may_change(reported.as_ref().and_then(|d| d.status.as_ref()))
         .then_some(device)
 }
 

@@ -16,6 +16,7 @@ use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use crate::decide::presence;
 use crate::decide::snapshot::KeptRevision;
 use crate::k8s::context::Stores;
 use crate::k8s::intern::Interner;
@@ -179,13 +180,14 @@ pub fn watch(client: &Client, namespace: &str, synced: &Arc<Synced>) -> (Stores,
     (stores, feeds)
 }
 
-/// What the device cache keeps of an EdgeDevice: no managed fields and no annotations (the
-/// controller reads none, and a device enrolled with `kubectl apply` carries a copy of its
-/// manifest in one, with a map node around it, for each of 10,000 devices), one shared
-/// copy of each distinct desired state, and of the agent's status only what the controller
-/// reads ([`forget_unread_status`]).
+/// What the device cache keeps of an EdgeDevice: of its managed fields only when the agent
+/// last wrote its status (presence reads it: [`presence::keep_status_written`]), no
+/// annotations (the controller reads none, and a device enrolled with `kubectl apply`
+/// carries a copy of its manifest in one, with a map node around it, for each of 10,000
+/// devices), one shared copy of each distinct desired state, and of the agent's status only
+/// what the controller reads ([`forget_unread_status`]).
 fn keep_device(device: &mut EdgeDevice, desired_states: &mut Interner) {
-    drop_managed_fields(device);
+    presence::keep_status_written(device);
     device.metadata.annotations = None;
     forget_unread_status(device);
     desired_states.intern(device);
@@ -236,7 +238,7 @@ mod tests {
         keep_device(&mut a, &mut desired_states);
         keep_device(&mut b, &mut desired_states);
         assert_eq!(a.metadata.annotations, None);
-        assert_eq!(a.metadata.managed_fields, None);
+        assert_eq!(a.metadata.managed_fields, None, "no agent's status write");
         assert_eq!(a.metadata.labels, enrolled().metadata.labels);
         let shared = |d: &EdgeDevice| d.spec.desired.clone().expect("desired");
         assert!(Arc::ptr_eq(&shared(&a), &shared(&b)));

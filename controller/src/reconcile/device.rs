@@ -28,7 +28,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::decide::presence::presence;
+use crate::decide::presence::{hearing_may_change, last_heard, presence, status_written};
 use crate::error::{Error, Result};
 use crate::k8s::context::Context;
 use crate::k8s::events::reference;
@@ -67,7 +67,7 @@ impl Bounded for ControllerStatus {
 pub fn controller_conditions(
     registration: &Registration,
     online: bool,
-    ever_renewed: bool,
+    ever_heard: bool,
     threshold: Duration,
     status_problems: &[String],
 ) -> Vec<Condition> {
@@ -91,13 +91,13 @@ pub fn controller_conditions(
             format!("not enrolled: {why}"),
         ),
     };
-    let online = match (online, ever_renewed) {
+    let online = match (online, ever_heard) {
         (true, _) => Condition::new(
             ONLINE,
             ConditionStatus::True,
             "LeaseRenewed",
             format!(
-                "the agent renewed its Lease within {}s",
+                "the agent renewed its Lease or wrote its status within {}s",
                 threshold.as_secs()
             ),
         ),
@@ -106,7 +106,7 @@ pub fn controller_conditions(
             ConditionStatus::False,
             "LeaseExpired",
             format!(
-                "the agent has not renewed its Lease for {}s",
+                "the agent has neither renewed its Lease nor written its status for {}s",
                 threshold.as_secs()
             ),
         ),
@@ -114,7 +114,7 @@ pub fn controller_conditions(
             ONLINE,
             ConditionStatus::False,
             "NeverSeen",
-            "the agent has never renewed its Lease",
+            "the agent has never renewed its Lease nor written its status",
         ),
     };
     let valid = if status_problems.is_empty() {
@@ -131,8 +131,9 @@ pub fn controller_conditions(
 }
 
 /// A digest of what [`reconcile`] reads of its EdgeDevice (the caches it reads besides wake
-/// it on their own): its spec (by generation), its labels, and of its status only what a
-/// reconcile acts on, the status's problems, the modules failing and the conditions. A
+/// it on their own): its spec (by generation), its labels, of its status only what a
+/// reconcile acts on, the status's problems, the modules failing and the conditions, and
+/// when the agent wrote it while that can bring the device online. A
 /// device event that leaves it unchanged would write nothing and is dropped before the
 /// queue (`run.rs`). Most device events are agents' status writes, and at 10,000 devices
 /// they kept devices already done queued ahead of new ones: kube's scheduler takes held
@@ -153,6 +154,9 @@ pub fn reads(device: &EdgeDevice) -> u64 {
         for c in &status.conditions {
             c.says().hash(&mut h);
         }
+    }
+    if hearing_may_change(device.status.as_ref()) {
+        status_written(device).hash(&mut h);
     }
     h.finish()
 }
@@ -193,14 +197,14 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         .leases
         .get(&ObjectRef::new(&device_object_name(&name)).within(&ctx.config.namespace));
     let now = jiff::Timestamp::now();
-    let p = presence(lease.as_deref(), now, ctx.config.offline_threshold);
-    let ever_renewed = lease.as_ref().is_some_and(|l| l.renewed.is_some());
+    let heard = last_heard(lease.as_deref(), status_written(&device));
+    let p = presence(heard, now, ctx.config.offline_threshold);
     let status = device.status.clone().unwrap_or_default();
     let status_problems = status_check::problems(&status, Some(&desired));
     let mut conditions = controller_conditions(
         &registration,
         p.online,
-        ever_renewed,
+        heard.is_some(),
         ctx.config.offline_threshold,
         &status_problems,
     );
@@ -413,6 +417,9 @@ async fn report_module_failures(ctx: &Context, device: &EdgeDevice, desired: &De
 
 #[cfg(test)]
 mod tests {
+    use edgefleet_crds::identity::AGENT_MANAGER;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
     use super::*;
 
     fn reporting(modules: &str, conditions: &str) -> EdgeDevice {
@@ -468,6 +475,34 @@ mod tests {
         ] {
             assert_ne!(reads(&d), before, "{what}");
         }
+    }
+
+    /// An agent's status write is heard from the device: it queues a device the controller
+    /// does not report online (it may bring it online before its next renewal), not one it
+    /// does (that one is rechecked when what was heard runs out).
+    #[test]
+    fn a_status_write_queues_a_device_only_while_it_is_not_online() {
+        let written = |conditions: &str, at: &str| {
+            let mut d = reporting(APP, conditions);
+            d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+                manager: Some(AGENT_MANAGER.into()),
+                subresource: Some("status".into()),
+                time: Some(Time(at.parse().expect("ts"))),
+                ..ManagedFieldsEntry::default()
+            }]);
+            d
+        };
+        const OFFLINE: &str = "[{type: Online, status: 'False', reason: LeaseExpired}]";
+        assert_ne!(
+            reads(&written(OFFLINE, "2026-12-04T00:00:00Z")),
+            reads(&written(OFFLINE, "2026-12-04T00:00:09Z")),
+            "offline: heard again"
+        );
+        assert_eq!(
+            reads(&written(ONLINE_TRUE, "2026-12-04T00:00:00Z")),
+            reads(&written(ONLINE_TRUE, "2026-12-04T00:00:09Z")),
+            "online"
+        );
     }
 
     #[test]
