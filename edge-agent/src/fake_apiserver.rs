@@ -10,8 +10,8 @@ use kube::client::Body;
 use serde_json::json;
 
 /// A client whose every request is answered with `status` after `delay` (or, with `None`,
-/// not at all: the connection fails), counting the requests. A success answers with an
-/// EdgeDevice (what the status writer writes), a 500 with the text the apiserver's
+/// not at all: the connection fails), counting the requests. A success answers with the
+/// Lease or the EdgeDevice the request wrote (a renewal, a status), a 500 with the text the apiserver's
 /// authorization filter writes when it cannot reach an authorizer, another failure with a
 /// Status.
 pub fn apiserver(status: Option<u16>, delay: Duration) -> (Client, Arc<AtomicUsize>) {
@@ -20,7 +20,11 @@ pub fn apiserver(status: Option<u16>, delay: Duration) -> (Client, Arc<AtomicUsi
     let service = tower::service_fn(move |r: http::Request<Body>| {
         seen.fetch_add(1, Ordering::SeqCst);
         let answer = status.map(|code| {
-            let body = if (200..300).contains(&code) {
+            let body = if (200..300).contains(&code) && r.uri().path().contains("/leases/") {
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                       "metadata": {"name": "edgefleet-device-edge-1"}, "spec": {}})
+                .to_string()
+            } else if (200..300).contains(&code) {
                 json!({"apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
                        "metadata": {"name": "edge-1"}, "spec": {}})
                 .to_string()

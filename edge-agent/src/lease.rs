@@ -2,6 +2,14 @@
 //! outcome is also the agent's view of the link to the apiserver (see `link`): the first
 //! renewal answered after none were marks the link up again, and the status writer then
 //! reports at once.
+//!
+//! A status write is heard from the device too: the controller counts the time the
+//! apiserver recorded for it like a renewal (its `decide::presence`), so after one the next
+//! renewal waits a whole interval, though never past [`LONGEST_PUT_OFF`] intervals after
+//! the last: the Lease, which lasts the offline threshold (several intervals), never looks
+//! expired to someone reading it while its device is online. A change reaching 10,000
+//! devices is a status write each, and renewals were most of the apiserver's writes
+//! meanwhile.
 
 use std::time::Duration;
 
@@ -15,6 +23,9 @@ use tokio::sync::watch;
 
 use crate::backoff::{Jittered, around};
 use crate::link::{Failure, within_deadline};
+
+/// The most intervals a renewal may follow the one before while status writes put it off.
+pub const LONGEST_PUT_OFF: u32 = 2;
 
 /// Renews `device`'s Lease once: a merge patch of the holder and the renewal time under the
 /// agent's own field manager, which the controller reads as the device's presence. A merge
@@ -40,7 +51,10 @@ pub async fn renew(leases: &Api<Lease>, device: &str) -> kube::Result<Lease> {
 
 /// Renews the Lease every `interval` (jittered, so that a fleet started together does not
 /// renew in lockstep) and tells `link_up` whether the apiserver answers. A renewal refused
-/// for load waits for its next turn: the offline threshold spans several intervals.
+/// for load waits for its next turn: the offline threshold spans several intervals. A
+/// status written (`reported`, by the status writer) while renewals succeed puts the next
+/// one off to an interval after it (at most [`LONGEST_PUT_OFF`] intervals after the last);
+/// while they fail, they go on probing the link.
 pub async fn heartbeat(
     client: Client,
     device: String,
@@ -48,6 +62,7 @@ pub async fn heartbeat(
     interval: Duration,
     max_backoff: Duration,
     link_up: watch::Sender<bool>,
+    mut reported: watch::Receiver<()>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client, &namespace);
     let mut backoff = Jittered::new(max_backoff);
@@ -80,7 +95,39 @@ pub async fn heartbeat(
                 }
             }
         };
-        tokio::time::sleep(pause).await;
+        rest(pause, interval, failing, &mut reported).await;
+    }
+}
+
+/// Waits `pause` before the next renewal; a status written meanwhile starts the wait over
+/// at `interval`, up to [`LONGEST_PUT_OFF`] intervals from now, unless renewals are
+/// `failing`.
+async fn rest(
+    pause: Duration,
+    interval: Duration,
+    failing: bool,
+    reported: &mut watch::Receiver<()>,
+) {
+    let latest = tokio::time::Instant::now() + interval * LONGEST_PUT_OFF;
+    let until = tokio::time::sleep(pause);
+    tokio::pin!(until);
+    // A status writer that has stopped writes nothing more to wait for.
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            () = &mut until => return,
+            written = reported.changed(), if listening => match written {
+                Ok(()) if !failing => {
+                    // Never sooner than it was due.
+                    let put_off = (tokio::time::Instant::now() + around(interval))
+                        .min(latest)
+                        .max(until.deadline());
+                    until.as_mut().reset(put_off);
+                }
+                Ok(()) => {}
+                Err(_) => listening = false,
+            },
+        }
     }
 }
 
@@ -93,8 +140,28 @@ mod tests {
 
     /// Runs the heartbeat for `run` of paused time; the requests it made and the link's state.
     async fn beat(status: Option<u16>, delay: Duration, run: Duration) -> (usize, bool) {
+        beat_reported(status, delay, run, None).await
+    }
+
+    /// [`beat`], with the status writer reporting a write every `reports` if given.
+    async fn beat_reported(
+        status: Option<u16>,
+        delay: Duration,
+        run: Duration,
+        reports: Option<Duration>,
+    ) -> (usize, bool) {
         let (client, count) = apiserver(status, delay);
         let (link_tx, link_rx) = watch::channel(false);
+        let (reported_tx, reported_rx) = watch::channel(());
+        let writer = tokio::spawn(async move {
+            let Some(every) = reports else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                reported_tx.send_replace(());
+            }
+        });
         let interval = Duration::from_secs(10);
         let max_backoff = Duration::from_secs(2);
         let heart = tokio::spawn(heartbeat(
@@ -104,10 +171,39 @@ mod tests {
             interval,
             max_backoff,
             link_tx,
+            reported_rx,
         ));
         tokio::time::sleep(run).await;
         heart.abort();
+        writer.abort();
         (count.load(Ordering::SeqCst), *link_rx.borrow())
+    }
+
+    /// The controller hears a status write like a renewal: an agent writing its status every
+    /// 5 s renews every 20 s (the longest a renewal is put off), not every 10 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_status_written_puts_the_next_renewal_off() {
+        let (quiet, _) = beat(Some(200), Duration::ZERO, Duration::from_secs(60)).await;
+        assert!((6..=8).contains(&quiet), "{quiet} renewals in 60 s");
+        let every = Some(Duration::from_secs(5));
+        let (reporting, up) =
+            beat_reported(Some(200), Duration::ZERO, Duration::from_secs(60), every).await;
+        assert!(up);
+        assert!(
+            (3..=4).contains(&reporting),
+            "{reporting} renewals in 60 s of status writes"
+        );
+    }
+
+    /// While renewals get no answer they go on probing the link at the backoff, status
+    /// writes or not: they tell the agent when the apiserver is back.
+    #[tokio::test(start_paused = true)]
+    async fn a_status_written_does_not_hold_up_probing_a_link_down() {
+        let every = Some(Duration::from_millis(500));
+        let (requests, up) =
+            beat_reported(None, Duration::ZERO, Duration::from_secs(60), every).await;
+        assert!(!up);
+        assert!(requests >= 25, "{requests} probes in 60 s");
     }
 
     #[tokio::test(start_paused = true)]

@@ -149,6 +149,8 @@ pub async fn run_with<R: Runtime>(
             }
         }
     }
+    // The status writer's writes, which the heartbeat hears as renewals.
+    let (reported_tx, reported_rx) = watch::channel(());
     let _tasks = Tasks(vec![
         tokio::spawn(desired::watch(
             client.clone(),
@@ -164,6 +166,7 @@ pub async fn run_with<R: Runtime>(
             config.lease_interval,
             config.max_backoff,
             link_tx,
+            reported_rx,
         )),
         tokio::spawn(status_writer::run(
             client,
@@ -171,6 +174,7 @@ pub async fn run_with<R: Runtime>(
             config.max_backoff,
             status_rx,
             link_rx,
+            reported_tx,
         )),
     ]);
 

@@ -46,12 +46,15 @@ fn hold(status: &EdgeDeviceStatus) -> Option<Duration> {
     starting.then_some(SETTLE)
 }
 
+/// Writes each `status` as said above, and tells `reported` of every write made: the
+/// heartbeat puts its next renewal off, since the controller hears the device in it.
 pub async fn run(
     client: Client,
     device: String,
     max_backoff: Duration,
     mut status: watch::Receiver<Option<EdgeDeviceStatus>>,
     mut link_up: watch::Receiver<bool>,
+    reported: watch::Sender<()>,
 ) {
     let api: Api<EdgeDevice> = Api::all(client);
     let mut written: Option<EdgeDeviceStatus> = None;
@@ -82,6 +85,7 @@ pub async fn run(
             }
             match within_deadline(write(&api, &device, &want)).await {
                 Ok(()) => {
+                    reported.send_replace(());
                     held = None;
                     written = Some(want);
                     backoff.reset();
@@ -192,6 +196,7 @@ mod tests {
             Duration::from_secs(2),
             rx,
             link_rx,
+            watch::channel(()).0,
         ));
         for (after, status) in statuses {
             tokio::time::sleep(after).await;
