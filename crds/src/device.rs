@@ -1,6 +1,7 @@
 //! EdgeDevice: one per device, named like its Node. The controller owns `spec.desired` and
 //! the Online and Registered conditions; the device's agent owns the rest of the status.
-//! Heartbeats go to a Lease, not to this object, so idle devices cost no writes.
+//! Heartbeats go to a Lease, not to this object, so idle devices cost no writes; the
+//! controller also hears a device in its status writes (`status_written`).
 
 use std::sync::Arc;
 
@@ -19,7 +20,8 @@ use crate::route::Route;
 
 /// Condition types on an EdgeDevice.
 pub mod conditions {
-    /// Controller: the Lease was renewed within the offline threshold.
+    /// Controller: the agent renewed its Lease or wrote its status within the offline
+    /// threshold.
     pub const ONLINE: &str = "Online";
     /// Controller: the device's Node exists and carries the device label.
     pub const REGISTERED: &str = "Registered";

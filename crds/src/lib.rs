@@ -17,6 +17,7 @@ pub mod names;
 pub mod rollout;
 pub mod route;
 pub mod schema;
+pub mod status_written;
 
 pub use condition::{Condition, ConditionStatus};
 pub use deployment::{

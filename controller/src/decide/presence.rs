@@ -5,25 +5,23 @@
 //! 10,000 devices renewals were 57 to 61 % of the apiserver's writes, and each agent writes
 //! its status once; the renewal it then skips is a write the apiserver does not make.
 //!
-//! When the status was written is the apiserver's word, not the device's: the time of the
-//! agent's entry in the EdgeDevice's managed fields, which the apiserver sets when an apply
-//! changes the object (an apply that changes nothing is no write and moves no time), and
-//! which a client cannot write. A Lease's `renewTime` is the device's own clock. Pure,
-//! given the time.
+//! When the status was written is the apiserver's word, not the device's
+//! (`edgefleet_crds::status_written`). A Lease's `renewTime` is the device's own clock. Either time is kept no later than when
+//! the controller saw it ([`keep_status_written`], `KeptLease::keep`): a time in the future,
+//! a device's clock running ahead or an entry forged by someone who may write the whole
+//! EdgeDevice (an administrator's tool), counts as heard then, and runs out an offline
+//! threshold later. Pure, given the time.
 
 use std::time::Duration;
 
 use edgefleet_crds::condition;
 use edgefleet_crds::device::conditions::ONLINE;
-use edgefleet_crds::identity::AGENT_MANAGER;
+use edgefleet_crds::status_written::is_agents;
 use edgefleet_crds::{EdgeDevice, EdgeDeviceStatus};
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
 
 use crate::k8s::kept_lease::KeptLease;
-
-/// The subresource the agent's status writes go to, as managed fields name it.
-const STATUS_SUBRESOURCE: &str = "status";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Presence {
@@ -32,39 +30,29 @@ pub struct Presence {
     pub recheck_in: Option<Duration>,
 }
 
-/// Whether the agent's managed-fields entry is `entry`: the one its status writes update.
-fn is_agents_status(entry: &ManagedFieldsEntry) -> bool {
-    entry.manager.as_deref() == Some(AGENT_MANAGER)
-        && entry.subresource.as_deref() == Some(STATUS_SUBRESOURCE)
-}
-
 /// When the agent last changed its device's status, as the apiserver recorded it.
 pub fn status_written(device: &EdgeDevice) -> Option<Timestamp> {
-    device
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|e| is_agents_status(e))
-        .find_map(|e| e.time.as_ref())
-        .map(|t| t.0)
+    edgefleet_crds::status_written::status_written(&device.metadata).map(|t| t.0)
 }
 
 /// Keeps of `device`'s managed fields only the agent's status entry, and of it only what
-/// [`status_written`] reads: the rest is a field set per manager that nothing here reads,
-/// often the largest part of the object.
+/// [`status_written`] reads, its time no later than now (when the controller sees it): the
+/// rest is a field set per manager that nothing here reads, often the largest part of the
+/// object.
 pub fn keep_status_written(device: &mut EdgeDevice) {
+    let seen = Timestamp::now();
     let kept = device
         .metadata
         .managed_fields
         .take()
         .into_iter()
         .flatten()
-        .find(is_agents_status)
+        .find(is_agents)
         .map(|e| ManagedFieldsEntry {
             manager: e.manager,
+            operation: e.operation,
             subresource: e.subresource,
-            time: e.time,
+            time: e.time.map(|t| Time(t.0.min(seen))),
             ..ManagedFieldsEntry::default()
         });
     device.metadata.managed_fields = kept.map(|e| vec![e]);
@@ -117,9 +105,10 @@ pub fn hearing_may_change(reported: Option<&EdgeDeviceStatus>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use edgefleet_crds::identity::CONTROLLER_MANAGER;
+    use edgefleet_crds::identity::{AGENT_MANAGER, CONTROLLER_MANAGER};
+    use edgefleet_crds::status_written::{APPLY_OPERATION, STATUS_SUBRESOURCE};
     use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, MicroTime, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, MicroTime};
 
     use super::*;
 
@@ -188,12 +177,13 @@ mod tests {
         );
     }
 
-    /// Only the agent's own status writes count, and the cache keeps their time alone.
+    /// The cache keeps the agent's status entry (which entries count: `edgefleet_crds`'
+    /// `status_written`) without its field set, and no other.
     #[test]
     fn the_cache_keeps_when_the_agent_wrote_its_status_and_nothing_else() {
         let entry = |manager: &str, subresource: Option<&str>, at: &str| ManagedFieldsEntry {
             manager: Some(manager.into()),
-            operation: Some("Apply".into()),
+            operation: Some(APPLY_OPERATION.into()),
             subresource: subresource.map(Into::into),
             time: Some(Time(at.parse().expect("ts"))),
             fields_v1: Some(FieldsV1(serde_json::json!({"f:status": {}}))),
@@ -202,9 +192,6 @@ mod tests {
         let mut device = EdgeDevice::new("edge-1", Default::default());
         device.metadata.managed_fields = Some(vec![
             entry(CONTROLLER_MANAGER, Some("status"), "2026-01-01T00:00:59Z"),
-            entry("kubectl-edit", Some("status"), "2026-01-01T00:00:58Z"),
-            // The agent writes only its status; an entry of its name elsewhere is no status write.
-            entry(AGENT_MANAGER, None, "2026-01-01T00:00:57Z"),
             entry(AGENT_MANAGER, Some("status"), "2026-01-01T00:00:30Z"),
         ]);
         let written = Some("2026-01-01T00:00:30Z".parse().expect("ts"));
@@ -217,7 +204,7 @@ mod tests {
             .as_deref()
             .unwrap_or_default();
         assert_eq!(kept.len(), 1);
-        assert_eq!((&kept[0].fields_v1, &kept[0].operation), (&None, &None));
+        assert_eq!(kept[0].fields_v1, None);
 
         let mut never = EdgeDevice::new("edge-2", Default::default());
         never.metadata.managed_fields = Some(vec![entry(
@@ -230,6 +217,33 @@ mod tests {
             (status_written(&never), never.metadata.managed_fields),
             (None, None)
         );
+    }
+
+    /// A time in the future, from a device's clock (its Lease) or from an entry forged by
+    /// someone who may write the whole EdgeDevice, counts as heard when the controller saw
+    /// it, and runs out a threshold later: not as heard for as long as the clock says.
+    #[test]
+    fn a_time_in_the_future_is_heard_when_seen_not_then() {
+        let before = Timestamp::now();
+        let future = "2099-01-01T00:00:00Z";
+        let kept = lease(future);
+        let renewed = kept.renewed.as_ref().map(|t| t.0).expect("renewed");
+        let mut forged = EdgeDevice::new("edge-1", Default::default());
+        forged.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(AGENT_MANAGER.into()),
+            operation: Some(APPLY_OPERATION.into()),
+            subresource: Some(STATUS_SUBRESOURCE.into()),
+            time: Some(Time(future.parse().expect("ts"))),
+            ..ManagedFieldsEntry::default()
+        }]);
+        keep_status_written(&mut forged);
+        let written = status_written(&forged).expect("written");
+        let after = Timestamp::now();
+        for seen in [renewed, written] {
+            assert!(before <= seen && seen <= after, "{seen}");
+            let later = seen + jiff::SignedDuration::from_secs(41);
+            assert!(!presence(Some(seen), later, Duration::from_secs(40)).online);
+        }
     }
 
     /// Renewals wake the device reconcile only while the device is not reported online:

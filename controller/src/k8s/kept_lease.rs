@@ -19,7 +19,9 @@ use crate::k8s::watches::keep_name_only;
 pub struct KeptLease {
     /// Name, namespace, uid and resourceVersion: what the cache and its watch need.
     metadata: ObjectMeta,
-    /// When the agent last renewed it (`spec.renewTime`).
+    /// When the agent last renewed it (`spec.renewTime`), though no later than when the
+    /// controller saw the renewal: the device sets the time, and one in the future would
+    /// otherwise keep it online for as long as it liked after it went silent.
     pub renewed: Option<MicroTime>,
     /// The registry's fingerprint (`REGISTRATION_ANNOTATION`), when it wrote one.
     pub registration: Option<String>,
@@ -36,7 +38,12 @@ impl KeptLease {
             .as_mut()
             .and_then(|a| a.remove(REGISTRATION_ANNOTATION))
             .filter(|f| f.len() == FINGERPRINT_LEN);
-        let renewed = lease.spec.take().and_then(|s| s.renew_time);
+        let seen = jiff::Timestamp::now();
+        let renewed = lease
+            .spec
+            .take()
+            .and_then(|s| s.renew_time)
+            .map(|t| MicroTime(t.0.min(seen)));
         keep_name_only(&mut lease);
         KeptLease {
             metadata: lease.metadata,

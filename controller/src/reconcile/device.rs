@@ -91,13 +91,17 @@ pub fn controller_conditions(
             format!("not enrolled: {why}"),
         ),
     };
+    // The messages name the Lease alone, as before status writes were heard too: a change
+    // of wording would rewrite every device's status once when the controller is upgraded,
+    // and they stay true, an agent whose renewals succeed renewing at least every two
+    // intervals (`edgefleet_agent::lease`).
     let online = match (online, ever_heard) {
         (true, _) => Condition::new(
             ONLINE,
             ConditionStatus::True,
             "LeaseRenewed",
             format!(
-                "the agent renewed its Lease or wrote its status within {}s",
+                "the agent renewed its Lease within {}s",
                 threshold.as_secs()
             ),
         ),
@@ -106,7 +110,7 @@ pub fn controller_conditions(
             ConditionStatus::False,
             "LeaseExpired",
             format!(
-                "the agent has neither renewed its Lease nor written its status for {}s",
+                "the agent has not renewed its Lease for {}s",
                 threshold.as_secs()
             ),
         ),
@@ -114,7 +118,7 @@ pub fn controller_conditions(
             ONLINE,
             ConditionStatus::False,
             "NeverSeen",
-            "the agent has never renewed its Lease nor written its status",
+            "the agent has never renewed its Lease",
         ),
     };
     let valid = if status_problems.is_empty() {
@@ -418,6 +422,7 @@ async fn report_module_failures(ctx: &Context, device: &EdgeDevice, desired: &De
 #[cfg(test)]
 mod tests {
     use edgefleet_crds::identity::AGENT_MANAGER;
+    use edgefleet_crds::status_written::{APPLY_OPERATION, STATUS_SUBRESOURCE};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
     use super::*;
@@ -486,7 +491,8 @@ mod tests {
             let mut d = reporting(APP, conditions);
             d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
                 manager: Some(AGENT_MANAGER.into()),
-                subresource: Some("status".into()),
+                operation: Some(APPLY_OPERATION.into()),
+                subresource: Some(STATUS_SUBRESOURCE.into()),
                 time: Some(Time(at.parse().expect("ts"))),
                 ..ManagedFieldsEntry::default()
             }]);
