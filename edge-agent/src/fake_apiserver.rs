@@ -5,28 +5,38 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use edgefleet_crds::identity::AGENT_MANAGER;
+use edgefleet_crds::status_written::{APPLY_OPERATION, STATUS_SUBRESOURCE};
 use kube::Client;
 use kube::client::Body;
 use serde_json::json;
 
 /// A client whose every request is answered with `status` after `delay` (or, with `None`,
 /// not at all: the connection fails), counting the requests. A success answers with the
-/// Lease or the EdgeDevice the request wrote (a renewal, a status), a 500 with the text the apiserver's
+/// Lease or the EdgeDevice the request wrote (a renewal, a status; each status write a
+/// change, at a time of its own in the agent's managed-fields entry), a 500 with the text the apiserver's
 /// authorization filter writes when it cannot reach an authorizer, another failure with a
 /// Status.
 pub fn apiserver(status: Option<u16>, delay: Duration) -> (Client, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
     let service = tower::service_fn(move |r: http::Request<Body>| {
-        seen.fetch_add(1, Ordering::SeqCst);
+        let n = seen.fetch_add(1, Ordering::SeqCst);
         let answer = status.map(|code| {
             let body = if (200..300).contains(&code) && r.uri().path().contains("/leases/") {
                 json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                        "metadata": {"name": "edgefleet-device-edge-1"}, "spec": {}})
                 .to_string()
             } else if (200..300).contains(&code) {
+                // The n-th write changed the object: the agent's entry records its time.
+                let at = format!("2026-01-01T00:{:02}:{:02}Z", n / 60 % 60, n % 60);
                 json!({"apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
-                       "metadata": {"name": "edge-1"}, "spec": {}})
+                       "metadata": {"name": "edge-1", "managedFields": [{
+                           "manager": AGENT_MANAGER, "operation": APPLY_OPERATION,
+                           "subresource": STATUS_SUBRESOURCE, "time": at,
+                           "apiVersion": "edgefleet.io/v1alpha1", "fieldsType": "FieldsV1",
+                           "fieldsV1": {"f:status": {}}}]},
+                       "spec": {}})
                 .to_string()
             } else if code == 500 {
                 format!(

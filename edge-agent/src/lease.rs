@@ -4,12 +4,13 @@
 //! reports at once.
 //!
 //! A status write is heard from the device too: the controller counts the time the
-//! apiserver recorded for it like a renewal (its `decide::presence`), so after one the next
-//! renewal waits a whole interval, though never past [`LONGEST_PUT_OFF`] intervals after
-//! the last: the Lease, which lasts the offline threshold (several intervals), never looks
-//! expired to someone reading it while its device is online. A change reaching 10,000
-//! devices is a status write each, and renewals were most of the apiserver's writes
-//! meanwhile.
+//! apiserver recorded for it like a renewal (its `decide::presence`), so after one the
+//! status writer says the controller heard, the next renewal waits an interval from it,
+//! though it is never sent more than [`LONGEST_PUT_OFF`] intervals after the last: with the
+//! offline threshold at three intervals or more (the chart's is four), the Lease alone keeps
+//! an agent online, and never looks expired to someone reading it while its device is. A
+//! change reaching 10,000 devices is a status write each, and renewals were most of the
+//! apiserver's writes meanwhile.
 
 use std::time::Duration;
 
@@ -24,7 +25,8 @@ use tokio::sync::watch;
 use crate::backoff::{Jittered, around};
 use crate::link::{Failure, within_deadline};
 
-/// The most intervals a renewal may follow the one before while status writes put it off.
+/// The most intervals a renewal may be sent after the one before while status writes put it
+/// off.
 pub const LONGEST_PUT_OFF: u32 = 2;
 
 /// Renews `device`'s Lease once: a merge patch of the holder and the renewal time under the
@@ -68,6 +70,7 @@ pub async fn heartbeat(
     let mut backoff = Jittered::new(max_backoff);
     let mut failing = false;
     loop {
+        let sent = tokio::time::Instant::now();
         let outcome = within_deadline(renew(&leases, &device)).await;
         let answered = outcome.as_ref().map_or_else(Failure::answered, |_| true);
         if link_up.send_if_modified(|up| std::mem::replace(up, answered) != answered) {
@@ -95,20 +98,22 @@ pub async fn heartbeat(
                 }
             }
         };
-        rest(pause, interval, failing, &mut reported).await;
+        let latest = sent + interval * LONGEST_PUT_OFF;
+        rest(pause, interval, latest, failing, &mut reported).await;
     }
 }
 
 /// Waits `pause` before the next renewal; a status written meanwhile starts the wait over
-/// at `interval`, up to [`LONGEST_PUT_OFF`] intervals from now, unless renewals are
-/// `failing`.
+/// at `interval`, up to `latest`, unless renewals are `failing`. Statuses written before
+/// the wait began were written before the renewal was answered, which says as much.
 async fn rest(
     pause: Duration,
     interval: Duration,
+    latest: tokio::time::Instant,
     failing: bool,
     reported: &mut watch::Receiver<()>,
 ) {
-    let latest = tokio::time::Instant::now() + interval * LONGEST_PUT_OFF;
+    reported.mark_unchanged();
     let until = tokio::time::sleep(pause);
     tokio::pin!(until);
     // A status writer that has stopped writes nothing more to wait for.
@@ -140,27 +145,31 @@ mod tests {
 
     /// Runs the heartbeat for `run` of paused time; the requests it made and the link's state.
     async fn beat(status: Option<u16>, delay: Duration, run: Duration) -> (usize, bool) {
-        beat_reported(status, delay, run, None).await
+        beat_reported(status, delay, run, Some(vec![])).await
     }
 
-    /// [`beat`], with the status writer reporting a write every `reports` if given.
+    /// [`beat`], the status writer reporting writes the controller heard at `reports` (times
+    /// from the start), or, with `None`, gone from the start.
     async fn beat_reported(
         status: Option<u16>,
         delay: Duration,
         run: Duration,
-        reports: Option<Duration>,
+        reports: Option<Vec<Duration>>,
     ) -> (usize, bool) {
         let (client, count) = apiserver(status, delay);
         let (link_tx, link_rx) = watch::channel(false);
         let (reported_tx, reported_rx) = watch::channel(());
+        let start = tokio::time::Instant::now();
         let writer = tokio::spawn(async move {
-            let Some(every) = reports else {
-                return std::future::pending().await;
+            let Some(reports) = reports else {
+                return drop(reported_tx);
             };
-            loop {
-                tokio::time::sleep(every).await;
+            for at in reports {
+                tokio::time::sleep_until(start + at).await;
                 reported_tx.send_replace(());
             }
+            // Holds the sender to the end: its drop says the writer has stopped.
+            std::future::pending().await
         });
         let interval = Duration::from_secs(10);
         let max_backoff = Duration::from_secs(2);
@@ -179,15 +188,39 @@ mod tests {
         (count.load(Ordering::SeqCst), *link_rx.borrow())
     }
 
-    /// The controller hears a status write like a renewal: an agent writing its status every
-    /// 5 s renews every 20 s (the longest a renewal is put off), not every 10 s.
+    /// The status writes the controller heard every 5 s, over `run`.
+    fn every_5_s(run: u64) -> Option<Vec<Duration>> {
+        Some((1..run / 5).map(|i| Duration::from_secs(5 * i)).collect())
+    }
+
+    /// The controller hears a status write like a renewal: the renewal after one waits an
+    /// interval (10 s) from it. At 5 s the renewal due at 10 s goes to 15 s, not to 20 s.
     #[tokio::test(start_paused = true)]
-    async fn a_status_written_puts_the_next_renewal_off() {
+    async fn a_status_written_puts_the_next_renewal_off_by_an_interval() {
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        let (quiet, _) = beat(Some(200), Duration::ZERO, secs(13.5)).await;
+        assert_eq!(quiet, 2, "renewals in 13.5 s");
+        let at_5 = || Some(vec![secs(5.0)]);
+        let (put_off, up) = beat_reported(Some(200), Duration::ZERO, secs(13.5), at_5()).await;
+        assert!(up);
+        assert_eq!(put_off, 1, "renewals in 13.5 s, a status written at 5 s");
+        let (put_off, _) = beat_reported(Some(200), Duration::ZERO, secs(17.0), at_5()).await;
+        assert_eq!(put_off, 2, "renewals in 17 s, a status written at 5 s");
+    }
+
+    /// However often the status is written, a renewal is sent at least every two intervals:
+    /// an agent writing its status every 5 s renews every 20 s, not never.
+    #[tokio::test(start_paused = true)]
+    async fn status_writes_put_renewals_off_two_intervals_at_most() {
         let (quiet, _) = beat(Some(200), Duration::ZERO, Duration::from_secs(60)).await;
         assert!((6..=8).contains(&quiet), "{quiet} renewals in 60 s");
-        let every = Some(Duration::from_secs(5));
-        let (reporting, up) =
-            beat_reported(Some(200), Duration::ZERO, Duration::from_secs(60), every).await;
+        let (reporting, up) = beat_reported(
+            Some(200),
+            Duration::ZERO,
+            Duration::from_secs(60),
+            every_5_s(60),
+        )
+        .await;
         assert!(up);
         assert!(
             (3..=4).contains(&reporting),
@@ -195,11 +228,18 @@ mod tests {
         );
     }
 
-    /// While renewals get no answer they go on probing the link at the backoff, status
-    /// writes or not: they tell the agent when the apiserver is back.
+    /// A status writer that has stopped leaves the heartbeat renewing at its interval.
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_outlives_its_status_writer() {
+        let (renewals, up) =
+            beat_reported(Some(200), Duration::ZERO, Duration::from_secs(60), None).await;
+        assert!(up);
+        assert!((6..=8).contains(&renewals), "{renewals} renewals in 60 s");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_status_written_does_not_hold_up_probing_a_link_down() {
-        let every = Some(Duration::from_millis(500));
+        let every = Some((1..120).map(|i| Duration::from_millis(500 * i)).collect());
         let (requests, up) =
             beat_reported(None, Duration::ZERO, Duration::from_secs(60), every).await;
         assert!(!up);

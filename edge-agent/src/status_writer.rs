@@ -16,7 +16,9 @@
 use std::time::Duration;
 
 use edgefleet_crds::identity::AGENT_MANAGER;
+use edgefleet_crds::status_written::status_written;
 use edgefleet_crds::{EdgeDevice, EdgeDeviceStatus, RuntimeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::utils::Backoff;
 use kube::{Api, Client, Resource};
@@ -46,8 +48,8 @@ fn hold(status: &EdgeDeviceStatus) -> Option<Duration> {
     starting.then_some(SETTLE)
 }
 
-/// Writes each `status` as said above, and tells `reported` of every write made: the
-/// heartbeat puts its next renewal off, since the controller hears the device in it.
+/// Writes each `status` as said above, and tells `reported` of every write the controller
+/// hears ([`heard`]): the heartbeat puts its next renewal off.
 pub async fn run(
     client: Client,
     device: String,
@@ -66,6 +68,8 @@ pub async fn run(
     let mut held: Option<(tokio::time::Instant, Duration)> = None;
     // The link went down: once it is back, the apiserver may not have what was written.
     let mut lost = false;
+    // When the apiserver last recorded a status write of this agent, as the last answer said.
+    let mut recorded: Option<Time> = None;
     loop {
         let want = status.borrow_and_update().clone();
         if let Some(want) = want.filter(|w| written.as_ref() != Some(w)) {
@@ -84,8 +88,12 @@ pub async fn run(
                 }
             }
             match within_deadline(write(&api, &device, &want)).await {
-                Ok(()) => {
-                    reported.send_replace(());
+                Ok(answer) => {
+                    let now_recorded = status_written(&answer.metadata).cloned();
+                    if heard(recorded.as_ref(), now_recorded.as_ref()) {
+                        reported.send_replace(());
+                    }
+                    recorded = now_recorded;
                     held = None;
                     written = Some(want);
                     backoff.reset();
@@ -127,7 +135,19 @@ pub async fn run(
     }
 }
 
-async fn write(api: &Api<EdgeDevice>, device: &str, status: &EdgeDeviceStatus) -> kube::Result<()> {
+/// Whether a write whose answer says the apiserver recorded the agent's last status write
+/// at `now`, the one before at `before`, is one the controller hears: one that changed the
+/// object moves the time; one that changed nothing (the same status sent again after an
+/// outage) does not. The first answer has nothing to compare with and counts as none.
+fn heard(before: Option<&Time>, now: Option<&Time>) -> bool {
+    matches!((before, now), (Some(b), Some(n)) if b != n)
+}
+
+async fn write(
+    api: &Api<EdgeDevice>,
+    device: &str,
+    status: &EdgeDeviceStatus,
+) -> kube::Result<EdgeDevice> {
     let patch = json!({
         "apiVersion": EdgeDevice::api_version(&()),
         "kind": EdgeDevice::kind(&()),
@@ -140,7 +160,6 @@ async fn write(api: &Api<EdgeDevice>, device: &str, status: &EdgeDeviceStatus) -
         &Patch::Apply(patch),
     )
     .await
-    .map(|_| ())
 }
 
 #[cfg(test)]
@@ -205,6 +224,47 @@ mod tests {
         tokio::time::sleep_until(start + end).await;
         writer.abort();
         count.load(Ordering::SeqCst)
+    }
+
+    /// Only a write that moved the time the apiserver records is heard: not the first (it
+    /// has nothing to compare with), not the same status sent again, which changes nothing.
+    #[test]
+    fn a_write_is_heard_when_it_moved_the_recorded_time() {
+        let at = |s: &str| Time(s.parse().expect("ts"));
+        let (t1, t2) = (at("2026-01-01T00:00:01Z"), at("2026-01-01T00:00:02Z"));
+        assert!(heard(Some(&t1), Some(&t2)));
+        assert!(!heard(Some(&t1), Some(&t1)), "changed nothing");
+        assert!(!heard(None, Some(&t1)), "the first answer");
+        assert!(!heard(Some(&t1), None), "no entry of the agent's");
+    }
+
+    /// The heartbeat is told of the writes heard: the second status written, not the first.
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_is_told_of_the_writes_heard() {
+        let (client, _) = apiserver(Some(200), Duration::ZERO);
+        let (tx, rx) = watch::channel(with_module("r1", RuntimeStatus::Running));
+        let (_link_tx, link_rx) = watch::channel(true);
+        let (reported_tx, reported) = watch::channel(());
+        let writer = tokio::spawn(run(
+            client,
+            "edge-1".into(),
+            Duration::from_secs(2),
+            rx,
+            link_rx,
+            reported_tx,
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !reported.has_changed().expect("writer runs"),
+            "the first write"
+        );
+        tx.send_replace(with_module("r2", RuntimeStatus::Running));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            reported.has_changed().expect("writer runs"),
+            "the second write"
+        );
+        writer.abort();
     }
 
     /// A change whose module starts a second after it is applied is one write, not two.
