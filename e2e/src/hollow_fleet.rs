@@ -18,7 +18,7 @@ use edgefleet_agent::join::{Credential, kubeconfig};
 use edgefleet_crds::EdgeDevice;
 use edgefleet_crds::identity::{DEVICE_LABEL, DEVICE_LABEL_VALUE, DEVICES_GROUP, device_user};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
@@ -216,6 +216,34 @@ pub async fn register(
     d.metadata.labels = Some(labels.clone());
     let devices: Api<EdgeDevice> = Api::all(admin.clone());
     ok_if_there(devices.create(&PostParams::default(), &d).await.map(|_| ()))
+}
+
+/// Removes the Nodes and EdgeDevices labelled `label=yes` (their Leases and RBAC go with
+/// the EdgeDevices), and waits until the EdgeDevices are gone: a test's, also what an
+/// earlier run of it left.
+pub async fn unregister_labelled(admin: &Client, label: &str) {
+    let mine = ListParams::default().labels(&format!("{label}=yes"));
+    let dp = DeleteParams::default();
+    let devices = Api::<EdgeDevice>::all(admin.clone());
+    let _ = devices.delete_collection(&dp, &mine).await;
+    let _ = Api::<Node>::all(admin.clone())
+        .delete_collection(&dp, &mine)
+        .await;
+    crate::wait_for(
+        &format!("the EdgeDevices labelled {label} to go"),
+        Duration::from_secs(60),
+        || async {
+            let left = devices
+                .list_metadata(&mine)
+                .await
+                .map_err(|e| e.to_string())?;
+            left.items
+                .is_empty()
+                .then_some(())
+                .ok_or(format!("{} left", left.items.len()))
+        },
+    )
+    .await;
 }
 
 /// Rolls out module `app` (an image no hollow runtime needs to pull) to the devices labelled

@@ -14,12 +14,13 @@ use edgefleet_agent::apiserver::Protocol;
 use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
 use edgefleet_crds::{EdgeDeployment, EdgeDevice};
 use edgefleet_e2e::hollow::Behaviour;
-use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, LabCa, Timing, register, roll_out_app};
+use edgefleet_e2e::hollow_fleet::{
+    Cluster, HollowFleet, LabCa, Timing, register, roll_out_app, unregister_labelled,
+};
 use edgefleet_e2e::{
     ControllerProcess, Lab, controller_binary, fresh_namespace, install_and_enrol, wait_for,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -35,7 +36,7 @@ async fn devices_authorized_by_the_webhook_reach_only_their_own_objects() {
     let lab = Lab::get();
     let admin = lab.client().await;
     install_and_enrol(&admin).await;
-    remove_leftovers(&admin).await;
+    unregister_labelled(&admin, LABEL).await;
     let ns = fresh_namespace(&admin, "e2e-authz").await;
     let info = lab.info("edge-1");
     let addr = format!("127.0.0.1:{}", info.webhook_port);
@@ -129,7 +130,7 @@ async fn devices_authorized_by_the_webhook_reach_only_their_own_objects() {
     )
     .await;
     drop(ctrl);
-    remove_leftovers(&admin).await;
+    unregister_labelled(&admin, LABEL).await;
 }
 
 /// With `device`'s certificate: its own EdgeDevice is readable, and another device's
@@ -196,30 +197,4 @@ async fn a_device_reaches_only_its_own_objects(device: &Client) {
             .await
             .map(|_| ()),
     );
-}
-
-/// This test's Nodes and EdgeDevices (their Leases go with them), also an earlier run's.
-async fn remove_leftovers(admin: &Client) {
-    let mine = ListParams::default().labels(&format!("{LABEL}=yes"));
-    let dp = DeleteParams::default();
-    let devices = Api::<EdgeDevice>::all(admin.clone());
-    let _ = devices.delete_collection(&dp, &mine).await;
-    let _ = Api::<Node>::all(admin.clone())
-        .delete_collection(&dp, &mine)
-        .await;
-    wait_for(
-        "this test's EdgeDevices to go",
-        Duration::from_secs(60),
-        || async {
-            let left = devices
-                .list_metadata(&mine)
-                .await
-                .map_err(|e| e.to_string())?;
-            left.items
-                .is_empty()
-                .then_some(())
-                .ok_or(format!("{} left", left.items.len()))
-        },
-    )
-    .await;
 }
