@@ -184,6 +184,24 @@ mod tests {
         })
     }
 
+    /// The writer for device edge-1, on `client`, as the agent runs it.
+    fn spawn_writer(
+        client: Client,
+        status: watch::Receiver<Option<EdgeDeviceStatus>>,
+        link_up: watch::Receiver<bool>,
+        reported: watch::Sender<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let max_backoff = Duration::from_secs(2);
+        tokio::spawn(run(
+            client,
+            "edge-1".into(),
+            max_backoff,
+            status,
+            link_up,
+            reported,
+        ))
+    }
+
     /// Runs the writer over `statuses`, each `(after, status)` sent `after` the one before,
     /// and returns the writes made by `end` of paused time.
     async fn writes(statuses: Vec<(Duration, Option<EdgeDeviceStatus>)>, end: Duration) -> usize {
@@ -209,14 +227,7 @@ mod tests {
             // Holds the link's sender to the end: its drop would stop the writer.
             std::future::pending::<()>().await;
         });
-        let writer = tokio::spawn(run(
-            client,
-            "edge-1".into(),
-            Duration::from_secs(2),
-            rx,
-            link_rx,
-            watch::channel(()).0,
-        ));
+        let writer = spawn_writer(client, rx, link_rx, watch::channel(()).0);
         for (after, status) in statuses {
             tokio::time::sleep(after).await;
             tx.send_replace(status);
@@ -245,14 +256,7 @@ mod tests {
         let (tx, rx) = watch::channel(with_module("r1", RuntimeStatus::Running));
         let (_link_tx, link_rx) = watch::channel(true);
         let (reported_tx, reported) = watch::channel(());
-        let writer = tokio::spawn(run(
-            client,
-            "edge-1".into(),
-            Duration::from_secs(2),
-            rx,
-            link_rx,
-            reported_tx,
-        ));
+        let writer = spawn_writer(client, rx, link_rx, reported_tx);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(
             !reported.has_changed().expect("writer runs"),
