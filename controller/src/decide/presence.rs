@@ -1,16 +1,15 @@
 //! Whether a device is online: while the agent was last heard from within the offline
-//! threshold. It is heard from when it renews its Lease and when it writes its status: an
-//! agent that has just written its status puts off its next renewal by an interval
-//! (`edgefleet_agent::lease`), since the status write proved it alive. In a change at
-//! 10,000 devices renewals were 57 to 61 % of the apiserver's writes, and each agent writes
-//! its status once; the renewal it then skips is a write the apiserver does not make.
+//! threshold. It is heard from when it renews its Lease and when it writes its status: after
+//! a status write the controller hears, the agent's next renewal waits an interval from it
+//! (`edgefleet_agent::lease`). In a change at 10,000 devices renewals were 57 to 61 % of the
+//! apiserver's writes, and each agent writes its status once.
 //!
 //! When the status was written is the apiserver's word, not the device's
-//! (`edgefleet_crds::status_written`). A Lease's `renewTime` is the device's own clock. Either time is kept no later than when
-//! the controller saw it ([`keep_status_written`], `KeptLease::keep`): a time in the future,
-//! a device's clock running ahead or an entry forged by someone who may write the whole
-//! EdgeDevice (an administrator's tool), counts as heard then, and runs out an offline
-//! threshold later. Pure, given the time.
+//! (`edgefleet_crds::status_written`); a Lease's `renewTime` is the device's own clock.
+//! Either time is kept no later than when the controller saw it ([`keep_status_written`],
+//! `KeptLease::keep`): a time in the future, from a device's clock running ahead or an entry
+//! forged by someone who may write the whole EdgeDevice (an administrator's tool), counts as
+//! heard then, and runs out an offline threshold later. Pure, given the time.
 
 use std::time::Duration;
 
@@ -60,15 +59,16 @@ pub fn keep_status_written(device: &mut EdgeDevice) {
 
 /// Whether the agent was heard from (`last_heard`) within `threshold` of `now`.
 pub fn presence(last_heard: Option<Timestamp>, now: Timestamp, threshold: Duration) -> Presence {
-    let Some(renewed) = last_heard else {
+    let Some(heard) = last_heard else {
         return Presence {
             online: false,
             recheck_in: None,
         };
     };
-    let age = now.duration_since(renewed).unsigned_abs();
-    // A renewal in the future (clock skew) counts as just now.
-    let age = if renewed > now { Duration::ZERO } else { age };
+    let age = now.duration_since(heard).unsigned_abs();
+    // Heard in the future (the apiserver's clock ahead of the controller's, or a time the
+    // cache kept when it saw it, a moment ago) counts as just now.
+    let age = if heard > now { Duration::ZERO } else { age };
     if age < threshold {
         Presence {
             online: true,
