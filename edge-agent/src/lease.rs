@@ -4,13 +4,13 @@
 //! reports at once.
 //!
 //! A status write is heard from the device too: the controller counts the time the
-//! apiserver recorded for it like a renewal (its `decide::presence`), so after one the
-//! status writer says the controller heard, the next renewal waits an interval from it,
-//! though it is never sent more than [`LONGEST_PUT_OFF`] intervals after the last: with the
-//! offline threshold at three intervals or more (the chart's is four), the Lease alone keeps
-//! an agent online, and never looks expired to someone reading it while its device is. A
-//! change reaching 10,000 devices is a status write each, and renewals were most of the
-//! apiserver's writes meanwhile.
+//! apiserver recorded for it like a renewal (its `decide::presence`), so after a status
+//! write the controller heard (the status writer says which), the next renewal waits an
+//! interval from it, though it is never sent more than [`LONGEST_PUT_OFF`] intervals after
+//! the last: with the offline threshold at three intervals or more (the chart's is four),
+//! the Lease alone keeps an agent online, and never looks expired to someone reading it
+//! while its device is. A change reaching 10,000 devices is a status write each, and
+//! renewals were most of the apiserver's writes meanwhile.
 
 use std::time::Duration;
 
@@ -54,9 +54,9 @@ pub async fn renew(leases: &Api<Lease>, device: &str) -> kube::Result<Lease> {
 /// Renews the Lease every `interval` (jittered, so that a fleet started together does not
 /// renew in lockstep) and tells `link_up` whether the apiserver answers. A renewal refused
 /// for load waits for its next turn: the offline threshold spans several intervals. A
-/// status written (`reported`, by the status writer) while renewals succeed puts the next
-/// one off to an interval after it (at most [`LONGEST_PUT_OFF`] intervals after the last);
-/// while they fail, they go on probing the link.
+/// status write the controller heard (`reported`, by the status writer) while renewals
+/// succeed puts the next one off to an interval after it (at most [`LONGEST_PUT_OFF`]
+/// intervals after the last); while they fail, they go on probing the link.
 pub async fn heartbeat(
     client: Client,
     device: String,
