@@ -2,14 +2,21 @@
 //! threshold. It is heard from when it renews its Lease and when it writes its status: after
 //! a status write the controller hears, the agent's next renewal waits an interval from it
 //! (`edgefleet_agent::lease`). In a change at 10,000 devices renewals were 57 to 61 % of the
-//! apiserver's writes, and each agent writes its status once.
+//! apiserver's writes, and each agent writes its status once or twice.
 //!
 //! When the status was written is the apiserver's word, not the device's
 //! (`edgefleet_crds::status_written`); a Lease's `renewTime` is the device's own clock.
-//! Either time is kept no later than when the controller saw it ([`keep_status_written`],
-//! `KeptLease::keep`): a time in the future, from a device's clock running ahead or an entry
-//! forged by someone who may write the whole EdgeDevice (an administrator's tool), counts as
-//! heard then, and runs out an offline threshold later. Pure, given the time.
+//! - A renewal dated in the future (a device's clock running ahead, or a device keeping
+//!   itself online) counts as made when the controller read the Lease
+//!   (`KeptLease::keep`): at the renewal itself, or at a relist after a restart. It runs out
+//!   an offline threshold after that, not at its date.
+//! - A status write dated more than [`CLOCK_SKEW`] after the controller saw it is not heard
+//!   at all ([`keep_status_written`]): the apiserver writes that time with its own clock,
+//!   so such an entry was forged by someone who may write the whole EdgeDevice (an
+//!   administrator's tool). Clamping it instead would make it new again at every event of
+//!   the device, the controller's own writes included.
+//!
+//! The decisions are pure, given the time; the cache's trims read the clock.
 
 use std::time::Duration;
 
@@ -18,7 +25,7 @@ use edgefleet_crds::device::conditions::ONLINE;
 use edgefleet_crds::status_written::is_agents;
 use edgefleet_crds::{EdgeDevice, EdgeDeviceStatus};
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
 use crate::k8s::kept_lease::KeptLease;
 
@@ -29,17 +36,21 @@ pub struct Presence {
     pub recheck_in: Option<Duration>,
 }
 
+/// How far ahead of the controller's clock the apiserver's may run: a status write dated
+/// later than this after it was seen is not one the apiserver recorded.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(10);
+
 /// When the agent last changed its device's status, as the apiserver recorded it.
 pub fn status_written(device: &EdgeDevice) -> Option<Timestamp> {
     edgefleet_crds::status_written::status_written(&device.metadata).map(|t| t.0)
 }
 
 /// Keeps of `device`'s managed fields only the agent's status entry, and of it only what
-/// [`status_written`] reads, its time no later than now (when the controller sees it): the
-/// rest is a field set per manager that nothing here reads, often the largest part of the
-/// object.
+/// [`status_written`] reads, unless its time is more than [`CLOCK_SKEW`] ahead of now (when
+/// the controller sees it): the rest is a field set per manager that nothing here reads,
+/// often the largest part of the object.
 pub fn keep_status_written(device: &mut EdgeDevice) {
-    let seen = Timestamp::now();
+    let latest = Timestamp::now() + CLOCK_SKEW;
     let kept = device
         .metadata
         .managed_fields
@@ -47,11 +58,12 @@ pub fn keep_status_written(device: &mut EdgeDevice) {
         .into_iter()
         .flatten()
         .find(is_agents)
+        .filter(|e| e.time.as_ref().is_some_and(|t| t.0 <= latest))
         .map(|e| ManagedFieldsEntry {
             manager: e.manager,
             operation: e.operation,
             subresource: e.subresource,
-            time: e.time.map(|t| Time(t.0.min(seen))),
+            time: e.time,
             ..ManagedFieldsEntry::default()
         });
     device.metadata.managed_fields = kept.map(|e| vec![e]);
@@ -82,13 +94,40 @@ pub fn presence(last_heard: Option<Timestamp>, now: Timestamp, threshold: Durati
     }
 }
 
-/// When the agent was last heard from: its Lease's renewal or its status write, the later.
-pub fn last_heard(
+/// What the controller last heard of a device, which its Online condition says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// Its Lease was renewed within the threshold.
+    Renewal,
+    /// Its status was written within the threshold, its Lease not renewed.
+    StatusWrite,
+    /// Neither within the threshold.
+    Silence,
+    /// Neither, ever.
+    Nothing,
+}
+
+/// What was heard of a device whose Lease `lease` and whose agent last wrote its status at
+/// `status_written`, and whether that makes it online: the later of the two within
+/// `threshold` of `now`.
+pub fn heard(
     lease: Option<&KeptLease>,
     status_written: Option<Timestamp>,
-) -> Option<Timestamp> {
+    now: Timestamp,
+    threshold: Duration,
+) -> (Heard, Presence) {
     let renewed = lease.and_then(|l| l.renewed.as_ref()).map(|t| t.0);
-    renewed.max(status_written)
+    let p = presence(renewed.max(status_written), now, threshold);
+    let what = if presence(renewed, now, threshold).online {
+        Heard::Renewal
+    } else if p.online {
+        Heard::StatusWrite
+    } else if renewed.or(status_written).is_some() {
+        Heard::Silence
+    } else {
+        Heard::Nothing
+    };
+    (what, p)
 }
 
 /// Whether hearing from a device (a renewal of its Lease, a status write) can change what
@@ -108,7 +147,7 @@ mod tests {
     use edgefleet_crds::identity::{AGENT_MANAGER, CONTROLLER_MANAGER};
     use edgefleet_crds::status_written::{APPLY_OPERATION, STATUS_SUBRESOURCE};
     use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, MicroTime};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, MicroTime, Time};
 
     use super::*;
 
@@ -143,37 +182,46 @@ mod tests {
             ),
         ];
         for (l, online, recheck) in cases {
-            let p = presence(last_heard(l.as_ref(), None), now, t);
+            let (_, p) = heard(l.as_ref(), None, now, t);
             assert_eq!((p.online, p.recheck_in), (online, recheck), "{l:?}");
         }
         let never_renewed = KeptLease::keep(Lease::default());
-        assert!(!presence(last_heard(Some(&never_renewed), None), now, t).online);
+        assert_eq!(
+            heard(Some(&never_renewed), None, now, t),
+            (heard(None, None, now, t).0, presence(None, now, t))
+        );
     }
 
     /// A status write is heard like a renewal, with the apiserver's time: a device whose
-    /// Lease ran out but whose agent wrote its status since is online until that runs out.
+    /// Lease ran out but whose agent wrote its status since is online until that runs out,
+    /// and the condition says which was heard.
     #[test]
     fn a_status_written_is_heard_like_a_renewal() {
         let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("ts");
         let t = Duration::from_secs(40);
         let expired = lease("2026-01-01T00:00:10Z");
         let written = Some("2026-01-01T00:00:50Z".parse().expect("ts"));
-        assert!(!presence(last_heard(Some(&expired), None), now, t).online);
-        let p = presence(last_heard(Some(&expired), written), now, t);
+        let long_ago = Some("2026-01-01T00:00:05Z".parse().expect("ts"));
+        let what = |l: Option<&KeptLease>, w| heard(l, w, now, t).0;
+        assert_eq!(what(Some(&expired), None), Heard::Silence);
+        assert_eq!(what(Some(&expired), long_ago), Heard::Silence);
+        assert_eq!(what(None, None), Heard::Nothing);
+        let (by, p) = heard(Some(&expired), written, now, t);
         assert_eq!(
-            (p.online, p.recheck_in),
-            (true, Some(Duration::from_millis(30_500)))
+            (by, p.online, p.recheck_in),
+            (
+                Heard::StatusWrite,
+                true,
+                Some(Duration::from_millis(30_500))
+            )
         );
+        assert_eq!(what(None, written), Heard::StatusWrite, "never renewed");
+        // A fresh renewal is named whenever there is one, and the later time counts.
+        let fresh = lease("2026-01-01T00:00:45Z");
+        let (by, p) = heard(Some(&fresh), written, now, t);
         assert_eq!(
-            last_heard(None, written),
-            written,
-            "before its first renewal"
-        );
-        let fresh = lease("2026-01-01T00:00:55Z");
-        assert_eq!(
-            last_heard(Some(&fresh), written),
-            Some("2026-01-01T00:00:55Z".parse().expect("ts")),
-            "the later of the two"
+            (by, p.recheck_in),
+            (Heard::Renewal, Some(Duration::from_millis(30_500)))
         );
     }
 
@@ -219,31 +267,40 @@ mod tests {
         );
     }
 
-    /// A time in the future, from a device's clock (its Lease) or from an entry forged by
-    /// someone who may write the whole EdgeDevice, counts as heard when the controller saw
-    /// it, and runs out a threshold later: not as heard for as long as the clock says.
+    /// A renewal dated in the future counts as made when the controller read it, and runs
+    /// out a threshold later, not at its date. A status write dated well ahead of the
+    /// apiserver's clock is none the apiserver recorded (someone who may write the whole
+    /// EdgeDevice forged it): not heard at all, so not new again at every event either.
     #[test]
-    fn a_time_in_the_future_is_heard_when_seen_not_then() {
+    fn a_time_in_the_future_is_not_heard_until_then() {
         let before = Timestamp::now();
         let future = "2099-01-01T00:00:00Z";
         let kept = lease(future);
         let renewed = kept.renewed.as_ref().map(|t| t.0).expect("renewed");
-        let mut forged = EdgeDevice::new("edge-1", Default::default());
-        forged.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
-            manager: Some(AGENT_MANAGER.into()),
-            operation: Some(APPLY_OPERATION.into()),
-            subresource: Some(STATUS_SUBRESOURCE.into()),
-            time: Some(Time(future.parse().expect("ts"))),
-            ..ManagedFieldsEntry::default()
-        }]);
-        keep_status_written(&mut forged);
-        let written = status_written(&forged).expect("written");
-        let after = Timestamp::now();
-        for seen in [renewed, written] {
-            assert!(before <= seen && seen <= after, "{seen}");
-            let later = seen + jiff::SignedDuration::from_secs(41);
-            assert!(!presence(Some(seen), later, Duration::from_secs(40)).online);
-        }
+        assert!(
+            before <= renewed && renewed <= Timestamp::now(),
+            "{renewed}"
+        );
+        let later = renewed + jiff::SignedDuration::from_secs(41);
+        let threshold = Duration::from_secs(40);
+        assert_eq!(heard(Some(&kept), None, later, threshold).0, Heard::Silence);
+
+        let written = |at: Timestamp| {
+            let mut d = EdgeDevice::new("edge-1", Default::default());
+            d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+                manager: Some(AGENT_MANAGER.into()),
+                operation: Some(APPLY_OPERATION.into()),
+                subresource: Some(STATUS_SUBRESOURCE.into()),
+                time: Some(Time(at)),
+                ..ManagedFieldsEntry::default()
+            }]);
+            keep_status_written(&mut d);
+            status_written(&d)
+        };
+        assert_eq!(written(future.parse().expect("ts")), None);
+        // The apiserver's clock a moment ahead of the controller's is no forgery.
+        let ahead = Timestamp::now() + jiff::SignedDuration::from_secs(2);
+        assert_eq!(written(ahead), Some(ahead));
     }
 
     /// Renewals wake the device reconcile only while the device is not reported online:

@@ -28,7 +28,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::decide::presence::{hearing_may_change, last_heard, presence, status_written};
+use crate::decide::presence::{Heard, heard, hearing_may_change, status_written};
 use crate::error::{Error, Result};
 use crate::k8s::context::Context;
 use crate::k8s::events::reference;
@@ -66,8 +66,7 @@ impl Bounded for ControllerStatus {
 /// The conditions the controller owns on a device, without transition times.
 pub fn controller_conditions(
     registration: &Registration,
-    online: bool,
-    ever_heard: bool,
+    heard: Heard,
     threshold: Duration,
     status_problems: &[String],
 ) -> Vec<Condition> {
@@ -91,30 +90,31 @@ pub fn controller_conditions(
             format!("not enrolled: {why}"),
         ),
     };
-    // The messages name the Lease alone, as before status writes were heard too: a change
-    // of wording would rewrite every device's status once when the controller is upgraded,
-    // and they stay true, an agent whose renewals succeed renewing at least every two
-    // intervals (`edgefleet_agent::lease`).
-    let online = match (online, ever_heard) {
-        (true, _) => Condition::new(
+    // An online device's condition reads as it did before status writes were heard: another
+    // wording would rewrite every device's status once when the controller is upgraded.
+    let secs = threshold.as_secs();
+    let online = match heard {
+        Heard::Renewal => Condition::new(
             ONLINE,
             ConditionStatus::True,
             "LeaseRenewed",
+            format!("the agent renewed its Lease within {secs}s"),
+        ),
+        Heard::StatusWrite => Condition::new(
+            ONLINE,
+            ConditionStatus::True,
+            "StatusWritten",
             format!(
-                "the agent renewed its Lease within {}s",
-                threshold.as_secs()
+                "the agent wrote its status within {secs}s, though it has not renewed its Lease"
             ),
         ),
-        (false, true) => Condition::new(
+        Heard::Silence => Condition::new(
             ONLINE,
             ConditionStatus::False,
             "LeaseExpired",
-            format!(
-                "the agent has not renewed its Lease for {}s",
-                threshold.as_secs()
-            ),
+            format!("the agent has neither renewed its Lease nor written its status for {secs}s"),
         ),
-        (false, false) => Condition::new(
+        Heard::Nothing => Condition::new(
             ONLINE,
             ConditionStatus::False,
             "NeverSeen",
@@ -201,14 +201,13 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         .leases
         .get(&ObjectRef::new(&device_object_name(&name)).within(&ctx.config.namespace));
     let now = jiff::Timestamp::now();
-    let heard = last_heard(lease.as_deref(), status_written(&device));
-    let p = presence(heard, now, ctx.config.offline_threshold);
+    let written = status_written(&device);
+    let (what, p) = heard(lease.as_deref(), written, now, ctx.config.offline_threshold);
     let status = device.status.clone().unwrap_or_default();
     let status_problems = status_check::problems(&status, Some(&desired));
     let mut conditions = controller_conditions(
         &registration,
-        p.online,
-        heard.is_some(),
+        what,
         ctx.config.offline_threshold,
         &status_problems,
     );
@@ -514,7 +513,7 @@ mod tests {
     #[test]
     fn conditions_explain_the_device() {
         let t = Duration::from_secs(40);
-        let c = controller_conditions(&Registration::Enrolled, true, true, t, &[]);
+        let c = controller_conditions(&Registration::Enrolled, Heard::Renewal, t, &[]);
         let s: Vec<_> = c
             .iter()
             .map(|c| (c.type_.as_str(), c.status, c.reason.as_str()))
@@ -529,20 +528,27 @@ mod tests {
         );
         let c = controller_conditions(
             &Registration::NodeGone,
-            false,
-            false,
+            Heard::Nothing,
             t,
             &["module \"x\" is reported but not desired".into()],
         );
         assert_eq!(c[0].reason, "NodeGone");
         assert_eq!(c[1].reason, "NeverSeen");
         assert_eq!(c[2].message, "module \"x\" is reported but not desired");
+        let online = |heard| {
+            let c = &controller_conditions(&Registration::Enrolled, heard, t, &[])[1];
+            (c.status, c.reason.clone())
+        };
         assert_eq!(
-            controller_conditions(&Registration::Enrolled, false, true, t, &[])[1].reason,
-            "LeaseExpired"
+            online(Heard::Silence),
+            (ConditionStatus::False, "LeaseExpired".into())
+        );
+        assert_eq!(
+            online(Heard::StatusWrite),
+            (ConditionStatus::True, "StatusWritten".into())
         );
         let refused = Registration::Refused("bad name".into());
-        let c = controller_conditions(&refused, false, false, t, &[]);
+        let c = controller_conditions(&refused, Heard::Nothing, t, &[]);
         assert_eq!(
             (c[0].status, c[0].reason.as_str()),
             (ConditionStatus::False, "InvalidName")
