@@ -8,7 +8,7 @@ mod fake;
 
 use std::sync::Arc;
 
-use edgefleet_controller::k8s::{apply, context::Context, written_conditions};
+use edgefleet_controller::k8s::{apply, context::Context, written};
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
 use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
@@ -867,7 +867,7 @@ async fn conditions_on_their_way_to_the_cache_are_not_written_again() {
         .await
         .expect("second pass");
     assert_eq!(status_writes(&world.log.take()), 0);
-    assert_eq!(action, Action::requeue(written_conditions::REMEMBERED));
+    assert_eq!(action, Action::requeue(written::REMEMBERED));
 
     // Once the cache has shown them, conditions overwritten (by the device, whose status
     // it is) are written again at once.
@@ -887,4 +887,45 @@ async fn conditions_on_their_way_to_the_cache_are_not_written_again() {
     world.write(&lease, &serde_json::to_value(&lease).expect("lease"));
     device::reconcile(shown, ctx).await.expect("renewed");
     assert_eq!(status_writes(&world.log.take()), 1);
+}
+
+/// The writes of edge-1's desired state.
+fn desired_writes(requests: &[Request]) -> usize {
+    requests
+        .iter()
+        .filter(|r| r.path == "/apis/edgefleet.io/v1alpha1/edgedevices/edge-1")
+        .count()
+}
+
+/// A new device's first desired state is written once: by the registry, and not again by a
+/// device reconcile that runs before the watch shows it (the registry's Lease wakes it), or
+/// by the device reconcile, and not again by the registry (which found none in its cache).
+#[tokio::test]
+async fn a_first_desired_state_on_its_way_to_the_cache_is_written_once() {
+    let mut world = team_a(munich());
+    let ctx = world.context();
+    let before = world.update(edge_1().as_ref());
+    registry::reconcile(before.clone(), ctx.clone())
+        .await
+        .expect("registry reconcile");
+    assert_eq!(desired_writes(&world.log.take()), 1);
+    let action = device::reconcile(before, ctx.clone())
+        .await
+        .expect("device reconcile before the cache shows the write");
+    assert_eq!(desired_writes(&world.log.take()), 0);
+    assert_eq!(action, Action::requeue(written::REMEMBERED));
+    let shown = world.update(edge_1().as_ref());
+    assert!(shown.spec.desired.is_some());
+
+    let mut world = team_a(munich());
+    let ctx = world.context();
+    let before = world.update(edge_1().as_ref());
+    device::reconcile(before.clone(), ctx.clone())
+        .await
+        .expect("device reconcile");
+    assert_eq!(desired_writes(&world.log.take()), 1);
+    registry::reconcile(before, ctx)
+        .await
+        .expect("registry reconcile before the cache shows the write");
+    assert_eq!(desired_writes(&world.log.take()), 0);
 }

@@ -19,7 +19,7 @@ use crate::decide::grant::Grant;
 use crate::decide::snapshot::KeptRevision;
 use crate::k8s::moves::Moves;
 use crate::k8s::watches::Synced;
-use crate::k8s::written_conditions::WrittenConditions;
+use crate::k8s::written::Written;
 use crate::metrics::Metrics;
 
 /// The caches every reconcile reads. Nodes are kept as metadata only: a device needs a
@@ -47,7 +47,9 @@ pub struct Context {
     /// The rollout moves written that the device cache may not show yet.
     pub moves: Moves,
     /// The devices' conditions written that the device cache may not show yet.
-    pub written_conditions: WrittenConditions,
+    pub written_conditions: Written,
+    /// The devices' desired states written that the device cache may not show yet.
+    pub written_desired: Written,
     synced: Arc<Synced>,
 }
 
@@ -73,7 +75,8 @@ impl Context {
             catalog: Mutex::new(None),
             failing: Mutex::new(HashSet::new()),
             moves: Moves::default(),
-            written_conditions: WrittenConditions::default(),
+            written_conditions: Written::default(),
+            written_desired: Written::default(),
             synced,
         }
     }

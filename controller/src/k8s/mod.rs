@@ -12,4 +12,4 @@ pub mod leader;
 pub mod moves;
 pub mod throttle;
 pub mod watches;
-pub mod written_conditions;
+pub mod written;

@@ -32,7 +32,7 @@ use crate::decide::presence::{Heard, heard, hearing_may_change, status_written};
 use crate::error::{Error, Result};
 use crate::k8s::context::Context;
 use crate::k8s::events::reference;
-use crate::k8s::written_conditions;
+use crate::k8s::written::{self, Saying};
 use crate::{
     decide::catalog, decide::status_check, decide::targeting, k8s::apply, reconcile::registry,
 };
@@ -189,7 +189,8 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
 
     let catalog = ctx.catalog();
     let desired = desired_state(&ctx, &catalog, &device, &registration);
-    if !write_desired(&ctx, &device, &desired, Write::Always).await? {
+    let wrote = write_desired(&ctx, &device, &desired, Write::Always).await?;
+    if wrote != Wrote::Written {
         ctx.metrics.skipped_write(CONTROLLER);
     }
 
@@ -201,8 +202,13 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         .leases
         .get(&ObjectRef::new(&device_object_name(&name)).within(&ctx.config.namespace));
     let now = jiff::Timestamp::now();
-    let written = status_written(&device);
-    let (what, p) = heard(lease.as_deref(), written, now, ctx.config.offline_threshold);
+    let status_time = status_written(&device);
+    let (what, p) = heard(
+        lease.as_deref(),
+        status_time,
+        now,
+        ctx.config.offline_threshold,
+    );
     let status = device.status.clone().unwrap_or_default();
     let status_problems = status_check::problems(&status, Some(&desired));
     let mut conditions = controller_conditions(
@@ -213,30 +219,31 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     );
     conditions.bound();
     let old = &status.conditions;
-    let written = &ctx.written_conditions;
+    let noted = &ctx.written_conditions;
     let mut recheck_in = p.recheck_in.unwrap_or(Duration::from_secs(300));
+    if wrote == Wrote::OnItsWay {
+        // Written by the registry or a reconcile a moment ago: its watch event wakes this
+        // device. One overwritten meanwhile is written again after a while.
+        recheck_in = recheck_in.min(written::REMEMBERED);
+    }
     if conditions
         .iter()
         .all(|c| same(c, condition::find(old, &c.type_)))
     {
-        written.shown(&name);
-    } else if written.on_their_way(&name, &conditions, Instant::now()) {
-        // Written by a reconcile a moment ago; its watch event wakes this device again. A
-        // write that was overwritten meanwhile is written again after a while.
+        noted.forget(&name);
+    } else if !noted.claim(&name, Saying(&conditions), Instant::now()) {
+        // Written by a reconcile a moment ago, as above.
         ctx.metrics.skipped_write(CONTROLLER);
-        recheck_in = recheck_in.min(written_conditions::REMEMBERED);
+        recheck_in = recheck_in.min(written::REMEMBERED);
     } else {
         condition::carry_transition_times(&mut conditions, old, &Time(now));
-        apply::status(
-            &api,
-            &name,
-            &ControllerStatus {
-                conditions: conditions.clone(),
-            },
-        )
-        .await
-        .map_err(|e| Error::ApplyDeviceStatus(name.clone(), e))?;
-        written.note(&name, &conditions, Instant::now());
+        let status = ControllerStatus {
+            conditions: conditions.clone(),
+        };
+        if let Err(e) = apply::status(&api, &name, &status).await {
+            noted.forget(&name);
+            return Err(Error::ApplyDeviceStatus(name.clone(), e));
+        }
         publish_transitions(&ctx, &device, old, &conditions).await;
     }
     report_module_failures(&ctx, &device, &desired).await;
@@ -278,18 +285,39 @@ pub enum Write {
     IfUnchanged,
 }
 
-/// Writes `desired` into the device's spec unless it is there already; whether it wrote.
+/// What [`write_desired`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// The device has that desired state already.
+    Unchanged,
+    Written,
+    /// Not written: written a moment ago (by the registry or a device reconcile), and on
+    /// its way to the cache.
+    OnItsWay,
+}
+
+/// Writes `desired` into the device's spec unless it is there already, or on its way there
+/// ([`written`]).
 pub async fn write_desired(
     ctx: &Context,
     device: &EdgeDevice,
     desired: &DesiredState,
     how: Write,
-) -> Result<bool> {
+) -> Result<Wrote> {
     let current = device.spec.desired.as_deref();
-    if current == Some(desired) {
-        return Ok(false);
-    }
     let name = device.name_any();
+    let noted = &ctx.written_desired;
+    if current == Some(desired) {
+        noted.forget(&name);
+        return Ok(Wrote::Unchanged);
+    }
+    if !noted.claim(
+        &name,
+        (&desired.revision, &desired.targeting),
+        Instant::now(),
+    ) {
+        return Ok(Wrote::OnItsWay);
+    }
     let mut metadata = json!({ "name": name });
     if how == Write::IfUnchanged {
         metadata["resourceVersion"] = json!(device.resource_version());
@@ -300,18 +328,21 @@ pub async fn write_desired(
         "metadata": metadata,
         "spec": { "desired": desired },
     });
-    Api::<EdgeDevice>::all(ctx.client.clone())
+    let written = Api::<EdgeDevice>::all(ctx.client.clone())
         .patch(
             &name,
             &PatchParams::apply(CONTROLLER_MANAGER).force(),
             &Patch::Apply(patch),
         )
-        .await
-        .map_err(|e| Error::ApplyDevice(name.clone(), e))?;
+        .await;
+    if let Err(e) = written {
+        noted.forget(&name);
+        return Err(Error::ApplyDevice(name, e));
+    }
     if current.map(|c| &c.revision) != Some(&desired.revision) {
         tracing::info!(device = %name, revision = %desired.revision, modules = desired.modules.len(), "desired state changed");
     }
-    Ok(true)
+    Ok(Wrote::Written)
 }
 
 /// Drops the device's rollout entries [`targeting::forgotten_rollouts`] names.

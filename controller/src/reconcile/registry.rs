@@ -73,6 +73,8 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     // minutes after their registration). The device reconcile then finds it written.
     // Decided from the cache's latest EdgeDevice and written only over that version: a 409
     // means the device reconcile (or a retirement) got there first, and it owns the rest.
+    // One the device reconcile is writing or wrote a moment ago is not written again, nor
+    // is one this write is making written again by the device reconcile (`k8s/written.rs`).
     let latest = ctx
         .stores
         .devices
