@@ -186,6 +186,16 @@ lab_device_count() {
   # shellcheck disable=SC1090
   (. "$STATE_FILE" && echo "${DEVICES:-0}")
 }
+# lab_setting NAME: a setting from the running lab's state file, empty if it has none.
+lab_setting() {
+  # shellcheck disable=SC1090
+  (. "$STATE_FILE" && echo "${!1:-}")
+}
+# apiserver_memory_settings: the apiserver's GOGC and GOMEMLIMIT, as `e2e/lab up` set them.
+apiserver_memory_settings() {
+  echo "GOGC=$(lab_setting APISERVER_GOGC | grep . || echo '100 (default)')" \
+    "GOMEMLIMIT=$(lab_setting APISERVER_MEMORY_LIMIT | grep . || echo 'none (default)')"
+}
 lab_nodes() {
   echo "$CLOUD_NODE"
   lab_devices

@@ -104,10 +104,17 @@ YAML
 # (the chart's admission webhook) at their endpoints' addresses.
 # --profiling: the fleet's benchmarks read where the apiserver's CPU goes from
 # /debug/pprof (e2e/README.md); only the lab's admin may read it.
+# GOGC and GOMEMLIMIT: only as `e2e/lab up --apiserver-gogc/--apiserver-memory-limit` set
+# them, none inherited: a figure must not depend on the shell that started the lab.
 start_apiserver() {
   write_authorization_config
+  local gc_env=(-u GOGC -u GOMEMLIMIT) setting
+  setting=$(lab_setting APISERVER_GOGC)
+  [ -z "$setting" ] || gc_env+=("GOGC=$setting")
+  setting=$(lab_setting APISERVER_MEMORY_LIMIT)
+  [ -z "$setting" ] || gc_env+=("GOMEMLIMIT=$setting")
   start_daemon kube-apiserver "$CP_NS" "$LOG_DIR/kube-apiserver.log" "$CP_RUN/kube-apiserver.pid" \
-    "$K8S_BIN_DIR/kube-apiserver" \
+    env "${gc_env[@]}" "$K8S_BIN_DIR/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 \
     --bind-address=0.0.0.0 --secure-port="$API_PORT" \
     --advertise-address="$CP_IP" \
