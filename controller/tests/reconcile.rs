@@ -841,12 +841,11 @@ async fn a_staged_rollout_moves_one_device_at_a_time_even_before_the_cache_shows
     assert_eq!(moved(&world.log.take()), ["edge-2"]);
 }
 
-/// The controller's status writes on edge-1.
-fn status_writes(requests: &[Request]) -> usize {
-    requests
-        .iter()
-        .filter(|r| r.path == "/apis/edgefleet.io/v1alpha1/edgedevices/edge-1/status")
-        .count()
+/// The controller's writes on edge-1 at `below` its EdgeDevice: "" for the object (its
+/// desired state), "/status" for its status.
+fn edge_1_writes(requests: &[Request], below: &str) -> usize {
+    let path = format!("/apis/edgefleet.io/v1alpha1/edgedevices/edge-1{below}");
+    requests.iter().filter(|r| r.path == path).count()
 }
 
 /// A device reconcile that runs again before the watch shows its status write (its own
@@ -859,14 +858,14 @@ async fn conditions_on_their_way_to_the_cache_are_not_written_again() {
     device::reconcile(before.clone(), ctx.clone())
         .await
         .expect("first pass");
-    assert_eq!(status_writes(&world.log.take()), 1);
+    assert_eq!(edge_1_writes(&world.log.take(), "/status"), 1);
 
     // The cache still shows the device as it was before the first pass wrote: nothing
     // written, and a look again once the write would have shown.
     let action = device::reconcile(before, ctx.clone())
         .await
         .expect("second pass");
-    assert_eq!(status_writes(&world.log.take()), 0);
+    assert_eq!(edge_1_writes(&world.log.take(), "/status"), 0);
     assert_eq!(action, Action::requeue(written::REMEMBERED));
 
     // Once the cache has shown them, conditions overwritten (by the device, whose status
@@ -875,26 +874,18 @@ async fn conditions_on_their_way_to_the_cache_are_not_written_again() {
     device::reconcile(shown.clone(), ctx.clone())
         .await
         .expect("the cache shows the write");
-    assert_eq!(status_writes(&world.log.take()), 0);
+    assert_eq!(edge_1_writes(&world.log.take(), "/status"), 0);
     let overwritten = world.write(shown.as_ref(), &json!({"status": {"conditions": []}}));
     device::reconcile(overwritten, ctx.clone())
         .await
         .expect("overwritten");
-    assert_eq!(status_writes(&world.log.take()), 1);
+    assert_eq!(edge_1_writes(&world.log.take(), "/status"), 1);
 
     // Other conditions are written at once: here Online, as the Lease is renewed.
     let lease = renewed_lease("edge-1");
     world.write(&lease, &serde_json::to_value(&lease).expect("lease"));
     device::reconcile(shown, ctx).await.expect("renewed");
-    assert_eq!(status_writes(&world.log.take()), 1);
-}
-
-/// The writes of edge-1's desired state.
-fn desired_writes(requests: &[Request]) -> usize {
-    requests
-        .iter()
-        .filter(|r| r.path == "/apis/edgefleet.io/v1alpha1/edgedevices/edge-1")
-        .count()
+    assert_eq!(edge_1_writes(&world.log.take(), "/status"), 1);
 }
 
 /// A new device's first desired state is written once: by the registry, and not again by a
@@ -908,11 +899,11 @@ async fn a_first_desired_state_on_its_way_to_the_cache_is_written_once() {
     registry::reconcile(before.clone(), ctx.clone())
         .await
         .expect("registry reconcile");
-    assert_eq!(desired_writes(&world.log.take()), 1);
+    assert_eq!(edge_1_writes(&world.log.take(), ""), 1);
     let action = device::reconcile(before, ctx.clone())
         .await
         .expect("device reconcile before the cache shows the write");
-    assert_eq!(desired_writes(&world.log.take()), 0);
+    assert_eq!(edge_1_writes(&world.log.take(), ""), 0);
     assert_eq!(action, Action::requeue(written::REMEMBERED));
     let shown = world.update(edge_1().as_ref());
     assert!(shown.spec.desired.is_some());
@@ -923,9 +914,9 @@ async fn a_first_desired_state_on_its_way_to_the_cache_is_written_once() {
     device::reconcile(before.clone(), ctx.clone())
         .await
         .expect("device reconcile");
-    assert_eq!(desired_writes(&world.log.take()), 1);
+    assert_eq!(edge_1_writes(&world.log.take(), ""), 1);
     registry::reconcile(before, ctx)
         .await
         .expect("registry reconcile before the cache shows the write");
-    assert_eq!(desired_writes(&world.log.take()), 0);
+    assert_eq!(edge_1_writes(&world.log.take(), ""), 0);
 }
