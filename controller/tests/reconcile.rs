@@ -221,27 +221,33 @@ async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device()
         ..Default::default()
     });
 
+    let desired = json!({"spec": {"desired": first.stored(edge_1().as_ref()).spec.desired}});
+
     let mut again = World::new();
     again.device(&munich_device("edge-1")).add(lease.clone());
-    registry::reconcile(edge_1(), again.context())
+    let ctx = again.context();
+    let registered = again.write(edge_1().as_ref(), &desired);
+    registry::reconcile(registered, ctx)
         .await
         .expect("registry reconcile");
     let requests = again.log.take();
     assert!(writes(&requests).is_empty(), "{requests:#?}");
 
-    // Another offline threshold means another Lease duration: written again.
+    // Another offline threshold means another Lease duration: written again, its RBAC
+    // before it, and nothing else.
     let mut changed = World::new();
     changed.device(&munich_device("edge-1")).add(lease);
     let ctx = changed.context_with(&["--offline-threshold", "90s"]);
-    registry::reconcile(edge_1(), ctx)
+    let registered = changed.write(edge_1().as_ref(), &desired);
+    registry::reconcile(registered, ctx)
         .await
         .expect("registry reconcile");
-    assert_eq!(writes(&changed.log.take()).len(), 6);
+    assert_eq!(writes(&changed.log.take()).len(), 5);
 }
 
 /// The registry writes a device's first desired state only while it has none, and takes a
-/// 409 (the EdgeDevice changed since the cache showed it) as the device reconcile's having
-/// written first: not an error, nothing written over it.
+/// 409 (the EdgeDevice changed since the cache showed it) as no error: it writes nothing
+/// over it, and looks again soon, since the device reconcile may have left it the write.
 #[tokio::test]
 async fn the_registry_leaves_a_desired_state_to_the_device_reconcile_once_there_is_one() {
     let mut world = team_a(munich());
@@ -275,9 +281,10 @@ async fn the_registry_leaves_a_desired_state_to_the_device_reconcile_once_there_
         })
     });
     raced.device(&munich_device("edge-1"));
-    registry::reconcile(edge_1(), raced.context())
+    let action = registry::reconcile(edge_1(), raced.context())
         .await
-        .expect("a 409 on the desired state is the device reconcile's write, not an error");
+        .expect("a 409 on the desired state is not an error");
+    assert_eq!(action, Action::requeue(registry::LOOK_AGAIN));
 }
 
 #[tokio::test]
@@ -915,8 +922,16 @@ async fn a_first_desired_state_on_its_way_to_the_cache_is_written_once() {
         .await
         .expect("device reconcile");
     assert_eq!(edge_1_writes(&world.log.take(), ""), 1);
-    registry::reconcile(before, ctx)
+    let action = registry::reconcile(before, ctx.clone())
         .await
         .expect("registry reconcile before the cache shows the write");
     assert_eq!(edge_1_writes(&world.log.take(), ""), 0);
+    // The registry looks again (that write might fail), until the cache shows it.
+    assert_eq!(action, Action::requeue(registry::LOOK_AGAIN));
+    let shown = world.update(edge_1().as_ref());
+    let action = registry::reconcile(shown, ctx)
+        .await
+        .expect("registry reconcile once the cache shows the write");
+    assert_eq!(edge_1_writes(&world.log.take(), ""), 0);
+    assert_eq!(action, Action::await_change());
 }

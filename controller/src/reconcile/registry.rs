@@ -7,6 +7,7 @@
 //! recreates them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgefleet_crds::EdgeDevice;
 use edgefleet_crds::identity::device_object_name;
@@ -25,6 +26,11 @@ use crate::k8s::context::Context;
 use crate::reconcile::device;
 
 pub const CONTROLLER: &str = "registry";
+
+/// How soon the registry looks again at a new device whose first desired state it left to
+/// another write, or lost to a newer version of the device. The device reconcile's queue
+/// can hold a device for minutes at fleet size; the registry's holds none.
+pub const LOOK_AGAIN: Duration = Duration::from_secs(2);
 
 /// Why a name can't be a device's identity, if it can't: the agent authenticates as
 /// `edgefleet:device:<name>` and the certificate request must name a DNS label (Node names
@@ -55,26 +61,29 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     if r.is_in(cached.as_deref()) {
         // What a controller that starts again finds for every device it registered before.
         ctx.metrics.skipped_write(CONTROLLER);
-        return Ok(Action::await_change());
-    }
-    if let Some(rbac) = &r.rbac {
-        apply_rbac(c, ns, rbac)
+    } else {
+        if let Some(rbac) = &r.rbac {
+            apply_rbac(c, ns, rbac)
+                .await
+                .map_err(|e| Error::ApplyRbac(name.clone(), e))?;
+        }
+        // Last: its fingerprint says the RBAC above is in place.
+        apply::object(&Api::<Lease>::namespaced(c.clone(), ns), &r.lease)
             .await
-            .map_err(|e| Error::ApplyRbac(name.clone(), e))?;
+            .map_err(|e| Error::ApplyLease(name.clone(), e))?;
     }
-    // Last: its fingerprint says the RBAC above is in place.
-    apply::object(&Api::<Lease>::namespaced(c.clone(), ns), &r.lease)
-        .await
-        .map_err(|e| Error::ApplyLease(name.clone(), e))?;
     // A new device's first desired state, here as well as in the device reconcile, which
     // every device's changes and renewals wake: kube's scheduler takes the requests held
     // for a busy controller in hash order, not in order of arrival, so there a new device
     // could wait minutes behind devices long done (4,325 of 10,000 hollow devices, seven
     // minutes after their registration). The device reconcile then finds it written.
-    // Decided from the cache's latest EdgeDevice and written only over that version: a 409
-    // means the device reconcile (or a retirement) got there first, and it owns the rest.
-    // One the device reconcile is writing or wrote a moment ago is not written again, nor
-    // is one this write is making written again by the device reconcile (`k8s/written.rs`).
+    // Decided from the cache's latest EdgeDevice and written only over that version. One
+    // the device reconcile is writing or wrote a moment ago is not written again, nor is one
+    // this write is making written again by the device reconcile (`k8s/written.rs`). So
+    // until the cache shows the device with a desired state, the registry looks again: the
+    // other write may fail, and a 409 (the device changed since the cache showed it) may
+    // have met a device reconcile that left the write to this one. A registered device with
+    // one costs a restart a cache lookup.
     let latest = ctx
         .stores
         .devices
@@ -92,7 +101,10 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
             &device::Registration::Enrolled,
         );
         match device::write_desired(&ctx, &device, &desired, device::Write::IfUnchanged).await {
-            Err(Error::ApplyDevice(_, kube::Error::Api(s))) if s.code == 409 => {}
+            Ok(device::Wrote::OnItsWay) => return Ok(Action::requeue(LOOK_AGAIN)),
+            Err(Error::ApplyDevice(_, kube::Error::Api(s))) if s.code == 409 => {
+                return Ok(Action::requeue(LOOK_AGAIN));
+            }
             other => {
                 other?;
             }
