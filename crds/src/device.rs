@@ -3,6 +3,7 @@
 //! Heartbeats go to a Lease, not to this object, so idle devices cost no writes; the
 //! controller also hears a device in its status writes (`status_written`).
 
+use std::hash::Hash;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -106,6 +107,16 @@ impl DesiredState {
         let bytes = serde_json::to_vec(modules).unwrap_or_default();
         let digest = Sha256::digest(&bytes);
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// What tells two desired states apart, cheaply: the revision already stands for the
+    /// modules (it is their hash, [`DesiredState::revision_of`]), and the targeting is taken
+    /// beside it. Nothing is serialized, so it can be hashed on every device event. Only a
+    /// revision that does not match its modules makes two different states look alike,
+    /// which is why its users compare in full where it matters (the controller's interner)
+    /// or only skip a write that the cache then checks (its notes of writes on their way).
+    pub fn identity(&self) -> impl Hash + '_ {
+        (&self.revision, &self.targeting)
     }
 }
 

@@ -13,9 +13,9 @@ use edgefleet_crds::{DesiredState, EdgeDevice};
 /// How many new states are recorded between two sweeps of the ones no device holds.
 const SWEEP_EVERY: usize = 1024;
 
-/// The desired states the cache holds, by a hash of their revision and targeting. Held weakly: a state that no
-/// cached device has any more is freed with its last device, and its entry swept later. The
-/// device watch owns it (one stream, no lock).
+/// The desired states the cache holds, by a hash of their identity. Held weakly: a state
+/// that no cached device has any more is freed with its last device, and its entry swept
+/// later. The device watch owns it (one stream, no lock).
 #[derive(Debug, Default)]
 pub struct Interner {
     by_hash: HashMap<u64, Vec<Weak<DesiredState>>>,
@@ -50,13 +50,11 @@ impl Interner {
         }
     }
 
-    /// The revision already stands for the modules (it is their hash, `revision_of`); the
-    /// targeting is hashed beside it. This runs on every device event, so nothing is
-    /// serialized: a revision that does not match its modules only misplaces a state, since
+    /// Runs on every device event, so it hashes [`DesiredState::identity`], not the whole
+    /// state: a revision that does not match its modules only misplaces a state, since
     /// equality decides.
     fn hash_of(&self, desired: &DesiredState) -> u64 {
-        self.hasher
-            .hash_one((&desired.revision, &desired.targeting))
+        self.hasher.hash_one(desired.identity())
     }
 }
 

@@ -311,11 +311,7 @@ pub async fn write_desired(
         noted.forget(&name);
         return Ok(Wrote::Unchanged);
     }
-    if !noted.claim(
-        &name,
-        (&desired.revision, &desired.targeting),
-        Instant::now(),
-    ) {
+    if !noted.claim(&name, desired.identity(), Instant::now()) {
         return Ok(Wrote::OnItsWay);
     }
     let mut metadata = json!({ "name": name });
