@@ -8,7 +8,7 @@
 //! write is noted, and a reconcile that would write what was noted within [`REMEMBERED`]
 //! leaves it to the cache. A note goes once the cache shows it or its write fails; after
 //! [`REMEMBERED`] (the write was overwritten, say by the device, whose status it is) it is
-//! no longer heeded, and goes with the next note. The cache is the truth, the notes only
+//! no longer heeded, and goes with the next sweep. The cache is the truth, the notes only
 //! bridge its delay.
 
 use std::collections::HashMap;
@@ -25,28 +25,45 @@ pub const REMEMBERED: Duration = Duration::from_secs(10);
 /// Per device: what was written, hashed, and when.
 #[derive(Debug, Default)]
 pub struct Written {
-    notes: Mutex<HashMap<String, (u64, Instant)>>,
+    notes: Mutex<Notes>,
     /// Keyed per process: a device's own words are in what is noted (StatusValid's
     /// message), and it must not find two that hash alike.
     hasher: RandomState,
+}
+
+#[derive(Debug, Default)]
+struct Notes {
+    by_device: HashMap<String, (u64, Instant)>,
+    /// When notes older than [`REMEMBERED`] last went.
+    swept: Option<Instant>,
 }
 
 impl Written {
     /// Notes that `what` is being written on `device` at `now`, unless it is on its way
     /// already (noted less than [`REMEMBERED`] before): whether the caller is to write it.
     /// One step, so that of two reconciles about to write the same, one does. Notes older
-    /// than [`REMEMBERED`] go too, those of devices gone among them.
+    /// than [`REMEMBERED`] go too, those of devices gone among them, in one sweep each
+    /// [`REMEMBERED`]: a sweep on every claim made a burst of n writes cost n² steps.
     pub fn claim(&self, device: &str, what: impl Hash, now: Instant) -> bool {
         let said = self.hasher.hash_one(what);
         let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
         if notes
+            .by_device
             .get(device)
             .is_some_and(|n| Self::heeded(n, said, now))
         {
             return false;
         }
-        notes.retain(|_, (_, at)| now.duration_since(*at) < REMEMBERED);
-        notes.insert(device.to_owned(), (said, now));
+        if notes
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= REMEMBERED)
+        {
+            notes
+                .by_device
+                .retain(|_, (_, at)| now.duration_since(*at) < REMEMBERED);
+            notes.swept = Some(now);
+        }
+        notes.by_device.insert(device.to_owned(), (said, now));
         true
     }
 
@@ -58,7 +75,7 @@ impl Written {
     /// goes.
     pub fn forget(&self, device: &str) {
         let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
-        notes.remove(device);
+        notes.by_device.remove(device);
     }
 }
 
@@ -128,13 +145,23 @@ mod tests {
         assert!(notes.claim("edge-1", "revision-b", t0 + REMEMBERED));
     }
 
+    fn held(notes: &Written) -> usize {
+        notes.notes.lock().expect("lock").by_device.len()
+    }
+
     #[test]
-    fn old_notes_go_with_the_next_write() {
+    fn old_notes_go_in_one_sweep_a_while() {
         let notes = Written::default();
         let t0 = Instant::now();
+        let s = Duration::from_secs(1);
         notes.claim("gone", "a", t0);
-        notes.claim("edge-1", "a", t0 + REMEMBERED);
-        let held = notes.notes.lock().expect("lock").len();
-        assert_eq!(held, 1);
+        notes.claim("edge-1", "a", t0 + REMEMBERED / 2);
+        // The first claim a REMEMBERED after the last sweep sweeps what has grown old.
+        notes.claim("edge-2", "a", t0 + REMEMBERED + s);
+        assert_eq!(held(&notes), 2, "gone went, edge-1 and edge-2 are left");
+        // Until the next, old notes stay held (and unheeded).
+        notes.claim("edge-3", "a", t0 + REMEMBERED * 3 / 2 + 2 * s);
+        assert_eq!(held(&notes), 3);
+        assert!(notes.claim("edge-1", "a", t0 + REMEMBERED * 3 / 2 + 2 * s));
     }
 }
