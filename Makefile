@@ -24,7 +24,7 @@ help:
 	@echo "make lab-up      start the lab (DEVICES=$(DEVICES))"
 	@echo "make lab-down    stop the lab and remove its state"
 	@echo "make bench       print figures: resolve speed, hub messaging, lab start and memory, controller memory"
-	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs, a controller restart (N=$(N) LEASE=$(LEASE) s OFFLINE=$(OFFLINE) intervals AUTHZ=$(AUTHZ): rbac or webhook, PROTOCOL=$(PROTOCOL): http1 or http2, CONCURRENCY=$(or $(CONCURRENCY),default), PRIORITY=$(PRIORITY): on or off, lab up)"
+	@echo "make bench-fleet N hollow devices running the real agent: rollout times and costs, a controller restart (N=$(N) LEASE=$(LEASE) s OFFLINE=$(OFFLINE) intervals BUDGET=$(BUDGET) renewals/s AUTHZ=$(AUTHZ): rbac or webhook, PROTOCOL=$(PROTOCOL): http1 or http2, CONCURRENCY=$(or $(CONCURRENCY),default), PRIORITY=$(PRIORITY): on or off, lab up)"
 
 # The lab fleet, the images loaded into it, edgefleet installed with Helm (controller and
 # the bootstrap that joins every device), examples/ applied and waited for. Run again, it
@@ -128,8 +128,10 @@ PROTOCOL ?= http1
 CONCURRENCY ?=
 PRIORITY ?= on
 OFFLINE ?= 4
+BUDGET ?= 100
 bench-fleet: $(HELM_PY)/bin/python
 	HELM_PY=$(HELM_PY) e2e/bench-fleet --devices $(N) --lease-interval $(LEASE) --offline-intervals $(OFFLINE) \
+	  --renewal-budget $(BUDGET) \
 	  --device-authorization $(AUTHZ) --apiserver-protocol $(PROTOCOL) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
 	  --api-priority $(PRIORITY)
 

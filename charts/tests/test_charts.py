@@ -227,6 +227,8 @@ class Controller(unittest.TestCase):
             {"replicas": "two"},
             {"controller": {"offlineThreshold": "soon"}},
             {"controller": {"concurrency": 0}},
+            {"controller": {"renewalBudget": 0}},
+            {"controller": {"renewalBudget": "lots"}},
             {"image": {"pullPolicy": "Sometimes"}},
             {"metrics": {"port": 80}},
             {"unknownKey": True},
@@ -255,6 +257,16 @@ class Controller(unittest.TestCase):
                     self.chart.render(values, name="edgefleet", namespace="edgefleet-system")
         # And good values pass.
         self.render({"replicas": 3, "controller": {"offlineThreshold": "2m"}})
+
+    def test_controller_paces_renewals_from_the_agents_interval(self):
+        # The controller stretches the interval the agents are given, so it is told it.
+        objs = self.render({"agent": {"leaseInterval": "15s"}, "controller": {"renewalBudget": 50}})
+        (dep,) = self.kind(objs, "Deployment")
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        self.assertIn("--lease-interval=15s", args)
+        self.assertIn("--renewal-budget=50", args)
+        (ds,) = self.kind(objs, "DaemonSet")
+        self.assertIn("--lease-interval=15s", ds["spec"]["template"]["spec"]["containers"][0]["args"])
 
     def test_api_server_override(self):
         objs = self.render({"apiServer": "10.77.0.1:6443", "hostNetwork": True})

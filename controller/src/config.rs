@@ -19,6 +19,18 @@ pub struct Config {
     #[arg(long, env = "EDGEFLEET_OFFLINE_THRESHOLD", default_value = "40s", value_parser = duration::parse_seconds)]
     pub offline_threshold: Duration,
 
+    /// How often the agents renew their Leases (the chart gives both sides its
+    /// `agent.leaseInterval`). The controller stretches it, and the offline threshold with
+    /// it, in whole multiples, once the fleet would renew more often than
+    /// `--renewal-budget` a second (`decide::renewal_pace`).
+    #[arg(long, env = "EDGEFLEET_LEASE_INTERVAL", default_value = "10s", value_parser = duration::parse)]
+    pub lease_interval: Duration,
+
+    /// Lease renewals a second the whole fleet may send: 100, at 10,000 devices, is a
+    /// renewal every 100 s and an offline threshold ten times `--offline-threshold`.
+    #[arg(long, env = "EDGEFLEET_RENEWAL_BUDGET", default_value = "100", value_parser = parse_budget)]
+    pub renewal_budget: f64,
+
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, env = "EDGEFLEET_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -119,6 +131,20 @@ pub enum Command {
     HubReloader(crate::hub_reloader::ReloaderArgs),
 }
 
+/// A renewal budget: a positive number of renewals a second, at most a million.
+fn parse_budget(s: &str) -> Result<f64, String> {
+    let budget: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is no number of renewals a second"))?;
+    if budget.is_finite() && budget > 0.0 && budget <= 1e6 {
+        Ok(budget)
+    } else {
+        Err(format!(
+            "a renewal budget is more than 0 and at most 1000000 renewals a second, not {s}"
+        ))
+    }
+}
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
@@ -136,6 +162,18 @@ mod tests {
         assert!(c.leader_election);
         assert_eq!(c.concurrency, 32);
         assert!(Config::try_parse_from(["edgefleet-controller", "--concurrency", "0"]).is_err());
+        assert_eq!(c.lease_interval, Duration::from_secs(10));
+        assert_eq!(c.renewal_budget, 100.0);
+        for bad in ["0", "-1", "NaN", "inf", "1e7", "lots"] {
+            let args = ["edgefleet-controller", "--renewal-budget", bad];
+            assert!(Config::try_parse_from(args).is_err(), "{bad}");
+        }
+        assert!(
+            Config::try_parse_from(["edgefleet-controller", "--lease-interval", "0s"]).is_err()
+        );
+        let args = ["edgefleet-controller", "--renewal-budget", "0.1"];
+        let c = Config::try_parse_from(args).expect("a budget under one a second");
+        assert_eq!(c.renewal_budget, 0.1);
         let c = Config::try_parse_from([
             "edgefleet-controller",
             "--offline-threshold",

@@ -3,7 +3,7 @@
 //! the fleet's message hubs are summed over devices, not labelled by device (at 10,000
 //! devices a device label would be 10,000 series; `kubectl get edev` shows each one).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -85,6 +85,8 @@ pub struct Metrics {
     hub_backlog_bytes: Gauge,
     hub_oldest_minutes: Gauge,
     hub_lost: Family<LostLabels, Gauge>,
+    renew_every: Gauge,
+    offline_after: Gauge,
     registry: Registry,
 }
 
@@ -104,6 +106,18 @@ impl Default for Metrics {
         let hub_backlog_bytes = Gauge::default();
         let hub_oldest_minutes = Gauge::default();
         let hub_lost = Family::<LostLabels, Gauge>::default();
+        let renew_every = Gauge::default();
+        let offline_after = Gauge::default();
+        registry.register(
+            "lease_renew_interval_seconds",
+            "How often the fleet's agents are to renew their Leases (stretched with the fleet)",
+            renew_every.clone(),
+        );
+        registry.register(
+            "offline_threshold_seconds",
+            "How long a device may be silent before it is offline",
+            offline_after.clone(),
+        );
         registry.register(
             "hub_devices",
             "Devices whose hub reports its link to the cloud hub, by state",
@@ -167,6 +181,8 @@ impl Default for Metrics {
             hub_backlog_bytes,
             hub_oldest_minutes,
             hub_lost,
+            renew_every,
+            offline_after,
             registry,
         }
     }
@@ -209,6 +225,13 @@ impl Metrics {
         self.devices
             .get_or_create(&DeviceStateLabels { state })
             .set(n);
+    }
+
+    /// Shows the fleet's renewal interval and offline threshold.
+    pub fn set_pace(&self, renew_every: Duration, offline_after: Duration) {
+        let gauge = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        self.renew_every.set(gauge(renew_every));
+        self.offline_after.set(gauge(offline_after));
     }
 
     /// Shows the fleet's hubs as `t` sums them.

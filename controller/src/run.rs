@@ -235,11 +235,14 @@ async fn controllers(
         )
         .for_each(|_| ready(()));
 
+    let (new_pace, paces) = futures::channel::mpsc::channel(1);
+    tokio::spawn(pace_renewals(ctx.clone(), new_pace));
     let registry_ctrl = Controller::for_shared_stream(
         enrolments(devices_for_registry, ctx.stores.devices.clone()),
         ctx.stores.devices.clone(),
     )
     .with_config(bounded.clone())
+    .reconcile_all_on(paces)
     .graceful_shutdown_on(shutdown_signal())
     .run(
         registry::reconcile,
@@ -332,6 +335,40 @@ fn woken_by(devices: &Store<EdgeDevice>, l: &KeptLease) -> Option<ObjectRef<Edge
     let reported = devices.get(&device);
     presence::hearing_may_change(reported.as_ref().and_then(|d| d.status.as_ref()))
         .then_some(device)
+}
+
+/// Every 10 s, sets the fleet's renewal pace by its size (`decide::renewal_pace`); when
+/// every Lease is to be written at it, has the registry do so, at most one pass pending at
+/// a time (and each online device's Online condition, which names the threshold, changes
+/// once).
+async fn pace_renewals(ctx: Arc<Context>, mut new_pace: futures::channel::mpsc::Sender<()>) {
+    ctx.synced().await;
+    loop {
+        let now = std::time::Instant::now();
+        let was = ctx.pace.every();
+        let devices = ctx.stores.devices.state().len();
+        let write = ctx.pace.follow(devices, now);
+        let every = ctx.pace.every();
+        if every != was {
+            tracing::info!(
+                devices,
+                renew_every_s = every.as_secs(),
+                was_s = was.as_secs(),
+                offline_after_s = ctx.pace.lease_duration().as_secs(),
+                "the fleet's renewal interval changes"
+            );
+        }
+        if write {
+            tracing::info!(
+                renew_every_s = every.as_secs(),
+                "writing the fleet's renewal interval on every device's Lease"
+            );
+            // Full: a pass is pending, and it reads the pace when it runs.
+            let _ = new_pace.try_send(());
+        }
+        ctx.metrics.set_pace(every, ctx.pace.offline_threshold(now));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
 }
 
 /// Keeps the devices-by-state and the fleet's hub gauges current.

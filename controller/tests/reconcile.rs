@@ -7,13 +7,15 @@
 mod fake;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgefleet_controller::k8s::{apply, context::Context, written};
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
 use edgefleet_crds::deployment::MAX_FAILURE_SAMPLES;
 use edgefleet_crds::deployment::conditions::{READY, RECONCILING, STALLED};
-use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
+use edgefleet_crds::identity::{CONTROLLER_MANAGER, REGISTRATION_ANNOTATION, ROLLOUT_MANAGER};
+use edgefleet_crds::renewal::renew_every;
 use edgefleet_crds::{
     EdgeDeployment, EdgeDeploymentStatus, EdgeDevice, EdgeGrant, EdgeModule, FailureSample,
     RolloutStatus,
@@ -198,12 +200,21 @@ async fn an_enrolled_device_gets_its_lease_and_rbac_owned_by_it() {
     }
 }
 
-/// A controller that starts again lists every device as new; a device whose Lease carries
-/// the fingerprint of what the registry would write costs it no write at all (at 10,000
-/// devices, 50,000 writes at every restart before). One whose objects should change is
-/// written again.
-#[tokio::test]
-async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device() {
+/// edge-1's Lease, as a key to a world's stored objects.
+fn edge_1_lease() -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some("edgefleet-device-edge-1".into()),
+            namespace: Some(SYSTEM_NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// edge-1 registered by a controller: the Lease it wrote and the desired state, as a patch,
+/// that a controller starting again finds.
+async fn registered_edge_1() -> (Lease, Value) {
     let mut first = World::new();
     first.device(&munich_device("edge-1"));
     registry::reconcile(edge_1(), first.context())
@@ -211,17 +222,18 @@ async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device()
         .expect("registry reconcile");
     // Its Lease, its RBAC and its first desired state.
     assert_eq!(writes(&first.log.take()).len(), 6);
-    let name = "edgefleet-device-edge-1";
-    let lease = first.stored(&Lease {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(SYSTEM_NAMESPACE.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
-
+    let lease = first.stored(&edge_1_lease());
     let desired = json!({"spec": {"desired": first.stored(edge_1().as_ref()).spec.desired}});
+    (lease, desired)
+}
+
+/// A controller that starts again lists every device as new; a device whose Lease carries
+/// the fingerprint of what the registry would write costs it no write at all (at 10,000
+/// devices, 50,000 writes at every restart before). One whose objects should change is
+/// written again.
+#[tokio::test]
+async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device() {
+    let (lease, desired) = registered_edge_1().await;
 
     let mut again = World::new();
     again.device(&munich_device("edge-1")).add(lease.clone());
@@ -243,6 +255,52 @@ async fn a_controller_that_starts_again_writes_nothing_for_a_registered_device()
         .await
         .expect("registry reconcile");
     assert_eq!(writes(&changed.log.take()).len(), 5);
+}
+
+/// A fleet that outgrows its renewal budget has each Lease written again at the longer
+/// interval, and nothing else: not its RBAC, which the pace is no part of. Back within the
+/// budget, the Lease is written once more without the interval, as it was.
+#[tokio::test]
+async fn a_fleet_past_its_renewal_budget_has_its_leases_written_again_not_its_rbac() {
+    let (lease, desired) = registered_edge_1().await;
+    assert_eq!(renew_every(lease.metadata.annotations.as_ref()), None);
+
+    // One device a second, renewing every 10 s, against a budget of one every 20 s.
+    let mut grown = World::new();
+    grown.device(&munich_device("edge-1")).add(lease);
+    let ctx = grown.context_with(&["--renewal-budget", "0.05"]);
+    ctx.pace.first(|| 1, std::time::Instant::now());
+    let registered = grown.write(edge_1().as_ref(), &desired);
+    registry::reconcile(registered.clone(), ctx.clone())
+        .await
+        .expect("registry reconcile");
+    let requests = grown.log.take();
+    let written = writes(&requests);
+    assert_eq!(written.len(), 1, "{requests:#?}");
+    assert!(written[0].path.ends_with("/leases/edgefleet-device-edge-1"));
+    let paced = grown.stored(&edge_1_lease());
+    let annotations = paced.metadata.annotations.as_ref();
+    assert_eq!(renew_every(annotations), Some(Duration::from_secs(20)));
+    let spec = paced.spec.clone().unwrap_or_default();
+    assert_eq!(
+        spec.lease_duration_seconds,
+        Some(80),
+        "twice the 40 s threshold"
+    );
+    assert!(annotations.is_some_and(|a| a.contains_key(REGISTRATION_ANNOTATION)));
+
+    // Within the budget again (once agents had time to learn it): the Lease alone.
+    let mut shrunk = World::new();
+    shrunk.device(&munich_device("edge-1")).add(paced);
+    let ctx = shrunk.context();
+    let registered = shrunk.write(edge_1().as_ref(), &desired);
+    registry::reconcile(registered, ctx)
+        .await
+        .expect("registry reconcile");
+    let requests = shrunk.log.take();
+    let written = writes(&requests);
+    assert_eq!(written.len(), 1, "{requests:#?}");
+    assert!(written[0].path.ends_with("/leases/edgefleet-device-edge-1"));
 }
 
 /// The registry writes a device's first desired state only while it has none, and takes a

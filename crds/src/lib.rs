@@ -14,6 +14,7 @@ pub mod identity;
 pub mod limits;
 pub mod module;
 pub mod names;
+pub mod renewal;
 pub mod rollout;
 pub mod route;
 pub mod schema;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use edgefleet_crds::identity::AGENT_MANAGER;
+use edgefleet_crds::renewal::RENEW_EVERY_ANNOTATION;
 use edgefleet_crds::status_written::{APPLY_OPERATION, STATUS_SUBRESOURCE};
 use kube::Client;
 use kube::client::Body;
@@ -18,6 +19,25 @@ use serde_json::json;
 /// authorization filter writes when it cannot reach an authorizer, another failure with a
 /// Status.
 pub fn apiserver(status: Option<u16>, delay: Duration) -> (Client, Arc<AtomicUsize>) {
+    serve(status, delay, json!({}))
+}
+
+/// [`apiserver`] answering every request at once, and a renewal with a Lease annotated to
+/// be renewed every `secs` seconds, as the controller does once the fleet outgrows its
+/// renewal budget.
+pub fn apiserver_pacing(secs: &str) -> (Client, Arc<AtomicUsize>) {
+    serve(
+        Some(200),
+        Duration::ZERO,
+        json!({ RENEW_EVERY_ANNOTATION: secs }),
+    )
+}
+
+fn serve(
+    status: Option<u16>,
+    delay: Duration,
+    lease_annotations: serde_json::Value,
+) -> (Client, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
     let service = tower::service_fn(move |r: http::Request<Body>| {
@@ -25,7 +45,9 @@ pub fn apiserver(status: Option<u16>, delay: Duration) -> (Client, Arc<AtomicUsi
         let answer = status.map(|code| {
             let body = if (200..300).contains(&code) && r.uri().path().contains("/leases/") {
                 json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                       "metadata": {"name": "edgefleet-device-edge-1"}, "spec": {}})
+                       "metadata": {"name": "edgefleet-device-edge-1",
+                                    "annotations": lease_annotations.clone()},
+                       "spec": {}})
                 .to_string()
             } else if (200..300).contains(&code) {
                 // The n-th write changed the object: the agent's entry records its time.

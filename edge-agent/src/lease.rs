@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use edgefleet_crds::identity::{AGENT_MANAGER, device_object_name, device_user};
+use edgefleet_crds::renewal::renew_every;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::utils::Backoff;
@@ -51,8 +52,16 @@ pub async fn renew(leases: &Api<Lease>, device: &str) -> kube::Result<Lease> {
         .await
 }
 
-/// Renews the Lease every `interval` (jittered, so that a fleet started together does not
-/// renew in lockstep) and tells `link_up` whether the apiserver answers. A renewal refused
+/// The interval to renew at after a renewal answered with `lease`: the one the controller
+/// wrote on it (`edgefleet_crds::renewal`) once the fleet outgrew its renewal budget, though
+/// never shorter than the agent's own (`configured`).
+fn pace(configured: Duration, lease: &Lease) -> Duration {
+    renew_every(lease.metadata.annotations.as_ref()).map_or(configured, |e| e.max(configured))
+}
+
+/// Renews the Lease every `interval`, or as much longer as the controller writes on it
+/// ([`pace`]), jittered, so that a fleet started together does not
+/// renew in lockstep, and tells `link_up` whether the apiserver answers. A renewal refused
 /// for load waits for its next turn: the offline threshold spans several intervals. A
 /// status write the controller heard (`reported`, by the status writer) while renewals
 /// succeed puts the next one off to an interval after it (at most [`LONGEST_PUT_OFF`]
@@ -67,6 +76,8 @@ pub async fn heartbeat(
     mut reported: watch::Receiver<()>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client, &namespace);
+    let configured = interval;
+    let mut interval = interval;
     let mut backoff = Jittered::new(max_backoff);
     let mut failing = false;
     loop {
@@ -81,9 +92,14 @@ pub async fn heartbeat(
             }
         }
         let pause = match outcome {
-            Ok(_) => {
+            Ok(lease) => {
                 failing = false;
                 backoff.reset();
+                let paced = pace(configured, &lease);
+                if paced != interval {
+                    tracing::info!(every_s = paced.as_secs(), "renewing at the fleet's pace");
+                    interval = paced;
+                }
                 around(interval)
             }
             Err(why) => {
@@ -141,11 +157,51 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::fake_apiserver::apiserver;
+    use crate::fake_apiserver::{apiserver, apiserver_pacing};
 
     /// Runs the heartbeat for `run` of paused time; the requests it made and the link's state.
     async fn beat(status: Option<u16>, delay: Duration, run: Duration) -> (usize, bool) {
         beat_reported(status, delay, run, Some(vec![])).await
+    }
+
+    /// The renewals in `run` of paused time at 10 s, against an apiserver that answers them
+    /// with a Lease to be renewed every `secs`.
+    async fn beat_paced(secs: &str, run: Duration) -> usize {
+        let (client, count) = apiserver_pacing(secs);
+        let (link_tx, _link_rx) = watch::channel(false);
+        let (_reported_tx, reported_rx) = watch::channel(());
+        let heart = tokio::spawn(heartbeat(
+            client,
+            "edge-1".into(),
+            "edgefleet-system".into(),
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+            link_tx,
+            reported_rx,
+        ));
+        tokio::time::sleep(run).await;
+        heart.abort();
+        count.load(Ordering::SeqCst)
+    }
+
+    /// A fleet past the controller's renewal budget renews at the interval the controller
+    /// writes on each Lease, learnt from the first renewal's answer; never faster than the
+    /// agent's own, whatever the Lease says.
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_renews_at_the_fleets_pace_never_faster_than_its_own() {
+        let run = Duration::from_secs(120);
+        let paced = beat_paced("30", run).await;
+        assert!(
+            (4..=5).contains(&paced),
+            "{paced} renewals in 120 s at 30 s"
+        );
+        let own = beat_paced("5", run).await;
+        assert!((12..=14).contains(&own), "{own} renewals in 120 s at 10 s");
+        let forged = beat_paced("0", run).await;
+        assert!(
+            (12..=14).contains(&forged),
+            "{forged} renewals in 120 s at 10 s"
+        );
     }
 
     /// [`beat`], the status writer reporting writes the controller heard at `reports` (times

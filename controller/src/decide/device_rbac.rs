@@ -4,9 +4,11 @@
 //! deleting the device removes them. Pure builders; the registry applies them.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use edgefleet_crds::EdgeDevice;
 use edgefleet_crds::identity::{REGISTRATION_ANNOTATION, device_object_name, device_user};
+use edgefleet_crds::renewal::{RENEW_EVERY_ANNOTATION, renew_every, renew_every_value};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -139,7 +141,9 @@ impl DeviceRbac {
 /// Everything the registry writes for one device: its RBAC (none when the device
 /// authorizer authorizes devices) and its Lease. The Lease carries the fingerprint of the
 /// whole, so the registry can tell from its Lease cache alone that a device needs nothing
-/// written; it writes the Lease last, once the RBAC it vouches for is in place.
+/// written; it writes the Lease last, once the RBAC it vouches for is in place. The fleet's
+/// pace ([`Registration::paced`]) is outside the fingerprint: a fleet that outgrows its
+/// renewal budget has its Leases written again, not its RBAC.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registration {
     pub rbac: Option<DeviceRbac>,
@@ -165,6 +169,30 @@ impl Registration {
             .get_or_insert_default()
             .insert(REGISTRATION_ANNOTATION.to_owned(), fingerprint);
         r
+    }
+
+    /// The Lease at the fleet's pace (`decide::renewal_pace`): lasting `duration_s`, renewed
+    /// every `every`, or at the agent's own interval when `None` (no annotation: what the
+    /// registry always wrote, so a fleet within its budget has nothing written again).
+    pub fn paced(mut self, duration_s: i32, every: Option<Duration>) -> Registration {
+        self.lease
+            .spec
+            .get_or_insert_default()
+            .lease_duration_seconds = Some(duration_s);
+        if let Some(every) = every {
+            self.lease
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(RENEW_EVERY_ANNOTATION.to_owned(), renew_every_value(every));
+        }
+        self
+    }
+
+    /// Whether `written` (the device's Lease as cached) is at this registration's pace.
+    pub fn is_paced(&self, written: Option<&KeptLease>) -> bool {
+        let mine = renew_every(self.lease.metadata.annotations.as_ref());
+        written.is_some_and(|w| w.renew_every == mine)
     }
 
     /// A hash of the objects as built (the Lease without its annotation). With RBAC it is

@@ -10,6 +10,7 @@ pub mod grant;
 pub mod hub_accounts;
 pub mod join;
 pub mod presence;
+pub mod renewal_pace;
 pub mod rollout;
 pub mod rollup;
 pub mod selector;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::k8s::kept_lease::KeptLease;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeGrant, EdgeModule, EdgeModuleSpec};
@@ -16,6 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use crate::config::Config;
 use crate::decide::catalog::{self, CompiledDeployment};
 use crate::decide::grant::Grant;
+use crate::decide::renewal_pace::Pace;
 use crate::decide::snapshot::KeptRevision;
 use crate::k8s::moves::Moves;
 use crate::k8s::watches::Synced;
@@ -50,6 +52,8 @@ pub struct Context {
     pub written_conditions: Written,
     /// The devices' desired states written that the device cache may not show yet.
     pub written_desired: Written,
+    /// How often the fleet renews its Leases, and how long a device may be silent.
+    pub pace: Pace,
     synced: Arc<Synced>,
 }
 
@@ -67,6 +71,11 @@ impl Context {
         stores: Stores,
         synced: Arc<Synced>,
     ) -> Self {
+        let pace = Pace::new(
+            config.lease_interval,
+            config.offline_threshold,
+            config.renewal_budget,
+        );
         Context {
             client,
             config,
@@ -77,6 +86,7 @@ impl Context {
             moves: Moves::default(),
             written_conditions: Written::default(),
             written_desired: Written::default(),
+            pace,
             synced,
         }
     }
@@ -132,9 +142,13 @@ impl Context {
     }
 
     /// Waits until every cache has its initial list. Reconciles start with this: deciding on
-    /// a half-filled cache would, for one, take every device's Node for gone.
+    /// a half-filled cache would, for one, take every device's Node for gone. The fleet's
+    /// first renewal pace is chosen here, from the whole fleet, before any reconcile writes
+    /// a Lease or judges presence by it.
     pub async fn synced(&self) {
         self.synced.wait().await;
+        self.pace
+            .first(|| self.stores.devices.state().len(), Instant::now());
     }
 
     /// The device's Node, if it exists. Only its existence counts, never its labels.

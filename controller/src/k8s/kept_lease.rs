@@ -1,11 +1,14 @@
 //! What the controller keeps of a device's Lease: its last renewal, for presence, and the
-//! registry's fingerprint, to know its objects are in place. Nothing else of a Lease is
+//! registry's fingerprint and the renewal interval written, to know its objects are in
+//! place. Nothing else of a Lease is
 //! read, and at 10,000 devices the rest is most of the cache: the fingerprint alone, kept
 //! in the Lease's annotations map, took a map node of some 540 bytes a device.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use edgefleet_crds::identity::REGISTRATION_ANNOTATION;
+use edgefleet_crds::renewal::renew_every;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -25,6 +28,8 @@ pub struct KeptLease {
     pub renewed: Option<MicroTime>,
     /// The registry's fingerprint (`REGISTRATION_ANNOTATION`), when it wrote one.
     pub registration: Option<String>,
+    /// The renewal interval written on it (`RENEW_EVERY_ANNOTATION`), if a valid one.
+    pub renew_every: Option<Duration>,
 }
 
 impl KeptLease {
@@ -38,6 +43,7 @@ impl KeptLease {
             .as_mut()
             .and_then(|a| a.remove(REGISTRATION_ANNOTATION))
             .filter(|f| f.len() == FINGERPRINT_LEN);
+        let renew_every = renew_every(lease.metadata.annotations.as_ref());
         let seen = jiff::Timestamp::now();
         let renewed = lease
             .spec
@@ -49,6 +55,7 @@ impl KeptLease {
             metadata: lease.metadata,
             renewed,
             registration,
+            renew_every,
         }
     }
 }

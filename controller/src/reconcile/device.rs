@@ -203,20 +203,11 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         .get(&ObjectRef::new(&device_object_name(&name)).within(&ctx.config.namespace));
     let now = jiff::Timestamp::now();
     let status_time = status_written(&device);
-    let (what, p) = heard(
-        lease.as_deref(),
-        status_time,
-        now,
-        ctx.config.offline_threshold,
-    );
+    let threshold = ctx.pace.offline_threshold(Instant::now());
+    let (what, p) = heard(lease.as_deref(), status_time, now, threshold);
     let status = device.status.clone().unwrap_or_default();
     let status_problems = status_check::problems(&status, Some(&desired));
-    let mut conditions = controller_conditions(
-        &registration,
-        what,
-        ctx.config.offline_threshold,
-        &status_problems,
-    );
+    let mut conditions = controller_conditions(&registration, what, threshold, &status_problems);
     conditions.bound();
     let old = &status.conditions;
     let noted = &ctx.written_conditions;

@@ -51,18 +51,27 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     }
     let ns = ctx.config.namespace.as_str();
     let c = &ctx.client;
-    let lease_s = i32::try_from(ctx.config.offline_threshold.as_secs()).unwrap_or(i32::MAX);
+    let seconds = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
     let with_rbac = ctx.config.device_authorization == DeviceAuthorization::Rbac;
-    let r = Registration::of(&name, ns, &device, lease_s, with_rbac);
+    let r = Registration::of(
+        &name,
+        ns,
+        &device,
+        seconds(ctx.config.offline_threshold),
+        with_rbac,
+    )
+    .paced(seconds(ctx.pace.lease_duration()), ctx.pace.renew_every());
     let cached = ctx
         .stores
         .leases
         .get(&ObjectRef::new(&device_object_name(&name)).within(ns));
-    if r.is_in(cached.as_deref()) {
+    let registered = r.is_in(cached.as_deref());
+    if registered && r.is_paced(cached.as_deref()) {
         // What a controller that starts again finds for every device it registered before.
         ctx.metrics.skipped_write(CONTROLLER);
     } else {
-        if let Some(rbac) = &r.rbac {
+        // Only the Lease when only the fleet's pace changed.
+        if let Some(rbac) = r.rbac.as_ref().filter(|_| !registered) {
             apply_rbac(c, ns, rbac)
                 .await
                 .map_err(|e| Error::ApplyRbac(name.clone(), e))?;

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use controller::{Controller, Launch};
 use edgefleet_agent::apiserver::Protocol;
+use edgefleet_controller::decide::renewal_pace;
 use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
+use edgefleet_crds::renewal::renew_every;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, RolloutPhase};
 use edgefleet_e2e::hollow::Behaviour;
 use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, LabCa, Timing, register};
@@ -31,6 +33,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{DeleteParams, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::{Api, Client};
 use progress::{Goal, Progress, by_share};
 use quiet::{QUIET_WINDOW, until_quiet};
@@ -68,6 +71,10 @@ struct Args {
     /// often, see the scaling model in controller/README.md).
     #[arg(long, default_value_t = 10)]
     lease_interval_s: u64,
+    /// The controller's `--renewal-budget`: the idle phase waits until the controller has
+    /// written the pace it gives the fleet on every Lease, and lasts two of its intervals.
+    #[arg(long, default_value_t = 100.0)]
+    renewal_budget: f64,
     /// The apiserver's URL, instead of the admin kubeconfig's: its lab address when run in
     /// the control plane's network namespace, as `e2e/bench-fleet` does. Through the host's
     /// forwarder (a socat pair, two processes a connection) a thousand agents measure socat.
@@ -232,9 +239,10 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
     }
 
     settle(admin, "the last device reported").await;
+    let every = paced(admin, n, args).await;
     // Whole Lease intervals, two at least: agents that started together renew in waves
     // (jitter spreads them only slowly), and a shorter window catches a wave or misses it.
-    let window = args.idle_s.max(2 * args.lease_interval_s);
+    let window = args.idle_s.max(2 * every.as_secs());
     let idle = Phase::begin(admin, &processes).await;
     tokio::time::sleep(Duration::from_secs(window)).await;
     let cost = idle.end(admin, &processes, n).await;
@@ -388,6 +396,61 @@ fn warn_of_open_files(ends: &[Process], n: usize, protocol: Protocol) {
     }
 }
 
+/// Waits until every hollow device's Lease is at the pace the controller gives the fleet
+/// (`renewal_pace`: a stretched interval once the fleet passes its renewal budget, written a
+/// minute after the fleet stopped growing), then an interval more, for each agent to renew
+/// once at the old one and learn it; returns the interval. The idle phase measures that
+/// pace, not the Leases' writing.
+async fn paced(admin: &Client, n: usize, args: &Args) -> Duration {
+    const LIMIT: Duration = Duration::from_secs(600);
+    let interval = Duration::from_secs(args.lease_interval_s);
+    let devices: Api<EdgeDevice> = Api::all(admin.clone());
+    let mut fleet = 0;
+    let mut page = ListParams::default().limit(500);
+    loop {
+        let Ok(list) = devices.list_metadata(&page).await else {
+            break;
+        };
+        fleet += list.items.len();
+        match list.metadata.continue_ {
+            Some(token) if !token.is_empty() => page = page.continue_token(&token),
+            _ => break,
+        }
+    }
+    let max = renewal_pace::max_stretch(interval);
+    let stretch = renewal_pace::stretch(fleet, args.renewal_budget, interval, 1, max);
+    let want = (stretch > 1).then(|| interval * stretch);
+    let every = want.unwrap_or(interval);
+    println!(
+        "bench fleet: the controller's pace for {fleet} devices: a renewal every {}s",
+        every.as_secs()
+    );
+    let start = Instant::now();
+    loop {
+        let at_pace = hollow_leases(admin, |lease| {
+            renew_every(lease.metadata.annotations.as_ref()) == want
+        })
+        .await;
+        if at_pace >= n {
+            break;
+        }
+        if start.elapsed() > LIMIT {
+            println!(
+                "bench fleet: {at_pace} of {n} Leases at that pace after {}s: the idle figure below includes the rest",
+                LIMIT.as_secs()
+            );
+            return every;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(interval + interval / 5).await;
+    println!(
+        "bench fleet: every Lease at that pace {:.0}s after the fleet settled",
+        start.elapsed().as_secs_f64()
+    );
+    every
+}
+
 /// Waits until everything but the heartbeats has stopped writing: the controller's rollups,
 /// conditions and Events after a fleet reported Ready outlast the report by seconds to
 /// minutes, and an idle rate measured over them is not idle. Settled means at most one write a
@@ -437,28 +500,38 @@ async fn staged_settings_rolled_out(admin: &Client, ns: &str, timeout: Duration)
 /// Waits until the controller made the Lease of every hollow device (in the reconcile that
 /// makes its RBAC), or `timeout`; how many it made.
 async fn wait_for_leases(admin: &Client, n: usize, timeout: Duration) -> usize {
-    let leases: Api<Lease> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
     let start = Instant::now();
     loop {
-        let made = leases
-            .list_metadata(&ListParams::default())
-            .await
-            .map_or(0, |l| {
-                l.items
-                    .iter()
-                    .filter(|o| {
-                        o.metadata
-                            .name
-                            .as_deref()
-                            .is_some_and(|m| m.starts_with(&device_object_name("hollow-")))
-                    })
-                    .count()
-            });
+        let made = hollow_leases(admin, |_| true).await;
         if made >= n || start.elapsed() > timeout {
             return made;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// How many hollow devices' Leases there are that `counts` (their metadata); 0 if the list
+/// fails.
+async fn hollow_leases(
+    admin: &Client,
+    counts: impl Fn(&PartialObjectMeta<Lease>) -> bool,
+) -> usize {
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    leases
+        .list_metadata(&ListParams::default())
+        .await
+        .map_or(0, |l| {
+            l.items
+                .iter()
+                .filter(|o| {
+                    o.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with(&device_object_name("hollow-")))
+                        && counts(o)
+                })
+                .count()
+        })
 }
 
 /// Waits for the fleet to meet the goal and prints the phase's figures.

@@ -1,0 +1,292 @@
+//! How often the fleet's agents renew their Leases, and so how long a device may be silent
+//! before it is offline. Each renewal is a write, and at a fixed interval their rate grows
+//! with the fleet: the chart's 10 s is 1,000 writes a second at 10,000 devices, more than
+//! half of what an apiserver on two cores takes, before the fleet has done anything. So the
+//! controller stretches the interval with the fleet, in whole multiples of the agents'
+//! configured one, to keep the fleet's renewals within a budget a second
+//! (`--renewal-budget`), and the offline threshold with it. It writes the interval on each
+//! device's Lease (`edgefleet_crds::renewal`), where the agent reads it.
+//!
+//! A small fleet keeps the configured interval and writes nothing new. A growing fleet's
+//! new devices get the longer interval at once, in the Lease their registration writes
+//! anyway; every other Lease is written once the fleet has held its size for [`HOLD`]
+//! ([`Pace::follow`]), so that 10,000 devices enrolled at once have their Leases written
+//! once, after, not at every thousand. The first pace is taken from the whole fleet when
+//! the controller starts: a restart finds the Leases at the pace they have, and writes
+//! none. A shrinking fleet gets a shorter interval only well below the budget
+//! ([`stretch`]) and a minute after it needs it, and while agents still renew at the longer
+//! one, its threshold holds ([`Pace::offline_threshold`]).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use edgefleet_crds::renewal::MAX_RENEW_EVERY;
+
+/// How much more a fleet must shrink than the shorter interval needs before it gets it: a
+/// fleet at the edge of the budget would otherwise have every Lease written back and forth.
+const SHRINK_MARGIN: f64 = 1.25;
+
+/// How long a fleet must need a new pace before every Lease is written at it.
+pub const HOLD: Duration = Duration::from_secs(60);
+
+/// The stretch (a whole multiple of the agents' `interval`) at which `devices` renew at
+/// most `budget` times a second, given the one in effect. It grows as soon as the fleet
+/// needs it; it shrinks only once the fleet is [`SHRINK_MARGIN`] times below what the
+/// shorter stretch allows. Never past `max`.
+pub fn stretch(devices: usize, budget: f64, interval: Duration, current: u32, max: u32) -> u32 {
+    let per_stretch = budget * interval.as_secs_f64();
+    let need = |devices: f64| {
+        // Saturates: a float past u32's range casts to u32::MAX.
+        ((devices / per_stretch).ceil() as u32).clamp(1, max)
+    };
+    let up = need(devices as f64);
+    if up > current {
+        return up;
+    }
+    need(devices as f64 * SHRINK_MARGIN).min(current)
+}
+
+/// The longest stretch of `interval` the agents heed (`MAX_RENEW_EVERY`), at least one.
+pub fn max_stretch(interval: Duration) -> u32 {
+    let most = MAX_RENEW_EVERY.as_secs_f64() / interval.as_secs_f64().max(1.0);
+    (most.floor() as u32).max(1)
+}
+
+/// The fleet's pace, shared by the registry (which writes it on the Leases) and the device
+/// reconcile (which judges presence by it).
+#[derive(Debug)]
+pub struct Pace {
+    /// The agents' configured interval (`--lease-interval`).
+    interval: Duration,
+    /// The offline threshold at that interval (`--offline-threshold`).
+    threshold: Duration,
+    /// Renewals a second the fleet may send (`--renewal-budget`).
+    budget: f64,
+    max: u32,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    stretch: u32,
+    /// Whether the first pace was chosen.
+    decided: bool,
+    /// A shorter stretch the fleet needs, and since when.
+    pending: Option<(u32, Instant)>,
+    /// Since when the stretch is one not yet written on every Lease (it grew).
+    unwritten: Option<Instant>,
+    /// A longer stretch given up, and until when its threshold still holds: its agents
+    /// renew at its interval until their next renewal's answer tells them the new one.
+    longer: Option<(u32, Instant)>,
+}
+
+impl Pace {
+    pub fn new(interval: Duration, threshold: Duration, budget: f64) -> Pace {
+        Pace {
+            interval,
+            threshold,
+            budget,
+            max: max_stretch(interval),
+            state: Mutex::new(State {
+                stretch: 1,
+                decided: false,
+                pending: None,
+                unwritten: None,
+                longer: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> State {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows the fleet's size; whether every Lease is to be written now. The first call
+    /// takes what `devices` need, which the registry's first pass writes. A longer stretch
+    /// is taken at once (the Leases registered from now on carry it, and the threshold
+    /// covers them), and written on every Lease once it has held for [`HOLD`]; a shorter one
+    /// is taken, and written, once the fleet has needed it that long.
+    pub fn follow(&self, devices: usize, now: Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let next = stretch(devices, self.budget, self.interval, s.stretch, self.max);
+        if !std::mem::replace(&mut s.decided, true) {
+            s.stretch = next;
+            return false;
+        }
+        if next > s.stretch {
+            s.stretch = next;
+            s.pending = None;
+            s.unwritten = Some(now);
+            return false;
+        }
+        if next < s.stretch {
+            match s.pending {
+                Some((wanted, since)) if wanted == next => {
+                    if now.saturating_duration_since(since) >= HOLD {
+                        // An agent learns the shorter interval at its next renewal, which
+                        // may come two of the longer intervals after its last (put off by
+                        // status writes): twice the longer threshold covers that and the
+                        // Leases' writing.
+                        let longest = s.longer.map_or(s.stretch, |(l, _)| l.max(s.stretch));
+                        s.longer = Some((longest, now + self.threshold * longest * 2));
+                        s.stretch = next;
+                        s.pending = None;
+                        s.unwritten = None;
+                        return true;
+                    }
+                }
+                _ => s.pending = Some((next, now)),
+            }
+        } else {
+            s.pending = None;
+        }
+        match s.unwritten {
+            Some(since) if now.saturating_duration_since(since) >= HOLD => {
+                s.unwritten = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Chooses the first pace from the fleet `devices` counts, unless one was chosen.
+    pub fn first(&self, devices: impl FnOnce() -> usize, now: Instant) {
+        if !self.state().decided {
+            self.follow(devices(), now);
+        }
+    }
+
+    /// How often the agents are to renew.
+    pub fn every(&self) -> Duration {
+        self.interval * self.state().stretch
+    }
+
+    /// The interval to write on the Leases: none while the agents' own holds.
+    pub fn renew_every(&self) -> Option<Duration> {
+        let s = self.state().stretch;
+        (s > 1).then(|| self.interval * s)
+    }
+
+    /// The Leases' duration: the offline threshold at the stretch in effect, what someone
+    /// reading a Lease may take for its life.
+    pub fn lease_duration(&self) -> Duration {
+        self.threshold * self.state().stretch
+    }
+
+    /// How long a device may be silent at `now` before it is offline: the threshold at the
+    /// stretch in effect, or at a longer one given up a moment ago.
+    pub fn offline_threshold(&self, now: Instant) -> Duration {
+        let s = self.state();
+        let longer = s
+            .longer
+            .filter(|&(_, until)| now < until)
+            .map_or(1, |(l, _)| l);
+        self.threshold * s.stretch.max(longer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEN_S: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_fleet_within_the_budget_keeps_the_agents_interval() {
+        assert_eq!(stretch(0, 100.0, TEN_S, 1, 360), 1);
+        assert_eq!(stretch(1_000, 100.0, TEN_S, 1, 360), 1);
+        assert_eq!(stretch(1_001, 100.0, TEN_S, 1, 360), 2);
+        // 10,000 devices at 100 a second: every 100 s.
+        assert_eq!(stretch(10_000, 100.0, TEN_S, 1, 360), 10);
+        assert_eq!(stretch(10_000, 100.0, Duration::from_secs(40), 1, 90), 3);
+    }
+
+    /// A fleet that hovers about the budget's edge does not have every Lease written each
+    /// time it crosses it: it shrinks back only a quarter below.
+    #[test]
+    fn a_fleet_at_the_edge_does_not_flap() {
+        assert_eq!(stretch(1_001, 100.0, TEN_S, 1, 360), 2);
+        assert_eq!(stretch(1_000, 100.0, TEN_S, 2, 360), 2);
+        assert_eq!(stretch(801, 100.0, TEN_S, 2, 360), 2);
+        assert_eq!(stretch(800, 100.0, TEN_S, 2, 360), 1);
+        assert_eq!(stretch(5_000, 100.0, TEN_S, 10, 360), 7);
+    }
+
+    /// Neither a tiny budget nor a huge fleet asks agents for more than `MAX_RENEW_EVERY`.
+    #[test]
+    fn the_interval_has_a_ceiling() {
+        assert_eq!(max_stretch(TEN_S), 360);
+        assert_eq!(max_stretch(Duration::from_secs(7200)), 1);
+        assert_eq!(max_stretch(Duration::ZERO), 3600);
+        assert_eq!(stretch(usize::MAX, 0.001, TEN_S, 1, 360), 360);
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A controller that starts takes the pace its whole fleet needs at once: the Leases
+    /// of a fleet it paced before are at that pace already, and nothing is written.
+    #[test]
+    fn the_first_pace_is_the_whole_fleets() {
+        let t0 = Instant::now();
+        let small = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
+        small.first(|| 500, t0);
+        assert_eq!(small.renew_every(), None, "the agents' own interval");
+        assert_eq!(small.lease_duration(), Duration::from_secs(40));
+        let large = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
+        large.first(|| 3_000, t0);
+        large.first(|| unreachable!("chosen once"), t0);
+        assert_eq!(large.renew_every(), Some(Duration::from_secs(30)));
+        assert_eq!(large.every(), Duration::from_secs(30));
+        assert_eq!(large.lease_duration(), Duration::from_secs(120));
+        assert_eq!(large.offline_threshold(t0), Duration::from_secs(120));
+        assert!(!large.follow(3_000, t0 + HOLD * 2), "no change, no writes");
+    }
+
+    /// 10,000 devices enrolled at once: each new device's Lease carries the interval the
+    /// fleet needs when it registers, and every Lease is written once, a minute after the
+    /// fleet stopped growing, not at every thousand.
+    #[test]
+    fn a_growing_fleet_has_its_leases_written_once_it_stops_growing() {
+        let pace = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
+        let t0 = Instant::now();
+        pace.first(|| 0, t0);
+        let mut writes = 0;
+        for (i, devices) in (1_000..10_000).step_by(1_500).enumerate() {
+            let at = t0 + SECOND * 10 * u32::try_from(i).expect("a few");
+            writes += usize::from(pace.follow(devices, at));
+        }
+        assert_eq!(writes, 0, "still enrolling");
+        assert_eq!(
+            pace.renew_every(),
+            Some(Duration::from_secs(90)),
+            "for 8,500"
+        );
+        let grown = t0 + SECOND * 70;
+        assert!(!pace.follow(10_000, grown));
+        assert_eq!(pace.renew_every(), Some(Duration::from_secs(100)));
+        assert_eq!(pace.offline_threshold(grown), Duration::from_secs(400));
+        assert!(!pace.follow(10_000, grown + HOLD - SECOND));
+        assert!(pace.follow(10_000, grown + HOLD), "every Lease, once");
+        assert!(!pace.follow(10_000, grown + HOLD * 2));
+    }
+
+    /// Agents renewing every 30 s are not called offline after the 40 s of a fleet that has
+    /// just shrunk: they learn the shorter interval only at their next renewal.
+    #[test]
+    fn a_shorter_interval_is_judged_by_the_longer_one_a_while() {
+        let pace = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
+        let t0 = Instant::now();
+        pace.first(|| 3_000, t0);
+        assert!(!pace.follow(100, t0));
+        assert_eq!(pace.renew_every(), Some(Duration::from_secs(30)), "not yet");
+        let shrunk = t0 + HOLD;
+        assert!(pace.follow(100, shrunk), "every Lease, at once");
+        assert_eq!(pace.renew_every(), None);
+        assert_eq!(pace.lease_duration(), Duration::from_secs(40));
+        assert_eq!(pace.offline_threshold(shrunk), Duration::from_secs(120));
+        let later = shrunk + SECOND * 239;
+        assert_eq!(pace.offline_threshold(later), Duration::from_secs(120));
+        let after = shrunk + SECOND * 240;
+        assert_eq!(pace.offline_threshold(after), Duration::from_secs(40));
+    }
+}
