@@ -178,11 +178,16 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
     // What the cluster writes without the hollow fleet (its own Leases, Events, ...).
     let quiet = Phase::begin(admin, &processes).await;
     tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
-    let Some(baseline) = quiet.end(admin, &processes, n).await.writes_per_s else {
+    let without = quiet.end(admin, &processes, n).await;
+    let Some(baseline) = without.writes_per_s else {
         eprintln!("fleet-sim: no baseline without the apiserver's metrics");
         return false;
     };
-    println!("bench fleet: the cluster without the fleet writes {baseline:.1}/s");
+    // Its CPU too: what the idle fleet costs the apiserver is the idle phase's less this.
+    println!(
+        "bench fleet: the cluster without the fleet writes {baseline:.1}/s; {}",
+        without.text
+    );
 
     // Enrolment first, then the agents: agents started before the controller made their
     // Lease and RBAC retry every 2 s each, and a thousand of them saturate this apiserver.
