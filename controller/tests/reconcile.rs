@@ -269,7 +269,7 @@ async fn a_fleet_past_its_renewal_budget_has_its_leases_written_again_not_its_rb
     let mut grown = World::new();
     grown.device(&munich_device("edge-1")).add(lease);
     let ctx = grown.context_with(&["--renewal-budget", "0.05"]);
-    ctx.pace.first(|| 1, std::time::Instant::now());
+    ctx.pace.first(|| (1, None), std::time::Instant::now());
     let registered = grown.write(edge_1().as_ref(), &desired);
     registry::reconcile(registered.clone(), ctx.clone())
         .await

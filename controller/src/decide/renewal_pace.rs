@@ -13,7 +13,7 @@
 //! ([`Pace::follow`]), so that 10,000 devices enrolled at once have their Leases written
 //! once, after, not at every thousand. The first pace is taken from the whole fleet when
 //! the controller starts: a restart finds the Leases at the pace they have, and writes
-//! none. A shrinking fleet gets a shorter interval only well below the budget
+//! none ([`Pace::first`]). A shrinking fleet gets a shorter interval only well below the budget
 //! ([`stretch`]) and a minute after it needs it, and while agents still renew at the longer
 //! one, its threshold holds ([`Pace::offline_threshold`]).
 
@@ -149,10 +149,24 @@ impl Pace {
         }
     }
 
-    /// Chooses the first pace from the fleet `devices` counts, unless one was chosen.
-    pub fn first(&self, devices: impl FnOnce() -> usize, now: Instant) {
-        if !self.state().decided {
-            self.follow(devices(), now);
+    /// Chooses the first pace from the fleet `seen` gives (its size, and the longest
+    /// interval written on any of its Leases), unless one was chosen. Agents following a
+    /// longer interval than the new pace's (a controller started with a larger budget, or
+    /// over a fleet that shrank while none ran) are judged by its threshold a while, as
+    /// when a fleet shrinks under a running controller.
+    pub fn first(&self, seen: impl FnOnce() -> (usize, Option<Duration>), now: Instant) {
+        if self.state().decided {
+            return;
+        }
+        let (devices, longest) = seen();
+        self.follow(devices, now);
+        let written = longest.map_or(1, |every| {
+            let stretch = (every.as_secs_f64() / self.interval.as_secs_f64()).ceil();
+            (stretch as u32).clamp(1, self.max)
+        });
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if written > s.stretch {
+            s.longer = Some((written, now + self.threshold * written * 2));
         }
     }
 
@@ -229,11 +243,11 @@ mod tests {
     fn the_first_pace_is_the_whole_fleets() {
         let t0 = Instant::now();
         let small = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
-        small.first(|| 500, t0);
+        small.first(|| (500, None), t0);
         assert_eq!(small.renew_every(), None, "the agents' own interval");
         assert_eq!(small.lease_duration(), Duration::from_secs(40));
         let large = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
-        large.first(|| 3_000, t0);
+        large.first(|| (3_000, None), t0);
         large.first(|| unreachable!("chosen once"), t0);
         assert_eq!(large.renew_every(), Some(Duration::from_secs(30)));
         assert_eq!(large.every(), Duration::from_secs(30));
@@ -249,7 +263,7 @@ mod tests {
     fn a_growing_fleet_has_its_leases_written_once_it_stops_growing() {
         let pace = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
         let t0 = Instant::now();
-        pace.first(|| 0, t0);
+        pace.first(|| (0, None), t0);
         let mut writes = 0;
         for (i, devices) in (1_000..10_000).step_by(1_500).enumerate() {
             let at = t0 + SECOND * 10 * u32::try_from(i).expect("a few");
@@ -270,13 +284,34 @@ mod tests {
         assert!(!pace.follow(10_000, grown + HOLD * 2));
     }
 
+    /// A controller that starts over Leases written at a longer interval than its pace
+    /// (its budget was raised) judges their agents by the longer threshold a while: they
+    /// renew every 100 s until their rewritten Lease's answer tells them 10 s.
+    #[test]
+    fn a_controller_that_starts_over_longer_intervals_judges_by_them_a_while() {
+        let pace = Pace::new(TEN_S, Duration::from_secs(40), 1_000.0);
+        let t0 = Instant::now();
+        pace.first(|| (10_000, Some(Duration::from_secs(100))), t0);
+        assert_eq!(
+            pace.renew_every(),
+            None,
+            "10,000 within a budget of 1,000 a second"
+        );
+        assert_eq!(pace.offline_threshold(t0), Duration::from_secs(400));
+        let after = t0 + Duration::from_secs(800);
+        assert_eq!(pace.offline_threshold(after), Duration::from_secs(40));
+        let shorter = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
+        shorter.first(|| (10_000, Some(Duration::from_secs(20))), t0);
+        assert_eq!(shorter.offline_threshold(t0), Duration::from_secs(400));
+    }
+
     /// Agents renewing every 30 s are not called offline after the 40 s of a fleet that has
     /// just shrunk: they learn the shorter interval only at their next renewal.
     #[test]
     fn a_shorter_interval_is_judged_by_the_longer_one_a_while() {
         let pace = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
         let t0 = Instant::now();
-        pace.first(|| 3_000, t0);
+        pace.first(|| (3_000, None), t0);
         assert!(!pace.follow(100, t0));
         assert_eq!(pace.renew_every(), Some(Duration::from_secs(30)), "not yet");
         let shrunk = t0 + HOLD;

@@ -147,8 +147,17 @@ impl Context {
     /// a Lease or judges presence by it.
     pub async fn synced(&self) {
         self.synced.wait().await;
-        self.pace
-            .first(|| self.stores.devices.state().len(), Instant::now());
+        let seen = || {
+            let longest = self
+                .stores
+                .leases
+                .state()
+                .iter()
+                .filter_map(|l| l.renew_every)
+                .max();
+            (self.stores.devices.state().len(), longest)
+        };
+        self.pace.first(seen, Instant::now());
     }
 
     /// The device's Node, if it exists. Only its existence counts, never its labels.
