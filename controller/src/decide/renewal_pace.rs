@@ -52,6 +52,16 @@ pub fn max_stretch(interval: Duration) -> u32 {
     (most.floor() as u32).max(1)
 }
 
+/// The interval at least half of the fleet's Leases carry (each one's `written`, the
+/// agents' own where none is): what a controller that starts finds its agents following.
+/// Not the longest: a device may write its own Lease, and one Lease saying an hour must
+/// not make the whole fleet's silence go unseen for hours.
+pub fn written_on_most(mut written: Vec<Duration>) -> Option<Duration> {
+    written.sort_unstable();
+    let middle = written.len().checked_sub(1)? / 2;
+    written.get(middle).copied()
+}
+
 /// The fleet's pace, shared by the registry (which writes it on the Leases) and the device
 /// reconcile (which judges presence by it).
 #[derive(Debug)]
@@ -149,8 +159,8 @@ impl Pace {
         }
     }
 
-    /// Chooses the first pace from the fleet `seen` gives (its size, and the longest
-    /// interval written on any of its Leases), unless one was chosen. Agents following a
+    /// Chooses the first pace from the fleet `seen` gives (its size, and the interval most
+    /// of its Leases carry, [`written_on_most`]), unless one was chosen. Agents following a
     /// longer interval than the new pace's (a controller started with a larger budget, or
     /// over a fleet that shrank while none ran) are judged by its threshold a while, as
     /// when a fleet shrinks under a running controller.
@@ -158,9 +168,9 @@ impl Pace {
         if self.state().decided {
             return;
         }
-        let (devices, longest) = seen();
+        let (devices, on_most) = seen();
         self.follow(devices, now);
-        let written = longest.map_or(1, |every| {
+        let written = on_most.map_or(1, |every| {
             let stretch = (every.as_secs_f64() / self.interval.as_secs_f64()).ceil();
             (stretch as u32).clamp(1, self.max)
         });
@@ -170,21 +180,22 @@ impl Pace {
         }
     }
 
+    /// The Lease the registry writes, from one look at the pace: its duration (the offline
+    /// threshold at the stretch in effect, what someone reading a Lease may take for its
+    /// life) and the interval to write on it (none while the agents' own holds).
+    pub fn lease(&self) -> (Duration, Option<Duration>) {
+        let s = self.state().stretch;
+        (self.threshold * s, (s > 1).then(|| self.interval * s))
+    }
+
     /// How often the agents are to renew.
     pub fn every(&self) -> Duration {
         self.interval * self.state().stretch
     }
 
-    /// The interval to write on the Leases: none while the agents' own holds.
-    pub fn renew_every(&self) -> Option<Duration> {
-        let s = self.state().stretch;
-        (s > 1).then(|| self.interval * s)
-    }
-
-    /// The Leases' duration: the offline threshold at the stretch in effect, what someone
-    /// reading a Lease may take for its life.
+    /// The Leases' duration.
     pub fn lease_duration(&self) -> Duration {
-        self.threshold * self.state().stretch
+        self.lease().0
     }
 
     /// How long a device may be silent at `now` before it is offline: the threshold at the
@@ -244,12 +255,12 @@ mod tests {
         let t0 = Instant::now();
         let small = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
         small.first(|| (500, None), t0);
-        assert_eq!(small.renew_every(), None, "the agents' own interval");
+        assert_eq!(small.lease().1, None, "the agents' own interval");
         assert_eq!(small.lease_duration(), Duration::from_secs(40));
         let large = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
         large.first(|| (3_000, None), t0);
         large.first(|| unreachable!("chosen once"), t0);
-        assert_eq!(large.renew_every(), Some(Duration::from_secs(30)));
+        assert_eq!(large.lease().1, Some(Duration::from_secs(30)));
         assert_eq!(large.every(), Duration::from_secs(30));
         assert_eq!(large.lease_duration(), Duration::from_secs(120));
         assert_eq!(large.offline_threshold(t0), Duration::from_secs(120));
@@ -270,14 +281,10 @@ mod tests {
             writes += usize::from(pace.follow(devices, at));
         }
         assert_eq!(writes, 0, "still enrolling");
-        assert_eq!(
-            pace.renew_every(),
-            Some(Duration::from_secs(90)),
-            "for 8,500"
-        );
+        assert_eq!(pace.lease().1, Some(Duration::from_secs(90)), "for 8,500");
         let grown = t0 + SECOND * 70;
         assert!(!pace.follow(10_000, grown));
-        assert_eq!(pace.renew_every(), Some(Duration::from_secs(100)));
+        assert_eq!(pace.lease().1, Some(Duration::from_secs(100)));
         assert_eq!(pace.offline_threshold(grown), Duration::from_secs(400));
         assert!(!pace.follow(10_000, grown + HOLD - SECOND));
         assert!(pace.follow(10_000, grown + HOLD), "every Lease, once");
@@ -293,7 +300,7 @@ mod tests {
         let t0 = Instant::now();
         pace.first(|| (10_000, Some(Duration::from_secs(100))), t0);
         assert_eq!(
-            pace.renew_every(),
+            pace.lease().1,
             None,
             "10,000 within a budget of 1,000 a second"
         );
@@ -305,6 +312,27 @@ mod tests {
         assert_eq!(shorter.offline_threshold(t0), Duration::from_secs(400));
     }
 
+    /// A device may write its own Lease: an hour on one Lease, or on fewer than half, is
+    /// not what the fleet follows, and can't hold every device online for hours.
+    #[test]
+    fn a_forged_interval_on_a_few_leases_does_not_pace_the_fleet() {
+        let secs = Duration::from_secs;
+        let fleet = |forged: usize, honest: usize, every: Duration| {
+            let mut w = vec![secs(3600); forged];
+            w.extend(std::iter::repeat_n(every, honest));
+            written_on_most(w)
+        };
+        assert_eq!(fleet(1, 9_999, secs(110)), Some(secs(110)));
+        assert_eq!(fleet(1, 1, TEN_S), Some(TEN_S), "one of two");
+        assert_eq!(fleet(4_999, 5_001, TEN_S), Some(TEN_S));
+        assert_eq!(fleet(0, 3, secs(100)), Some(secs(100)));
+        assert_eq!(written_on_most(vec![]), None);
+        let pace = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
+        let t0 = Instant::now();
+        pace.first(|| (500, fleet(1, 499, TEN_S)), t0);
+        assert_eq!(pace.offline_threshold(t0), Duration::from_secs(40));
+    }
+
     /// Agents renewing every 30 s are not called offline after the 40 s of a fleet that has
     /// just shrunk: they learn the shorter interval only at their next renewal.
     #[test]
@@ -313,10 +341,10 @@ mod tests {
         let t0 = Instant::now();
         pace.first(|| (3_000, None), t0);
         assert!(!pace.follow(100, t0));
-        assert_eq!(pace.renew_every(), Some(Duration::from_secs(30)), "not yet");
+        assert_eq!(pace.lease().1, Some(Duration::from_secs(30)), "not yet");
         let shrunk = t0 + HOLD;
         assert!(pace.follow(100, shrunk), "every Lease, at once");
-        assert_eq!(pace.renew_every(), None);
+        assert_eq!(pace.lease().1, None);
         assert_eq!(pace.lease_duration(), Duration::from_secs(40));
         assert_eq!(pace.offline_threshold(shrunk), Duration::from_secs(120));
         let later = shrunk + SECOND * 239;

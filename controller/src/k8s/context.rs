@@ -17,7 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use crate::config::Config;
 use crate::decide::catalog::{self, CompiledDeployment};
 use crate::decide::grant::Grant;
-use crate::decide::renewal_pace::Pace;
+use crate::decide::renewal_pace::{Pace, written_on_most};
 use crate::decide::snapshot::KeptRevision;
 use crate::k8s::moves::Moves;
 use crate::k8s::watches::Synced;
@@ -148,14 +148,13 @@ impl Context {
     pub async fn synced(&self) {
         self.synced.wait().await;
         let seen = || {
-            let longest = self
-                .stores
-                .leases
-                .state()
-                .iter()
-                .filter_map(|l| l.renew_every)
-                .max();
-            (self.stores.devices.state().len(), longest)
+            let own = self.config.lease_interval;
+            let leases = self.stores.leases.state();
+            let written = leases.iter().map(|l| l.renew_every.unwrap_or(own));
+            (
+                self.stores.devices.state().len(),
+                written_on_most(written.collect()),
+            )
         };
         self.pace.first(seen, Instant::now());
     }

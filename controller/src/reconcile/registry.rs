@@ -53,6 +53,7 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     let c = &ctx.client;
     let seconds = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
     let with_rbac = ctx.config.device_authorization == DeviceAuthorization::Rbac;
+    let (lasts, every) = ctx.pace.lease();
     let r = Registration::of(
         &name,
         ns,
@@ -60,7 +61,7 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         seconds(ctx.config.offline_threshold),
         with_rbac,
     )
-    .paced(seconds(ctx.pace.lease_duration()), ctx.pace.renew_every());
+    .paced(seconds(lasts), every);
     let cached = ctx
         .stores
         .leases
