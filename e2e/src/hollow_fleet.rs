@@ -201,21 +201,45 @@ pub async fn register(
     device: &str,
     labels: &BTreeMap<String, String>,
 ) -> kube::Result<()> {
-    let ok_if_there = |r: kube::Result<()>| match r {
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        other => other,
-    };
+    create_node(admin, device, labels).await?;
+    enrol(admin, device, labels).await
+}
+
+/// Creates `device`'s Node as its kubelet would when joining the cluster, with `labels`;
+/// it may exist already.
+pub async fn create_node(
+    admin: &Client,
+    device: &str,
+    labels: &BTreeMap<String, String>,
+) -> kube::Result<()> {
     let nodes: Api<Node> = Api::all(admin.clone());
     ok_if_there(
         nodes
             .create(&PostParams::default(), &node(device, labels))
             .await
             .map(|_| ()),
-    )?;
+    )
+}
+
+/// Enrols `device` as an administrator does: its EdgeDevice with `labels`; it may exist
+/// already.
+pub async fn enrol(
+    admin: &Client,
+    device: &str,
+    labels: &BTreeMap<String, String>,
+) -> kube::Result<()> {
     let mut d = EdgeDevice::new(device, Default::default());
     d.metadata.labels = Some(labels.clone());
     let devices: Api<EdgeDevice> = Api::all(admin.clone());
     ok_if_there(devices.create(&PostParams::default(), &d).await.map(|_| ()))
+}
+
+/// A create's answer, with "it exists already" taken for success.
+fn ok_if_there(r: kube::Result<()>) -> kube::Result<()> {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        other => other,
+    }
 }
 
 /// Removes the Nodes and EdgeDevices labelled `label=yes` (their Leases and RBAC go with

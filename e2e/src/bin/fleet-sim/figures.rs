@@ -263,7 +263,7 @@ impl Phase {
                 let most: Vec<String> = now
                     .since(before)
                     .iter()
-                    .take(3)
+                    .take(6)
                     .map(|(what, n)| format!("{n:.0} {what}"))
                     .collect();
                 let text = format!(

@@ -26,7 +26,7 @@ use edgefleet_crds::identity::{SYSTEM_NAMESPACE, device_object_name};
 use edgefleet_crds::renewal::renew_every;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, EdgeModule, RolloutPhase};
 use edgefleet_e2e::hollow::Behaviour;
-use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, LabCa, Timing, register};
+use edgefleet_e2e::hollow_fleet::{Cluster, HollowFleet, LabCa, Timing, create_node, enrol};
 use edgefleet_e2e::{Lab, apply, fresh_namespace, install_and_enrol};
 use figures::{Phase, Process};
 use futures::{StreamExt, stream};
@@ -189,22 +189,34 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
         without.text
     );
 
-    // Enrolment first, then the agents: agents started before the controller made their
-    // Lease and RBAC retry every 2 s each, and a thousand of them saturate this apiserver.
+    // The Nodes first, as kubelets joining the cluster make them (Kubernetes', not
+    // edgefleet's: the join's certificate is approved only for a device with both), until
+    // the cluster is done with them (the node controller taints Nodes no kubelet reports
+    // for); then the enrolment, measured alone.
     let phase = Phase::begin(admin, &processes).await;
     let labels = BTreeMap::from([(LABEL.to_owned(), "true".to_owned())]);
-    let failed = stream::iter(0..n)
-        .map(|i| {
-            let (labels, device) = (&labels, device_name(i));
-            async move { register(admin, &device, labels).await.err() }
-        })
-        .buffer_unordered(args.concurrency.clamp(1, 256))
-        .filter_map(|e| async move { e })
-        .count()
-        .await;
+    let failed = for_each_device(n, args.concurrency, async |device| {
+        create_node(admin, &device, &labels).await
+    })
+    .await;
+    let created = phase.started().elapsed();
+    settle(admin, "the Nodes were created").await;
+    println!(
+        "bench fleet: the fleet's Nodes ({n}, {failed} failed), made as kubelets joining the cluster make them, in {:.1}s; {}",
+        created.as_secs_f64(),
+        phase.end(admin, &processes, n).await.text
+    );
+
+    // Enrolment, then the agents: agents started before the controller made their Lease
+    // and RBAC retry every 2 s each, and a thousand of them saturate this apiserver.
+    let phase = Phase::begin(admin, &processes).await;
+    let failed = for_each_device(n, args.concurrency, async |device| {
+        enrol(admin, &device, &labels).await
+    })
+    .await;
     let leases = wait_for_leases(admin, n, timeout).await;
     println!(
-        "bench fleet: registration ({n} Nodes and EdgeDevices, {failed} failed; the controller registered {leases}: their Leases, and RBAC unless the device authorizer authorizes them) in {:.1}s; {}",
+        "bench fleet: registration ({n} EdgeDevices enrolled, {failed} failed; the controller registered {leases}: their Leases, and RBAC unless the device authorizer authorizes them) in {:.1}s; {}",
         phase.started().elapsed().as_secs_f64(),
         phase.end(admin, &processes, n).await.text
     );
@@ -513,6 +525,21 @@ async fn wait_for_leases(admin: &Client, n: usize, timeout: Duration) -> usize {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Runs `make` for every hollow device, `concurrency` at once (1 to 256); how many failed.
+async fn for_each_device(
+    n: usize,
+    concurrency: usize,
+    make: impl AsyncFn(String) -> kube::Result<()>,
+) -> usize {
+    let make = &make;
+    stream::iter(0..n)
+        .map(|i| async move { make(device_name(i)).await.err() })
+        .buffer_unordered(concurrency.clamp(1, 256))
+        .filter_map(|e| async move { e })
+        .count()
+        .await
 }
 
 /// How many hollow devices' Leases there are that `counts` (their metadata); 0 if the list
