@@ -9,6 +9,7 @@ mod fake;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgefleet_controller::decide::renewal_pace::HOLD;
 use edgefleet_controller::k8s::{apply, context::Context, written};
 use edgefleet_controller::reconcile::{deployment, device, registry};
 use edgefleet_crds::bounds::{CONDITION_MESSAGE_MAX, FAILURE_REASON_MAX, ROLLOUT_MESSAGE_MAX};
@@ -301,6 +302,40 @@ async fn a_fleet_past_its_renewal_budget_has_its_leases_written_again_not_its_rb
     let written = writes(&requests);
     assert_eq!(written.len(), 1, "{requests:#?}");
     assert!(written[0].path.ends_with("/leases/edgefleet-device-edge-1"));
+}
+
+/// While the fleet grows past its budget, a registered device's Lease at the earlier pace
+/// is left to the pass that writes every Lease once the fleet holds its size: a mass
+/// enrolment writes each Lease once after it, not again at every look of the registry.
+#[tokio::test]
+async fn a_growing_fleet_leaves_registered_leases_to_the_pass_after_it() {
+    let (lease, desired) = registered_edge_1().await;
+    let mut growing = World::new();
+    growing.device(&munich_device("edge-1")).add(lease);
+    let ctx = growing.context_with(&["--renewal-budget", "0.05"]);
+    let t0 = std::time::Instant::now();
+    ctx.pace.first(|| (0, None), t0);
+    assert!(!ctx.pace.follow(1, t0), "grown, not yet written");
+    let registered = growing.write(edge_1().as_ref(), &desired);
+    registry::reconcile(registered.clone(), ctx.clone())
+        .await
+        .expect("registry reconcile");
+    let requests = growing.log.take();
+    assert_eq!(writes(&requests).len(), 0, "{requests:#?}");
+
+    assert!(ctx.pace.follow(1, t0 + HOLD), "the pass");
+    registry::reconcile(registered, ctx)
+        .await
+        .expect("registry reconcile");
+    let requests = growing.log.take();
+    let written = writes(&requests);
+    assert_eq!(written.len(), 1, "{requests:#?}");
+    assert!(written[0].path.ends_with("/leases/edgefleet-device-edge-1"));
+    let paced = growing.stored(&edge_1_lease());
+    assert_eq!(
+        renew_every(paced.metadata.annotations.as_ref()),
+        Some(Duration::from_secs(20))
+    );
 }
 
 /// The registry writes a device's first desired state only while it has none, and takes a

@@ -76,6 +76,20 @@ pub struct Pace {
     state: Mutex<State>,
 }
 
+/// What the registry writes on a device's Lease at the pace in effect.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeasePace {
+    /// The Lease's duration: the offline threshold at the stretch in effect, what someone
+    /// reading a Lease may take for its life.
+    pub lasts: Duration,
+    /// The interval to write on it (none while the agents' own holds).
+    pub every: Option<Duration>,
+    /// The pace grew and every Lease is to be written at it once the fleet holds its size:
+    /// a registered device's Lease at an earlier pace waits for that pass, so that a mass
+    /// enrolment writes each Lease once after it rather than at every look in between.
+    pub written_later: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct State {
     stretch: u32,
@@ -180,12 +194,14 @@ impl Pace {
         }
     }
 
-    /// The Lease the registry writes, from one look at the pace: its duration (the offline
-    /// threshold at the stretch in effect, what someone reading a Lease may take for its
-    /// life) and the interval to write on it (none while the agents' own holds).
-    pub fn lease(&self) -> (Duration, Option<Duration>) {
-        let s = self.state().stretch;
-        (self.threshold * s, (s > 1).then(|| self.interval * s))
+    /// The Lease the registry writes, from one look at the pace.
+    pub fn lease(&self) -> LeasePace {
+        let s = self.state();
+        LeasePace {
+            lasts: self.threshold * s.stretch,
+            every: (s.stretch > 1).then(|| self.interval * s.stretch),
+            written_later: s.unwritten.is_some(),
+        }
     }
 
     /// How often the agents are to renew.
@@ -195,7 +211,7 @@ impl Pace {
 
     /// The Leases' duration.
     pub fn lease_duration(&self) -> Duration {
-        self.lease().0
+        self.lease().lasts
     }
 
     /// How long a device may be silent at `now` before it is offline: the threshold at the
@@ -255,12 +271,12 @@ mod tests {
         let t0 = Instant::now();
         let small = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
         small.first(|| (500, None), t0);
-        assert_eq!(small.lease().1, None, "the agents' own interval");
+        assert_eq!(small.lease().every, None, "the agents' own interval");
         assert_eq!(small.lease_duration(), Duration::from_secs(40));
         let large = Pace::new(TEN_S, Duration::from_secs(40), 100.0);
         large.first(|| (3_000, None), t0);
         large.first(|| unreachable!("chosen once"), t0);
-        assert_eq!(large.lease().1, Some(Duration::from_secs(30)));
+        assert_eq!(large.lease().every, Some(Duration::from_secs(30)));
         assert_eq!(large.every(), Duration::from_secs(30));
         assert_eq!(large.lease_duration(), Duration::from_secs(120));
         assert_eq!(large.offline_threshold(t0), Duration::from_secs(120));
@@ -281,13 +297,22 @@ mod tests {
             writes += usize::from(pace.follow(devices, at));
         }
         assert_eq!(writes, 0, "still enrolling");
-        assert_eq!(pace.lease().1, Some(Duration::from_secs(90)), "for 8,500");
+        assert_eq!(
+            pace.lease().every,
+            Some(Duration::from_secs(90)),
+            "for 8,500"
+        );
+        assert!(
+            pace.lease().written_later,
+            "earlier Leases wait for the pass"
+        );
         let grown = t0 + SECOND * 70;
         assert!(!pace.follow(10_000, grown));
-        assert_eq!(pace.lease().1, Some(Duration::from_secs(100)));
+        assert_eq!(pace.lease().every, Some(Duration::from_secs(100)));
         assert_eq!(pace.offline_threshold(grown), Duration::from_secs(400));
         assert!(!pace.follow(10_000, grown + HOLD - SECOND));
         assert!(pace.follow(10_000, grown + HOLD), "every Lease, once");
+        assert!(!pace.lease().written_later, "the pass writes them");
         assert!(!pace.follow(10_000, grown + HOLD * 2));
     }
 
@@ -300,7 +325,7 @@ mod tests {
         let t0 = Instant::now();
         pace.first(|| (10_000, Some(Duration::from_secs(100))), t0);
         assert_eq!(
-            pace.lease().1,
+            pace.lease().every,
             None,
             "10,000 within a budget of 1,000 a second"
         );
@@ -341,10 +366,10 @@ mod tests {
         let t0 = Instant::now();
         pace.first(|| (3_000, None), t0);
         assert!(!pace.follow(100, t0));
-        assert_eq!(pace.lease().1, Some(Duration::from_secs(30)), "not yet");
+        assert_eq!(pace.lease().every, Some(Duration::from_secs(30)), "not yet");
         let shrunk = t0 + HOLD;
         assert!(pace.follow(100, shrunk), "every Lease, at once");
-        assert_eq!(pace.lease().1, None);
+        assert_eq!(pace.lease().every, None);
         assert_eq!(pace.lease_duration(), Duration::from_secs(40));
         assert_eq!(pace.offline_threshold(shrunk), Duration::from_secs(120));
         let later = shrunk + SECOND * 239;

@@ -53,7 +53,7 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
     let c = &ctx.client;
     let seconds = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
     let with_rbac = ctx.config.device_authorization == DeviceAuthorization::Rbac;
-    let (lasts, every) = ctx.pace.lease();
+    let pace = ctx.pace.lease();
     let r = Registration::of(
         &name,
         ns,
@@ -61,14 +61,16 @@ pub async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Act
         seconds(ctx.config.offline_threshold),
         with_rbac,
     )
-    .paced(seconds(lasts), every);
+    .paced(seconds(pace.lasts), pace.every);
     let cached = ctx
         .stores
         .leases
         .get(&ObjectRef::new(&device_object_name(&name)).within(ns));
     let registered = r.is_in(cached.as_deref());
-    if registered && r.is_paced(cached.as_deref()) {
-        // What a controller that starts again finds for every device it registered before.
+    if registered && (pace.written_later || r.is_paced(cached.as_deref())) {
+        // What a controller that starts again finds for every device it registered before;
+        // and while the fleet grows, a Lease at an earlier pace, which the pass after it
+        // writes (this reconcile runs again until the device's desired state shows).
         ctx.metrics.skipped_write(CONTROLLER);
     } else {
         // Only the Lease when only the fleet's pace changed.
