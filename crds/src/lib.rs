@@ -19,6 +19,7 @@ pub mod rollout;
 pub mod route;
 pub mod schema;
 pub mod status_written;
+pub mod writes;
 
 pub use condition::{Condition, ConditionStatus};
 pub use deployment::{

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use edgefleet_crds::identity::{AGENT_MANAGER, device_object_name, device_user};
 use edgefleet_crds::renewal::renew_every;
+use edgefleet_crds::writes;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::runtime::utils::Backoff;
 use kube::{Api, Client};
 use serde_json::json;
@@ -43,10 +44,7 @@ pub async fn renew(leases: &Api<Lease>, device: &str) -> kube::Result<Lease> {
             "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         }
     });
-    let params = PatchParams {
-        field_manager: Some(AGENT_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
+    let params = writes::patch(AGENT_MANAGER);
     leases
         .patch(&device_object_name(device), &params, &Patch::Merge(patch))
         .await

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use edgefleet_crds::identity::AGENT_MANAGER;
 use edgefleet_crds::status_written::status_written;
+use edgefleet_crds::writes;
 use edgefleet_crds::{EdgeDevice, EdgeDeviceStatus, RuntimeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::runtime::utils::Backoff;
 use kube::{Api, Client, Resource};
 use serde_json::json;
@@ -154,12 +155,8 @@ async fn write(
         "metadata": { "name": device },
         "status": status,
     });
-    api.patch_status(
-        device,
-        &PatchParams::apply(AGENT_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
+    api.patch_status(device, &writes::apply(AGENT_MANAGER), &Patch::Apply(patch))
+        .await
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 
 use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::identity::CONTROLLER_MANAGER;
-use kube::api::{Patch, PatchParams};
+use edgefleet_crds::writes;
+use kube::api::Patch;
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,7 +28,7 @@ where
     });
     api.patch_status(
         name,
-        &PatchParams::apply(CONTROLLER_MANAGER).force(),
+        &writes::apply(CONTROLLER_MANAGER),
         &Patch::Apply(patch),
     )
     .await
@@ -45,7 +46,7 @@ where
     let name = obj.meta().name.clone().unwrap_or_default();
     api.patch(
         &name,
-        &PatchParams::apply(CONTROLLER_MANAGER).force(),
+        &writes::apply(CONTROLLER_MANAGER),
         &Patch::Apply(value),
     )
     .await

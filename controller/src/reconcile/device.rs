@@ -18,9 +18,10 @@ use edgefleet_crds::bounds::Bounded;
 use edgefleet_crds::condition::{self, Condition, ConditionStatus};
 use edgefleet_crds::device::conditions::{ONLINE, REGISTERED, STATUS_VALID};
 use edgefleet_crds::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER, device_object_name};
+use edgefleet_crds::writes;
 use edgefleet_crds::{DesiredState, EdgeDeployment, EdgeDevice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -318,7 +319,7 @@ pub async fn write_desired(
     let written = Api::<EdgeDevice>::all(ctx.client.clone())
         .patch(
             &name,
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &writes::apply(CONTROLLER_MANAGER),
             &Patch::Apply(patch),
         )
         .await;
@@ -348,10 +349,7 @@ async fn forget_rollouts(
         return Ok(());
     }
     let name = device.name_any();
-    let params = PatchParams {
-        field_manager: Some(ROLLOUT_MANAGER.to_owned()),
-        ..Default::default()
-    };
+    let params = writes::patch(ROLLOUT_MANAGER);
     Api::<EdgeDevice>::all(ctx.client.clone())
         .patch(
             &name,

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use edgefleet_crds::identity::{
     CONTROLLER_MANAGER, DEPLOYMENT_LABEL, REVISION_LABEL, ROLLOUT_MANAGER,
 };
+use edgefleet_crds::writes;
 use edgefleet_crds::{EdgeDeployment, EdgeDevice, ResolvedModule, RolloutPhase, RolloutStatus};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ObjectMeta, Patch, Preconditions};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -156,10 +157,7 @@ fn all_at_once(revision: &str, r: &Rollup, last: &RolloutStatus) -> RolloutStatu
 async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
     let revision = &plan.status.target_revision;
     let api = Api::<EdgeDevice>::all(ctx.client.clone());
-    let params = PatchParams {
-        field_manager: Some(ROLLOUT_MANAGER.to_owned()),
-        ..Default::default()
-    };
+    let params = writes::patch(ROLLOUT_MANAGER);
     let wave = plan.status.wave;
     let writes = plan.moves.iter().cloned().map(|device| {
         let (api, params) = (api.clone(), params.clone());
@@ -237,7 +235,7 @@ async fn ensure_revision(
     patch["apiVersion"] = json!("apps/v1");
     patch["kind"] = json!("ControllerRevision");
     let api = Api::<ControllerRevision>::namespaced(ctx.client.clone(), &ns);
-    let params = PatchParams::apply(CONTROLLER_MANAGER).force();
+    let params = writes::apply(CONTROLLER_MANAGER);
     let refused = match api.patch(&cr_name, &params, &Patch::Apply(&patch)).await {
         Ok(_) => return Ok(()),
         Err(kube::Error::Api(e)) if e.code == 422 => kube::Error::Api(e),
