@@ -169,6 +169,12 @@ start_webhook_forwarder() {
     "UNIX-LISTEN:$WEBHOOK_SOCK,fork,unlink-early,mode=600" "TCP:127.0.0.1:$WEBHOOK_PORT"
 }
 
+# How often the node controller looks at Nodes, and how long a Node may go without a word
+# from its kubelet before it is marked NotReady and tainted: the bench waits that long after
+# making its Nodes, for the cluster's own work on them to be done before enrolment.
+NODE_MONITOR_PERIOD_S=5
+NODE_MONITOR_GRACE_S=30
+
 start_controller_manager() {
   start_daemon kube-controller-manager "$CP_NS" "$LOG_DIR/kube-controller-manager.log" \
     "$CP_RUN/kube-controller-manager.pid" \
@@ -181,7 +187,7 @@ start_controller_manager() {
     --service-account-private-key-file="$PKI_DIR/sa.key" \
     --root-ca-file="$CA_CRT" \
     --cluster-signing-cert-file="$CA_CRT" --cluster-signing-key-file="$CA_KEY" \
-    --node-monitor-period=5s --node-monitor-grace-period=30s \
+    --node-monitor-period="${NODE_MONITOR_PERIOD_S}s" --node-monitor-grace-period="${NODE_MONITOR_GRACE_S}s" \
     --leader-elect=false \
     --kube-api-qps=200 --kube-api-burst=400 \
     --profiling=false \
