@@ -170,10 +170,12 @@ start_webhook_forwarder() {
 }
 
 # How often the node controller looks at Nodes, and how long a Node may go without a word
-# from its kubelet before it is marked NotReady and tainted: the bench waits that long after
-# making its Nodes, for the cluster's own work on them to be done before enrolment.
+# from its kubelet before it is marked NotReady and tainted (one that never had a word: the
+# startup grace, Kubernetes' default kept): the bench waits that long after making its
+# Nodes, for the cluster's own work on them to be done before enrolment.
 NODE_MONITOR_PERIOD_S=5
 NODE_MONITOR_GRACE_S=30
+NODE_STARTUP_GRACE_S=60
 
 start_controller_manager() {
   start_daemon kube-controller-manager "$CP_NS" "$LOG_DIR/kube-controller-manager.log" \
@@ -188,6 +190,7 @@ start_controller_manager() {
     --root-ca-file="$CA_CRT" \
     --cluster-signing-cert-file="$CA_CRT" --cluster-signing-key-file="$CA_KEY" \
     --node-monitor-period="${NODE_MONITOR_PERIOD_S}s" --node-monitor-grace-period="${NODE_MONITOR_GRACE_S}s" \
+    --node-startup-grace-period="${NODE_STARTUP_GRACE_S}s" \
     --leader-elect=false \
     --kube-api-qps=200 --kube-api-burst=400 \
     --profiling=false \

@@ -61,10 +61,10 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// How long after a Node is made the node controller has marked it NotReady, no
-    /// kubelet reporting for it (the lab's grace period and two of its looks): the
+    /// kubelet ever reporting for it (the lab's startup grace and two of its looks): the
     /// fleet's Nodes are waited for at least that long, so that the cluster's own writes
     /// for them fall in their phase, not in the enrolment or the agents' start.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 70)]
     node_grace_s: u64,
     /// How long a hollow module takes to start, in milliseconds.
     #[arg(long, default_value_t = 1000)]
