@@ -77,7 +77,7 @@ pub struct Pace {
 }
 
 /// What the registry writes on a device's Lease at the pace in effect.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub struct LeasePace {
     /// The Lease's duration: the offline threshold at the stretch in effect, what someone
     /// reading a Lease may take for its life.

@@ -159,7 +159,7 @@ async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
     let api = Api::<EdgeDevice>::all(ctx.client.clone());
     let params = writes::patch(ROLLOUT_MANAGER);
     let wave = plan.status.wave;
-    let writes = plan.moves.iter().cloned().map(|device| {
+    let moved = plan.moves.iter().cloned().map(|device| {
         let (api, params) = (api.clone(), params.clone());
         async move {
             let patch = json!({"spec": {"rollouts": {key: revision}}});
@@ -171,7 +171,7 @@ async fn move_devices(ctx: &Context, key: &str, plan: &Plan) -> Result<()> {
             Ok(())
         }
     });
-    let results: Vec<Result<()>> = futures::stream::iter(writes)
+    let results: Vec<Result<()>> = futures::stream::iter(moved)
         .buffer_unordered(usize::from(ctx.config.concurrency))
         .collect()
         .await;
