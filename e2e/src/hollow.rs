@@ -2,10 +2,13 @@
 //! runs without kubelet or containerd. A placed module "starts" after a delay (a running
 //! container of the module's current spec, as CRI would report it), or exits with code 1
 //! when [`Behaviour::fail`] names it; a changed spec is a new pod that starts after the
-//! delay again while the previous one still runs, as kubelet replaces a static pod.
+//! delay again while the previous one still runs, as kubelet replaces a static pod. Every
+//! running module restarts when the fleet's [`Restarts`] count goes up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use edgefleet_agent::Runtime;
@@ -21,6 +24,26 @@ pub struct Behaviour {
     pub start_delay: Duration,
     /// A module whose name is this, or whose image contains it, exits with code 1 instead.
     pub fail: Option<String>,
+    /// Shared by the devices this behaviour is cloned for: restarts all their modules.
+    pub restarts: Restarts,
+}
+
+/// A count shared by a fleet of hollow devices: raising it restarts every module running
+/// on them, as a power cut at every site would. Each agent then reports its modules'
+/// restarts on its own, with nothing written by the controller: what one status write a
+/// device costs the cluster when the whole fleet sends it at once.
+#[derive(Debug, Clone, Default)]
+pub struct Restarts(Arc<AtomicU32>);
+
+impl Restarts {
+    /// Restarts every running module once.
+    pub fn restart_all(&self) -> u32 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn count(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Behaviour {
@@ -42,6 +65,9 @@ struct Placed {
     starts_at_ns: i64,
     /// The container of the spec placed before, still running until this one starts.
     previous: Option<ContainerSeen>,
+    /// The fleet's restart count when this was placed: it restarted as often as the count
+    /// rose since.
+    restarts_before: u32,
 }
 
 /// An in-memory runtime for one hollow device.
@@ -66,8 +92,16 @@ impl HollowRuntime {
             return p.previous.clone();
         }
         let started = p.starts_at_ns;
+        let restarts = if p.fails {
+            0
+        } else {
+            self.behaviour
+                .restarts
+                .count()
+                .saturating_sub(p.restarts_before)
+        };
         Some(ContainerSeen {
-            attempt: 0,
+            attempt: restarts,
             state: if p.fails {
                 State::Exited
             } else {
@@ -133,6 +167,7 @@ impl Runtime for HollowRuntime {
                 since: now,
                 starts_at_ns: now_ns().saturating_add(delay),
                 previous,
+                restarts_before: self.behaviour.restarts.count(),
             };
             self.placed.insert(m.key(), placed);
         }
@@ -169,6 +204,7 @@ mod tests {
         let mut rt = HollowRuntime::new(Behaviour {
             start_delay: delay,
             fail: None,
+            restarts: Restarts::default(),
         });
         let v1 = module("app", "app:1");
         rt.place(&[&v1]).expect("place");
@@ -193,11 +229,44 @@ mod tests {
         assert!(rt.observe().await.expect("observe").is_empty());
     }
 
+    async fn restarts(rt: &HollowRuntime, m: &ResolvedModule) -> u32 {
+        let seen = rt.observe().await.expect("observe");
+        module_status(m, seen.get(&m.key()), Placement::Placed).restart_count
+    }
+
+    /// Every device sharing the count reports each running module restarted once more,
+    /// from its placement on; a module placed later counts from then.
+    #[tokio::test]
+    async fn raising_the_fleets_restarts_restarts_every_running_module() {
+        let fleet = Restarts::default();
+        let behaviour = Behaviour {
+            start_delay: Duration::ZERO,
+            fail: None,
+            restarts: fleet.clone(),
+        };
+        let (mut a, mut b) = (
+            HollowRuntime::new(behaviour.clone()),
+            HollowRuntime::new(behaviour),
+        );
+        let app = module("app", "app:1");
+        a.place(&[&app]).expect("place");
+        b.place(&[&app]).expect("place");
+        assert_eq!((restarts(&a, &app).await, restarts(&b, &app).await), (0, 0));
+        assert_eq!(fleet.restart_all(), 1);
+        assert_eq!((restarts(&a, &app).await, restarts(&b, &app).await), (1, 1));
+        let v2 = module("app", "app:2");
+        a.place(&[&v2]).expect("place");
+        assert_eq!(restarts(&a, &v2).await, 0);
+        fleet.restart_all();
+        assert_eq!((restarts(&a, &v2).await, restarts(&b, &app).await), (1, 2));
+    }
+
     #[tokio::test]
     async fn a_module_told_to_fail_exits_with_code_1() {
         let mut rt = HollowRuntime::new(Behaviour {
             start_delay: Duration::ZERO,
             fail: Some("bad:".into()),
+            restarts: Restarts::default(),
         });
         let (good, bad) = (module("good", "good:1"), module("app", "bad:1"));
         rt.place(&[&good, &bad]).expect("place");

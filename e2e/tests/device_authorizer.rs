@@ -76,6 +76,7 @@ async fn devices_authorized_by_the_webhook_reach_only_their_own_objects() {
         let behaviour = Behaviour {
             start_delay: Duration::from_millis(500),
             fail: None,
+            ..Behaviour::default()
         };
         fleet.start(device, client.clone(), behaviour, &Timing::default());
         clients.insert(device, client);

@@ -77,6 +77,7 @@ async fn hollow_devices_join_and_report_a_deployment_ready() {
         let behaviour = Behaviour {
             start_delay: Duration::from_secs(1),
             fail: (device == FAILING).then(|| "app".to_owned()),
+            ..Behaviour::default()
         };
         fleet.start(device, client, behaviour, &Timing::default());
     }

@@ -18,9 +18,20 @@ pub enum Goal {
     None,
     /// Its agent reports Ready at the desired revision, whose modules run `image`.
     Ready { image: String },
+    /// Its agent reports every module restarted at least `times` (nothing for the
+    /// controller to write).
+    Restarted { times: u32 },
 }
 
 impl Goal {
+    /// What meeting it is called in the bench's figures.
+    fn met(&self) -> &'static str {
+        match self {
+            Goal::None | Goal::Ready { .. } => "Ready",
+            Goal::Restarted { .. } => "reported",
+        }
+    }
+
     /// The controller's share: the device's desired state runs `image`.
     fn written_for(&self, d: &EdgeDevice) -> bool {
         let Goal::Ready { image } = self else {
@@ -37,6 +48,10 @@ impl Goal {
         let (Some(desired), Some(status)) = (d.spec.desired.as_ref(), d.status.as_ref()) else {
             return false;
         };
+        if let Goal::Restarted { times } = self {
+            return !status.modules.is_empty()
+                && status.modules.iter().all(|m| m.restart_count >= *times);
+        }
         self.written_for(d)
             && status.applied_revision.as_deref() == Some(desired.revision.as_str())
             && condition::find(&status.conditions, READY).is_some_and(|c| c.is_true())
@@ -71,6 +86,8 @@ impl State {
 /// When each device of a phase got its desired state and met the goal, each sorted.
 #[derive(Debug)]
 pub struct Times {
+    /// What meeting the goal is called.
+    pub met: &'static str,
     pub written: Vec<Duration>,
     pub reached: Vec<Duration>,
 }
@@ -214,6 +231,7 @@ impl Progress {
         };
         let s = self.lock();
         Times {
+            met: s.goal.met(),
             written: sorted(&s.written),
             reached: sorted(&s.reached),
         }
