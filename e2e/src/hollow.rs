@@ -183,7 +183,7 @@ fn now_ns() -> i64 {
 mod tests {
     use super::*;
     use edgefleet_agent::observe::{Placement, module_status};
-    use edgefleet_crds::RuntimeStatus;
+    use edgefleet_crds::{ModuleStatus, RuntimeStatus};
     use serde_json::json;
 
     fn module(name: &str, image: &str) -> ResolvedModule {
@@ -193,9 +193,14 @@ mod tests {
         .expect("module")
     }
 
-    async fn status(rt: &HollowRuntime, m: &ResolvedModule) -> RuntimeStatus {
+    /// What the agent would report of `m` after one look at `rt`.
+    async fn reported(rt: &HollowRuntime, m: &ResolvedModule) -> ModuleStatus {
         let seen = rt.observe().await.expect("observe");
-        module_status(m, seen.get(&m.key()), Placement::Placed).runtime_status
+        module_status(m, seen.get(&m.key()), Placement::Placed)
+    }
+
+    async fn status(rt: &HollowRuntime, m: &ResolvedModule) -> RuntimeStatus {
+        reported(rt, m).await.runtime_status
     }
 
     #[tokio::test]
@@ -230,8 +235,7 @@ mod tests {
     }
 
     async fn restarts(rt: &HollowRuntime, m: &ResolvedModule) -> u32 {
-        let seen = rt.observe().await.expect("observe");
-        module_status(m, seen.get(&m.key()), Placement::Placed).restart_count
+        reported(rt, m).await.restart_count
     }
 
     /// Every device sharing the count reports each running module restarted once more,

@@ -312,9 +312,11 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
     }
     settle(admin, "the last device reported").await;
 
-    // The floor under any change: every agent reports once, at once, and the controller
-    // writes nothing. What a change costs beyond this is the controller's share (one
-    // desired state a device) and the agents' reading of it.
+    // The agents' statuses alone: every agent reports once, at once, and the controller
+    // writes nothing. A change costs this and the controller's share (one desired state a
+    // device), so this bounds what fewer controller writes could save. Sent at once, the
+    // statuses also queue at the devices' priority level, which a change's statuses,
+    // spread by the controller's pace, do not: part of this phase's time is that herd.
     let phase = Phase::begin(admin, &processes).await;
     let times = behaviour.restarts.restart_all();
     progress.aim(Goal::Restarted { times }, phase.started());
