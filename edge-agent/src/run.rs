@@ -438,6 +438,17 @@ mod tests {
         }
     }
 
+    fn agent(journal: &std::path::Path) -> Agent<Nothing> {
+        Agent {
+            journal: Journal::open(journal, 5).expect("a journal"),
+            runtime: Nothing,
+            accepted: None,
+            rejected: None,
+            seen: BTreeMap::new(),
+            conditions: Vec::new(),
+        }
+    }
+
     /// A desired state of one module as the controller writes it: its revision matches.
     fn desired(image: &str) -> Value {
         let modules = json!([{
@@ -455,14 +466,7 @@ mod tests {
     #[test]
     fn a_desired_state_is_decided_once_and_a_revert_clears_its_rejection() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut agent = Agent {
-            journal: Journal::open(dir.path(), 5).expect("a journal"),
-            runtime: Nothing,
-            accepted: None,
-            rejected: None,
-            seen: BTreeMap::new(),
-            conditions: Vec::new(),
-        };
+        let mut agent = agent(dir.path());
         let good = desired("localhost/app:1");
         assert!(!agent.decided(&good));
         agent.consider(&good);
@@ -480,5 +484,31 @@ mod tests {
 
         assert!(agent.decided(&good));
         assert!(agent.rejected.is_none(), "back to the state that runs");
+    }
+
+    /// A state the journal could not record is not decided: the next tick tries again, and
+    /// takes it once the journal can.
+    #[test]
+    fn a_state_the_journal_could_not_record_is_tried_again() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let journal = dir.path().join("journal");
+        let mut agent = agent(&journal);
+        // A file where the journal's directory was: every write into it fails, root or not.
+        std::fs::remove_dir(&journal).expect("an empty journal");
+        std::fs::write(&journal, b"").expect("a file in its place");
+        let good = desired("localhost/app:1");
+        agent.consider(&good);
+        assert!(
+            matches!(&agent.rejected, Some(r) if matches!(r.why, Rejection::Journal(_))),
+            "{:?}",
+            agent.rejected
+        );
+        assert!(!agent.decided(&good), "tried again at the next tick");
+
+        std::fs::remove_file(&journal).expect("the file");
+        std::fs::create_dir(&journal).expect("the journal's directory back");
+        agent.consider(&good);
+        assert!(agent.accepted.is_some() && agent.rejected.is_none());
+        assert!(agent.decided(&good));
     }
 }
