@@ -418,6 +418,7 @@ mod tests {
 
     use super::*;
     use crate::manifests::Blocked;
+    use crate::validate::tests::{desired, module};
 
     /// Holds nothing: these tests are about which desired states the agent takes.
     struct Nothing;
@@ -449,17 +450,6 @@ mod tests {
         }
     }
 
-    /// A desired state of one module as the controller writes it: its revision matches.
-    fn desired(image: &str) -> Value {
-        let modules = json!([{
-            "name": "a", "deployment": "ns/base", "moduleRef": "ns/a",
-            "desiredStatus": "running", "image": image,
-        }]);
-        let typed: Vec<ResolvedModule> =
-            serde_json::from_value(modules.clone()).expect("test modules parse");
-        json!({"revision": DesiredState::revision_of(&typed), "modules": modules})
-    }
-
     /// The loop copies a desired state out of its watch only when the agent has not decided
     /// on it, so a decision must hold until the state changes: for the state it runs, and
     /// for one it rejected, which a revert to the running state clears.
@@ -467,12 +457,12 @@ mod tests {
     fn a_desired_state_is_decided_once_and_a_revert_clears_its_rejection() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut agent = agent(dir.path());
-        let good = desired("localhost/app:1");
+        let good = desired(vec![module("a")]);
         assert!(!agent.decided(&good));
         agent.consider(&good);
         assert!(agent.decided(&good), "the state it runs");
 
-        let mut forged = desired("localhost/app:2");
+        let mut forged = desired(vec![module("b")]);
         forged["revision"] = json!("feedfacefeedface");
         assert!(!agent.decided(&forged));
         agent.consider(&forged);
@@ -496,7 +486,7 @@ mod tests {
         // A file where the journal's directory was: every write into it fails, root or not.
         std::fs::remove_dir(&journal).expect("an empty journal");
         std::fs::write(&journal, b"").expect("a file in its place");
-        let good = desired("localhost/app:1");
+        let good = desired(vec![module("a")]);
         agent.consider(&good);
         assert!(
             matches!(&agent.rejected, Some(r) if matches!(r.why, Rejection::Journal(_))),

@@ -175,11 +175,11 @@ fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn module(name: &str) -> Value {
+    pub(crate) fn module(name: &str) -> Value {
         json!({
             "name": name, "deployment": "ns/base", "moduleRef": format!("ns/{name}"),
             "desiredStatus": "running", "image": "localhost/app:1",
@@ -187,7 +187,7 @@ mod tests {
     }
 
     /// A desired state as the controller writes it, with a revision that matches.
-    fn desired(modules: Vec<Value>) -> Value {
+    pub(crate) fn desired(modules: Vec<Value>) -> Value {
         let typed: Vec<ResolvedModule> =
             serde_json::from_value(json!(modules)).expect("test modules parse");
         json!({"revision": DesiredState::revision_of(&typed), "modules": modules,
