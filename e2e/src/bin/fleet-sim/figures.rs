@@ -153,6 +153,9 @@ pub async fn requests(admin: &Client) -> Option<Requests> {
 pub struct Process {
     pub name: &'static str,
     pub pid: u32,
+    /// The apiserver: its CPU is also told a write made (everything it did in the phase over
+    /// the writes it made), to read beside the machine's yardstick (`yardstick.rs`).
+    pub serves_writes: bool,
 }
 
 impl Process {
@@ -257,9 +260,11 @@ impl Phase {
     /// not answer, a process is gone) is printed as unknown, never as a difference with zero.
     pub async fn end(&self, admin: &Client, processes: &[Process], devices: usize) -> Cost {
         let seconds = self.start.elapsed().as_secs_f64().max(0.001);
+        let mut writes_made = None;
         let (mut text, writes_per_s) = match (&self.requests, requests(admin).await) {
             (Some(before), Some(now)) => {
                 let writes = now.total() - before.total();
+                writes_made = Some(writes);
                 let most: Vec<String> = now
                     .since(before)
                     .iter()
@@ -283,12 +288,19 @@ impl Phase {
             ),
         };
         for (p, before) in processes.iter().zip(&self.cpu) {
-            let cpu = before
-                .zip(p.cpu_s())
-                .map_or("unknown".to_owned(), |(b, n)| format!("{:.1}", n - b));
+            let spent = before.zip(p.cpu_s()).map(|(b, n)| n - b);
+            let cpu = spent.map_or("unknown".to_owned(), |s| format!("{s:.1}"));
+            // Not where the fleet wrote less than once a device: there the apiserver's CPU is
+            // mostly the cluster's own background, which a figure a write would misstate.
+            let a_write = match (spent, writes_made) {
+                (Some(s), Some(w)) if p.serves_writes && w > 0.0 && w >= devices as f64 => {
+                    format!(" ({:.1} ms a write)", 1000.0 * s / w)
+                }
+                _ => String::new(),
+            };
             let mib = |m: Option<f64>| m.map_or("unknown".to_owned(), |m| format!("{m:.0} MiB"));
             text.push_str(&format!(
-                "\n    {}: {cpu} CPU s, peak RSS {}, at the end {}",
+                "\n    {}: {cpu} CPU s{a_write}, peak RSS {}, at the end {}",
                 p.name,
                 mib(p.peak_mib()),
                 mib(p.rss_mib())

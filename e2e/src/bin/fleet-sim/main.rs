@@ -12,6 +12,7 @@ mod controller;
 mod figures;
 mod progress;
 mod quiet;
+mod yardstick;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -148,14 +149,17 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
     let apiserver = Process {
         name: "apiserver",
         pid: apiserver,
+        serves_writes: true,
     };
     let simulator = Process {
         name: "fleet-sim (the hollow agents)",
         pid: std::process::id(),
+        serves_writes: false,
     };
     let controller_process = Process {
         name: "controller",
         pid: controller.pid(),
+        serves_writes: false,
     };
     // The two ends of every agent's connections.
     warn_of_open_files(&[apiserver, simulator], n, args.apiserver_protocol);
@@ -195,6 +199,9 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
         "bench fleet: the cluster without the fleet writes {baseline:.1}/s; {}",
         without.text
     );
+    if let Some(yardstick) = yardstick::measure(admin, &ns, &apiserver).await {
+        println!("bench fleet: this machine's yardstick: {yardstick}");
+    }
 
     // The Nodes first, as kubelets joining the cluster make them (Kubernetes', not
     // edgefleet's: the join's certificate is approved only for a device with both), until
@@ -359,6 +366,7 @@ async fn restart(
         Process {
             name: "controller (restarted)",
             pid: controller.pid(),
+            serves_writes: false,
         },
         others[0],
         others[1],
