@@ -260,11 +260,9 @@ impl Phase {
     /// not answer, a process is gone) is printed as unknown, never as a difference with zero.
     pub async fn end(&self, admin: &Client, processes: &[Process], devices: usize) -> Cost {
         let seconds = self.start.elapsed().as_secs_f64().max(0.001);
-        let mut writes_made = None;
-        let (mut text, writes_per_s) = match (&self.requests, requests(admin).await) {
+        let (mut text, writes_made) = match (&self.requests, requests(admin).await) {
             (Some(before), Some(now)) => {
                 let writes = now.total() - before.total();
-                writes_made = Some(writes);
                 let most: Vec<String> = now
                     .since(before)
                     .iter()
@@ -280,7 +278,7 @@ impl Phase {
                     now.failed - before.failed,
                     now.undecided - before.undecided,
                 );
-                (text, Some(writes / seconds))
+                (text, Some(writes))
             }
             _ => (
                 format!("apiserver writes unknown (its metrics unread); over {seconds:.1}s"),
@@ -306,7 +304,10 @@ impl Phase {
                 mib(p.rss_mib())
             ));
         }
-        Cost { text, writes_per_s }
+        Cost {
+            text,
+            writes_per_s: writes_made.map(|w| w / seconds),
+        }
     }
 }
 

@@ -25,9 +25,9 @@ const NAME: &str = "fleet-sim-yardstick";
 /// The apiserver's CPU for one write with nothing else to do.
 #[derive(Debug)]
 pub struct Yardstick {
-    pub ms_a_write: f64,
+    ms_a_write: f64,
     /// One at a time, as fast as the apiserver answers.
-    pub writes_per_s: f64,
+    writes_per_s: f64,
 }
 
 impl Yardstick {
