@@ -202,6 +202,9 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
     if let Some(yardstick) = yardstick::measure(admin, &ns, &apiserver).await {
         println!("bench fleet: this machine's yardstick: {yardstick}");
     }
+    if let Some(capacity) = yardstick::capacity(admin, &ns, &apiserver).await {
+        println!("bench fleet: this apiserver's capacity without the fleet: {capacity}");
+    }
 
     // The Nodes first, as kubelets joining the cluster make them (Kubernetes', not
     // edgefleet's: the join's certificate is approved only for a device with both), until
@@ -286,6 +289,12 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
         )),
         cost.text
     );
+    // What the apiserver takes beside the idle fleet: the change's writes meet the cost that
+    // the fleet's connections, watches and heap add to every write, which the capacity
+    // without the fleet does not have.
+    if let Some(capacity) = yardstick::capacity(admin, &ns, &apiserver).await {
+        println!("bench fleet: this apiserver's capacity beside the idle fleet: {capacity}");
+    }
 
     let changes = [("2", false), ("3", true)];
     for (version, staged) in changes {
