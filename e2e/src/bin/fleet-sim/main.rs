@@ -199,10 +199,13 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
         "bench fleet: the cluster without the fleet writes {baseline:.1}/s; {}",
         without.text
     );
-    if let Some(yardstick) = yardstick::measure(admin, &ns, &apiserver).await {
+    let servers = yardstick::Servers::find(apiserver);
+    if let Some(yardstick) = yardstick::measure(admin, &ns, servers).await {
         println!("bench fleet: this machine's yardstick: {yardstick}");
     }
-    if let Some(capacity) = yardstick::capacity(admin, &ns, &apiserver).await {
+    if let Some(background) = servers.background_over(yardstick::BACKGROUND).await
+        && let Some(capacity) = yardstick::capacity(admin, &ns, servers, background).await
+    {
         println!("bench fleet: this apiserver's capacity without the fleet: {capacity}");
     }
 
@@ -279,7 +282,9 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
     // (jitter spreads them only slowly), and a shorter window catches a wave or misses it.
     let window = args.idle_s.max(2 * every.as_secs());
     let idle = Phase::begin(admin, &processes).await;
+    let background = servers.sample();
     tokio::time::sleep(Duration::from_secs(window)).await;
+    let background = background.and_then(|b| b.end());
     let cost = idle.end(admin, &processes, n).await;
     println!(
         "bench fleet: idle, settled: {} writes/s per device beyond the cluster's own; {}",
@@ -291,8 +296,11 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
     );
     // What the apiserver takes beside the idle fleet: the change's writes meet the cost that
     // the fleet's connections, watches and heap add to every write, which the capacity
-    // without the fleet does not have.
-    if let Some(capacity) = yardstick::capacity(admin, &ns, &apiserver).await {
+    // without the fleet does not have. The idle fleet's own CPU, over the idle phase's whole
+    // Lease intervals, is taken out.
+    if let Some(background) = background
+        && let Some(capacity) = yardstick::capacity(admin, &ns, servers, background).await
+    {
         println!("bench fleet: this apiserver's capacity beside the idle fleet: {capacity}");
     }
 

@@ -3,7 +3,8 @@
 //! machines are shared, and the same code's writes cost the apiserver more on some days
 //! than on others (registration at 10,000 devices: 2.9 ms a write in one session, 3.3
 //! and 3.9 in the next): a phase's CPU a write read beside this figure tells a slower
-//! machine from a slower edgefleet.
+//! machine from a slower edgefleet. Beside it, the apiserver's capacity: what it takes
+//! with many such writes in flight.
 
 use std::time::{Duration, Instant};
 
@@ -19,29 +20,31 @@ use crate::figures::{Process, find};
 const WRITES: u32 = 400;
 /// The capacity's writers, each writing its own ConfigMap one write after another: as many
 /// as the controller's writes in flight by default (64 took no more here: 878 a second
-/// against 871).
+/// against 844 and 871 at 32).
 const IN_FLIGHT: u32 = 32;
 /// Writes each of them makes for the capacity: 1,920 in all, two seconds or more.
 const WRITES_EACH: u32 = 60;
-/// How long the processes' own background (the apiserver's controllers, the lab's kubelets,
-/// an idle fleet's renewals) is measured first, to be taken out of the writes' figures.
-const BACKGROUND: Duration = Duration::from_secs(3);
+/// How long the servers' background (the apiserver's controllers, the lab's kubelets) is
+/// measured before writes made with no fleet, to be taken out of the writes' figures.
+pub const BACKGROUND: Duration = Duration::from_secs(3);
 const NAME: &str = "fleet-sim-yardstick";
+
+/// A process's CPU a write in milliseconds, or why it is not told.
+type PerWrite = Result<f64, &'static str>;
 
 /// The apiserver's CPU for one write with nothing else to do.
 #[derive(Debug)]
 pub struct Yardstick {
-    ms_a_write: f64,
+    ms_a_write: PerWrite,
     /// One at a time, as fast as the apiserver answers.
     writes_per_s: f64,
 }
 
 impl Yardstick {
-    /// From the apiserver's CPU seconds over `seconds` of `writes`, less its background rate
-    /// (CPU seconds a second).
-    fn of(cpu_s: f64, background_per_s: f64, seconds: f64, writes: u32) -> Yardstick {
+    /// From what the apiserver spent over `seconds` of `writes`.
+    fn of(apiserver: Spent, seconds: f64, writes: u32) -> Yardstick {
         Yardstick {
-            ms_a_write: ms_a_write(cpu_s, background_per_s, seconds, writes),
+            ms_a_write: apiserver.ms_a_write(seconds, writes),
             writes_per_s: f64::from(writes.max(1)) / seconds.max(0.001),
         }
     }
@@ -51,19 +54,20 @@ impl std::fmt::Display for Yardstick {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{WRITES} server-side applies of one ConfigMap, one at a time, cost the apiserver {:.2} ms of CPU a write ({:.0} writes a second)",
-            self.ms_a_write, self.writes_per_s
+            "{WRITES} server-side applies of one ConfigMap, one at a time, cost the apiserver {} of CPU a write ({:.0} writes a second)",
+            told(&self.ms_a_write),
+            self.writes_per_s
         )
     }
 }
 
 /// Measures the yardstick in namespace `ns`; `None` (and why, on stderr) if a write fails or the
 /// apiserver's CPU cannot be read, so that the figure is missing rather than wrong.
-pub async fn measure(admin: &Client, ns: &str, apiserver: &Process) -> Option<Yardstick> {
+pub async fn measure(admin: &Client, ns: &str, servers: Servers) -> Option<Yardstick> {
     let api: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
     let params = PatchParams::apply("fleet-sim").force();
-    let background = *background_per_s(&[*apiserver]).await?.first()?;
-    let before = apiserver.cpu_s()?;
+    let background = servers.background_over(BACKGROUND).await?;
+    let before = servers.cpu_s()?;
     let start = Instant::now();
     for i in 0..WRITES {
         if let Err(e) = api
@@ -75,9 +79,10 @@ pub async fn measure(admin: &Client, ns: &str, apiserver: &Process) -> Option<Ya
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    let cpu_s = apiserver.cpu_s()? - before;
+    let after = servers.cpu_s();
     let _ = api.delete(NAME, &DeleteParams::default()).await;
-    Some(Yardstick::of(cpu_s, background, seconds, WRITES))
+    let (apiserver, _) = spent(before, after?, background);
+    Some(Yardstick::of(apiserver, seconds, WRITES))
 }
 
 /// What this apiserver takes with many small writes in flight, and what a write then costs
@@ -87,24 +92,19 @@ pub async fn measure(admin: &Client, ns: &str, apiserver: &Process) -> Option<Ya
 #[derive(Debug)]
 pub struct Capacity {
     writes_per_s: f64,
-    apiserver_ms_a_write: f64,
-    /// `None` when etcd's process was not found (the lab runs one, named `etcd`).
-    etcd_ms_a_write: Option<f64>,
+    apiserver_ms_a_write: PerWrite,
+    etcd_ms_a_write: PerWrite,
 }
 
 impl Capacity {
-    /// From `writes` made in `seconds`, and the CPU seconds the apiserver (and etcd, when
-    /// found) spent meanwhile with their background rates, in that order.
-    fn of(writes: u32, seconds: f64, spent_s: &[f64], background_per_s: &[f64]) -> Capacity {
-        let ms: Vec<f64> = spent_s
-            .iter()
-            .zip(background_per_s)
-            .map(|(&cpu_s, &background)| ms_a_write(cpu_s, background, seconds, writes))
-            .collect();
+    /// From `writes` made in `seconds`, and what the apiserver and etcd (when found) spent.
+    fn of(writes: u32, seconds: f64, apiserver: Spent, etcd: Option<Spent>) -> Capacity {
         Capacity {
             writes_per_s: f64::from(writes.max(1)) / seconds.max(0.001),
-            apiserver_ms_a_write: ms.first().copied().unwrap_or_default(),
-            etcd_ms_a_write: ms.get(1).copied(),
+            apiserver_ms_a_write: apiserver.ms_a_write(seconds, writes),
+            etcd_ms_a_write: etcd.map_or(Err("no single etcd process"), |e| {
+                e.ms_a_write(seconds, writes)
+            }),
         }
     }
 }
@@ -113,32 +113,27 @@ impl std::fmt::Display for Capacity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} server-side applies of {IN_FLIGHT} ConfigMaps, {IN_FLIGHT} in flight: {:.0} writes a second, {:.2} ms of the apiserver's CPU a write",
+            "{} server-side applies of {IN_FLIGHT} ConfigMaps, {IN_FLIGHT} in flight: {:.0} writes a second, {} of the apiserver's CPU a write and {} of etcd's",
             IN_FLIGHT * WRITES_EACH,
             self.writes_per_s,
-            self.apiserver_ms_a_write
-        )?;
-        match self.etcd_ms_a_write {
-            Some(ms) => write!(f, " and {ms:.2} ms of etcd's"),
-            None => write!(f, " (etcd's process not found)"),
-        }
+            told(&self.apiserver_ms_a_write),
+            told(&self.etcd_ms_a_write)
+        )
     }
 }
 
-/// Measures the capacity in namespace `ns`, besides whatever the cluster does meanwhile (its
-/// background is taken out of the CPU, not of the rate); `None` (and why, on stderr) if a
+/// Measures the capacity in namespace `ns`, beside whatever the cluster does meanwhile: its
+/// `background` is taken out of the CPU, not of the rate. `None` (and why, on stderr) if a
 /// write fails or the apiserver's CPU cannot be read.
-pub async fn capacity(admin: &Client, ns: &str, apiserver: &Process) -> Option<Capacity> {
+pub async fn capacity(
+    admin: &Client,
+    ns: &str,
+    servers: Servers,
+    background: Background,
+) -> Option<Capacity> {
     let api: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
-    let etcd = find("etcd").map(|pid| Process {
-        name: "etcd",
-        pid,
-        serves_writes: false,
-    });
-    let measured: Vec<Process> = std::iter::once(*apiserver).chain(etcd).collect();
-    let background = background_per_s(&measured).await?;
-    let before = cpu_s(&measured)?;
     let names: Vec<String> = (0..IN_FLIGHT).map(|w| format!("{NAME}-{w}")).collect();
+    let before = servers.cpu_s()?;
     let start = Instant::now();
     let written = futures::future::join_all(names.iter().map(|name| {
         let api = api.clone();
@@ -153,7 +148,7 @@ pub async fn capacity(admin: &Client, ns: &str, apiserver: &Process) -> Option<C
     }))
     .await;
     let seconds = start.elapsed().as_secs_f64();
-    let after = cpu_s(&measured)?;
+    let after = servers.cpu_s();
     for name in &names {
         let _ = api.delete(name, &DeleteParams::default()).await;
     }
@@ -161,13 +156,137 @@ pub async fn capacity(admin: &Client, ns: &str, apiserver: &Process) -> Option<C
         eprintln!("fleet-sim: a write of the apiserver's capacity failed: {e}");
         return None;
     }
-    let spent: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let (apiserver, etcd) = spent(before, after?, background);
     Some(Capacity::of(
         IN_FLIGHT * WRITES_EACH,
         seconds,
-        &spent,
-        &background,
+        apiserver,
+        etcd,
     ))
+}
+
+/// The processes whose CPU the writes cost: the apiserver, and etcd when exactly one process
+/// of that name runs (the lab's).
+#[derive(Debug, Clone, Copy)]
+pub struct Servers {
+    apiserver: Process,
+    etcd: Option<Process>,
+}
+
+/// CPU seconds so far: the apiserver's, and etcd's if it is measured and still there.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    apiserver: f64,
+    etcd: Option<f64>,
+}
+
+/// The servers' CPU seconds a second while nothing of the bench's was written.
+#[derive(Debug, Clone, Copy)]
+pub struct Background {
+    apiserver: f64,
+    etcd: Option<f64>,
+}
+
+/// A background measurement under way (see [`Servers::sample`]).
+pub struct Sampling {
+    servers: Servers,
+    from: Cpu,
+    since: Instant,
+}
+
+impl Servers {
+    pub fn find(apiserver: Process) -> Servers {
+        let etcd = find("etcd").map(|pid| Process {
+            name: "etcd",
+            pid,
+            serves_writes: false,
+        });
+        Servers { apiserver, etcd }
+    }
+
+    /// `None` (and why, on stderr) once the apiserver is gone.
+    fn cpu_s(&self) -> Option<Cpu> {
+        let Some(apiserver) = self.apiserver.cpu_s() else {
+            eprintln!("fleet-sim: the apiserver's CPU cannot be read any more");
+            return None;
+        };
+        let etcd = self.etcd.and_then(|e| e.cpu_s());
+        Some(Cpu { apiserver, etcd })
+    }
+
+    /// Starts measuring the background. Beside an idle fleet the caller ends it after whole
+    /// Lease intervals: the renewals come in waves, and a few seconds catch one or miss it.
+    pub fn sample(self) -> Option<Sampling> {
+        Some(Sampling {
+            servers: self,
+            from: self.cpu_s()?,
+            since: Instant::now(),
+        })
+    }
+
+    /// The background over `span`, with nothing of the bench's written meanwhile.
+    pub async fn background_over(self, span: Duration) -> Option<Background> {
+        let sampling = self.sample()?;
+        tokio::time::sleep(span).await;
+        sampling.end()
+    }
+}
+
+impl Sampling {
+    /// The rates since [`Servers::sample`].
+    pub fn end(&self) -> Option<Background> {
+        let now = self.servers.cpu_s()?;
+        let seconds = self.since.elapsed().as_secs_f64().max(0.001);
+        Some(Background {
+            apiserver: (now.apiserver - self.from.apiserver) / seconds,
+            etcd: now.etcd.zip(self.from.etcd).map(|(n, f)| (n - f) / seconds),
+        })
+    }
+}
+
+/// What a process spent while the writes were made, and its background rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spent {
+    cpu_s: f64,
+    background_per_s: f64,
+}
+
+impl Spent {
+    /// Milliseconds of CPU a write over `seconds` of `writes`, the background taken out; not
+    /// told when the background was larger than what was spent (it was caught in a wave, or
+    /// the process's CPU is too little to tell from it), rather than told as nothing.
+    fn ms_a_write(self, seconds: f64, writes: u32) -> PerWrite {
+        let spent = self.cpu_s - self.background_per_s * seconds;
+        if spent <= 0.0 {
+            return Err("not told (less than its background)");
+        }
+        Ok(1000.0 * spent / f64::from(writes.max(1)))
+    }
+}
+
+/// What the apiserver and etcd spent between `before` and `after`; etcd's only if both
+/// readings and its background have it.
+fn spent(before: Cpu, after: Cpu, background: Background) -> (Spent, Option<Spent>) {
+    let apiserver = Spent {
+        cpu_s: after.apiserver - before.apiserver,
+        background_per_s: background.apiserver,
+    };
+    let etcd = match (before.etcd, after.etcd, background.etcd) {
+        (Some(b), Some(a), Some(per_s)) => Some(Spent {
+            cpu_s: a - b,
+            background_per_s: per_s,
+        }),
+        _ => None,
+    };
+    (apiserver, etcd)
+}
+
+/// A figure a write as printed: milliseconds, or why not.
+fn told(per_write: &PerWrite) -> String {
+    match per_write {
+        Ok(ms) => format!("{ms:.2} ms"),
+        Err(why) => (*why).to_owned(),
+    }
 }
 
 /// The ConfigMap both measures write: two short fields, nothing of edgefleet's.
@@ -178,70 +297,76 @@ fn config_map(name: &str, write: u32) -> serde_json::Value {
     })
 }
 
-/// Milliseconds of CPU a write: `cpu_s` spent over `seconds` of `writes`, less the process's
-/// background rate (CPU seconds a second); never below nothing.
-fn ms_a_write(cpu_s: f64, background_per_s: f64, seconds: f64, writes: u32) -> f64 {
-    let spent = (cpu_s - background_per_s * seconds).max(0.0);
-    1000.0 * spent / f64::from(writes.max(1))
-}
-
-/// Each process's CPU seconds so far; `None` if one is gone.
-fn cpu_s(processes: &[Process]) -> Option<Vec<f64>> {
-    processes.iter().map(Process::cpu_s).collect()
-}
-
-/// Each process's CPU seconds a second over [`BACKGROUND`], before the writes.
-async fn background_per_s(processes: &[Process]) -> Option<Vec<f64>> {
-    let quiet = cpu_s(processes)?;
-    tokio::time::sleep(BACKGROUND).await;
-    let now = cpu_s(processes)?;
-    let seconds = BACKGROUND.as_secs_f64();
-    Some(
-        now.iter()
-            .zip(&quiet)
-            .map(|(n, q)| (n - q) / seconds)
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn spent(cpu_s: f64, background_per_s: f64) -> Spent {
+        Spent {
+            cpu_s,
+            background_per_s,
+        }
+    }
+
     #[test]
     fn the_apiserver_s_background_is_taken_out_of_the_writes() {
         // 2.0 CPU s over 5 s, 0.04 of them a second the apiserver's own: 1.8 s for 400.
-        let p = Yardstick::of(2.0, 0.04, 5.0, 400);
-        assert!((p.ms_a_write - 4.5).abs() < 1e-9, "{p:?}");
+        let p = Yardstick::of(spent(2.0, 0.04), 5.0, 400);
+        assert!((p.ms_a_write.expect("told") - 4.5).abs() < 1e-9, "{p:?}");
         assert!((p.writes_per_s - 80.0).abs() < 1e-9, "{p:?}");
     }
 
     #[test]
-    fn a_background_larger_than_the_writes_leaves_nothing_not_less() {
-        let p = Yardstick::of(0.1, 0.5, 1.0, 400);
-        assert_eq!(p.ms_a_write, 0.0);
+    fn a_background_larger_than_the_writes_leaves_the_figure_untold_not_nothing() {
+        let p = Yardstick::of(spent(0.1, 0.5), 1.0, 400);
+        assert!(p.ms_a_write.is_err(), "{p:?}");
+        assert!(p.to_string().contains("not told"), "{p}");
     }
 
     #[test]
-    fn the_capacity_takes_each_process_s_own_background_out() {
+    fn the_capacity_takes_each_server_s_own_background_out() {
         // 1,920 writes in 2 s: the apiserver spent 4.0 CPU s with 0.5 a second its own (an
         // idle fleet's renewals), etcd 0.6 with 0.1: 3.0 and 0.4 s for the writes.
-        let c = Capacity::of(1920, 2.0, &[4.0, 0.6], &[0.5, 0.1]);
+        let c = Capacity::of(1920, 2.0, spent(4.0, 0.5), Some(spent(0.6, 0.1)));
         assert!((c.writes_per_s - 960.0).abs() < 1e-9, "{c:?}");
-        assert!(
-            (c.apiserver_ms_a_write - 3000.0 / 1920.0).abs() < 1e-9,
-            "{c:?}"
-        );
-        assert!(
-            (c.etcd_ms_a_write.expect("etcd was measured") - 400.0 / 1920.0).abs() < 1e-9,
-            "{c:?}"
-        );
+        let apiserver = c.apiserver_ms_a_write.expect("told");
+        assert!((apiserver - 3000.0 / 1920.0).abs() < 1e-9, "{c:?}");
+        let etcd = c.etcd_ms_a_write.expect("told");
+        assert!((etcd - 400.0 / 1920.0).abs() < 1e-9, "{c:?}");
     }
 
     #[test]
     fn etcd_not_found_is_missing_from_the_capacity_not_nothing() {
-        let c = Capacity::of(1920, 2.0, &[4.0], &[0.5]);
-        assert_eq!(c.etcd_ms_a_write, None);
-        assert!(c.to_string().contains("etcd's process not found"), "{c}");
+        let c = Capacity::of(1920, 2.0, spent(4.0, 0.5), None);
+        assert!(c.etcd_ms_a_write.is_err(), "{c:?}");
+        assert!(c.to_string().contains("no single etcd process"), "{c}");
+    }
+
+    #[test]
+    fn what_each_server_spent_is_its_own_reading_after_less_before() {
+        let before = Cpu {
+            apiserver: 10.0,
+            etcd: Some(3.0),
+        };
+        let after = Cpu {
+            apiserver: 14.0,
+            etcd: Some(3.5),
+        };
+        let background = Background {
+            apiserver: 0.5,
+            etcd: Some(0.1),
+        };
+        let (apiserver, etcd) = super::spent(before, after, background);
+        assert_eq!(apiserver, spent(4.0, 0.5));
+        assert_eq!(etcd, Some(spent(0.5, 0.1)));
+        // etcd gone between the readings: its figure is missing, the apiserver's stands.
+        let gone = Cpu {
+            etcd: None,
+            ..after
+        };
+        assert_eq!(
+            super::spent(before, gone, background),
+            (spent(4.0, 0.5), None)
+        );
     }
 }
