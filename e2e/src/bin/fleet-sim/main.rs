@@ -280,7 +280,10 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
     let every = paced(admin, n, args).await;
     // Whole Lease intervals, two at least: agents that started together renew in waves
     // (jitter spreads them only slowly), and a shorter window catches a wave or misses it.
-    let window = args.idle_s.max(2 * every.as_secs());
+    let window = args
+        .idle_s
+        .max(2 * every.as_secs())
+        .next_multiple_of(every.as_secs().max(1));
     let idle = Phase::begin(admin, &processes).await;
     let background = servers.sample();
     tokio::time::sleep(Duration::from_secs(window)).await;

@@ -54,9 +54,9 @@ impl std::fmt::Display for Yardstick {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{WRITES} server-side applies of one ConfigMap, one at a time, cost the apiserver {} of CPU a write ({:.0} writes a second)",
-            told(&self.ms_a_write),
-            self.writes_per_s
+            "{WRITES} server-side applies of one ConfigMap, one at a time ({:.0} writes a second): {}",
+            self.writes_per_s,
+            told(&self.ms_a_write, "the apiserver's CPU a write")
         )
     }
 }
@@ -81,7 +81,7 @@ pub async fn measure(admin: &Client, ns: &str, servers: Servers) -> Option<Yards
     let seconds = start.elapsed().as_secs_f64();
     let after = servers.cpu_s();
     let _ = api.delete(NAME, &DeleteParams::default()).await;
-    let (apiserver, _) = spent(before, after?, background);
+    let (apiserver, _) = servers.spent(before, after?, background);
     Some(Yardstick::of(apiserver, seconds, WRITES))
 }
 
@@ -97,14 +97,17 @@ pub struct Capacity {
 }
 
 impl Capacity {
-    /// From `writes` made in `seconds`, and what the apiserver and etcd (when found) spent.
-    fn of(writes: u32, seconds: f64, apiserver: Spent, etcd: Option<Spent>) -> Capacity {
+    /// From `writes` made in `seconds`, and what the apiserver and etcd (or why not) spent.
+    fn of(
+        writes: u32,
+        seconds: f64,
+        apiserver: Spent,
+        etcd: Result<Spent, &'static str>,
+    ) -> Capacity {
         Capacity {
             writes_per_s: f64::from(writes.max(1)) / seconds.max(0.001),
             apiserver_ms_a_write: apiserver.ms_a_write(seconds, writes),
-            etcd_ms_a_write: etcd.map_or(Err("no single etcd process"), |e| {
-                e.ms_a_write(seconds, writes)
-            }),
+            etcd_ms_a_write: etcd.and_then(|e| e.ms_a_write(seconds, writes)),
         }
     }
 }
@@ -113,11 +116,11 @@ impl std::fmt::Display for Capacity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} server-side applies of {IN_FLIGHT} ConfigMaps, {IN_FLIGHT} in flight: {:.0} writes a second, {} of the apiserver's CPU a write and {} of etcd's",
+            "{} server-side applies of {IN_FLIGHT} ConfigMaps, {IN_FLIGHT} in flight: {:.0} writes a second; {}; {}",
             IN_FLIGHT * WRITES_EACH,
             self.writes_per_s,
-            told(&self.apiserver_ms_a_write),
-            told(&self.etcd_ms_a_write)
+            told(&self.apiserver_ms_a_write, "the apiserver's CPU a write"),
+            told(&self.etcd_ms_a_write, "etcd's")
         )
     }
 }
@@ -156,7 +159,7 @@ pub async fn capacity(
         eprintln!("fleet-sim: a write of the apiserver's capacity failed: {e}");
         return None;
     }
-    let (apiserver, etcd) = spent(before, after?, background);
+    let (apiserver, etcd) = servers.spent(before, after?, background);
     Some(Capacity::of(
         IN_FLIGHT * WRITES_EACH,
         seconds,
@@ -187,6 +190,18 @@ pub struct Background {
     etcd: Option<f64>,
 }
 
+impl Background {
+    /// The rates from reading `from` to reading `now`, `seconds` apart; etcd's only if both
+    /// readings have it.
+    fn between(from: Cpu, now: Cpu, seconds: f64) -> Background {
+        let seconds = seconds.max(0.001);
+        Background {
+            apiserver: (now.apiserver - from.apiserver) / seconds,
+            etcd: now.etcd.zip(from.etcd).map(|(n, f)| (n - f) / seconds),
+        }
+    }
+}
+
 /// A background measurement under way (see [`Servers::sample`]).
 pub struct Sampling {
     servers: Servers,
@@ -214,6 +229,29 @@ impl Servers {
         Some(Cpu { apiserver, etcd })
     }
 
+    /// What the apiserver and etcd spent between `before` and `after`, and their background;
+    /// etcd's, or why it is not told: none found, or a reading or its background missing.
+    fn spent(
+        &self,
+        before: Cpu,
+        after: Cpu,
+        background: Background,
+    ) -> (Spent, Result<Spent, &'static str>) {
+        let apiserver = Spent {
+            cpu_s: after.apiserver - before.apiserver,
+            background_per_s: background.apiserver,
+        };
+        let etcd = match (self.etcd, before.etcd, after.etcd, background.etcd) {
+            (None, ..) => Err("no single etcd process"),
+            (Some(_), Some(b), Some(a), Some(per_s)) => Ok(Spent {
+                cpu_s: a - b,
+                background_per_s: per_s,
+            }),
+            _ => Err("its CPU could not be read"),
+        };
+        (apiserver, etcd)
+    }
+
     /// Starts measuring the background. Beside an idle fleet the caller ends it after whole
     /// Lease intervals: the renewals come in waves, and a few seconds catch one or miss it.
     pub fn sample(self) -> Option<Sampling> {
@@ -236,11 +274,11 @@ impl Sampling {
     /// The rates since [`Servers::sample`].
     pub fn end(&self) -> Option<Background> {
         let now = self.servers.cpu_s()?;
-        let seconds = self.since.elapsed().as_secs_f64().max(0.001);
-        Some(Background {
-            apiserver: (now.apiserver - self.from.apiserver) / seconds,
-            etcd: now.etcd.zip(self.from.etcd).map(|(n, f)| (n - f) / seconds),
-        })
+        Some(Background::between(
+            self.from,
+            now,
+            self.since.elapsed().as_secs_f64(),
+        ))
     }
 }
 
@@ -258,34 +296,17 @@ impl Spent {
     fn ms_a_write(self, seconds: f64, writes: u32) -> PerWrite {
         let spent = self.cpu_s - self.background_per_s * seconds;
         if spent <= 0.0 {
-            return Err("not told (less than its background)");
+            return Err("less than its background");
         }
         Ok(1000.0 * spent / f64::from(writes.max(1)))
     }
 }
 
-/// What the apiserver and etcd spent between `before` and `after`; etcd's only if both
-/// readings and its background have it.
-fn spent(before: Cpu, after: Cpu, background: Background) -> (Spent, Option<Spent>) {
-    let apiserver = Spent {
-        cpu_s: after.apiserver - before.apiserver,
-        background_per_s: background.apiserver,
-    };
-    let etcd = match (before.etcd, after.etcd, background.etcd) {
-        (Some(b), Some(a), Some(per_s)) => Some(Spent {
-            cpu_s: a - b,
-            background_per_s: per_s,
-        }),
-        _ => None,
-    };
-    (apiserver, etcd)
-}
-
-/// A figure a write as printed: milliseconds, or why not.
-fn told(per_write: &PerWrite) -> String {
+/// A figure a write as printed, `what` it is: its milliseconds, or why it is not told.
+fn told(per_write: &PerWrite, what: &str) -> String {
     match per_write {
-        Ok(ms) => format!("{ms:.2} ms"),
-        Err(why) => (*why).to_owned(),
+        Ok(ms) => format!("{what} {ms:.2} ms"),
+        Err(why) => format!("{what} not told ({why})"),
     }
 }
 
@@ -308,26 +329,54 @@ mod tests {
         }
     }
 
+    fn process(name: &'static str) -> Process {
+        Process {
+            name,
+            pid: 1,
+            serves_writes: false,
+        }
+    }
+
+    fn servers(etcd: bool) -> Servers {
+        Servers {
+            apiserver: process("apiserver"),
+            etcd: etcd.then(|| process("etcd")),
+        }
+    }
+
+    fn cpu(apiserver: f64, etcd: Option<f64>) -> Cpu {
+        Cpu { apiserver, etcd }
+    }
+
     #[test]
     fn the_apiserver_s_background_is_taken_out_of_the_writes() {
         // 2.0 CPU s over 5 s, 0.04 of them a second the apiserver's own: 1.8 s for 400.
         let p = Yardstick::of(spent(2.0, 0.04), 5.0, 400);
         assert!((p.ms_a_write.expect("told") - 4.5).abs() < 1e-9, "{p:?}");
         assert!((p.writes_per_s - 80.0).abs() < 1e-9, "{p:?}");
+        assert!(
+            p.to_string()
+                .ends_with("the apiserver's CPU a write 4.50 ms"),
+            "{p}"
+        );
     }
 
     #[test]
     fn a_background_larger_than_the_writes_leaves_the_figure_untold_not_nothing() {
         let p = Yardstick::of(spent(0.1, 0.5), 1.0, 400);
         assert!(p.ms_a_write.is_err(), "{p:?}");
-        assert!(p.to_string().contains("not told"), "{p}");
+        assert!(
+            p.to_string()
+                .ends_with("the apiserver's CPU a write not told (less than its background)"),
+            "{p}"
+        );
     }
 
     #[test]
     fn the_capacity_takes_each_server_s_own_background_out() {
         // 1,920 writes in 2 s: the apiserver spent 4.0 CPU s with 0.5 a second its own (an
         // idle fleet's renewals), etcd 0.6 with 0.1: 3.0 and 0.4 s for the writes.
-        let c = Capacity::of(1920, 2.0, spent(4.0, 0.5), Some(spent(0.6, 0.1)));
+        let c = Capacity::of(1920, 2.0, spent(4.0, 0.5), Ok(spent(0.6, 0.1)));
         assert!((c.writes_per_s - 960.0).abs() < 1e-9, "{c:?}");
         let apiserver = c.apiserver_ms_a_write.expect("told");
         assert!((apiserver - 3000.0 / 1920.0).abs() < 1e-9, "{c:?}");
@@ -336,37 +385,46 @@ mod tests {
     }
 
     #[test]
-    fn etcd_not_found_is_missing_from_the_capacity_not_nothing() {
-        let c = Capacity::of(1920, 2.0, spent(4.0, 0.5), None);
-        assert!(c.etcd_ms_a_write.is_err(), "{c:?}");
-        assert!(c.to_string().contains("no single etcd process"), "{c}");
-    }
-
-    #[test]
     fn what_each_server_spent_is_its_own_reading_after_less_before() {
-        let before = Cpu {
-            apiserver: 10.0,
-            etcd: Some(3.0),
-        };
-        let after = Cpu {
-            apiserver: 14.0,
-            etcd: Some(3.5),
-        };
         let background = Background {
             apiserver: 0.5,
             etcd: Some(0.1),
         };
-        let (apiserver, etcd) = super::spent(before, after, background);
+        let (before, after) = (cpu(10.0, Some(3.0)), cpu(14.0, Some(3.5)));
+        let (apiserver, etcd) = servers(true).spent(before, after, background);
         assert_eq!(apiserver, spent(4.0, 0.5));
-        assert_eq!(etcd, Some(spent(0.5, 0.1)));
-        // etcd gone between the readings: its figure is missing, the apiserver's stands.
-        let gone = Cpu {
-            etcd: None,
-            ..after
+        assert_eq!(etcd, Ok(spent(0.5, 0.1)));
+    }
+
+    #[test]
+    fn etcd_missing_or_unread_is_said_apart_and_the_apiserver_s_figure_stands() {
+        let background = Background {
+            apiserver: 0.5,
+            etcd: Some(0.1),
         };
-        assert_eq!(
-            super::spent(before, gone, background),
-            (spent(4.0, 0.5), None)
+        let (before, after) = (cpu(10.0, Some(3.0)), cpu(14.0, None));
+        let (apiserver, etcd) = servers(true).spent(before, after, background);
+        assert_eq!(apiserver, spent(4.0, 0.5));
+        assert_eq!(etcd, Err("its CPU could not be read"));
+        let (_, etcd) = servers(false).spent(cpu(10.0, None), cpu(14.0, None), background);
+        assert_eq!(etcd, Err("no single etcd process"));
+        let c = Capacity::of(1920, 2.0, spent(4.0, 0.5), etcd);
+        assert!(
+            c.to_string()
+                .ends_with("; etcd's not told (no single etcd process)"),
+            "{c}"
         );
+    }
+
+    #[test]
+    fn the_background_is_each_server_s_own_rate_between_its_readings() {
+        let b = Background::between(cpu(10.0, Some(3.0)), cpu(16.0, Some(4.0)), 40.0);
+        assert!((b.apiserver - 0.15).abs() < 1e-9, "{b:?}");
+        assert!(
+            (b.etcd.expect("etcd read twice") - 0.025).abs() < 1e-9,
+            "{b:?}"
+        );
+        let b = Background::between(cpu(10.0, None), cpu(16.0, Some(4.0)), 40.0);
+        assert_eq!(b.etcd, None);
     }
 }
