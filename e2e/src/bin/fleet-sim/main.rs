@@ -200,13 +200,13 @@ async fn bench(args: &Args, lab: &Lab, admin: &Client, controller: &mut Controll
         without.text
     );
     let servers = yardstick::Servers::find(apiserver);
-    if let Some(yardstick) = yardstick::measure(admin, &ns, servers).await {
-        println!("bench fleet: this machine's yardstick: {yardstick}");
-    }
-    if let Some(background) = servers.background_over(yardstick::BACKGROUND).await
-        && let Some(capacity) = yardstick::capacity(admin, &ns, servers, background).await
-    {
-        println!("bench fleet: this apiserver's capacity without the fleet: {capacity}");
+    if let Some(background) = servers.background_over(yardstick::BACKGROUND).await {
+        if let Some(yardstick) = yardstick::measure(admin, &ns, servers, background).await {
+            println!("bench fleet: this machine's yardstick: {yardstick}");
+        }
+        if let Some(capacity) = yardstick::capacity(admin, &ns, servers, background).await {
+            println!("bench fleet: this apiserver's capacity without the fleet: {capacity}");
+        }
     }
 
     // The Nodes first, as kubelets joining the cluster make them (Kubernetes', not

@@ -32,57 +32,61 @@ const NAME: &str = "fleet-sim-yardstick";
 /// A process's CPU a write in milliseconds, or why it is not told.
 type PerWrite = Result<f64, &'static str>;
 
-/// The apiserver's CPU for one write with nothing else to do.
+/// ConfigMap applies made, and what they cost the apiserver and etcd: the one measure behind
+/// the yardstick (one writer) and the capacity (many).
 #[derive(Debug)]
-pub struct Yardstick {
-    ms_a_write: PerWrite,
-    /// One at a time, as fast as the apiserver answers.
-    writes_per_s: f64,
+struct Applied {
+    writes: u32,
+    seconds: f64,
+    apiserver: Spent,
+    etcd: Result<Spent, &'static str>,
 }
 
-impl Yardstick {
-    /// From what the apiserver spent over `seconds` of `writes`.
-    fn of(apiserver: Spent, seconds: f64, writes: u32) -> Yardstick {
-        Yardstick {
-            ms_a_write: apiserver.ms_a_write(seconds, writes),
-            writes_per_s: f64::from(writes.max(1)) / seconds.max(0.001),
-        }
+impl Applied {
+    fn writes_per_s(&self) -> f64 {
+        f64::from(self.writes.max(1)) / self.seconds.max(0.001)
+    }
+
+    fn apiserver_ms_a_write(&self) -> PerWrite {
+        self.apiserver.ms_a_write(self.seconds, self.writes)
+    }
+
+    fn etcd_ms_a_write(&self) -> PerWrite {
+        self.etcd
+            .and_then(|e| e.ms_a_write(self.seconds, self.writes))
     }
 }
+
+/// The apiserver's CPU for one write with nothing else to do: one writer, one at a time.
+#[derive(Debug)]
+pub struct Yardstick(Applied);
 
 impl std::fmt::Display for Yardstick {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "{WRITES} server-side applies of one ConfigMap, one at a time ({:.0} writes a second): {}",
-            self.writes_per_s,
-            told(&self.ms_a_write, "the apiserver's CPU a write")
+            self.0.writes_per_s(),
+            told(
+                &self.0.apiserver_ms_a_write(),
+                "the apiserver's CPU a write"
+            )
         )
     }
 }
 
-/// Measures the yardstick in namespace `ns`; `None` (and why, on stderr) if a write fails or the
-/// apiserver's CPU cannot be read, so that the figure is missing rather than wrong.
-pub async fn measure(admin: &Client, ns: &str, servers: Servers) -> Option<Yardstick> {
-    let api: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
-    let params = PatchParams::apply("fleet-sim").force();
-    let background = servers.background_over(BACKGROUND).await?;
-    let before = servers.cpu_s()?;
-    let start = Instant::now();
-    for i in 0..WRITES {
-        if let Err(e) = api
-            .patch(NAME, &params, &Patch::Apply(&config_map(NAME, i)))
-            .await
-        {
-            eprintln!("fleet-sim: the yardstick's write {i} failed: {e}");
-            return None;
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let after = servers.cpu_s();
-    let _ = api.delete(NAME, &DeleteParams::default()).await;
-    let (apiserver, _) = servers.spent(before, after?, background);
-    Some(Yardstick::of(apiserver, seconds, WRITES))
+/// Measures the yardstick in namespace `ns`, its `background` taken out; `None` (and why, on
+/// stderr) if a write fails or the apiserver's CPU cannot be read, so that the figure is
+/// missing rather than wrong.
+pub async fn measure(
+    admin: &Client,
+    ns: &str,
+    servers: Servers,
+    background: Background,
+) -> Option<Yardstick> {
+    apply_config_maps(admin, ns, servers, background, 1, WRITES)
+        .await
+        .map(Yardstick)
 }
 
 /// What this apiserver takes with many small writes in flight, and what a write then costs
@@ -90,37 +94,20 @@ pub async fn measure(admin: &Client, ns: &str, servers: Servers) -> Option<Yards
 /// apiserver's rate"), measured on the same lab as the phases, not taken from another
 /// apiserver's. The client shares the machine, as the hollow fleet does.
 #[derive(Debug)]
-pub struct Capacity {
-    writes_per_s: f64,
-    apiserver_ms_a_write: PerWrite,
-    etcd_ms_a_write: PerWrite,
-}
-
-impl Capacity {
-    /// From `writes` made in `seconds`, and what the apiserver and etcd (or why not) spent.
-    fn of(
-        writes: u32,
-        seconds: f64,
-        apiserver: Spent,
-        etcd: Result<Spent, &'static str>,
-    ) -> Capacity {
-        Capacity {
-            writes_per_s: f64::from(writes.max(1)) / seconds.max(0.001),
-            apiserver_ms_a_write: apiserver.ms_a_write(seconds, writes),
-            etcd_ms_a_write: etcd.and_then(|e| e.ms_a_write(seconds, writes)),
-        }
-    }
-}
+pub struct Capacity(Applied);
 
 impl std::fmt::Display for Capacity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "{} server-side applies of {IN_FLIGHT} ConfigMaps, {IN_FLIGHT} in flight: {:.0} writes a second; {}; {}",
-            IN_FLIGHT * WRITES_EACH,
-            self.writes_per_s,
-            told(&self.apiserver_ms_a_write, "the apiserver's CPU a write"),
-            told(&self.etcd_ms_a_write, "etcd's")
+            self.0.writes,
+            self.0.writes_per_s(),
+            told(
+                &self.0.apiserver_ms_a_write(),
+                "the apiserver's CPU a write"
+            ),
+            told(&self.0.etcd_ms_a_write(), "etcd's")
         )
     }
 }
@@ -134,15 +121,31 @@ pub async fn capacity(
     servers: Servers,
     background: Background,
 ) -> Option<Capacity> {
+    apply_config_maps(admin, ns, servers, background, IN_FLIGHT, WRITES_EACH)
+        .await
+        .map(Capacity)
+}
+
+/// Applies `writers` ConfigMaps at once, `writes_each` times each one after another, and
+/// deletes them; `None` (and why, on stderr) if a write fails or the apiserver's CPU cannot
+/// be read.
+async fn apply_config_maps(
+    admin: &Client,
+    ns: &str,
+    servers: Servers,
+    background: Background,
+    writers: u32,
+    writes_each: u32,
+) -> Option<Applied> {
     let api: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
-    let names: Vec<String> = (0..IN_FLIGHT).map(|w| format!("{NAME}-{w}")).collect();
+    let names: Vec<String> = (0..writers).map(|w| format!("{NAME}-{w}")).collect();
     let before = servers.cpu_s()?;
     let start = Instant::now();
     let written = futures::future::join_all(names.iter().map(|name| {
         let api = api.clone();
         async move {
             let params = PatchParams::apply("fleet-sim").force();
-            for i in 0..WRITES_EACH {
+            for i in 0..writes_each {
                 api.patch(name, &params, &Patch::Apply(&config_map(name, i)))
                     .await?;
             }
@@ -156,16 +159,16 @@ pub async fn capacity(
         let _ = api.delete(name, &DeleteParams::default()).await;
     }
     if let Some(Err(e)) = written.into_iter().find(Result::is_err) {
-        eprintln!("fleet-sim: a write of the apiserver's capacity failed: {e}");
+        eprintln!("fleet-sim: a ConfigMap write for the yardstick or the capacity failed: {e}");
         return None;
     }
     let (apiserver, etcd) = servers.spent(before, after?, background);
-    Some(Capacity::of(
-        IN_FLIGHT * WRITES_EACH,
+    Some(Applied {
+        writes: writers * writes_each,
         seconds,
         apiserver,
         etcd,
-    ))
+    })
 }
 
 /// The processes whose CPU the writes cost: the apiserver, and etcd when exactly one process
@@ -329,6 +332,20 @@ mod tests {
         }
     }
 
+    fn applied(
+        writes: u32,
+        seconds: f64,
+        apiserver: Spent,
+        etcd: Result<Spent, &'static str>,
+    ) -> Applied {
+        Applied {
+            writes,
+            seconds,
+            apiserver,
+            etcd,
+        }
+    }
+
     fn process(name: &'static str) -> Process {
         Process {
             name,
@@ -351,9 +368,10 @@ mod tests {
     #[test]
     fn the_apiserver_s_background_is_taken_out_of_the_writes() {
         // 2.0 CPU s over 5 s, 0.04 of them a second the apiserver's own: 1.8 s for 400.
-        let p = Yardstick::of(spent(2.0, 0.04), 5.0, 400);
-        assert!((p.ms_a_write.expect("told") - 4.5).abs() < 1e-9, "{p:?}");
-        assert!((p.writes_per_s - 80.0).abs() < 1e-9, "{p:?}");
+        let p = Yardstick(applied(400, 5.0, spent(2.0, 0.04), Err("not measured")));
+        let ms = p.0.apiserver_ms_a_write().expect("told");
+        assert!((ms - 4.5).abs() < 1e-9, "{p:?}");
+        assert!((p.0.writes_per_s() - 80.0).abs() < 1e-9, "{p:?}");
         assert!(
             p.to_string()
                 .ends_with("the apiserver's CPU a write 4.50 ms"),
@@ -363,8 +381,8 @@ mod tests {
 
     #[test]
     fn a_background_larger_than_the_writes_leaves_the_figure_untold_not_nothing() {
-        let p = Yardstick::of(spent(0.1, 0.5), 1.0, 400);
-        assert!(p.ms_a_write.is_err(), "{p:?}");
+        let p = Yardstick(applied(400, 1.0, spent(0.1, 0.5), Err("not measured")));
+        assert!(p.0.apiserver_ms_a_write().is_err(), "{p:?}");
         assert!(
             p.to_string()
                 .ends_with("the apiserver's CPU a write not told (less than its background)"),
@@ -376,11 +394,11 @@ mod tests {
     fn the_capacity_takes_each_server_s_own_background_out() {
         // 1,920 writes in 2 s: the apiserver spent 4.0 CPU s with 0.5 a second its own (an
         // idle fleet's renewals), etcd 0.6 with 0.1: 3.0 and 0.4 s for the writes.
-        let c = Capacity::of(1920, 2.0, spent(4.0, 0.5), Ok(spent(0.6, 0.1)));
-        assert!((c.writes_per_s - 960.0).abs() < 1e-9, "{c:?}");
-        let apiserver = c.apiserver_ms_a_write.expect("told");
+        let c = Capacity(applied(1920, 2.0, spent(4.0, 0.5), Ok(spent(0.6, 0.1))));
+        assert!((c.0.writes_per_s() - 960.0).abs() < 1e-9, "{c:?}");
+        let apiserver = c.0.apiserver_ms_a_write().expect("told");
         assert!((apiserver - 3000.0 / 1920.0).abs() < 1e-9, "{c:?}");
-        let etcd = c.etcd_ms_a_write.expect("told");
+        let etcd = c.0.etcd_ms_a_write().expect("told");
         assert!((etcd - 400.0 / 1920.0).abs() < 1e-9, "{c:?}");
     }
 
@@ -408,7 +426,7 @@ mod tests {
         assert_eq!(etcd, Err("its CPU could not be read"));
         let (_, etcd) = servers(false).spent(cpu(10.0, None), cpu(14.0, None), background);
         assert_eq!(etcd, Err("no single etcd process"));
-        let c = Capacity::of(1920, 2.0, spent(4.0, 0.5), etcd);
+        let c = Capacity(applied(1920, 2.0, spent(4.0, 0.5), etcd));
         assert!(
             c.to_string()
                 .ends_with("; etcd's not told (no single etcd process)"),
